@@ -1,0 +1,520 @@
+//! The `Conversation` actor: one per active conversation. It is the
+//! sequencer (`seq`), persists messages through the group-commit writer,
+//! checks membership, turns receipts into inbox events, and holds the TTL
+//! timers of its messages: when one fires it burns the message for every
+//! member.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::directory::Directory;
+use crate::frames::{ErrorCode, FrameError, ServerFrame};
+use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
+use crate::store::{
+    blocking, commit, now_ms, AckRecord, BurnReason, CommitError, ConvKind, ConversationRecord, Deadline,
+    Event, Guard, Millis, Op, ReceiptState, StoredMessage, Txn, ViewPolicy, EVENT_RETENTION_MS,
+};
+use crate::user::Ephemeral;
+
+/// How long a `client_msg_id` is remembered at least, so a client that
+/// retries after a long outage still gets its first ack.
+const DEDUP_MIN_MS: Millis = 86_400_000;
+
+/// The delivered-receipt memory is cleared past this size (a repeated
+/// receipt after that only costs one more event).
+const RECEIPT_MEMORY: usize = 65_536;
+
+/// A validated `send`.
+#[derive(Message)]
+#[rtype(result = "Result<AckRecord, FrameError>")]
+pub struct Post {
+    /// The sender.
+    pub from: UserId,
+    /// The sending device (it gets the ack, not the message).
+    pub device: DeviceId,
+    /// The idempotency key.
+    pub client_msg_id: String,
+    /// For a first direct message: the pair, so the conversation can be
+    /// created.
+    pub direct: Option<(UserId, UserId)>,
+    /// Text content.
+    pub body: Option<String>,
+    /// Media content.
+    pub media_key: Option<String>,
+    /// Timed or once.
+    pub view_policy: ViewPolicy,
+    /// Lifetime.
+    pub ttl_seconds: u64,
+    /// Burn this long after the first view.
+    pub burn_after_view_seconds: Option<u64>,
+}
+
+/// A device of `by` received message `msg`.
+#[derive(Message)]
+#[rtype(result = "Result<(), FrameError>")]
+pub struct Delivered {
+    /// The message.
+    pub msg: MsgId,
+    /// The recipient.
+    pub by: UserId,
+}
+
+/// `by` read up to `up_to_seq`.
+#[derive(Message)]
+#[rtype(result = "Result<(), FrameError>")]
+pub struct Read {
+    /// The reader.
+    pub by: UserId,
+    /// Up to which seq.
+    pub up_to_seq: u64,
+}
+
+/// `by` captured their screen on `msg`.
+#[derive(Message)]
+#[rtype(result = "Result<(), FrameError>")]
+pub struct Screenshot {
+    /// The message.
+    pub msg: MsgId,
+    /// Who.
+    pub by: UserId,
+}
+
+/// The sender takes a message back.
+#[derive(Message)]
+#[rtype(result = "Result<(), FrameError>")]
+pub struct Unsend {
+    /// The message.
+    pub msg: MsgId,
+    /// Who asks.
+    pub by: UserId,
+}
+
+/// Typing indicator from a member's device.
+#[derive(Message)]
+#[rtype(result = "Result<(), FrameError>")]
+pub struct Typing {
+    /// Who.
+    pub by: UserId,
+    /// Their device.
+    pub device: DeviceId,
+    /// Started or stopped.
+    pub is_typing: bool,
+}
+
+/// Deadlines from the persistent index that this actor must hold timers for.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Arm(pub Vec<Deadline>);
+
+/// One conversation's actor.
+pub struct Conversation {
+    dir: Arc<Directory>,
+    id: ConvId,
+    /// `None` until loaded, or for a direct conversation before its first message.
+    record: Option<ConversationRecord>,
+    /// Whether `record` is known to be in storage.
+    record_persisted: bool,
+    /// Whether loading failed (every request then gets `unavailable`).
+    broken: bool,
+    last_seq: u64,
+    timers: BTreeSet<Deadline>,
+    armed: Option<(Millis, SpawnHandle)>,
+    receipted: HashSet<(u64, UserId)>,
+}
+
+const UNAVAILABLE: FrameError = FrameError::new(ErrorCode::Unavailable, "conversation unavailable, retry");
+const NOT_FOUND: FrameError = FrameError::new(ErrorCode::NotFound, "no such conversation");
+const NO_MESSAGE: FrameError = FrameError::new(ErrorCode::NotFound, "no such message");
+const NOT_MEMBER: FrameError = FrameError::new(ErrorCode::Forbidden, "not a member of this conversation");
+
+fn commit_error(e: CommitError) -> FrameError {
+    match e {
+        CommitError::Gone => NO_MESSAGE,
+        CommitError::Overloaded => FrameError::new(ErrorCode::Unavailable, "server busy, retry"),
+        CommitError::Duplicate(_) | CommitError::Failed => FrameError::new(ErrorCode::Internal, "storage failure"),
+    }
+}
+
+impl Conversation {
+    /// An actor for `id`; it loads its state when started.
+    pub fn new(dir: Arc<Directory>, id: ConvId) -> Self {
+        Conversation {
+            dir,
+            id,
+            record: None,
+            record_persisted: false,
+            broken: false,
+            last_seq: 0,
+            timers: BTreeSet::new(),
+            armed: None,
+            receipted: HashSet::new(),
+        }
+    }
+
+    fn members(&self) -> &[UserId] {
+        self.record.as_ref().map(|r| r.members.as_slice()).unwrap_or(&[])
+    }
+
+    /// Checks that the conversation exists and `user` is in it.
+    fn check_member(&self, user: UserId) -> Result<(), FrameError> {
+        if self.broken {
+            return Err(UNAVAILABLE);
+        }
+        match &self.record {
+            None => Err(NOT_FOUND),
+            Some(r) if r.members.contains(&user) => Ok(()),
+            Some(_) => Err(NOT_MEMBER),
+        }
+    }
+
+    fn notify_all(&self, ops: &mut Vec<Op>, event: &Event) {
+        for m in self.members() {
+            ops.push(Op::Notify { user: *m, event: event.clone(), except_device: None });
+        }
+    }
+
+    /// Keeps a timer for the earliest deadline.
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let Some(first) = self.timers.first().copied() else {
+            if let Some((_, h)) = self.armed.take() {
+                ctx.cancel_future(h);
+            }
+            return;
+        };
+        if let Some((at, h)) = self.armed {
+            if at <= first.at {
+                return;
+            }
+            ctx.cancel_future(h);
+        }
+        let delay = Duration::from_millis(first.at.saturating_sub(now_ms()));
+        let h = ctx.run_later(delay, |act, ctx| {
+            act.armed = None;
+            act.fire(ctx);
+        });
+        self.armed = Some((first.at, h));
+    }
+
+    /// Burns every message whose deadline has come.
+    fn fire(&mut self, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        while let Some(d) = self.timers.first().copied() {
+            if d.at > now {
+                break;
+            }
+            self.timers.pop_first();
+            self.burn(d, BurnReason::Expired, ctx);
+        }
+        self.rearm(ctx);
+    }
+
+    /// Removes a message's content, leaves a tombstone and tells every
+    /// member's devices, in one transaction guarded on the message still
+    /// being there (so a message is burned once).
+    fn burn(&mut self, d: Deadline, reason: BurnReason, ctx: &mut Context<Self>) {
+        let now = now_ms();
+        let mut ops = vec![
+            Op::DeleteMessage(d.msg),
+            Op::PutTombstone { msg: d.msg, reason, until: now + EVENT_RETENTION_MS },
+            Op::DeleteDeadline(d),
+        ];
+        self.notify_all(&mut ops, &Event::Burned { msg: d.msg, reason });
+        let txn = Txn { guards: vec![Guard::MessagePresent(d.msg)], ops };
+        let store = Arc::clone(&self.dir.store);
+        ctx.spawn(
+            async move {
+                match commit(&*store, txn).await {
+                    // Burned elsewhere already (unsent): only the index entry is left.
+                    Err(CommitError::Gone) => {
+                        let _ = commit(&*store, Txn { guards: vec![], ops: vec![Op::DeleteDeadline(d)] }).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "burn failed; the sweeper retries it"),
+                    Ok(()) => {}
+                }
+            }
+            .into_actor(self),
+        );
+    }
+
+    /// Reads a live message of this conversation for a member.
+    fn live_message(
+        &self,
+        msg: MsgId,
+        by: UserId,
+    ) -> Result<impl std::future::Future<Output = Result<StoredMessage, FrameError>>, FrameError> {
+        self.check_member(by)?;
+        if msg.conv != self.id || msg.seq == 0 || msg.seq > self.last_seq {
+            return Err(NO_MESSAGE);
+        }
+        let store = Arc::clone(&self.dir.store);
+        Ok(async move {
+            match blocking(move || store.message(msg)).await {
+                Ok(Some(m)) if m.expires_at > now_ms() => Ok(m),
+                Ok(_) => Err(NO_MESSAGE),
+                Err(_) => Err(FrameError::new(ErrorCode::Internal, "storage failure")),
+            }
+        })
+    }
+}
+
+impl Actor for Conversation {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let store = Arc::clone(&self.dir.store);
+        let id = self.id;
+        // Nothing is handled before the state is loaded.
+        ctx.wait(
+            blocking(move || Ok((store.conversation(id)?, store.last_seq(id)?))).into_actor(self).map(
+                |res, act, _| match res {
+                    Ok((record, last_seq)) => {
+                        act.record_persisted = record.is_some();
+                        act.record = record;
+                        act.last_seq = last_seq;
+                    }
+                    Err(_) => {
+                        tracing::error!(conversation = %act.id, "could not load conversation");
+                        act.broken = true;
+                    }
+                },
+            ),
+        );
+    }
+}
+
+impl Handler<Post> for Conversation {
+    type Result = ResponseActFuture<Self, Result<AckRecord, FrameError>>;
+
+    fn handle(&mut self, msg: Post, ctx: &mut Self::Context) -> Self::Result {
+        if self.record.is_none() && !self.broken {
+            if let Some((a, b)) = msg.direct {
+                self.record = Some(ConversationRecord {
+                    id: self.id,
+                    kind: ConvKind::Direct,
+                    members: vec![a, b],
+                    name: None,
+                    created_at: now_ms(),
+                });
+            }
+        }
+        if let Err(e) = self.check_member(msg.from) {
+            return Box::pin(fut::ready(Err(e)));
+        }
+        self.last_seq += 1;
+        let seq = self.last_seq;
+        let sent_at = now_ms();
+        let expires_at = sent_at + msg.ttl_seconds * 1000;
+        let id = MsgId { conv: self.id, seq };
+        let stored = Arc::new(StoredMessage {
+            id,
+            from: msg.from,
+            sent_at,
+            expires_at,
+            view_policy: msg.view_policy,
+            body: msg.body,
+            media_key: msg.media_key,
+            burn_after_view_seconds: msg.burn_after_view_seconds,
+        });
+        let ack = AckRecord { client_msg_id: msg.client_msg_id.clone(), msg_id: id, sent_at, expires_at };
+        let deadline = Deadline { at: expires_at, msg: id };
+        let mut ops = Vec::with_capacity(6 + self.members().len());
+        let creating = !self.record_persisted;
+        if creating {
+            if let Some(r) = &self.record {
+                ops.push(Op::PutConversation(r.clone()));
+            }
+        }
+        ops.push(Op::PutMessage(Arc::clone(&stored)));
+        ops.push(Op::PutSeq { conv: self.id, seq });
+        ops.push(Op::PutDedup { user: msg.from, ack: ack.clone(), until: expires_at.max(sent_at + DEDUP_MIN_MS) });
+        ops.push(Op::PutDeadline(deadline));
+        let event = Event::Message(stored);
+        for m in self.members() {
+            let except_device = (*m == msg.from).then_some(msg.device);
+            ops.push(Op::Notify { user: *m, event: event.clone(), except_device });
+        }
+        let txn =
+            Txn { guards: vec![Guard::DedupAbsent { user: msg.from, client_msg_id: msg.client_msg_id }], ops };
+        let pending = self.dir.store.submit(txn);
+        self.timers.insert(deadline);
+        self.rearm(ctx);
+        Box::pin(async move { pending.await.unwrap_or(Err(CommitError::Failed)) }.into_actor(self).map(
+            move |res, act, _| match res {
+                Ok(()) => {
+                    if creating {
+                        act.record_persisted = true;
+                    }
+                    Ok(ack)
+                }
+                // A retry of an earlier message: the first ack, nothing new stored.
+                Err(CommitError::Duplicate(first)) => {
+                    act.timers.remove(&deadline);
+                    Ok(first)
+                }
+                Err(e) => {
+                    act.timers.remove(&deadline);
+                    Err(commit_error(e))
+                }
+            },
+        ))
+    }
+}
+
+impl Handler<Delivered> for Conversation {
+    type Result = ResponseActFuture<Self, Result<(), FrameError>>;
+
+    fn handle(&mut self, msg: Delivered, _: &mut Self::Context) -> Self::Result {
+        let read = match self.live_message(msg.msg, msg.by) {
+            Ok(f) => f,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        Box::pin(read.into_actor(self).then(move |res, act, _| {
+            let store = Arc::clone(&act.dir.store);
+            let mut txn = Txn::default();
+            match res {
+                Ok(m) if m.from != msg.by && act.receipted.insert((msg.msg.seq, msg.by)) => {
+                    if act.receipted.len() > RECEIPT_MEMORY {
+                        act.receipted.clear();
+                    }
+                    let event = Event::Receipt {
+                        conv: act.id,
+                        msg: Some(msg.msg),
+                        up_to_seq: None,
+                        state: ReceiptState::Delivered,
+                        by: msg.by,
+                    };
+                    txn.ops.push(Op::Notify { user: m.from, event, except_device: None });
+                }
+                Ok(_) => {}
+                Err(e) => return fut::Either::left(fut::ready(Err(e))),
+            }
+            fut::Either::right(
+                async move {
+                    if txn.ops.is_empty() {
+                        return Ok(());
+                    }
+                    commit(&*store, txn).await.map_err(commit_error)
+                }
+                .into_actor(act),
+            )
+        }))
+    }
+}
+
+impl Handler<Read> for Conversation {
+    type Result = ResponseFuture<Result<(), FrameError>>;
+
+    fn handle(&mut self, msg: Read, _: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.check_member(msg.by) {
+            return Box::pin(async move { Err(e) });
+        }
+        if msg.up_to_seq > self.last_seq {
+            return Box::pin(async { Err(FrameError::new(ErrorCode::Invalid, "up_to_seq is beyond the last message")) });
+        }
+        let mut ops = vec![Op::PutReadState { conv: self.id, user: msg.by, up_to_seq: msg.up_to_seq }];
+        let event = Event::Receipt {
+            conv: self.id,
+            msg: None,
+            up_to_seq: Some(msg.up_to_seq),
+            state: ReceiptState::Read,
+            by: msg.by,
+        };
+        for m in self.members().iter().filter(|m| **m != msg.by) {
+            ops.push(Op::Notify { user: *m, event: event.clone(), except_device: None });
+        }
+        let store = Arc::clone(&self.dir.store);
+        Box::pin(async move { commit(&*store, Txn { guards: vec![], ops }).await.map_err(commit_error) })
+    }
+}
+
+impl Handler<Screenshot> for Conversation {
+    type Result = ResponseActFuture<Self, Result<(), FrameError>>;
+
+    fn handle(&mut self, msg: Screenshot, _: &mut Self::Context) -> Self::Result {
+        let read = match self.live_message(msg.msg, msg.by) {
+            Ok(f) => f,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        let store = Arc::clone(&self.dir.store);
+        Box::pin(
+            async move {
+                let m = read.await?;
+                if m.from == msg.by {
+                    return Ok(());
+                }
+                let event = Event::Screenshot { msg: msg.msg, by: msg.by };
+                let ops = vec![Op::Notify { user: m.from, event, except_device: None }];
+                commit(&*store, Txn { guards: vec![], ops }).await.map_err(commit_error)
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<Unsend> for Conversation {
+    type Result = ResponseActFuture<Self, Result<(), FrameError>>;
+
+    fn handle(&mut self, msg: Unsend, _: &mut Self::Context) -> Self::Result {
+        let read = match self.live_message(msg.msg, msg.by) {
+            Ok(f) => f,
+            Err(e) => return Box::pin(fut::ready(Err(e))),
+        };
+        Box::pin(read.into_actor(self).then(move |res, act, _| {
+            let m = match res {
+                Ok(m) if m.from == msg.by => m,
+                Ok(_) => {
+                    return fut::Either::left(fut::ready(Err(FrameError::new(
+                        ErrorCode::Forbidden,
+                        "only the sender can unsend a message",
+                    ))))
+                }
+                Err(e) => return fut::Either::left(fut::ready(Err(e))),
+            };
+            let d = Deadline { at: m.expires_at, msg: m.id };
+            act.timers.remove(&d);
+            let now = now_ms();
+            let mut ops = vec![
+                Op::DeleteMessage(m.id),
+                Op::PutTombstone { msg: m.id, reason: BurnReason::Unsent, until: now + EVENT_RETENTION_MS },
+                Op::DeleteDeadline(d),
+            ];
+            act.notify_all(&mut ops, &Event::Burned { msg: m.id, reason: BurnReason::Unsent });
+            let txn = Txn { guards: vec![Guard::MessagePresent(m.id)], ops };
+            let store = Arc::clone(&act.dir.store);
+            fut::Either::right(async move { commit(&*store, txn).await.map_err(commit_error) }.into_actor(act))
+        }))
+    }
+}
+
+impl Handler<Typing> for Conversation {
+    type Result = Result<(), FrameError>;
+
+    fn handle(&mut self, msg: Typing, _: &mut Self::Context) -> Self::Result {
+        self.check_member(msg.by)?;
+        let text: Arc<str> =
+            ServerFrame::Typing { conversation_id: self.id, user_id: msg.by, is_typing: msg.is_typing }
+                .to_text()
+                .into();
+        for m in self.members().iter().filter(|m| **m != msg.by) {
+            self.dir.tell_user(*m, Ephemeral { text: Arc::clone(&text), except_device: None });
+        }
+        Ok(())
+    }
+}
+
+impl Handler<Arm> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: Arm, ctx: &mut Self::Context) {
+        self.timers.extend(msg.0.into_iter().filter(|d| d.msg.conv == self.id));
+        self.rearm(ctx);
+    }
+}
+
+/// The id of a conversation as a user names it, or the frame error.
+pub fn conversation_id(s: &str) -> Result<ConvId, FrameError> {
+    Id::parse(s).ok_or(NOT_FOUND)
+}

@@ -1,0 +1,171 @@
+//! The directory of live actors: finds or activates the `User` actor of a
+//! user and the `Conversation` actor of a conversation, spreads them over
+//! a fixed set of arbiters (threads), and is the [`Fanout`] through which
+//! the storage writer hands committed events to online users.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use actix::{Actor, Addr, ArbiterHandle, Message};
+
+use crate::conversation::Conversation;
+use crate::ids::{ConvId, UserId};
+use crate::ratelimit::TokenBucket;
+use crate::store::{Delivery, Fanout, Store};
+use crate::user::{Deliver, User};
+
+/// The limits the actors enforce, from the server's configuration.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest text frame accepted; a larger one closes the socket (1009).
+    pub max_frame_bytes: usize,
+    /// Largest message body, in UTF-8 bytes.
+    pub max_body_bytes: usize,
+    /// Shortest message lifetime.
+    pub min_ttl_seconds: u64,
+    /// Longest message lifetime.
+    pub max_ttl_seconds: u64,
+    /// `send` frames a second per user, across devices.
+    pub send_rate_per_second: u32,
+    /// Sends a user may save up.
+    pub send_burst: u32,
+    /// Frames a second per socket, of every type.
+    pub frame_rate_per_second: u32,
+    /// Frames a socket may save up.
+    pub frame_burst: u32,
+    /// A socket silent this long is closed.
+    pub heartbeat_timeout: Duration,
+}
+
+struct UserEntry {
+    addr: Addr<User>,
+    send_bucket: Arc<Mutex<TokenBucket>>,
+    /// Sessions that got this entry but whose `Attach` is not yet handled;
+    /// the actor may retire only when this is zero.
+    attaching: usize,
+}
+
+/// What a new session gets from [`Directory::attach_user`].
+pub struct UserHandle {
+    /// The user's actor.
+    pub addr: Addr<User>,
+    /// The user's send-rate bucket, shared by all their devices.
+    pub send_bucket: Arc<Mutex<TokenBucket>>,
+}
+
+/// Live actors by id, and the dependencies they are built with.
+pub struct Directory {
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// Limits.
+    pub limits: Limits,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: AtomicUsize,
+    users: RwLock<HashMap<UserId, UserEntry>>,
+    conversations: Mutex<HashMap<ConvId, Addr<Conversation>>>,
+}
+
+impl Directory {
+    /// A directory whose actors run on `arbiters`.
+    pub fn new(store: Arc<dyn Store>, limits: Limits, arbiters: Vec<ArbiterHandle>) -> Arc<Self> {
+        assert!(!arbiters.is_empty(), "the directory needs at least one arbiter");
+        Arc::new(Directory {
+            store,
+            limits,
+            arbiters,
+            next_arbiter: AtomicUsize::new(0),
+            users: RwLock::new(HashMap::new()),
+            conversations: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn arbiter(&self) -> &ArbiterHandle {
+        let i = self.next_arbiter.fetch_add(1, Ordering::Relaxed);
+        &self.arbiters[i % self.arbiters.len()]
+    }
+
+    /// Finds or starts the user's actor for a session about to attach.
+    pub fn attach_user(self: &Arc<Self>, user: UserId) -> UserHandle {
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        let entry = users.entry(user).or_insert_with(|| {
+            let dir = Arc::clone(self);
+            UserEntry {
+                addr: User::start_in_arbiter(self.arbiter(), move |_| User::new(dir, user)),
+                send_bucket: Arc::new(Mutex::new(TokenBucket::new(
+                    self.limits.send_rate_per_second,
+                    self.limits.send_burst,
+                ))),
+                attaching: 0,
+            }
+        });
+        entry.attaching += 1;
+        UserHandle { addr: entry.addr.clone(), send_bucket: Arc::clone(&entry.send_bucket) }
+    }
+
+    /// Called by the user actor when it handled an `Attach`.
+    pub(crate) fn attached(&self, user: UserId) {
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = users.get_mut(&user) {
+            e.attaching = e.attaching.saturating_sub(1);
+        }
+    }
+
+    /// Removes the user's actor if no session is on its way to it. Returns
+    /// whether it was removed (and so must stop).
+    pub(crate) fn retire_user(&self, user: UserId, addr: &Addr<User>) -> bool {
+        let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        match users.get(&user) {
+            Some(e) if e.attaching == 0 && e.addr == *addr => {
+                users.remove(&user);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the user has a device online on this node.
+    pub fn is_online(&self, user: UserId) -> bool {
+        self.users.read().unwrap_or_else(|p| p.into_inner()).contains_key(&user)
+    }
+
+    /// Sends a message to the user's actor if they are online.
+    pub fn tell_user<M>(&self, user: UserId, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        User: actix::Handler<M>,
+    {
+        if let Some(e) = self.users.read().unwrap_or_else(|p| p.into_inner()).get(&user) {
+            e.addr.do_send(msg);
+        }
+    }
+
+    /// Finds or activates a conversation's actor.
+    pub fn conversation(self: &Arc<Self>, id: ConvId) -> Addr<Conversation> {
+        let mut convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(addr) = convs.get(&id) {
+            if addr.connected() {
+                return addr.clone();
+            }
+        }
+        let dir = Arc::clone(self);
+        let addr = Conversation::start_in_arbiter(self.arbiter(), move |_| Conversation::new(dir, id));
+        convs.insert(id, addr.clone());
+        addr
+    }
+
+    /// How many actors of each kind are live: (users, conversations).
+    pub fn live_counts(&self) -> (usize, usize) {
+        let users = self.users.read().unwrap_or_else(|p| p.into_inner()).len();
+        let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner()).len();
+        (users, convs)
+    }
+}
+
+impl Fanout for Directory {
+    fn deliver(&self, user: UserId, events: Vec<Delivery>) {
+        self.tell_user(user, Deliver(events));
+    }
+}

@@ -1,0 +1,360 @@
+//! Socket frames: what clients send (parsed into [`ClientFrame`]) and what
+//! the server sends (rendered from [`ServerFrame`]). `schema/frames/` holds
+//! the JSON Schema of each; the integration tests validate real traffic
+//! against them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ConvId, Id, MsgId, UserId};
+use crate::store::{BurnReason, Event, Millis, ReceiptState, StoredMessage, ViewPolicy};
+
+/// A frame from a client, one variant per `type`.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Send a message.
+    Send(SendFrame),
+    /// Open a view-once message.
+    View {
+        /// The message.
+        msg_id: String,
+    },
+    /// A device received a message.
+    Delivered {
+        /// The message.
+        msg_id: String,
+    },
+    /// The user read a conversation up to a seq.
+    Read {
+        /// The conversation.
+        conversation_id: String,
+        /// Up to which seq.
+        up_to_seq: u64,
+    },
+    /// The user captured their screen on a message.
+    Screenshot {
+        /// The message.
+        msg_id: String,
+    },
+    /// Take back one's own message.
+    Unsend {
+        /// The message.
+        msg_id: String,
+    },
+    /// Typing indicator.
+    Typing {
+        /// The conversation.
+        conversation_id: String,
+        /// Started or stopped.
+        is_typing: bool,
+    },
+    /// Replay what this device missed.
+    Sync {
+        /// The last cursor the device saw (0 for everything).
+        after: u64,
+    },
+    /// Liveness check.
+    Ping,
+}
+
+/// The fields of a `send` frame, checked further by the session.
+#[derive(Debug, Deserialize)]
+pub struct SendFrame {
+    /// The client's idempotency key.
+    pub client_msg_id: String,
+    /// The recipient of a direct message...
+    #[serde(default)]
+    pub to: Option<String>,
+    /// ... or the conversation.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// Text content.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Media content.
+    #[serde(default)]
+    pub media_key: Option<String>,
+    /// `once` or `timed` (checked as a value, so an unknown one is `invalid`).
+    pub view_policy: String,
+    /// Lifetime (checked as a value, so a negative one is `invalid`).
+    pub ttl_seconds: i64,
+    /// Burn this long after the first view.
+    #[serde(default)]
+    pub burn_after_view_seconds: Option<i64>,
+}
+
+/// Error codes of socket error frames (PROTOCOL 2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, unknown type, missing or mistyped field.
+    BadFrame,
+    /// Values out of range.
+    Invalid,
+    /// Not yours.
+    Forbidden,
+    /// No such thing.
+    NotFound,
+    /// Over a size limit.
+    TooLarge,
+    /// Over a rate limit.
+    RateLimited,
+    /// Overloaded or restarting; try again.
+    Unavailable,
+    /// A server fault.
+    Internal,
+}
+
+/// A refusal of one frame: becomes an `error` frame. Messages are fixed
+/// texts chosen by the server, never echoes of client content.
+#[derive(Clone, Debug)]
+pub struct FrameError {
+    /// The code.
+    pub code: ErrorCode,
+    /// A human-readable reason (static, content-free).
+    pub message: &'static str,
+    /// For `rate_limited`.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl FrameError {
+    /// A refusal with a code and fixed message.
+    pub const fn new(code: ErrorCode, message: &'static str) -> Self {
+        FrameError { code, message, retry_after_ms: None }
+    }
+}
+
+/// Reads what can be read of a frame that failed to parse: whether it was
+/// JSON at all, and the `client_msg_id` or `msg_id` to echo as `ref`.
+pub fn salvage_ref(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let obj = v.as_object()?;
+    ["client_msg_id", "msg_id"]
+        .iter()
+        .find_map(|k| obj.get(*k).and_then(|r| r.as_str()).map(str::to_owned))
+}
+
+/// A frame to a client.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame<'a> {
+    /// A message is durable.
+    Ack {
+        /// Echo.
+        client_msg_id: &'a str,
+        /// The message.
+        msg_id: MsgId,
+        /// Where it went.
+        conversation_id: ConvId,
+        /// Its position.
+        seq: u64,
+        /// Always `sent`.
+        state: &'static str,
+        /// Accepted at.
+        sent_at: Millis,
+        /// Expires at.
+        expires_at: Millis,
+    },
+    /// A message (see [`MessageView`]).
+    Message(MessageView<'a>),
+    /// A message burned.
+    Burned {
+        /// The user's cursor.
+        cursor: u64,
+        /// The message.
+        msg_id: MsgId,
+        /// Its conversation.
+        conversation_id: ConvId,
+        /// Why.
+        reason: BurnReason,
+    },
+    /// A receipt.
+    Receipt {
+        /// The user's cursor.
+        cursor: u64,
+        /// Delivered: the message.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        msg_id: Option<MsgId>,
+        /// Read: the position.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        up_to_seq: Option<u64>,
+        /// The conversation.
+        conversation_id: ConvId,
+        /// Delivered or read.
+        state: ReceiptState,
+        /// Who.
+        by: UserId,
+    },
+    /// A screenshot notice.
+    Screenshot {
+        /// The user's cursor.
+        cursor: u64,
+        /// The message.
+        msg_id: MsgId,
+        /// Its conversation.
+        conversation_id: ConvId,
+        /// Who.
+        by: UserId,
+    },
+    /// Typing indicator.
+    Typing {
+        /// The conversation.
+        conversation_id: ConvId,
+        /// Who.
+        user_id: UserId,
+        /// Started or stopped.
+        is_typing: bool,
+    },
+    /// Presence change.
+    Presence {
+        /// Who.
+        user_id: UserId,
+        /// `online` or `offline`.
+        status: &'static str,
+        /// When they left, for `offline`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_seen: Option<Millis>,
+    },
+    /// End of a sync.
+    Synced {
+        /// The cursor to sync from next time.
+        cursor: u64,
+    },
+    /// Answer to `ping`.
+    Pong,
+    /// A refused frame.
+    Error {
+        /// The code.
+        code: ErrorCode,
+        /// Why, without content.
+        message: &'static str,
+        /// The offending frame's client_msg_id or msg_id.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// For `rate_limited`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// A message as clients see it, in `message` frames and in history.
+#[derive(Debug, Serialize)]
+pub struct MessageView<'a> {
+    /// The user's cursor (absent in history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<u64>,
+    /// The message.
+    pub msg_id: MsgId,
+    /// Its conversation.
+    pub conversation_id: ConvId,
+    /// Its position.
+    pub seq: u64,
+    /// The sender.
+    pub from: UserId,
+    /// Accepted at.
+    pub sent_at: Millis,
+    /// Expires at.
+    pub expires_at: Millis,
+    /// Timed or once.
+    pub view_policy: ViewPolicy,
+    /// Text content (timed only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<&'a str>,
+    /// Whether a `once` message carries media.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_media: Option<bool>,
+}
+
+impl<'a> MessageView<'a> {
+    /// The client's view of a stored message: `once` content is never shown.
+    pub fn of(m: &'a StoredMessage, cursor: Option<u64>) -> Self {
+        let once = m.view_policy == ViewPolicy::Once;
+        MessageView {
+            cursor,
+            msg_id: m.id,
+            conversation_id: m.id.conv,
+            seq: m.id.seq,
+            from: m.from,
+            sent_at: m.sent_at,
+            expires_at: m.expires_at,
+            view_policy: m.view_policy,
+            body: if once { None } else { m.body.as_deref() },
+            has_media: once.then_some(m.media_key.is_some()),
+        }
+    }
+}
+
+impl ServerFrame<'_> {
+    /// The JSON text of the frame.
+    pub fn to_text(&self) -> String {
+        // Serialising these plain structs cannot fail: no maps with
+        // non-string keys, no custom serialisers that error.
+        serde_json::to_string(self).expect("server frames always serialise")
+    }
+}
+
+/// Renders an inbox event as the frame a device receives.
+pub fn render_event(cursor: u64, event: &Event) -> String {
+    match event {
+        Event::Message(m) => ServerFrame::Message(MessageView::of(m, Some(cursor))).to_text(),
+        Event::Burned { msg, reason } => burned(cursor, *msg, *reason),
+        Event::Receipt { conv, msg, up_to_seq, state, by } => ServerFrame::Receipt {
+            cursor,
+            msg_id: *msg,
+            up_to_seq: *up_to_seq,
+            conversation_id: *conv,
+            state: *state,
+            by: *by,
+        }
+        .to_text(),
+        Event::Screenshot { msg, by } => {
+            ServerFrame::Screenshot { cursor, msg_id: *msg, conversation_id: msg.conv, by: *by }.to_text()
+        }
+    }
+}
+
+/// A `burned` frame.
+pub fn burned(cursor: u64, msg: MsgId, reason: BurnReason) -> String {
+    ServerFrame::Burned { cursor, msg_id: msg, conversation_id: msg.conv, reason }.to_text()
+}
+
+/// An `error` frame.
+pub fn error(err: &FrameError, reference: Option<&str>) -> String {
+    ServerFrame::Error { code: err.code, message: err.message, reference, retry_after_ms: err.retry_after_ms }
+        .to_text()
+}
+
+/// Parses an id field, or says which frame error it is.
+pub fn parse_id(s: &str) -> Result<Id, FrameError> {
+    Id::parse(s).ok_or(FrameError::new(ErrorCode::NotFound, "no such id"))
+}
+
+/// Parses a msg_id field, or says which frame error it is.
+pub fn parse_msg_id(s: &str) -> Result<MsgId, FrameError> {
+    MsgId::parse(s).ok_or(FrameError::new(ErrorCode::NotFound, "no such message"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_comes_first_and_fields_follow_the_protocol() {
+        let t = ServerFrame::Synced { cursor: 7 }.to_text();
+        assert_eq!(t, r#"{"type":"synced","cursor":7}"#);
+        let e = error(&FrameError::new(ErrorCode::BadFrame, "x"), Some("c1"));
+        assert_eq!(e, r#"{"type":"error","code":"bad_frame","message":"x","ref":"c1"}"#);
+        assert_eq!(ServerFrame::Pong.to_text(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn client_frames_parse_by_type() {
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Ping));
+        let f: ClientFrame = serde_json::from_str(r#"{"type":"sync","after":3}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Sync { after: 3 }));
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"sync"}"#).is_err());
+        assert_eq!(salvage_ref(r#"{"type":"send","client_msg_id":"a"}"#).as_deref(), Some("a"));
+        assert_eq!(salvage_ref("nope"), None);
+    }
+}

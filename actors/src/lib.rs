@@ -1,0 +1,25 @@
+//! The actors of Ephemera. Every connected device, user and conversation is
+//! an actix actor, the single writer of its own state, which it can always
+//! rebuild from storage.
+//!
+//! # Layout
+//! - [`ids`]: opaque 128-bit ids, `msg_id`s, hex forms.
+//! - [`store`]: the storage port (records, transactions, the `Store` trait)
+//!   that the server implements on RocksDB.
+//! - [`frames`]: client and server socket frames.
+//! - [`ratelimit`]: token buckets.
+//! - [`directory`]: live actors by id, lazy activation, the fanout.
+//! - [`session`]: one actor per WebSocket.
+//! - [`user`]: one actor per online user; multi-device fanout, presence.
+//! - [`conversation`]: sequencer, persistence, receipts, TTL timers.
+//! - [`sweeper`]: the persistent deadline index scanner.
+
+pub mod conversation;
+pub mod directory;
+pub mod frames;
+pub mod ids;
+pub mod ratelimit;
+pub mod session;
+pub mod store;
+pub mod sweeper;
+pub mod user;

@@ -1,0 +1,445 @@
+//! The `Session` actor: one per WebSocket. It parses and checks frames,
+//! enforces limits, keeps the heartbeat, routes each frame to the actor
+//! that owns it, and writes frames to its socket. It holds no state that
+//! matters after it dies: everything a device missed comes back by `sync`.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+
+use crate::conversation::{self, Delivered, Post, Read, Screenshot, Typing, Unsend};
+use crate::directory::Directory;
+use crate::frames::{
+    self, burned, error, parse_msg_id, salvage_ref, ClientFrame, ErrorCode, FrameError, MessageView, SendFrame,
+    ServerFrame,
+};
+use crate::ids::{DeviceId, Id, MsgId, UserId};
+use crate::ratelimit::TokenBucket;
+use crate::store::{blocking, now_ms, BurnReason, EventRecord, ReadError, Store, ViewPolicy};
+use crate::user::{Attach, Detach};
+
+static SERIAL: AtomicU64 = AtomicU64::new(1);
+
+/// How often the server pings a quiet socket.
+const PING_EVERY: Duration = Duration::from_secs(10);
+
+/// Events read from storage per batch while replaying a sync.
+const SYNC_BATCH: usize = 512;
+
+/// A frame for this socket, from the user actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Push {
+    /// The event's cursor (`None` for typing and presence).
+    pub cursor: Option<u64>,
+    /// The frame's text.
+    pub text: Arc<str>,
+}
+
+/// Close the socket with a code (4401 when the token was revoked).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSocket {
+    /// The close code.
+    pub code: u16,
+    /// A content-free reason.
+    pub reason: &'static str,
+}
+
+/// One WebSocket of one device.
+pub struct Session {
+    dir: Arc<Directory>,
+    user: UserId,
+    device: DeviceId,
+    serial: u64,
+    send_bucket: Option<Arc<Mutex<TokenBucket>>>,
+    frame_bucket: TokenBucket,
+    last_heard: Instant,
+    /// While a sync replays, live frames wait here so the device sees
+    /// events in cursor order.
+    sync_buffer: Option<Vec<(Option<u64>, Arc<str>)>>,
+}
+
+impl Session {
+    /// A session for an authenticated device.
+    pub fn new(dir: Arc<Directory>, user: UserId, device: DeviceId) -> Self {
+        let frame_bucket = TokenBucket::new(dir.limits.frame_rate_per_second, dir.limits.frame_burst);
+        Session {
+            dir,
+            user,
+            device,
+            serial: SERIAL.fetch_add(1, Ordering::Relaxed),
+            send_bucket: None,
+            frame_bucket,
+            last_heard: Instant::now(),
+            sync_buffer: None,
+        }
+    }
+
+    fn reply_error(ctx: &mut ws::WebsocketContext<Self>, err: &FrameError, reference: Option<&str>) {
+        ctx.text(error(err, reference));
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Err(wait) = self.frame_bucket.take() {
+            let err = FrameError {
+                retry_after_ms: Some(wait),
+                ..FrameError::new(ErrorCode::RateLimited, "too many frames")
+            };
+            return Self::reply_error(ctx, &err, salvage_ref(text).as_deref());
+        }
+        let frame = match serde_json::from_str::<ClientFrame>(text) {
+            Ok(f) => f,
+            Err(_) => {
+                let err = FrameError::new(ErrorCode::BadFrame, "not a valid frame: malformed JSON, unknown type, or a missing or mistyped field");
+                return Self::reply_error(ctx, &err, salvage_ref(text).as_deref());
+            }
+        };
+        match frame {
+            ClientFrame::Ping => ctx.text(ServerFrame::Pong.to_text()),
+            ClientFrame::Send(f) => self.on_send(f, ctx),
+            ClientFrame::Sync { after } => self.on_sync(after, ctx),
+            ClientFrame::Typing { conversation_id, is_typing } => {
+                let by = self.user;
+                let device = self.device;
+                self.route_conv(&conversation_id, None, ctx, move |_| Typing { by, device, is_typing });
+            }
+            ClientFrame::Read { conversation_id, up_to_seq } => {
+                let by = self.user;
+                self.route_conv(&conversation_id, None, ctx, move |_| Read { by, up_to_seq });
+            }
+            ClientFrame::Delivered { msg_id } => {
+                let by = self.user;
+                self.route_msg(msg_id, ctx, move |msg| Delivered { msg, by });
+            }
+            ClientFrame::Screenshot { msg_id } => {
+                let by = self.user;
+                self.route_msg(msg_id, ctx, move |msg| Screenshot { msg, by });
+            }
+            ClientFrame::Unsend { msg_id } => {
+                let by = self.user;
+                self.route_msg(msg_id, ctx, move |msg| Unsend { msg, by });
+            }
+            ClientFrame::View { msg_id } => {
+                let err = FrameError::new(ErrorCode::NotFound, "no such view-once message");
+                Self::reply_error(ctx, &err, Some(&msg_id));
+            }
+        }
+    }
+
+    /// Sends a msg_id-scoped frame to the message's conversation.
+    fn route_msg<M, F>(&mut self, msg_id: String, ctx: &mut ws::WebsocketContext<Self>, make: F)
+    where
+        F: FnOnce(MsgId) -> M,
+        M: Message<Result = Result<(), FrameError>> + Send + 'static,
+        conversation::Conversation: Handler<M>,
+    {
+        match parse_msg_id(&msg_id) {
+            Ok(msg) => {
+                let addr = self.dir.conversation(msg.conv);
+                self.answer(addr.send(make(msg)), Some(msg_id), ctx);
+            }
+            Err(e) => Self::reply_error(ctx, &e, Some(&msg_id)),
+        }
+    }
+
+    /// Sends a conversation-scoped frame to its conversation.
+    fn route_conv<M, F>(&mut self, conv: &str, reference: Option<String>, ctx: &mut ws::WebsocketContext<Self>, make: F)
+    where
+        F: FnOnce(Id) -> M,
+        M: Message<Result = Result<(), FrameError>> + Send + 'static,
+        conversation::Conversation: Handler<M>,
+    {
+        match conversation::conversation_id(conv) {
+            Ok(id) => {
+                let addr = self.dir.conversation(id);
+                self.answer(addr.send(make(id)), reference, ctx);
+            }
+            Err(e) => Self::reply_error(ctx, &e, reference.as_deref()),
+        }
+    }
+
+    /// Answers a routed frame: nothing on success, an error frame otherwise.
+    fn answer(
+        &mut self,
+        req: Request<conversation::Conversation, impl Message<Result = Result<(), FrameError>> + Send + 'static>,
+        reference: Option<String>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        ctx.spawn(req.into_actor(self).map(move |res, _, ctx| {
+            let err = match res {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e,
+                Err(_) => FrameError::new(ErrorCode::Unavailable, "conversation restarting, retry"),
+            };
+            Self::reply_error(ctx, &err, reference.as_deref());
+        }));
+    }
+
+    fn check_send(&mut self, f: &SendFrame) -> Result<(ViewPolicy, Option<u64>), FrameError> {
+        let limits = &self.dir.limits;
+        let invalid = |m| Err(FrameError::new(ErrorCode::Invalid, m));
+        if f.client_msg_id.is_empty() || f.client_msg_id.chars().count() > 128 {
+            return invalid("client_msg_id must be 1 to 128 characters");
+        }
+        let policy = match f.view_policy.as_str() {
+            "timed" => ViewPolicy::Timed,
+            "once" => ViewPolicy::Once,
+            _ => return invalid("view_policy must be \"once\" or \"timed\""),
+        };
+        if f.ttl_seconds < limits.min_ttl_seconds as i64 || f.ttl_seconds > limits.max_ttl_seconds as i64 {
+            return invalid("ttl_seconds is out of range");
+        }
+        let burn_after = match f.burn_after_view_seconds {
+            None => None,
+            Some(s) if s >= 1 && s <= limits.max_ttl_seconds as i64 => Some(s as u64),
+            Some(_) => return invalid("burn_after_view_seconds is out of range"),
+        };
+        if f.to.is_some() == f.conversation_id.is_some() {
+            return invalid("exactly one of to and conversation_id is required");
+        }
+        if f.body.is_some() == f.media_key.is_some() {
+            return invalid("exactly one of body and media_key is required");
+        }
+        if let Some(body) = &f.body {
+            if body.len() > limits.max_body_bytes {
+                return Err(FrameError::new(ErrorCode::TooLarge, "body is over the size limit"));
+            }
+        }
+        if policy == ViewPolicy::Once {
+            return invalid("view_policy \"once\" is not available on this server yet");
+        }
+        if f.media_key.is_some() {
+            return Err(FrameError::new(ErrorCode::NotFound, "no such media_key"));
+        }
+        if let Some(bucket) = &self.send_bucket {
+            let taken = bucket.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Err(wait) = taken {
+                return Err(FrameError {
+                    retry_after_ms: Some(wait),
+                    ..FrameError::new(ErrorCode::RateLimited, "sending too fast")
+                });
+            }
+        }
+        Ok((policy, burn_after))
+    }
+
+    fn on_send(&mut self, f: SendFrame, ctx: &mut ws::WebsocketContext<Self>) {
+        let (view_policy, burn_after_view_seconds) = match self.check_send(&f) {
+            Ok(v) => v,
+            Err(e) => return Self::reply_error(ctx, &e, Some(&f.client_msg_id)),
+        };
+        let me = self.user;
+        let client_msg_id = f.client_msg_id.clone();
+        let mut post = Post {
+            from: me,
+            device: self.device,
+            client_msg_id: f.client_msg_id,
+            direct: None,
+            body: f.body,
+            media_key: f.media_key,
+            view_policy,
+            ttl_seconds: f.ttl_seconds as u64,
+            burn_after_view_seconds,
+        };
+        let dir = Arc::clone(&self.dir);
+        let fut = async move {
+            let conv = match (f.to, f.conversation_id) {
+                (Some(to), _) => {
+                    let peer = frames::parse_id(&to).map_err(|_| FrameError::new(ErrorCode::NotFound, "no such user"))?;
+                    if peer == me {
+                        return Err(FrameError::new(ErrorCode::Invalid, "cannot send a direct message to oneself"));
+                    }
+                    let store = Arc::clone(&dir.store);
+                    match blocking(move || store.user_exists(peer)).await {
+                        Ok(true) => {}
+                        Ok(false) => return Err(FrameError::new(ErrorCode::NotFound, "no such user")),
+                        Err(_) => return Err(FrameError::new(ErrorCode::Internal, "storage failure")),
+                    }
+                    post.direct = Some((me, peer));
+                    Id::direct(me, peer)
+                }
+                (None, Some(c)) => conversation::conversation_id(&c)?,
+                (None, None) => unreachable!("checked by check_send"),
+            };
+            match dir.conversation(conv).send(post).await {
+                Ok(r) => r,
+                Err(_) => Err(FrameError::new(ErrorCode::Unavailable, "conversation restarting, retry")),
+            }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, _, ctx| match res {
+            Ok(ack) => ctx.text(
+                ServerFrame::Ack {
+                    client_msg_id: &ack.client_msg_id,
+                    msg_id: ack.msg_id,
+                    conversation_id: ack.msg_id.conv,
+                    seq: ack.msg_id.seq,
+                    state: "sent",
+                    sent_at: ack.sent_at,
+                    expires_at: ack.expires_at,
+                }
+                .to_text(),
+            ),
+            Err(e) => Self::reply_error(ctx, &e, Some(&client_msg_id)),
+        }));
+    }
+
+    fn on_sync(&mut self, after: u64, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.sync_buffer.is_none() {
+            self.sync_buffer = Some(Vec::new());
+        }
+        let store = Arc::clone(&self.dir.store);
+        let user = self.user;
+        ctx.spawn(blocking(move || replay(&*store, user, after, now_ms())).into_actor(self).map(
+            move |res, act, ctx| {
+                let buffered = act.sync_buffer.take().unwrap_or_default();
+                match res {
+                    Ok((frames, last)) => {
+                        for f in &frames {
+                            ctx.text(f.as_str());
+                        }
+                        ctx.text(ServerFrame::Synced { cursor: last }.to_text());
+                        for (cursor, text) in buffered {
+                            if cursor.is_none_or(|c| c > last) {
+                                ctx.text(&*text);
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        for (_, text) in buffered {
+                            ctx.text(&*text);
+                        }
+                        Self::reply_error(ctx, &FrameError::new(ErrorCode::Internal, "sync failed, retry"), None);
+                    }
+                }
+            },
+        ));
+    }
+
+    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let timeout = self.dir.limits.heartbeat_timeout;
+        ctx.run_interval(PING_EVERY.min(timeout), move |act, ctx| {
+            if act.last_heard.elapsed() > timeout {
+                tracing::debug!("socket silent past the heartbeat timeout; closing");
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+}
+
+/// Replays a user's inbox after `after`: every live event in cursor order,
+/// a message that has expired or been burned replaced by its `burned`
+/// (once per message). Returns the frames and the last cursor scanned.
+pub fn replay(store: &dyn Store, user: UserId, after: u64, now: u64) -> Result<(Vec<String>, u64), ReadError> {
+    let mut out = Vec::new();
+    let mut burned_once: HashSet<MsgId> = HashSet::new();
+    let mut cursor = after;
+    loop {
+        let batch = store.inbox_after(user, cursor, SYNC_BATCH)?;
+        let n = batch.len();
+        for (c, rec) in batch {
+            cursor = c;
+            let frame = match rec {
+                EventRecord::Message { msg } => match store.message(msg)? {
+                    Some(m) if m.expires_at > now => ServerFrame::Message(MessageView::of(&m, Some(c))).to_text(),
+                    _ => {
+                        if !burned_once.insert(msg) {
+                            continue;
+                        }
+                        let reason = store.tombstone(msg)?.unwrap_or(BurnReason::Expired);
+                        burned(c, msg, reason)
+                    }
+                },
+                EventRecord::Burned { msg, reason } => {
+                    if !burned_once.insert(msg) {
+                        continue;
+                    }
+                    burned(c, msg, reason)
+                }
+                EventRecord::Receipt { conv, msg, up_to_seq, state, by } => ServerFrame::Receipt {
+                    cursor: c,
+                    msg_id: msg,
+                    up_to_seq,
+                    conversation_id: conv,
+                    state,
+                    by,
+                }
+                .to_text(),
+                EventRecord::Screenshot { msg, by } => {
+                    ServerFrame::Screenshot { cursor: c, msg_id: msg, conversation_id: msg.conv, by }.to_text()
+                }
+            };
+            out.push(frame);
+        }
+        if n < SYNC_BATCH {
+            return Ok((out, cursor));
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let handle = self.dir.attach_user(self.user);
+        handle.addr.do_send(Attach { serial: self.serial, device: self.device, addr: ctx.address() });
+        self.send_bucket = Some(handle.send_bucket);
+        self.heartbeat(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.dir.tell_user(self.user, Detach { serial: self.serial });
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Text(t)) => self.on_text(&t, ctx),
+            Ok(ws::Message::Binary(_)) | Ok(ws::Message::Continuation(_)) => {
+                Self::reply_error(ctx, &FrameError::new(ErrorCode::BadFrame, "only text frames are accepted"), None)
+            }
+            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ws::ProtocolError::Overflow) => {
+                ctx.close(Some(ws::CloseReason { code: ws::CloseCode::Size, description: Some("frame too large".into()) }));
+                ctx.stop();
+            }
+            Err(_) => {
+                ctx.close(Some(ws::CloseCode::Protocol.into()));
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Handler<Push> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        match &mut self.sync_buffer {
+            Some(buf) => buf.push((msg.cursor, msg.text)),
+            None => ctx.text(&*msg.text),
+        }
+    }
+}
+
+impl Handler<CloseSocket> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSocket, ctx: &mut Self::Context) {
+        ctx.close(Some(ws::CloseReason { code: ws::CloseCode::Other(msg.code), description: Some(msg.reason.into()) }));
+        ctx.stop();
+    }
+}

@@ -1,0 +1,397 @@
+//! The storage port: what the actors need from storage, as records and a
+//! trait. The RocksDB implementation lives in the server crate
+//! (`src/store/`), so this crate never links RocksDB.
+//!
+//! Reads are blocking calls: actors run them on the blocking pool
+//! (`blocking`). Writes are transactions handed to the group-commit writer,
+//! which applies many of them in one write batch and answers each when it
+//! is durable; it also assigns every inbox event its per-user cursor and
+//! hands committed events to the [`Fanout`] in cursor order.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ConvId, DeviceId, MsgId, UserId};
+
+/// Milliseconds since the Unix epoch, the unit of every `*_at`.
+pub type Millis = u64;
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How long non-content events (receipts, burns) stay replayable by `sync`:
+/// the longest message lifetime, so a device that missed a message's whole
+/// life still learns of its burn.
+pub const EVENT_RETENTION_MS: Millis = 604_800_000;
+
+/// Direct (two people, created by the first `send` with `to`) or group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvKind {
+    /// A 1:1 conversation whose id derives from the pair of users.
+    Direct,
+    /// A group created through the HTTP API.
+    Group,
+}
+
+/// A conversation's membership, as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    /// Its id.
+    pub id: ConvId,
+    /// Direct or group.
+    pub kind: ConvKind,
+    /// Every member, the creator included.
+    pub members: Vec<UserId>,
+    /// The group's display name, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When it was created.
+    pub created_at: Millis,
+}
+
+/// Whether content is pushed (`timed`) or opened once on demand (`once`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViewPolicy {
+    /// Delivered to every device, readable until it expires.
+    Timed,
+    /// Never pushed; the first `view` wins.
+    Once,
+}
+
+/// A message as stored: the only row that holds a body.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// The conversation and seq.
+    pub id: MsgId,
+    /// The sender.
+    pub from: UserId,
+    /// When the server accepted it.
+    pub sent_at: Millis,
+    /// When it stops being readable anywhere.
+    pub expires_at: Millis,
+    /// Timed or once.
+    pub view_policy: ViewPolicy,
+    /// The text, for text messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The media object's key, for media messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_key: Option<String>,
+    /// Pulls `expires_at` forward on the first view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burn_after_view_seconds: Option<u64>,
+}
+
+/// What the sender is told once a message is durable; kept so a resend of
+/// the same `client_msg_id` gets the very same answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AckRecord {
+    /// The client's idempotency key.
+    pub client_msg_id: String,
+    /// The message.
+    pub msg_id: MsgId,
+    /// When it was accepted.
+    pub sent_at: Millis,
+    /// When it expires.
+    pub expires_at: Millis,
+}
+
+/// Why a message stopped being readable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BurnReason {
+    /// Opened once.
+    Viewed,
+    /// Its lifetime ran out.
+    Expired,
+    /// Its sender took it back.
+    Unsent,
+}
+
+/// What a receipt acknowledges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptState {
+    /// Reached a device of the recipient.
+    Delivered,
+    /// Read up to a seq.
+    Read,
+}
+
+/// An event in a user's inbox, as delivered live. Every one gets a cursor.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A new message (content included only for live delivery).
+    Message(Arc<StoredMessage>),
+    /// A message burned.
+    Burned {
+        /// The message.
+        msg: MsgId,
+        /// Why.
+        reason: BurnReason,
+    },
+    /// A delivery receipt for one message, or a read receipt up to a seq.
+    Receipt {
+        /// The conversation.
+        conv: ConvId,
+        /// The message (delivered) ...
+        msg: Option<MsgId>,
+        /// ... or the read position (read).
+        up_to_seq: Option<u64>,
+        /// Delivered or read.
+        state: ReceiptState,
+        /// Who.
+        by: UserId,
+    },
+    /// Someone captured their screen on a message.
+    Screenshot {
+        /// The message.
+        msg: MsgId,
+        /// Who.
+        by: UserId,
+    },
+}
+
+/// The persisted form of an [`Event`]: references, never content.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum EventRecord {
+    /// A message, by reference.
+    Message {
+        /// The message.
+        msg: MsgId,
+    },
+    /// A burn.
+    Burned {
+        /// The message.
+        msg: MsgId,
+        /// Why.
+        reason: BurnReason,
+    },
+    /// A receipt.
+    Receipt {
+        /// The conversation.
+        conv: ConvId,
+        /// Delivered: the message.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        msg: Option<MsgId>,
+        /// Read: the position.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        up_to_seq: Option<u64>,
+        /// Delivered or read.
+        state: ReceiptState,
+        /// Who.
+        by: UserId,
+    },
+    /// A screenshot notice.
+    Screenshot {
+        /// The message.
+        msg: MsgId,
+        /// Who.
+        by: UserId,
+    },
+}
+
+impl Event {
+    /// The persisted reference form and the time after which it may go.
+    pub fn record(&self, now: Millis) -> (EventRecord, Millis) {
+        let keep = now.saturating_add(EVENT_RETENTION_MS);
+        match self {
+            Event::Message(m) => (EventRecord::Message { msg: m.id }, m.expires_at),
+            Event::Burned { msg, reason } => (EventRecord::Burned { msg: *msg, reason: *reason }, keep),
+            Event::Receipt { conv, msg, up_to_seq, state, by } => (
+                EventRecord::Receipt { conv: *conv, msg: *msg, up_to_seq: *up_to_seq, state: *state, by: *by },
+                keep,
+            ),
+            Event::Screenshot { msg, by } => (EventRecord::Screenshot { msg: *msg, by: *by }, keep),
+        }
+    }
+}
+
+/// A deadline in the persistent index: a message to burn at `at`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Deadline {
+    /// When.
+    pub at: Millis,
+    /// Which message.
+    pub msg: MsgId,
+}
+
+/// A precondition checked by the writer, atomically with the write.
+#[derive(Clone, Debug)]
+pub enum Guard {
+    /// No earlier message of `user` used this `client_msg_id`; if one did,
+    /// the transaction fails with [`CommitError::Duplicate`].
+    DedupAbsent {
+        /// The sender.
+        user: UserId,
+        /// Their idempotency key.
+        client_msg_id: String,
+    },
+    /// The message row still exists; otherwise [`CommitError::Gone`].
+    MessagePresent(MsgId),
+}
+
+/// One write of a transaction.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Create or replace a conversation (and index it under each member).
+    PutConversation(ConversationRecord),
+    /// Record the highest seq handed out in a conversation.
+    PutSeq {
+        /// The conversation.
+        conv: ConvId,
+        /// Its last seq.
+        seq: u64,
+    },
+    /// Store a message.
+    PutMessage(Arc<StoredMessage>),
+    /// Remove a message's row (its content).
+    DeleteMessage(MsgId),
+    /// Remember why a message is gone, until `until`.
+    PutTombstone {
+        /// The message.
+        msg: MsgId,
+        /// Why.
+        reason: BurnReason,
+        /// How long the tombstone is kept.
+        until: Millis,
+    },
+    /// Remember the ack of a `client_msg_id`, until `until`.
+    PutDedup {
+        /// The sender.
+        user: UserId,
+        /// The ack.
+        ack: AckRecord,
+        /// How long.
+        until: Millis,
+    },
+    /// Index a deadline.
+    PutDeadline(Deadline),
+    /// Remove a deadline from the index.
+    DeleteDeadline(Deadline),
+    /// Record how far a member has read.
+    PutReadState {
+        /// The conversation.
+        conv: ConvId,
+        /// The reader.
+        user: UserId,
+        /// Up to which seq.
+        up_to_seq: u64,
+    },
+    /// Append an event to a user's inbox and deliver it once durable.
+    Notify {
+        /// The recipient.
+        user: UserId,
+        /// The event.
+        event: Event,
+        /// A device that must not get it live (the one that sent it).
+        except_device: Option<DeviceId>,
+    },
+}
+
+/// A transaction: guards checked, then all ops applied, atomically.
+#[derive(Clone, Debug, Default)]
+pub struct Txn {
+    /// Preconditions.
+    pub guards: Vec<Guard>,
+    /// Writes.
+    pub ops: Vec<Op>,
+}
+
+/// Why a transaction did not apply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    /// A `DedupAbsent` guard found an earlier message.
+    #[error("duplicate client_msg_id")]
+    Duplicate(AckRecord),
+    /// A `MessagePresent` guard found no message.
+    #[error("message is gone")]
+    Gone,
+    /// The writer is overloaded (its queue is full).
+    #[error("storage is overloaded")]
+    Overloaded,
+    /// The storage failed; the detail is logged, never sent to clients.
+    #[error("storage failure")]
+    Failed,
+}
+
+/// A storage read failed; the detail is logged where it happened.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("storage read failed")]
+pub struct ReadError;
+
+/// A committed event, handed to the fanout with its cursor.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The user's cursor for this event.
+    pub cursor: u64,
+    /// The event.
+    pub event: Event,
+    /// A device that must not get it live.
+    pub except_device: Option<DeviceId>,
+}
+
+/// Where the writer hands committed events, in cursor order per user.
+pub trait Fanout: Send + Sync + 'static {
+    /// Delivers events of one user, in cursor order.
+    fn deliver(&self, user: UserId, events: Vec<Delivery>);
+}
+
+/// The future answer of a submitted transaction.
+pub type Pending = tokio::sync::oneshot::Receiver<Result<(), CommitError>>;
+
+/// What the actors need from storage. Reads block: call them through
+/// [`blocking`].
+pub trait Store: Send + Sync + 'static {
+    /// Whether an account exists.
+    fn user_exists(&self, user: UserId) -> Result<bool, ReadError>;
+    /// A conversation's record.
+    fn conversation(&self, id: ConvId) -> Result<Option<ConversationRecord>, ReadError>;
+    /// The last seq handed out in a conversation (0 if none).
+    fn last_seq(&self, id: ConvId) -> Result<u64, ReadError>;
+    /// A message row, expired or not (callers filter on `expires_at`).
+    fn message(&self, id: MsgId) -> Result<Option<StoredMessage>, ReadError>;
+    /// Why a message is gone, if it was burned.
+    fn tombstone(&self, id: MsgId) -> Result<Option<BurnReason>, ReadError>;
+    /// Messages of a conversation after `after_seq`, in seq order, live or not.
+    fn messages_after(&self, conv: ConvId, after_seq: u64, limit: usize) -> Result<Vec<StoredMessage>, ReadError>;
+    /// Inbox events of a user after `after`, in cursor order.
+    fn inbox_after(&self, user: UserId, after: u64, limit: usize) -> Result<Vec<(u64, EventRecord)>, ReadError>;
+    /// The conversations a user belongs to.
+    fn user_conversations(&self, user: UserId) -> Result<Vec<ConvId>, ReadError>;
+    /// How far a member has read.
+    fn read_state(&self, conv: ConvId, user: UserId) -> Result<u64, ReadError>;
+    /// Deadlines due strictly after `after` and at or before `until`, oldest first.
+    fn deadlines(&self, after: Option<Deadline>, until: Millis, limit: usize) -> Result<Vec<Deadline>, ReadError>;
+    /// Hands a transaction to the group-commit writer.
+    fn submit(&self, txn: Txn) -> Pending;
+}
+
+/// Runs a blocking storage call on the blocking pool, off the event loops.
+pub async fn blocking<T, F>(f: F) -> Result<T, ReadError>
+where
+    F: FnOnce() -> Result<T, ReadError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(_) => Err(ReadError),
+    }
+}
+
+/// Submits a transaction and waits for it to be durable.
+pub async fn commit(store: &dyn Store, txn: Txn) -> Result<(), CommitError> {
+    match store.submit(txn).await {
+        Ok(r) => r,
+        Err(_) => Err(CommitError::Failed),
+    }
+}

@@ -1,0 +1,78 @@
+//! The `Sweeper`: reads the persistent deadline index and hands each
+//! deadline that is due soon to its conversation, which keeps a precise
+//! timer for it. This is what re-arms every deadline after a restart (the
+//! first scan starts from the beginning of the index) and what will wake
+//! passivated conversations.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::conversation::Arm;
+use crate::directory::Directory;
+use crate::ids::ConvId;
+use crate::store::{blocking, now_ms, Deadline};
+
+/// How often the index is scanned.
+const SCAN_EVERY: Duration = Duration::from_millis(500);
+/// How far ahead deadlines are handed out, so timers are armed before they are due.
+const LOOKAHEAD_MS: u64 = 3_000;
+/// Deadlines read per scan step.
+const BATCH: usize = 10_000;
+
+/// The deadline scanner.
+pub struct Sweeper {
+    dir: Arc<Directory>,
+    /// The last deadline handed out; the next scan starts after it.
+    watermark: Option<Deadline>,
+    scanning: bool,
+}
+
+impl Sweeper {
+    /// A sweeper that starts from the beginning of the index.
+    pub fn new(dir: Arc<Directory>) -> Self {
+        Sweeper { dir, watermark: None, scanning: false }
+    }
+
+    fn scan(&mut self, ctx: &mut Context<Self>) {
+        if self.scanning {
+            return;
+        }
+        self.scanning = true;
+        let store = Arc::clone(&self.dir.store);
+        let after = self.watermark;
+        let until = now_ms() + LOOKAHEAD_MS;
+        ctx.spawn(blocking(move || store.deadlines(after, until, BATCH)).into_actor(self).map(|res, act, ctx| {
+            act.scanning = false;
+            let Ok(found) = res else {
+                tracing::error!("deadline scan failed; retrying");
+                return;
+            };
+            let full = found.len() == BATCH;
+            if let Some(last) = found.last() {
+                act.watermark = Some(*last);
+            }
+            let mut by_conv: HashMap<ConvId, Vec<Deadline>> = HashMap::new();
+            for d in found {
+                by_conv.entry(d.msg.conv).or_default().push(d);
+            }
+            for (conv, list) in by_conv {
+                act.dir.conversation(conv).do_send(Arm(list));
+            }
+            if full {
+                act.scan(ctx);
+            }
+        }));
+    }
+}
+
+impl Actor for Sweeper {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.scan(ctx);
+        ctx.run_interval(SCAN_EVERY, |act, ctx| act.scan(ctx));
+    }
+}

@@ -1,0 +1,197 @@
+//! The `User` actor: one per user with a device online on this node. It
+//! knows the user's sessions, fans every event out to all of them (so a
+//! burn reaches every device at once), and keeps presence.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::directory::Directory;
+use crate::frames::{render_event, ServerFrame};
+use crate::ids::{DeviceId, UserId};
+use crate::session::{CloseSocket, Push, Session};
+use crate::store::{blocking, now_ms, Delivery, Event, ReadError, Store};
+
+/// A session of this user starts; it gets the user's live events from now.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Attach {
+    /// The session's serial number on this node.
+    pub serial: u64,
+    /// Its device.
+    pub device: DeviceId,
+    /// Where to push frames.
+    pub addr: Addr<Session>,
+}
+
+/// A session of this user ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    /// The session's serial number.
+    pub serial: u64,
+}
+
+/// Committed inbox events, in cursor order, from the storage writer.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub Vec<Delivery>);
+
+/// A frame with no cursor (typing, presence) for every device but one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ephemeral {
+    /// The frame's text.
+    pub text: Arc<str>,
+    /// A device that must not get it.
+    pub except_device: Option<DeviceId>,
+}
+
+/// A device logged out: close its sockets (close code 4401).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Revoke {
+    /// The device.
+    pub device: DeviceId,
+}
+
+/// One user's actor.
+pub struct User {
+    dir: Arc<Directory>,
+    id: UserId,
+    sessions: Vec<(u64, DeviceId, Addr<Session>)>,
+}
+
+impl User {
+    /// A user actor with no sessions yet.
+    pub fn new(dir: Arc<Directory>, id: UserId) -> Self {
+        User { dir, id, sessions: Vec::new() }
+    }
+
+    fn push(&self, cursor: Option<u64>, text: Arc<str>, except: Option<DeviceId>) {
+        for (_, device, addr) in &self.sessions {
+            if Some(*device) != except {
+                addr.do_send(Push { cursor, text: Arc::clone(&text) });
+            }
+        }
+    }
+}
+
+/// The users who share a conversation with `user`.
+pub fn contacts(store: &dyn Store, user: UserId) -> Result<Vec<UserId>, ReadError> {
+    let mut out = Vec::new();
+    for conv in store.user_conversations(user)? {
+        if let Some(rec) = store.conversation(conv)? {
+            out.extend(rec.members.into_iter().filter(|m| *m != user));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn presence_frame(user: UserId, online: bool, last_seen: Option<u64>) -> Arc<str> {
+    let status = if online { "online" } else { "offline" };
+    ServerFrame::Presence { user_id: user, status, last_seen }.to_text().into()
+}
+
+impl Actor for User {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        tracing::debug!(user = %self.id, "user actor started");
+    }
+}
+
+impl Handler<Attach> for User {
+    type Result = ();
+
+    fn handle(&mut self, msg: Attach, ctx: &mut Self::Context) {
+        self.dir.attached(self.id);
+        let came_online = self.sessions.is_empty();
+        let session = msg.addr.clone();
+        self.sessions.push((msg.serial, msg.device, msg.addr));
+        let store = Arc::clone(&self.dir.store);
+        let id = self.id;
+        let fut = blocking(move || contacts(&*store, id));
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+            let Ok(contacts) = res else {
+                tracing::warn!(user = %act.id, "could not load contacts for presence");
+                return;
+            };
+            let me_online = presence_frame(act.id, true, None);
+            for c in contacts {
+                if came_online {
+                    act.dir.tell_user(c, Ephemeral { text: Arc::clone(&me_online), except_device: None });
+                }
+                if act.dir.is_online(c) {
+                    session.do_send(Push { cursor: None, text: presence_frame(c, true, None) });
+                }
+            }
+        }));
+    }
+}
+
+impl Handler<Detach> for User {
+    type Result = ();
+
+    fn handle(&mut self, msg: Detach, ctx: &mut Self::Context) {
+        self.sessions.retain(|(s, _, _)| *s != msg.serial);
+        if !self.sessions.is_empty() || !self.dir.retire_user(self.id, &ctx.address()) {
+            return;
+        }
+        // The last device left: tell the contacts, then stop.
+        let store = Arc::clone(&self.dir.store);
+        let id = self.id;
+        let last_seen = now_ms();
+        let fut = blocking(move || contacts(&*store, id));
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
+            if let Ok(contacts) = res {
+                let frame = presence_frame(act.id, false, Some(last_seen));
+                for c in contacts {
+                    act.dir.tell_user(c, Ephemeral { text: Arc::clone(&frame), except_device: None });
+                }
+            }
+            ctx.stop();
+        }));
+    }
+}
+
+impl Handler<Deliver> for User {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
+        let now = now_ms();
+        for d in msg.0 {
+            // Logical expiry on the live path too: a message queued behind a
+            // slow mailbox is never pushed after its time.
+            if let Event::Message(m) = &d.event {
+                if m.expires_at <= now {
+                    continue;
+                }
+            }
+            let text: Arc<str> = render_event(d.cursor, &d.event).into();
+            self.push(Some(d.cursor), text, d.except_device);
+        }
+    }
+}
+
+impl Handler<Ephemeral> for User {
+    type Result = ();
+
+    fn handle(&mut self, msg: Ephemeral, _: &mut Self::Context) {
+        self.push(None, msg.text, msg.except_device);
+    }
+}
+
+impl Handler<Revoke> for User {
+    type Result = ();
+
+    fn handle(&mut self, msg: Revoke, _: &mut Self::Context) {
+        for (_, device, addr) in &self.sessions {
+            if *device == msg.device {
+                addr.do_send(CloseSocket { code: 4401, reason: "session revoked" });
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Conversations and history (PROTOCOL 6): create a group, list one's
+//! conversations, read a conversation's live messages.
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpResponse};
+use ephemera_actors::frames::MessageView;
+use ephemera_actors::ids::{ConvId, Id, UserId};
+use ephemera_actors::store::{commit, now_ms, ConvKind, ConversationRecord, Op, Store, StoredMessage, Txn};
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::{AppState, Authed};
+
+/// Most messages one history page returns.
+const MAX_PAGE: usize = 500;
+/// Most messages counted as unread (the count saturates there).
+const MAX_UNREAD: usize = 1_000;
+
+/// Mounts the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/conversations", web::post().to(create))
+        .route("/conversations", web::get().to(list))
+        .route("/conversations/{id}/messages", web::get().to(history));
+}
+
+#[derive(Deserialize)]
+struct CreateGroup {
+    members: Vec<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Created {
+    conversation_id: ConvId,
+}
+
+async fn create(state: web::Data<AppState>, who: Authed, body: web::Json<CreateGroup>) -> Result<HttpResponse, ApiError> {
+    let CreateGroup { members, name } = body.into_inner();
+    if name.as_ref().is_some_and(|n| n.is_empty() || n.chars().count() > 128) {
+        return Err(ApiError::Invalid("name must be 1 to 128 characters"));
+    }
+    let mut ids: Vec<UserId> = vec![who.user];
+    for m in &members {
+        let id = Id::parse(m).ok_or(ApiError::Invalid("members must be user ids"))?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    if ids.len() > state.config.max_group_members {
+        return Err(ApiError::Invalid("too many members"));
+    }
+    let store = Arc::clone(&state.store);
+    let check = ids.clone();
+    let all_exist = web::block(move || -> Result<bool, ApiError> {
+        for id in check {
+            if !store.user_exists(id)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await??;
+    if !all_exist {
+        return Err(ApiError::Invalid("members must be existing users"));
+    }
+    let rec = ConversationRecord { id: Id::random(), kind: ConvKind::Group, members: ids, name, created_at: now_ms() };
+    let conversation_id = rec.id;
+    commit(&*state.store, Txn { guards: vec![], ops: vec![Op::PutConversation(rec)] }).await?;
+    Ok(HttpResponse::Created().json(Created { conversation_id }))
+}
+
+#[derive(Serialize)]
+struct Summary {
+    conversation_id: ConvId,
+    kind: ConvKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    members: Vec<UserId>,
+    last_seq: u64,
+    unread: usize,
+}
+
+#[derive(Serialize)]
+struct Listing {
+    conversations: Vec<Summary>,
+}
+
+fn summarise(store: &dyn Store, me: UserId) -> Result<Vec<Summary>, ApiError> {
+    let now = now_ms();
+    let mut out = Vec::new();
+    for id in store.user_conversations(me)? {
+        let Some(rec) = store.conversation(id)? else { continue };
+        let last_seq = store.last_seq(id)?;
+        let read = store.read_state(id, me)?;
+        let unread = store
+            .messages_after(id, read, MAX_UNREAD)?
+            .iter()
+            .filter(|m| m.from != me && m.expires_at > now)
+            .count();
+        out.push(Summary { conversation_id: id, kind: rec.kind, name: rec.name, members: rec.members, last_seq, unread });
+    }
+    Ok(out)
+}
+
+async fn list(state: web::Data<AppState>, who: Authed) -> Result<HttpResponse, ApiError> {
+    let store = Arc::clone(&state.store);
+    let conversations = web::block(move || summarise(&*store, who.user)).await??;
+    Ok(HttpResponse::Ok().json(Listing { conversations }))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    #[serde(default)]
+    after_seq: u64,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+fn page(store: &dyn Store, me: UserId, conv: ConvId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, ApiError> {
+    let rec = store.conversation(conv)?.ok_or(ApiError::NotFound("no such conversation"))?;
+    if !rec.members.contains(&me) {
+        return Err(ApiError::Forbidden("not a member of this conversation"));
+    }
+    let now = now_ms();
+    let mut live = store.messages_after(conv, after, limit)?;
+    // Logical deletion: a message past its expiry is never returned, even
+    // if its row has not been burned or compacted yet.
+    live.retain(|m| m.expires_at > now);
+    Ok(live)
+}
+
+async fn history(
+    state: web::Data<AppState>,
+    who: Authed,
+    path: web::Path<String>,
+    q: web::Query<Page>,
+) -> Result<HttpResponse, ApiError> {
+    let conv = Id::parse(&path).ok_or(ApiError::NotFound("no such conversation"))?;
+    let limit = q.limit.unwrap_or(50);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::Invalid("limit must be 1 to 500"));
+    }
+    let store = Arc::clone(&state.store);
+    let after = q.after_seq;
+    let messages = web::block(move || page(&*store, who.user, conv, after, limit)).await??;
+    let views: Vec<MessageView<'_>> = messages.iter().map(|m| MessageView::of(m, None)).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "messages": views })))
+}

@@ -1,0 +1,254 @@
+//! Configuration: one struct that is both the TOML file's schema (serde)
+//! and the command line (clap), so each doc comment is both `--help` text
+//! and file documentation. Precedence: flag, then `EPHEMERA_*` environment
+//! variable, then the file, then the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+/// When an acknowledged message is safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// The write-ahead log is written before the ack: survives `kill -9`
+    /// of the server (the OS holds the bytes), not power loss.
+    #[default]
+    Wal,
+    /// The write-ahead log is fsynced before the ack, in groups: survives
+    /// power loss.
+    Fsync,
+}
+
+/// Every setting, each optional so file, environment and flags can be merged.
+#[derive(Args, Deserialize, Debug, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Public listener for the HTTP API and WebSockets [default: 127.0.0.1:8080]
+    #[arg(long, env = "EPHEMERA_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listener: metrics, health, actors; keep it off the public network [default: 127.0.0.1:9090]
+    #[arg(long, env = "EPHEMERA_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Directory for RocksDB and the embedded blob store [default: ./data]
+    #[arg(long, env = "EPHEMERA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When acked messages are durable: `wal` (survives kill -9) or `fsync` (survives power loss) [default: wal]
+    #[arg(long, env = "EPHEMERA_DURABILITY", value_enum)]
+    pub durability: Option<Durability>,
+    /// Largest WebSocket frame in bytes; a larger one closes the socket with 1009 [default: 65536]
+    #[arg(long, env = "EPHEMERA_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Largest message body in UTF-8 bytes [default: 16384]
+    #[arg(long, env = "EPHEMERA_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Shortest message lifetime in seconds [default: 1]
+    #[arg(long, env = "EPHEMERA_MIN_TTL_SECONDS")]
+    pub min_ttl_seconds: Option<u64>,
+    /// Longest message lifetime in seconds [default: 604800]
+    #[arg(long, env = "EPHEMERA_MAX_TTL_SECONDS")]
+    pub max_ttl_seconds: Option<u64>,
+    /// `send` frames a second per user, across all their devices [default: 200]
+    #[arg(long, env = "EPHEMERA_SEND_RATE_PER_SECOND")]
+    pub send_rate_per_second: Option<u32>,
+    /// Sends a user may save up above the rate [default: 400]
+    #[arg(long, env = "EPHEMERA_SEND_BURST")]
+    pub send_burst: Option<u32>,
+    /// Frames a second per socket, of every type [default: 1000]
+    #[arg(long, env = "EPHEMERA_FRAME_RATE_PER_SECOND")]
+    pub frame_rate_per_second: Option<u32>,
+    /// Frames a socket may save up above the rate [default: 2000]
+    #[arg(long, env = "EPHEMERA_FRAME_BURST")]
+    pub frame_burst: Option<u32>,
+    /// PBKDF2-HMAC-SHA256 iterations for new passwords (at least 1000; lower only for tests) [default: 600000]
+    #[arg(long, env = "EPHEMERA_PBKDF2_ITERATIONS")]
+    pub pbkdf2_iterations: Option<u32>,
+    /// Lifetime of a login token in seconds [default: 2592000]
+    #[arg(long, env = "EPHEMERA_TOKEN_TTL_SECONDS")]
+    pub token_ttl_seconds: Option<u64>,
+    /// A socket silent (no frame, no pong) this long is closed [default: 30]
+    #[arg(long, env = "EPHEMERA_HEARTBEAT_TIMEOUT_SECONDS")]
+    pub heartbeat_timeout_seconds: Option<u64>,
+    /// Most members of a group conversation [default: 256]
+    #[arg(long, env = "EPHEMERA_MAX_GROUP_MEMBERS")]
+    pub max_group_members: Option<usize>,
+    /// Every storage file passes the expiry filter within this many seconds: the physical deletion window [default: 3600]
+    #[arg(long, env = "EPHEMERA_DELETION_WINDOW_SECONDS")]
+    pub deletion_window_seconds: Option<u64>,
+    /// Bearer token for the admin listener; prefer the environment over the flag (flags show in `ps`). If unset, a random one is written to DATA_DIR/admin.token
+    #[arg(long, env = "EPHEMERA_ADMIN_TOKEN", hide_env_values = true)]
+    #[serde(skip)]
+    pub admin_token: Option<String>,
+}
+
+impl Settings {
+    /// Fills every unset field from `other`.
+    fn or(self, other: Settings) -> Settings {
+        Settings {
+            listen: self.listen.or(other.listen),
+            admin_listen: self.admin_listen.or(other.admin_listen),
+            data_dir: self.data_dir.or(other.data_dir),
+            durability: self.durability.or(other.durability),
+            max_frame_bytes: self.max_frame_bytes.or(other.max_frame_bytes),
+            max_body_bytes: self.max_body_bytes.or(other.max_body_bytes),
+            min_ttl_seconds: self.min_ttl_seconds.or(other.min_ttl_seconds),
+            max_ttl_seconds: self.max_ttl_seconds.or(other.max_ttl_seconds),
+            send_rate_per_second: self.send_rate_per_second.or(other.send_rate_per_second),
+            send_burst: self.send_burst.or(other.send_burst),
+            frame_rate_per_second: self.frame_rate_per_second.or(other.frame_rate_per_second),
+            frame_burst: self.frame_burst.or(other.frame_burst),
+            pbkdf2_iterations: self.pbkdf2_iterations.or(other.pbkdf2_iterations),
+            token_ttl_seconds: self.token_ttl_seconds.or(other.token_ttl_seconds),
+            heartbeat_timeout_seconds: self.heartbeat_timeout_seconds.or(other.heartbeat_timeout_seconds),
+            max_group_members: self.max_group_members.or(other.max_group_members),
+            deletion_window_seconds: self.deletion_window_seconds.or(other.deletion_window_seconds),
+            admin_token: self.admin_token.or(other.admin_token),
+        }
+    }
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Public listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Durability mode.
+    pub durability: Durability,
+    /// Frame size limit.
+    pub max_frame_bytes: usize,
+    /// Body size limit.
+    pub max_body_bytes: usize,
+    /// Lifetime range.
+    pub min_ttl_seconds: u64,
+    /// Lifetime range.
+    pub max_ttl_seconds: u64,
+    /// Per-user send rate.
+    pub send_rate_per_second: u32,
+    /// Per-user send burst.
+    pub send_burst: u32,
+    /// Per-socket frame rate.
+    pub frame_rate_per_second: u32,
+    /// Per-socket frame burst.
+    pub frame_burst: u32,
+    /// PBKDF2 iterations.
+    pub pbkdf2_iterations: u32,
+    /// Token lifetime.
+    pub token_ttl: Duration,
+    /// Heartbeat timeout.
+    pub heartbeat_timeout: Duration,
+    /// Group size limit.
+    pub max_group_members: usize,
+    /// Physical deletion window.
+    pub deletion_window: Duration,
+    /// Admin bearer token (never logged).
+    pub admin_token: Option<String>,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for these settings.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// Which file.
+        path: PathBuf,
+        /// The parser's message (TOML structure only; the file holds no secrets since admin_token is not read from it).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(&'static str),
+}
+
+impl Config {
+    /// Merges flags and environment (`cli`) over the file at `path`, then defaults.
+    pub fn resolve(cli: Settings, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match path {
+            None => Settings::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.into(), message: e.message().to_owned() })?
+            }
+        };
+        let s = cli.or(file);
+        let c = Config {
+            listen: s.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            admin_listen: s.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            durability: s.durability.unwrap_or_default(),
+            max_frame_bytes: s.max_frame_bytes.unwrap_or(65_536),
+            max_body_bytes: s.max_body_bytes.unwrap_or(16_384),
+            min_ttl_seconds: s.min_ttl_seconds.unwrap_or(1),
+            max_ttl_seconds: s.max_ttl_seconds.unwrap_or(604_800),
+            send_rate_per_second: s.send_rate_per_second.unwrap_or(200),
+            send_burst: s.send_burst.unwrap_or(400),
+            frame_rate_per_second: s.frame_rate_per_second.unwrap_or(1_000),
+            frame_burst: s.frame_burst.unwrap_or(2_000),
+            pbkdf2_iterations: s.pbkdf2_iterations.unwrap_or(600_000),
+            token_ttl: Duration::from_secs(s.token_ttl_seconds.unwrap_or(2_592_000)),
+            heartbeat_timeout: Duration::from_secs(s.heartbeat_timeout_seconds.unwrap_or(30)),
+            max_group_members: s.max_group_members.unwrap_or(256),
+            deletion_window: Duration::from_secs(s.deletion_window_seconds.unwrap_or(3_600)),
+            admin_token: s.admin_token.filter(|t| !t.is_empty()),
+        };
+        if c.pbkdf2_iterations < 1_000 {
+            return Err(ConfigError::Invalid("pbkdf2_iterations must be at least 1000"));
+        }
+        if c.min_ttl_seconds == 0 || c.min_ttl_seconds > c.max_ttl_seconds {
+            return Err(ConfigError::Invalid("ttl range must satisfy 1 <= min_ttl_seconds <= max_ttl_seconds"));
+        }
+        if c.max_frame_bytes < 1_024 || c.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid("max_frame_bytes must be at least 1024 and max_body_bytes above 0"));
+        }
+        if c.max_group_members < 2 {
+            return Err(ConfigError::Invalid("max_group_members must be at least 2"));
+        }
+        if c.deletion_window.as_secs() == 0 {
+            return Err(ConfigError::Invalid("deletion_window_seconds must be above 0"));
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.toml");
+        std::fs::write(&path, "max_body_bytes = 100\nsend_burst = 7\ndurability = \"fsync\"\n").unwrap();
+        let cli = Settings { send_burst: Some(9), ..Settings::default() };
+        let c = Config::resolve(cli, Some(&path)).unwrap();
+        assert_eq!(c.max_body_bytes, 100);
+        assert_eq!(c.send_burst, 9);
+        assert_eq!(c.durability, Durability::Fsync);
+        assert_eq!(c.max_ttl_seconds, 604_800);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.toml");
+        std::fs::write(&path, "max_bodybytes = 100\n").unwrap();
+        assert!(matches!(Config::resolve(Settings::default(), Some(&path)), Err(ConfigError::Parse { .. })));
+        let cli = Settings { pbkdf2_iterations: Some(10), ..Settings::default() };
+        assert!(matches!(Config::resolve(cli, None), Err(ConfigError::Invalid(_))));
+    }
+}

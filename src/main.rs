@@ -1,0 +1,157 @@
+//! Ephemera: a real-time messaging server where deletion is the product.
+//!
+//! # Layout
+//! - `config`: settings from flags, environment and a TOML file.
+//! - `store`: RocksDB: column families, typed keys, the TTL compaction
+//!   filter, the group-commit writer.
+//! - `auth`: password hashing and tokens.
+//! - `api`: the public HTTP routes and the WebSocket upgrade.
+//! - `admin`: the admin listener.
+//!
+//! The actors (sessions, users, conversations, the sweeper and the
+//! directory) are in the `ephemera-actors` crate.
+
+mod admin;
+mod api;
+mod auth;
+mod config;
+mod store;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix::{Actor, Arbiter};
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ephemera_actors::directory::{Directory, Limits};
+use ephemera_actors::store::Store;
+use ephemera_actors::sweeper::Sweeper;
+use ring::digest;
+
+use config::{Config, Settings};
+use store::RocksStore;
+
+/// Ephemera: real-time messaging where deletion is the product.
+#[derive(Parser)]
+#[command(name = "ephemera", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// A TOML file with any of the settings below (keys are the flag names with underscores).
+        #[arg(long, env = "EPHEMERA_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { config, settings } => {
+            let cfg = Config::resolve(settings, config.as_deref())?;
+            actix_web::rt::System::new().block_on(serve(cfg))
+        }
+    }
+}
+
+/// The admin token: configured, or the one in DATA_DIR/admin.token, or a
+/// new random one written there (readable by the owner only).
+fn admin_token(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(t) = &cfg.admin_token {
+        return Ok(t.clone());
+    }
+    let path = cfg.data_dir.join("admin.token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        let t = t.trim().to_owned();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let t = auth::new_token();
+    write_private(&path, &t).context("writing the admin token file")?;
+    tracing::info!(path = %path.display(), "generated an admin token");
+    Ok(t)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir).context("creating the data directory")?;
+    let cfg = Arc::new(cfg);
+    let token = admin_token(&cfg)?;
+    let store = Arc::new(
+        RocksStore::open(&cfg.data_dir.join("db"), cfg.durability, cfg.deletion_window.as_secs())
+            .context("opening the database")?,
+    );
+    let limits = Limits {
+        max_frame_bytes: cfg.max_frame_bytes,
+        max_body_bytes: cfg.max_body_bytes,
+        min_ttl_seconds: cfg.min_ttl_seconds,
+        max_ttl_seconds: cfg.max_ttl_seconds,
+        send_rate_per_second: cfg.send_rate_per_second,
+        send_burst: cfg.send_burst,
+        frame_rate_per_second: cfg.frame_rate_per_second,
+        frame_burst: cfg.frame_burst,
+        heartbeat_timeout: cfg.heartbeat_timeout,
+    };
+    let arbiters: Vec<Arbiter> = (0..2).map(|_| Arbiter::new()).collect();
+    let dir = Directory::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        limits,
+        arbiters.iter().map(|a| a.handle()).collect(),
+    );
+    store.start_writer(Arc::clone(&dir) as Arc<dyn ephemera_actors::store::Fanout>);
+    Sweeper::new(Arc::clone(&dir)).start();
+
+    let ready = Arc::new(AtomicBool::new(false));
+    let app_state = web::Data::new(api::AppState { store: Arc::clone(&store), dir, config: Arc::clone(&cfg) });
+    let public = HttpServer::new(move || App::new().app_data(app_state.clone()).configure(api::configure))
+        .workers(2)
+        .bind(cfg.listen)
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let admin_state = web::Data::new(admin::AdminState {
+        store: Arc::clone(&store),
+        token_digest: digest::digest(&digest::SHA256, token.as_bytes()).as_ref().to_vec(),
+        ready: Arc::clone(&ready),
+    });
+    let admin = HttpServer::new(move || App::new().app_data(admin_state.clone()).configure(admin::configure))
+        .workers(1)
+        .bind(cfg.admin_listen)
+        .with_context(|| format!("binding {}", cfg.admin_listen))?;
+    let http_addr = public.addrs()[0];
+    let admin_addr = admin.addrs()[0];
+    let public = public.run();
+    let admin = admin.run();
+    ready.store(true, Ordering::Release);
+    tracing::info!(%http_addr, %admin_addr, durability = ?cfg.durability, "serving");
+    println!("EPHEMERA_READY http={http_addr} admin={admin_addr}");
+    std::io::stdout().flush().ok();
+    let (a, b) = futures_join(public, admin).await;
+    a?;
+    b?;
+    Ok(())
+}
+
+async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B) -> (A::Output, B::Output) {
+    tokio::join!(a, b)
+}

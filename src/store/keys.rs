@@ -1,0 +1,178 @@
+//! Typed key codecs, one function per row kind. Keys are fixed-width
+//! tuples of raw ids and big-endian integers, so RocksDB's byte order is
+//! the tuples' order and `(conversation, seq)` scans in seq order. Keys hold
+//! only opaque ids and numbers (the MANIFEST keeps each file's smallest and
+//! largest key), never usernames or content; a username is found through
+//! its digest.
+
+use ephemera_actors::ids::{ConvId, Id, MsgId, UserId};
+use ephemera_actors::store::Deadline;
+use ring::digest;
+
+/// `accounts`: user id.
+pub fn account(user: UserId) -> [u8; 16] {
+    user.0
+}
+
+/// `usernames`: the first 16 bytes of SHA-256 of the (lower-case) username.
+pub fn username(name: &str) -> [u8; 16] {
+    digest16(b"ephemera/username/v1\0", name.as_bytes())
+}
+
+/// `tokens`: SHA-256 of the bearer token; the token itself is never stored.
+pub fn token(token: &str) -> [u8; 32] {
+    let d = digest::digest(&digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// `conversations` and `sequences`: conversation id.
+pub fn conversation(conv: ConvId) -> [u8; 16] {
+    conv.0
+}
+
+/// `memberships`: (user, conversation): a user's conversations in one scan.
+pub fn membership(user: UserId, conv: ConvId) -> [u8; 32] {
+    pair(user, conv)
+}
+
+/// `read_states`: (conversation, user).
+pub fn read_state(conv: ConvId, user: UserId) -> [u8; 32] {
+    pair(conv, user)
+}
+
+/// `messages` and `tombstones`: (conversation, seq).
+pub fn message(msg: MsgId) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&msg.conv.0);
+    k[16..].copy_from_slice(&msg.seq.to_be_bytes());
+    k
+}
+
+/// Decodes a `messages` key.
+pub fn decode_message(k: &[u8]) -> Option<MsgId> {
+    if k.len() != 24 {
+        return None;
+    }
+    Some(MsgId { conv: id_at(k, 0), seq: u64_at(k, 16) })
+}
+
+/// `inbox`: (user, cursor).
+pub fn inbox(user: UserId, cursor: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&user.0);
+    k[16..].copy_from_slice(&cursor.to_be_bytes());
+    k
+}
+
+/// Decodes the cursor of an `inbox` key.
+pub fn decode_inbox_cursor(k: &[u8]) -> Option<u64> {
+    (k.len() == 24).then(|| u64_at(k, 16))
+}
+
+/// `dedup`: (user, first 16 bytes of SHA-256 of the client_msg_id).
+pub fn dedup(user: UserId, client_msg_id: &str) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(&user.0);
+    k[16..].copy_from_slice(&digest16(b"ephemera/dedup/v1\0", client_msg_id.as_bytes()));
+    k
+}
+
+/// `deadlines`: (at, conversation, seq): the whole index in time order.
+pub fn deadline(d: Deadline) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&d.at.to_be_bytes());
+    k[8..24].copy_from_slice(&d.msg.conv.0);
+    k[24..].copy_from_slice(&d.msg.seq.to_be_bytes());
+    k
+}
+
+/// Decodes a `deadlines` key.
+pub fn decode_deadline(k: &[u8]) -> Option<Deadline> {
+    if k.len() != 32 {
+        return None;
+    }
+    Some(Deadline { at: u64_at(k, 0), msg: MsgId { conv: id_at(k, 8), seq: u64_at(k, 24) } })
+}
+
+fn pair(a: Id, b: Id) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(&a.0);
+    k[16..].copy_from_slice(&b.0);
+    k
+}
+
+/// The id at byte `at` of a key.
+pub fn id_at(k: &[u8], at: usize) -> Id {
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&k[at..at + 16]);
+    Id(b)
+}
+
+fn u64_at(k: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&k[at..at + 8]);
+    u64::from_be_bytes(b)
+}
+
+fn digest16(tag: &[u8], data: &[u8]) -> [u8; 16] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(tag);
+    ctx.update(data);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&ctx.finish().as_ref()[..16]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: Id = Id([0xaa; 16]);
+    const B: Id = Id([0xbb; 16]);
+
+    #[test]
+    fn message_key_is_conversation_then_big_endian_seq() {
+        let k = message(MsgId { conv: A, seq: 0x0102 });
+        let mut want = vec![0xaa; 16];
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 2]);
+        assert_eq!(k.to_vec(), want);
+        assert_eq!(decode_message(&k), Some(MsgId { conv: A, seq: 0x0102 }));
+        // seq 256 sorts after seq 255 bytewise, as it must.
+        assert!(message(MsgId { conv: A, seq: 255 }) < message(MsgId { conv: A, seq: 256 }));
+    }
+
+    #[test]
+    fn inbox_key_is_user_then_cursor() {
+        let k = inbox(B, 7);
+        let mut want = vec![0xbb; 16];
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7]);
+        assert_eq!(k.to_vec(), want);
+        assert_eq!(decode_inbox_cursor(&k), Some(7));
+    }
+
+    #[test]
+    fn deadline_key_is_time_first() {
+        let d = Deadline { at: 0x0a0b, msg: MsgId { conv: A, seq: 3 } };
+        let k = deadline(d);
+        assert_eq!(&k[..8], &[0, 0, 0, 0, 0, 0, 0x0a, 0x0b]);
+        assert_eq!(&k[8..24], &[0xaa; 16]);
+        assert_eq!(&k[24..], &[0, 0, 0, 0, 0, 0, 0, 3]);
+        assert_eq!(decode_deadline(&k), Some(d));
+        let later = Deadline { at: 0x0a0c, msg: MsgId { conv: Id([0; 16]), seq: 0 } };
+        assert!(deadline(d) < deadline(later));
+    }
+
+    #[test]
+    fn pair_keys_and_digests() {
+        let k = membership(A, B);
+        assert_eq!(&k[..16], &[0xaa; 16]);
+        assert_eq!(&k[16..], &[0xbb; 16]);
+        assert_eq!(read_state(B, A)[..16], [0xbb; 16]);
+        // Usernames and client_msg_ids never appear in keys, only digests.
+        assert_ne!(username("alice"), username("alicf"));
+        assert!(!dedup(A, "hello-canary").windows(5).any(|w| w == b"hello"));
+        assert_eq!(token("t").len(), 32);
+    }
+}

@@ -1,0 +1,452 @@
+//! Storage on RocksDB (embedded): one column family per kind of row, typed
+//! keys (`keys`), every value prefixed with its expiry and a compaction
+//! filter that drops expired rows (`filter`), and a group-commit writer
+//! (`writer`) through which every actor write goes.
+
+pub mod filter;
+pub mod keys;
+mod writer;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ephemera_actors::ids::{ConvId, DeviceId, MsgId, UserId};
+use ephemera_actors::store::{
+    now_ms, BurnReason, CommitError, ConversationRecord, Deadline, EventRecord, Fanout, Pending, ReadError, Store,
+    StoredMessage, Txn,
+};
+use rocksdb::{
+    BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, Direction,
+    IteratorMode, Options, WriteBatch, WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Durability;
+
+/// A storage failure. Details stay in the server log; clients only ever
+/// see a generic `internal`/`unavailable`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB failed.
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A stored value did not decode (corruption or a format change).
+    #[error("undecodable {0} row")]
+    Corrupt(&'static str),
+    /// A unique row already exists.
+    #[error("already exists")]
+    Conflict,
+}
+
+/// The column families, one per kind of row. Code names them through this
+/// enum, never by string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cf {
+    /// user id -> account (username, password hash).
+    Accounts,
+    /// username digest -> user id.
+    Usernames,
+    /// token digest -> token record (user, device, expiry).
+    Tokens,
+    /// conversation id -> membership record.
+    Conversations,
+    /// conversation id -> last seq handed out.
+    Sequences,
+    /// (user, conversation) -> () : a user's conversations.
+    Memberships,
+    /// (conversation, user) -> read position.
+    ReadStates,
+    /// (conversation, seq) -> message (the only rows with content).
+    Messages,
+    /// (conversation, seq) -> why it was burned.
+    Tombstones,
+    /// (user, cursor) -> event reference.
+    Inbox,
+    /// (user, client_msg_id digest) -> first ack.
+    Dedup,
+    /// (at, conversation, seq) -> () : the deadline index.
+    Deadlines,
+}
+
+impl Cf {
+    /// Every column family, in the order they are opened.
+    pub const ALL: [Cf; 12] = [
+        Cf::Accounts,
+        Cf::Usernames,
+        Cf::Tokens,
+        Cf::Conversations,
+        Cf::Sequences,
+        Cf::Memberships,
+        Cf::ReadStates,
+        Cf::Messages,
+        Cf::Tombstones,
+        Cf::Inbox,
+        Cf::Dedup,
+        Cf::Deadlines,
+    ];
+
+    /// The name on disk.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cf::Accounts => "accounts",
+            Cf::Usernames => "usernames",
+            Cf::Tokens => "tokens",
+            Cf::Conversations => "conversations",
+            Cf::Sequences => "sequences",
+            Cf::Memberships => "memberships",
+            Cf::ReadStates => "read_states",
+            Cf::Messages => "messages",
+            Cf::Tombstones => "tombstones",
+            Cf::Inbox => "inbox",
+            Cf::Dedup => "dedup",
+            Cf::Deadlines => "deadlines",
+        }
+    }
+}
+
+/// An account as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccountRecord {
+    /// Its id.
+    pub user_id: UserId,
+    /// The login name.
+    pub username: String,
+    /// PBKDF2 salt.
+    pub salt: Vec<u8>,
+    /// PBKDF2-HMAC-SHA256 output.
+    pub hash: Vec<u8>,
+    /// PBKDF2 iterations used for `hash`.
+    pub iterations: u32,
+    /// When it was created.
+    pub created_at: u64,
+}
+
+/// A login (one device), stored under the digest of its token.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The user.
+    pub user_id: UserId,
+    /// The device this login is.
+    pub device_id: DeviceId,
+    /// When the token stops working.
+    pub expires_at: u64,
+    /// The device's name as the client gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+}
+
+/// The RocksDB store.
+pub struct RocksStore {
+    db: Arc<DB>,
+    write_opts: WriteOptions,
+    writer: OnceLock<mpsc::Sender<writer::Job>>,
+    /// Serialises account creation (username uniqueness).
+    accounts_lock: Mutex<()>,
+    durability: Durability,
+}
+
+/// Bound of the writer's queue; past it, writes are refused with
+/// `unavailable` instead of piling up.
+const WRITER_QUEUE: usize = 65_536;
+
+fn cf_options(cf: Cf, periodic_compaction: u64) -> Options {
+    let mut o = Options::default();
+    o.set_compaction_filter(filter::NAME, filter::filter);
+    // Every file passes through the filter within this period, so expired
+    // rows cannot sit forever in a file that nothing else compacts.
+    o.set_periodic_compaction_seconds(periodic_compaction);
+    if matches!(cf, Cf::Dedup | Cf::Tokens | Cf::Messages) {
+        // Point lookups (dedup on every send) mostly miss: a bloom filter
+        // answers those without touching data blocks.
+        let mut t = BlockBasedOptions::default();
+        t.set_bloom_filter(10.0, false);
+        o.set_block_based_table_factory(&t);
+    }
+    o
+}
+
+impl RocksStore {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path, durability: Durability, periodic_compaction_seconds: u64) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Deleted content must not survive in recycled or archived WALs.
+        opts.set_recycle_log_file_num(0);
+        opts.set_wal_ttl_seconds(0);
+        opts.set_wal_size_limit_mb(0);
+        // A quiet column family cannot pin an old WAL (and its bytes) for long.
+        opts.set_max_total_wal_size(64 << 20);
+        opts.set_keep_log_file_num(4);
+        opts.increase_parallelism(2);
+        let cfs = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, periodic_compaction_seconds)));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        let mut write_opts = WriteOptions::default();
+        write_opts.set_sync(durability == Durability::Fsync);
+        Ok(RocksStore {
+            db: Arc::new(db),
+            write_opts,
+            writer: OnceLock::new(),
+            accounts_lock: Mutex::new(()),
+            durability,
+        })
+    }
+
+    /// Starts the group-commit writer, which hands committed events to `fanout`.
+    pub fn start_writer(&self, fanout: Arc<dyn Fanout>) {
+        let (tx, rx) = mpsc::channel(WRITER_QUEUE);
+        let db = Arc::clone(&self.db);
+        writer::spawn(db, rx, fanout, self.durability == Durability::Fsync);
+        let _ = self.writer.set(tx);
+    }
+
+    fn cf(&self, cf: Cf) -> &ColumnFamily {
+        cf_handle(&self.db, cf)
+    }
+
+    /// A value's payload if the row exists and has not expired.
+    fn get_live(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(v) = self.db.get_pinned_cf(self.cf(cf), key)? else {
+            return Ok(None);
+        };
+        match filter::split(&v) {
+            Some((exp, payload)) if exp > now_ms() => Ok(Some(payload.to_vec())),
+            Some(_) => Ok(None),
+            None => Err(StoreError::Corrupt(cf.name())),
+        }
+    }
+
+    fn get_json<T: for<'de> Deserialize<'de>>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, StoreError> {
+        match self.get_live(cf, key)? {
+            Some(p) => serde_json::from_slice(&p).map(Some).map_err(|_| StoreError::Corrupt(cf.name())),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates an account; `Conflict` if the username is taken.
+    pub fn create_account(&self, rec: &AccountRecord) -> Result<(), StoreError> {
+        let _guard = self.accounts_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let uk = keys::username(&rec.username);
+        if self.get_live(Cf::Usernames, &uk)?.is_some() {
+            return Err(StoreError::Conflict);
+        }
+        let mut b = WriteBatch::default();
+        b.put_cf(self.cf(Cf::Usernames), uk, filter::with_expiry(u64::MAX, &rec.user_id.0));
+        b.put_cf(self.cf(Cf::Accounts), keys::account(rec.user_id), filter::with_expiry(u64::MAX, &json(rec)));
+        self.db.write_opt(b, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// The account with this username.
+    pub fn account_by_username(&self, name: &str) -> Result<Option<AccountRecord>, StoreError> {
+        let Some(id) = self.get_live(Cf::Usernames, &keys::username(name))? else {
+            return Ok(None);
+        };
+        if id.len() != 16 {
+            return Err(StoreError::Corrupt("usernames"));
+        }
+        self.get_json(Cf::Accounts, &id)
+    }
+
+    /// The account with this id.
+    pub fn account(&self, user: UserId) -> Result<Option<AccountRecord>, StoreError> {
+        self.get_json(Cf::Accounts, &keys::account(user))
+    }
+
+    /// Stores a login under the digest of its token.
+    pub fn put_token(&self, token: &str, rec: &TokenRecord) -> Result<(), StoreError> {
+        let v = filter::with_expiry(rec.expires_at, &json(rec));
+        self.db.put_cf_opt(self.cf(Cf::Tokens), keys::token(token), v, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// The live login of a token.
+    pub fn token(&self, token: &str) -> Result<Option<TokenRecord>, StoreError> {
+        self.get_json(Cf::Tokens, &keys::token(token))
+    }
+
+    /// Revokes a token at once.
+    pub fn delete_token(&self, token: &str) -> Result<(), StoreError> {
+        self.db.delete_cf_opt(self.cf(Cf::Tokens), keys::token(token), &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Flushes every column family (memtables to SST, so the WAL can go)
+    /// and compacts each one's full range, forcing the bottommost level
+    /// through the TTL filter too.
+    pub fn flush_and_compact(&self) -> Result<(), StoreError> {
+        let cfs: Vec<&ColumnFamily> = Cf::ALL.iter().map(|c| self.cf(*c)).collect();
+        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        self.db.flush_wal(true)?;
+        let mut co = CompactOptions::default();
+        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        co.set_exclusive_manual_compaction(true);
+        for cf in cfs {
+            self.db.compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &co);
+        }
+        Ok(())
+    }
+}
+
+fn cf_handle(db: &DB, cf: Cf) -> &ColumnFamily {
+    // Every family in `Cf::ALL` is opened (created if missing) in `open`.
+    db.cf_handle(cf.name()).expect("column family opened at start")
+}
+
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    // Our records are plain structs of strings, numbers and ids.
+    serde_json::to_vec(v).expect("records always serialise")
+}
+
+fn read<T>(r: Result<T, StoreError>) -> Result<T, ReadError> {
+    r.map_err(|e| {
+        tracing::error!(error = %e, "storage read failed");
+        ReadError
+    })
+}
+
+impl RocksStore {
+    fn scan_prefix(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        prefix_len: usize,
+        limit: usize,
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut n = 0;
+        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward)) {
+            let (k, v) = item?;
+            if k.len() < prefix_len || k[..prefix_len] != from[..prefix_len] || n >= limit {
+                break;
+            }
+            if each(&k, &v)? {
+                n += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Store for RocksStore {
+    fn user_exists(&self, user: UserId) -> Result<bool, ReadError> {
+        read(self.get_live(Cf::Accounts, &keys::account(user)).map(|v| v.is_some()))
+    }
+
+    fn conversation(&self, id: ConvId) -> Result<Option<ConversationRecord>, ReadError> {
+        read(self.get_json(Cf::Conversations, &keys::conversation(id)))
+    }
+
+    fn last_seq(&self, id: ConvId) -> Result<u64, ReadError> {
+        read(self.get_live(Cf::Sequences, &keys::conversation(id)).and_then(|v| match v {
+            None => Ok(0),
+            Some(b) => b.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("sequences")),
+        }))
+    }
+
+    fn message(&self, id: MsgId) -> Result<Option<StoredMessage>, ReadError> {
+        // Messages are read whether or not they expired: the caller decides
+        // (and burns the expired ones).
+        read((|| {
+            let Some(v) = self.db.get_pinned_cf(self.cf(Cf::Messages), keys::message(id))? else {
+                return Ok(None);
+            };
+            let (_, p) = filter::split(&v).ok_or(StoreError::Corrupt("messages"))?;
+            serde_json::from_slice(p).map(Some).map_err(|_| StoreError::Corrupt("messages"))
+        })())
+    }
+
+    fn tombstone(&self, id: MsgId) -> Result<Option<BurnReason>, ReadError> {
+        read(self.get_json(Cf::Tombstones, &keys::message(id)))
+    }
+
+    fn messages_after(&self, conv: ConvId, after_seq: u64, limit: usize) -> Result<Vec<StoredMessage>, ReadError> {
+        let mut out = Vec::new();
+        let from = keys::message(MsgId { conv, seq: after_seq.saturating_add(1) });
+        read(self.scan_prefix(Cf::Messages, &from, 16, limit, |_, v| {
+            let (_, p) = filter::split(v).ok_or(StoreError::Corrupt("messages"))?;
+            out.push(serde_json::from_slice(p).map_err(|_| StoreError::Corrupt("messages"))?);
+            Ok(true)
+        }))?;
+        Ok(out)
+    }
+
+    fn inbox_after(&self, user: UserId, after: u64, limit: usize) -> Result<Vec<(u64, EventRecord)>, ReadError> {
+        let mut out = Vec::new();
+        let now = now_ms();
+        let from = keys::inbox(user, after.saturating_add(1));
+        read(self.scan_prefix(Cf::Inbox, &from, 16, limit, |k, v| {
+            let cursor = keys::decode_inbox_cursor(k).ok_or(StoreError::Corrupt("inbox"))?;
+            let (exp, p) = filter::split(v).ok_or(StoreError::Corrupt("inbox"))?;
+            let rec: EventRecord = serde_json::from_slice(p).map_err(|_| StoreError::Corrupt("inbox"))?;
+            // A message reference outlives nothing (its expiry is the
+            // message's) but is still returned so sync can say it burned;
+            // other events past their retention are skipped.
+            if exp <= now && !matches!(rec, EventRecord::Message { .. }) {
+                return Ok(false);
+            }
+            out.push((cursor, rec));
+            Ok(true)
+        }))?;
+        Ok(out)
+    }
+
+    fn user_conversations(&self, user: UserId) -> Result<Vec<ConvId>, ReadError> {
+        let mut out = Vec::new();
+        let from = keys::membership(user, ephemera_actors::ids::Id([0; 16]));
+        read(self.scan_prefix(Cf::Memberships, &from, 16, usize::MAX, |k, _| {
+            out.push(keys::id_at(k, 16));
+            Ok(true)
+        }))?;
+        Ok(out)
+    }
+
+    fn read_state(&self, conv: ConvId, user: UserId) -> Result<u64, ReadError> {
+        read(self.get_live(Cf::ReadStates, &keys::read_state(conv, user)).and_then(|v| match v {
+            None => Ok(0),
+            Some(b) => b.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("read_states")),
+        }))
+    }
+
+    fn deadlines(&self, after: Option<Deadline>, until: u64, limit: usize) -> Result<Vec<Deadline>, ReadError> {
+        let mut out = Vec::new();
+        let start = after.map(keys::deadline).unwrap_or([0u8; 32]);
+        read((|| {
+            for item in self.db.iterator_cf(self.cf(Cf::Deadlines), IteratorMode::From(&start, Direction::Forward)) {
+                let (k, _) = item?;
+                let d = keys::decode_deadline(&k).ok_or(StoreError::Corrupt("deadlines"))?;
+                if Some(d) == after {
+                    continue;
+                }
+                if d.at > until || out.len() >= limit {
+                    break;
+                }
+                out.push(d);
+            }
+            Ok(())
+        })())?;
+        Ok(out)
+    }
+
+    fn submit(&self, txn: Txn) -> Pending {
+        let (reply, rx) = oneshot::channel();
+        let Some(tx) = self.writer.get() else {
+            let _ = reply.send(Err(CommitError::Failed));
+            return rx;
+        };
+        if let Err(e) = tx.try_send(writer::Job { txn, reply }) {
+            let (job, err) = match e {
+                mpsc::error::TrySendError::Full(j) => (j, CommitError::Overloaded),
+                mpsc::error::TrySendError::Closed(j) => (j, CommitError::Failed),
+            };
+            let _ = job.reply.send(Err(err));
+        }
+        rx
+    }
+}
+
+#[cfg(test)]
+mod tests;

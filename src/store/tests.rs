@@ -1,0 +1,100 @@
+//! Store tests on a real RocksDB in a temporary directory.
+
+use std::sync::{Arc, Mutex};
+
+use ephemera_actors::ids::{Id, MsgId, UserId};
+use ephemera_actors::store::{
+    commit, now_ms, AckRecord, CommitError, Delivery, Event, Fanout, Guard, Op, Store, StoredMessage, Txn,
+    ViewPolicy,
+};
+
+use super::RocksStore;
+use crate::config::Durability;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(UserId, u64)>>);
+
+impl Fanout for Recorder {
+    fn deliver(&self, user: UserId, events: Vec<Delivery>) {
+        let mut v = self.0.lock().unwrap();
+        v.extend(events.into_iter().map(|d| (user, d.cursor)));
+    }
+}
+
+fn message(conv: Id, seq: u64, body: &str, ttl_ms: u64) -> Arc<StoredMessage> {
+    let now = now_ms();
+    Arc::new(StoredMessage {
+        id: MsgId { conv, seq },
+        from: Id([1; 16]),
+        sent_at: now,
+        expires_at: now + ttl_ms,
+        view_policy: ViewPolicy::Timed,
+        body: Some(body.into()),
+        media_key: None,
+        burn_after_view_seconds: None,
+    })
+}
+
+#[tokio::test]
+async fn group_commit_assigns_cursors_in_order_and_dedups() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RocksStore::open(dir.path(), Durability::Wal, 3600).unwrap();
+    let rec = Arc::new(Recorder::default());
+    store.start_writer(rec.clone());
+    let user = Id([9; 16]);
+    let conv = Id([5; 16]);
+    let mut pending = Vec::new();
+    for seq in 1..=20u64 {
+        let m = message(conv, seq, "hello", 60_000);
+        let ack = AckRecord { client_msg_id: format!("c{seq}"), msg_id: m.id, sent_at: m.sent_at, expires_at: m.expires_at };
+        let txn = Txn {
+            guards: vec![Guard::DedupAbsent { user, client_msg_id: ack.client_msg_id.clone() }],
+            ops: vec![
+                Op::PutMessage(m.clone()),
+                Op::PutDedup { user, ack, until: u64::MAX },
+                Op::Notify { user, event: Event::Message(m), except_device: None },
+            ],
+        };
+        pending.push(store.submit(txn));
+    }
+    for p in pending {
+        assert!(p.await.unwrap().is_ok());
+    }
+    let cursors: Vec<u64> = rec.0.lock().unwrap().iter().map(|(_, c)| *c).collect();
+    assert_eq!(cursors, (1..=20).collect::<Vec<_>>());
+    assert_eq!(store.inbox_after(user, 15, 100).unwrap().len(), 5);
+
+    // The same client_msg_id again: the first ack, nothing written.
+    let m = message(conv, 21, "again", 60_000);
+    let txn = Txn {
+        guards: vec![Guard::DedupAbsent { user, client_msg_id: "c3".into() }],
+        ops: vec![Op::PutMessage(m.clone())],
+    };
+    match commit(&store, txn).await {
+        Err(CommitError::Duplicate(first)) => assert_eq!(first.msg_id.seq, 3),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    assert!(store.message(m.id).unwrap().is_none());
+
+    // A guard on a missing message refuses the whole transaction.
+    let gone = MsgId { conv, seq: 99 };
+    let txn = Txn { guards: vec![Guard::MessagePresent(gone)], ops: vec![Op::PutMessage(m.clone())] };
+    assert!(matches!(commit(&store, txn).await, Err(CommitError::Gone)));
+    assert!(store.message(m.id).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn compaction_drops_expired_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = RocksStore::open(dir.path(), Durability::Wal, 3600).unwrap();
+    store.start_writer(Arc::new(Recorder::default()));
+    let conv = Id([6; 16]);
+    let short = message(conv, 1, "short-lived", 1);
+    let long = message(conv, 2, "long-lived", 600_000);
+    let txn = Txn { guards: vec![], ops: vec![Op::PutMessage(short.clone()), Op::PutMessage(long.clone())] };
+    commit(&store, txn).await.unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    store.flush_and_compact().unwrap();
+    assert!(store.message(short.id).unwrap().is_none(), "the expired row is gone after compaction");
+    assert!(store.message(long.id).unwrap().is_some(), "the live row stays");
+}

@@ -1,0 +1,229 @@
+//! The group-commit writer: one thread that takes every queued transaction,
+//! checks their guards, applies all that pass in one `WriteBatch` (one WAL
+//! write, one fsync in `fsync` mode), assigns per-user cursors in commit
+//! order, answers each transaction, and hands the committed events to the
+//! fanout in cursor order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ephemera_actors::ids::UserId;
+use ephemera_actors::store::{AckRecord, CommitError, Delivery, Fanout, Guard, Op, Txn};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{cf_handle, filter, json, keys, Cf};
+
+/// Most transactions in one write batch.
+const MAX_GROUP: usize = 2_048;
+
+/// A transaction and where its answer goes.
+pub struct Job {
+    /// The transaction.
+    pub txn: Txn,
+    /// Its answer.
+    pub reply: oneshot::Sender<Result<(), CommitError>>,
+}
+
+/// Starts the writer thread.
+pub fn spawn(db: Arc<DB>, rx: mpsc::Receiver<Job>, fanout: Arc<dyn Fanout>, sync: bool) {
+    let mut w = Writer { db, fanout, heads: HashMap::new(), sync };
+    std::thread::Builder::new()
+        .name("ephemera-writer".into())
+        .spawn(move || w.run(rx))
+        .expect("the writer thread starts");
+}
+
+struct Writer {
+    db: Arc<DB>,
+    fanout: Arc<dyn Fanout>,
+    /// Last cursor given out per user (loaded from the inbox on first use).
+    heads: HashMap<UserId, u64>,
+    sync: bool,
+}
+
+/// What the batch being built has already written, so guards see earlier
+/// transactions of the same batch.
+#[derive(Default)]
+struct Overlay {
+    dedup: HashMap<[u8; 32], AckRecord>,
+    messages: HashMap<[u8; 24], bool>,
+    heads: HashMap<UserId, u64>,
+}
+
+impl Writer {
+    fn run(&mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut jobs = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = rx.blocking_recv() {
+            jobs.push(first);
+            while jobs.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(&mut jobs);
+        }
+        tracing::info!("writer stopped: every sender is gone");
+    }
+
+    fn head(&self, overlay: &Overlay, user: UserId) -> Result<u64, rocksdb::Error> {
+        if let Some(h) = overlay.heads.get(&user).or_else(|| self.heads.get(&user)) {
+            return Ok(*h);
+        }
+        let top = keys::inbox(user, u64::MAX);
+        let mut it = self.db.iterator_cf(cf_handle(&self.db, Cf::Inbox), IteratorMode::From(&top, Direction::Reverse));
+        match it.next() {
+            Some(Ok((k, _))) if k[..16] == user.0 => Ok(keys::decode_inbox_cursor(&k).unwrap_or(0)),
+            Some(Err(e)) => Err(e),
+            _ => Ok(0),
+        }
+    }
+
+    fn check(&self, overlay: &Overlay, guard: &Guard) -> Result<(), CommitError> {
+        let failed = |e: rocksdb::Error| {
+            tracing::error!(error = %e, "guard read failed");
+            CommitError::Failed
+        };
+        match guard {
+            Guard::DedupAbsent { user, client_msg_id } => {
+                let k = keys::dedup(*user, client_msg_id);
+                if let Some(ack) = overlay.dedup.get(&k) {
+                    return Err(CommitError::Duplicate(ack.clone()));
+                }
+                let Some(v) = self.db.get_pinned_cf(cf_handle(&self.db, Cf::Dedup), k).map_err(failed)? else {
+                    return Ok(());
+                };
+                match filter::split(&v) {
+                    Some((exp, p)) if exp > ephemera_actors::store::now_ms() => {
+                        let ack = serde_json::from_slice(p).map_err(|_| CommitError::Failed)?;
+                        Err(CommitError::Duplicate(ack))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Guard::MessagePresent(msg) => {
+                let k = keys::message(*msg);
+                let present = match overlay.messages.get(&k) {
+                    Some(p) => *p,
+                    None => self.db.get_pinned_cf(cf_handle(&self.db, Cf::Messages), k).map_err(failed)?.is_some(),
+                };
+                if present {
+                    Ok(())
+                } else {
+                    Err(CommitError::Gone)
+                }
+            }
+        }
+    }
+
+    /// Adds one transaction's writes to the batch. Returns its deliveries.
+    fn apply(
+        &self,
+        b: &mut WriteBatch,
+        overlay: &mut Overlay,
+        txn: Txn,
+        out: &mut Vec<(UserId, Delivery)>,
+    ) -> Result<(), rocksdb::Error> {
+        let db = &*self.db;
+        let now = ephemera_actors::store::now_ms();
+        for op in txn.ops {
+            match op {
+                Op::PutConversation(rec) => {
+                    for m in &rec.members {
+                        b.put_cf(cf_handle(db, Cf::Memberships), keys::membership(*m, rec.id), filter::with_expiry(u64::MAX, &[]));
+                    }
+                    b.put_cf(cf_handle(db, Cf::Conversations), keys::conversation(rec.id), filter::with_expiry(u64::MAX, &json(&rec)));
+                }
+                Op::PutSeq { conv, seq } => {
+                    b.put_cf(cf_handle(db, Cf::Sequences), keys::conversation(conv), filter::with_expiry(u64::MAX, &seq.to_be_bytes()));
+                }
+                Op::PutMessage(m) => {
+                    let k = keys::message(m.id);
+                    overlay.messages.insert(k, true);
+                    b.put_cf(cf_handle(db, Cf::Messages), k, filter::with_expiry(m.expires_at, &json(&*m)));
+                }
+                Op::DeleteMessage(id) => {
+                    let k = keys::message(id);
+                    overlay.messages.insert(k, false);
+                    b.delete_cf(cf_handle(db, Cf::Messages), k);
+                }
+                Op::PutTombstone { msg, reason, until } => {
+                    b.put_cf(cf_handle(db, Cf::Tombstones), keys::message(msg), filter::with_expiry(until, &json(&reason)));
+                }
+                Op::PutDedup { user, ack, until } => {
+                    let k = keys::dedup(user, &ack.client_msg_id);
+                    b.put_cf(cf_handle(db, Cf::Dedup), k, filter::with_expiry(until, &json(&ack)));
+                    overlay.dedup.insert(k, ack);
+                }
+                Op::PutDeadline(d) => {
+                    b.put_cf(cf_handle(db, Cf::Deadlines), keys::deadline(d), filter::with_expiry(u64::MAX, &[]));
+                }
+                Op::DeleteDeadline(d) => b.delete_cf(cf_handle(db, Cf::Deadlines), keys::deadline(d)),
+                Op::PutReadState { conv, user, up_to_seq } => {
+                    b.put_cf(cf_handle(db, Cf::ReadStates), keys::read_state(conv, user), filter::with_expiry(u64::MAX, &up_to_seq.to_be_bytes()));
+                }
+                Op::Notify { user, event, except_device } => {
+                    let cursor = self.head(overlay, user)? + 1;
+                    overlay.heads.insert(user, cursor);
+                    let (rec, until) = event.record(now);
+                    b.put_cf(cf_handle(db, Cf::Inbox), keys::inbox(user, cursor), filter::with_expiry(until, &json(&rec)));
+                    out.push((user, Delivery { cursor, event, except_device }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn commit_group(&mut self, jobs: &mut Vec<Job>) {
+        let mut batch = WriteBatch::default();
+        let mut overlay = Overlay::default();
+        let mut deliveries = Vec::new();
+        let mut outcomes: Vec<(oneshot::Sender<_>, Result<(), CommitError>)> = Vec::with_capacity(jobs.len());
+        let mut build_failed = false;
+        for job in jobs.drain(..) {
+            let Job { txn, reply } = job;
+            let verdict = txn.guards.iter().try_for_each(|g| self.check(&overlay, g));
+            let verdict = verdict.and_then(|()| {
+                self.apply(&mut batch, &mut overlay, txn, &mut deliveries).map_err(|e| {
+                    tracing::error!(error = %e, "building a write batch failed");
+                    build_failed = true;
+                    CommitError::Failed
+                })
+            });
+            outcomes.push((reply, verdict));
+        }
+        let written = if build_failed {
+            Err(None)
+        } else if batch.is_empty() {
+            Ok(())
+        } else {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(self.sync);
+            self.db.write_opt(batch, &wo).map_err(Some)
+        };
+        if let Err(e) = written {
+            if let Some(e) = e {
+                tracing::error!(error = %e, "group commit failed");
+            }
+            // Nothing of this batch is durable: every transaction that
+            // would have been in it fails.
+            for (reply, r) in outcomes {
+                let _ = reply.send(r.and(Err(CommitError::Failed)));
+            }
+            return;
+        }
+        self.heads.extend(overlay.heads);
+        for (reply, r) in outcomes {
+            let _ = reply.send(r);
+        }
+        // Group per user, keeping cursor order.
+        let mut by_user: HashMap<UserId, Vec<Delivery>> = HashMap::new();
+        for (u, d) in deliveries {
+            by_user.entry(u).or_default().push(d);
+        }
+        for (u, list) in by_user {
+            self.fanout.deliver(u, list);
+        }
+    }
+}
