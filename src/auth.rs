@@ -27,12 +27,18 @@ pub fn hash_password(password: &str, iterations: u32) -> PasswordHash {
     let mut hash = vec![0u8; 32];
     let n = NonZeroU32::new(iterations.max(1)).expect("at least one iteration");
     pbkdf2::derive(ALGORITHM, n, &salt, password.as_bytes(), &mut hash);
-    PasswordHash { salt, hash, iterations }
+    PasswordHash {
+        salt,
+        hash,
+        iterations,
+    }
 }
 
 /// Checks a password against a stored hash in constant time.
 pub fn verify_password(password: &str, salt: &[u8], hash: &[u8], iterations: u32) -> bool {
-    let Some(n) = NonZeroU32::new(iterations) else { return false };
+    let Some(n) = NonZeroU32::new(iterations) else {
+        return false;
+    };
     pbkdf2::verify(ALGORITHM, n, salt, password.as_bytes(), hash).is_ok()
 }
 
@@ -50,8 +56,18 @@ mod tests {
     #[test]
     fn right_password_verifies_and_wrong_one_does_not() {
         let h = hash_password("correct horse", 1_000);
-        assert!(verify_password("correct horse", &h.salt, &h.hash, h.iterations));
-        assert!(!verify_password("correct horsf", &h.salt, &h.hash, h.iterations));
+        assert!(verify_password(
+            "correct horse",
+            &h.salt,
+            &h.hash,
+            h.iterations
+        ));
+        assert!(!verify_password(
+            "correct horsf",
+            &h.salt,
+            &h.hash,
+            h.iterations
+        ));
         let h2 = hash_password("correct horse", 1_000);
         assert_ne!(h.salt, h2.salt, "every hash has its own salt");
     }

@@ -102,9 +102,13 @@ impl Settings {
             frame_burst: self.frame_burst.or(other.frame_burst),
             pbkdf2_iterations: self.pbkdf2_iterations.or(other.pbkdf2_iterations),
             token_ttl_seconds: self.token_ttl_seconds.or(other.token_ttl_seconds),
-            heartbeat_timeout_seconds: self.heartbeat_timeout_seconds.or(other.heartbeat_timeout_seconds),
+            heartbeat_timeout_seconds: self
+                .heartbeat_timeout_seconds
+                .or(other.heartbeat_timeout_seconds),
             max_group_members: self.max_group_members.or(other.max_group_members),
-            deletion_window_seconds: self.deletion_window_seconds.or(other.deletion_window_seconds),
+            deletion_window_seconds: self
+                .deletion_window_seconds
+                .or(other.deletion_window_seconds),
             admin_token: self.admin_token.or(other.admin_token),
         }
     }
@@ -181,14 +185,24 @@ impl Config {
         let file = match path {
             None => Settings::default(),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.into(), source })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse { path: p.into(), message: e.message().to_owned() })?
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.into(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: p.into(),
+                    message: e.message().to_owned(),
+                })?
             }
         };
         let s = cli.or(file);
         let c = Config {
-            listen: s.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-            admin_listen: s.admin_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
+            listen: s
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            admin_listen: s
+                .admin_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090))),
             data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             durability: s.durability.unwrap_or_default(),
             max_frame_bytes: s.max_frame_bytes.unwrap_or(65_536),
@@ -207,19 +221,27 @@ impl Config {
             admin_token: s.admin_token.filter(|t| !t.is_empty()),
         };
         if c.pbkdf2_iterations < 1_000 {
-            return Err(ConfigError::Invalid("pbkdf2_iterations must be at least 1000"));
+            return Err(ConfigError::Invalid(
+                "pbkdf2_iterations must be at least 1000",
+            ));
         }
         if c.min_ttl_seconds == 0 || c.min_ttl_seconds > c.max_ttl_seconds {
-            return Err(ConfigError::Invalid("ttl range must satisfy 1 <= min_ttl_seconds <= max_ttl_seconds"));
+            return Err(ConfigError::Invalid(
+                "ttl range must satisfy 1 <= min_ttl_seconds <= max_ttl_seconds",
+            ));
         }
         if c.max_frame_bytes < 1_024 || c.max_body_bytes == 0 {
-            return Err(ConfigError::Invalid("max_frame_bytes must be at least 1024 and max_body_bytes above 0"));
+            return Err(ConfigError::Invalid(
+                "max_frame_bytes must be at least 1024 and max_body_bytes above 0",
+            ));
         }
         if c.max_group_members < 2 {
             return Err(ConfigError::Invalid("max_group_members must be at least 2"));
         }
         if c.deletion_window.as_secs() == 0 {
-            return Err(ConfigError::Invalid("deletion_window_seconds must be above 0"));
+            return Err(ConfigError::Invalid(
+                "deletion_window_seconds must be above 0",
+            ));
         }
         Ok(c)
     }
@@ -233,8 +255,15 @@ mod tests {
     fn flags_win_over_file_and_file_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.toml");
-        std::fs::write(&path, "max_body_bytes = 100\nsend_burst = 7\ndurability = \"fsync\"\n").unwrap();
-        let cli = Settings { send_burst: Some(9), ..Settings::default() };
+        std::fs::write(
+            &path,
+            "max_body_bytes = 100\nsend_burst = 7\ndurability = \"fsync\"\n",
+        )
+        .unwrap();
+        let cli = Settings {
+            send_burst: Some(9),
+            ..Settings::default()
+        };
         let c = Config::resolve(cli, Some(&path)).unwrap();
         assert_eq!(c.max_body_bytes, 100);
         assert_eq!(c.send_burst, 9);
@@ -247,8 +276,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("e.toml");
         std::fs::write(&path, "max_bodybytes = 100\n").unwrap();
-        assert!(matches!(Config::resolve(Settings::default(), Some(&path)), Err(ConfigError::Parse { .. })));
-        let cli = Settings { pbkdf2_iterations: Some(10), ..Settings::default() };
-        assert!(matches!(Config::resolve(cli, None), Err(ConfigError::Invalid(_))));
+        assert!(matches!(
+            Config::resolve(Settings::default(), Some(&path)),
+            Err(ConfigError::Parse { .. })
+        ));
+        let cli = Settings {
+            pbkdf2_iterations: Some(10),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            Config::resolve(cli, None),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 }

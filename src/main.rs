@@ -91,7 +91,12 @@ fn admin_token(cfg: &Config) -> anyhow::Result<String> {
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(contents.as_bytes())
 }
 
@@ -100,8 +105,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     let token = admin_token(&cfg)?;
     let store = Arc::new(
-        RocksStore::open(&cfg.data_dir.join("db"), cfg.durability, cfg.deletion_window.as_secs())
-            .context("opening the database")?,
+        RocksStore::open(
+            &cfg.data_dir.join("db"),
+            cfg.durability,
+            cfg.deletion_window.as_secs(),
+        )
+        .context("opening the database")?,
     );
     let limits = Limits {
         max_frame_bytes: cfg.max_frame_bytes,
@@ -124,20 +133,34 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     Sweeper::new(Arc::clone(&dir)).start();
 
     let ready = Arc::new(AtomicBool::new(false));
-    let app_state = web::Data::new(api::AppState { store: Arc::clone(&store), dir, config: Arc::clone(&cfg) });
-    let public = HttpServer::new(move || App::new().app_data(app_state.clone()).configure(api::configure))
-        .workers(2)
-        .bind(cfg.listen)
-        .with_context(|| format!("binding {}", cfg.listen))?;
+    let app_state = web::Data::new(api::AppState {
+        store: Arc::clone(&store),
+        dir,
+        config: Arc::clone(&cfg),
+    });
+    let public = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .configure(api::configure)
+    })
+    .workers(2)
+    .bind(cfg.listen)
+    .with_context(|| format!("binding {}", cfg.listen))?;
     let admin_state = web::Data::new(admin::AdminState {
         store: Arc::clone(&store),
-        token_digest: digest::digest(&digest::SHA256, token.as_bytes()).as_ref().to_vec(),
+        token_digest: digest::digest(&digest::SHA256, token.as_bytes())
+            .as_ref()
+            .to_vec(),
         ready: Arc::clone(&ready),
     });
-    let admin = HttpServer::new(move || App::new().app_data(admin_state.clone()).configure(admin::configure))
-        .workers(1)
-        .bind(cfg.admin_listen)
-        .with_context(|| format!("binding {}", cfg.admin_listen))?;
+    let admin = HttpServer::new(move || {
+        App::new()
+            .app_data(admin_state.clone())
+            .configure(admin::configure)
+    })
+    .workers(1)
+    .bind(cfg.admin_listen)
+    .with_context(|| format!("binding {}", cfg.admin_listen))?;
     let http_addr = public.addrs()[0];
     let admin_addr = admin.addrs()[0];
     let public = public.run();
@@ -152,6 +175,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn futures_join<A: std::future::Future, B: std::future::Future>(a: A, b: B) -> (A::Output, B::Output) {
+async fn futures_join<A: std::future::Future, B: std::future::Future>(
+    a: A,
+    b: B,
+) -> (A::Output, B::Output) {
     tokio::join!(a, b)
 }

@@ -35,14 +35,27 @@ async fn short_ttl_message_is_readable_then_burned_on_time() {
     let mut b1 = TestSocket::connect(&server, &b1s, "bob-1").await;
 
     let ack = a1
-        .send_ok(timed_text(&new_cid("short"), Target::User(&bob.user_id), "short lived", 2))
+        .send_ok(timed_text(
+            &new_cid("short"),
+            Target::User(&bob.user_id),
+            "short lived",
+            2,
+        ))
         .await;
     let msg_id = str_of(&ack, "msg_id").to_owned();
     let conv = str_of(&ack, "conversation_id").to_owned();
     let expires_at = i64_of(&ack, "expires_at");
-    assert_eq!(expires_at, i64_of(&ack, "sent_at") + 2_000, "expires_at = sent_at + 2 s");
+    assert_eq!(
+        expires_at,
+        i64_of(&ack, "sent_at") + 2_000,
+        "expires_at = sent_at + 2 s"
+    );
     let message = b1.expect_about("message", &msg_id).await;
-    assert_eq!(str_of(&message, "body"), "short lived", "live delivery before expiry");
+    assert_eq!(
+        str_of(&message, "body"),
+        "short lived",
+        "live delivery before expiry"
+    );
 
     // bob-1 waits for the burn in its own task, so the checks below cannot
     // delay the moment it reads the frame.
@@ -59,7 +72,9 @@ async fn short_ttl_message_is_readable_then_burned_on_time() {
 
     let history = full_history(&http, &b1s, &conv).await;
     assert!(
-        history.iter().any(|m| m.msg_id == msg_id && m.body.as_deref() == Some("short lived")),
+        history
+            .iter()
+            .any(|m| m.msg_id == msg_id && m.body.as_deref() == Some("short lived")),
         "history holds the message before expiry: {history:?}"
     );
     let b2s = bob.login(&http).await;
@@ -70,7 +85,12 @@ async fn short_ttl_message_is_readable_then_burned_on_time() {
         "the pre-expiry checks took too long to prove anything"
     );
     let copies: Vec<_> = synced.about("message", &msg_id).collect();
-    assert_eq!(copies.len(), 1, "sync before expiry delivers the message: {:?}", synced.events);
+    assert_eq!(
+        copies.len(),
+        1,
+        "sync before expiry delivers the message: {:?}",
+        synced.events
+    );
     assert_eq!(str_of(copies[0], "body"), "short lived", "sync body");
     assert_eq!(synced.about("burned", &msg_id).count(), 0, "not burned yet");
 
@@ -78,7 +98,11 @@ async fn short_ttl_message_is_readable_then_burned_on_time() {
     let lag = arrived_at - expires_at;
     println!("burn lag on bob-1: {lag} ms after expires_at");
     assert_eq!(str_of(&burned, "reason"), "expired", "burn reason");
-    assert_eq!(str_of(&burned, "conversation_id"), conv, "burned.conversation_id");
+    assert_eq!(
+        str_of(&burned, "conversation_id"),
+        conv,
+        "burned.conversation_id"
+    );
     assert!(
         (BURN_EARLY_BOUND_MS..=BURN_LAG_BOUND_MS).contains(&lag),
         "burned must reach an online device within {BURN_LAG_BOUND_MS} ms of expires_at \
@@ -86,7 +110,12 @@ async fn short_ttl_message_is_readable_then_burned_on_time() {
     );
     for device in [&mut b2, &mut a1] {
         let burned = device.expect_about("burned", &msg_id).await;
-        assert_eq!(str_of(&burned, "reason"), "expired", "{}: burn reason", device.label());
+        assert_eq!(
+            str_of(&burned, "reason"),
+            "expired",
+            "{}: burn reason",
+            device.label()
+        );
     }
 
     for session in [&b1s, &a1s] {
@@ -106,7 +135,12 @@ async fn short_ttl_message_is_readable_then_burned_on_time() {
         synced.events
     );
     let burns: Vec<_> = synced.about("burned", &msg_id).collect();
-    assert_eq!(burns.len(), 1, "sync after expiry yields one burn: {:?}", synced.events);
+    assert_eq!(
+        burns.len(),
+        1,
+        "sync after expiry yields one burn: {:?}",
+        synced.events
+    );
     assert_eq!(str_of(burns[0], "reason"), "expired", "sync burn reason");
 }
 
@@ -123,11 +157,21 @@ async fn message_expired_while_offline_is_never_delivered() {
     let mut a1 = TestSocket::connect(&server, &a1s, "alice-1").await;
 
     let short = a1
-        .send_ok(timed_text(&new_cid("gone"), Target::User(&bob.user_id), "never seen", 1))
+        .send_ok(timed_text(
+            &new_cid("gone"),
+            Target::User(&bob.user_id),
+            "never seen",
+            1,
+        ))
         .await;
     // A long-lived control message proves the sync below does deliver.
     let long = a1
-        .send_ok(timed_text(&new_cid("kept"), Target::User(&bob.user_id), "still here", 600))
+        .send_ok(timed_text(
+            &new_cid("kept"),
+            Target::User(&bob.user_id),
+            "still here",
+            600,
+        ))
         .await;
     let short_id = str_of(&short, "msg_id").to_owned();
     let long_id = str_of(&long, "msg_id").to_owned();
@@ -136,10 +180,20 @@ async fn message_expired_while_offline_is_never_delivered() {
     let mut b1 = TestSocket::connect(&server, &b1s, "bob-1").await;
     let synced = b1.sync(0).await;
     let kept: Vec<_> = synced.about("message", &long_id).collect();
-    assert_eq!(kept.len(), 1, "the live message is synced: {:?}", synced.events);
+    assert_eq!(
+        kept.len(),
+        1,
+        "the live message is synced: {:?}",
+        synced.events
+    );
     assert_eq!(str_of(kept[0], "body"), "still here", "control body");
     let burns: Vec<_> = synced.about("burned", &short_id).collect();
-    assert_eq!(burns.len(), 1, "the expired one is reported burned once: {:?}", synced.events);
+    assert_eq!(
+        burns.len(),
+        1,
+        "the expired one is reported burned once: {:?}",
+        synced.events
+    );
     assert_eq!(str_of(burns[0], "reason"), "expired", "burn reason");
     b1.assert_never(QUIET, "the expired message as `message`", |f| {
         is_about(f, "message", &short_id)
@@ -149,7 +203,11 @@ async fn message_expired_while_offline_is_never_delivered() {
     let conv = str_of(&short, "conversation_id").to_owned();
     let history = full_history(&http, &b1s, &conv).await;
     let ids: Vec<&str> = history.iter().map(|m| m.msg_id.as_str()).collect();
-    assert_eq!(ids, vec![long_id.as_str()], "history holds only the live message");
+    assert_eq!(
+        ids,
+        vec![long_id.as_str()],
+        "history holds only the live message"
+    );
 }
 
 /// Physical deletion: a canary body is in the data files while the message
@@ -195,7 +253,11 @@ async fn expired_canary_leaves_no_trace_in_sst_files() {
         proved_at < expires_at,
         "compaction took until {proved_at}, past expires_at {expires_at}: the proof is void"
     );
-    let holding: Vec<_> = files.iter().filter(|(_, found)| *found).map(|(p, _)| p).collect();
+    let holding: Vec<_> = files
+        .iter()
+        .filter(|(_, found)| *found)
+        .map(|(p, _)| p)
+        .collect();
     assert!(
         !holding.is_empty(),
         "the live canary must be found in the data dir, else this test cannot fail \
@@ -205,19 +267,27 @@ async fn expired_canary_leaves_no_trace_in_sst_files() {
     println!(
         "live canary found in: {:?} (in an .sst: {})",
         holding,
-        holding.iter().any(|p| p.to_string_lossy().ends_with(".sst"))
+        holding
+            .iter()
+            .any(|p| p.to_string_lossy().ends_with(".sst"))
     );
 
     // After expiry (seen live by bob) and a compaction: no SST holds it.
     let wait = Duration::from_millis((expires_at - now_ms()).max(0) as u64) + WAIT;
     let burned = b1
-        .expect_within(wait, "burned (expired) canary", |f| is_about(f, "burned", &short_id))
+        .expect_within(wait, "burned (expired) canary", |f| {
+            is_about(f, "burned", &short_id)
+        })
         .await;
     assert_eq!(str_of(&burned, "reason"), "expired", "burn reason");
     server.compact().await;
     let ssts = scan_files(server.data_dir(), ".sst", canary.as_bytes());
     assert!(!ssts.is_empty(), "a compacted store has SST files");
-    let leaking: Vec<_> = ssts.iter().filter(|(_, found)| *found).map(|(p, _)| p).collect();
+    let leaking: Vec<_> = ssts
+        .iter()
+        .filter(|(_, found)| *found)
+        .map(|(p, _)| p)
+        .collect();
     assert!(
         leaking.is_empty(),
         "the expired canary must be in no SST after compaction, found in {leaking:?}"
@@ -242,10 +312,19 @@ async fn expired_canary_leaves_no_trace_in_sst_files() {
     );
 
     let logs = server.logs();
-    assert!(!logs.contains(&canary), "server logs must never contain message bodies");
-    assert!(!logs.contains(&control), "server logs must never contain message bodies");
+    assert!(
+        !logs.contains(&canary),
+        "server logs must never contain message bodies"
+    );
+    assert!(
+        !logs.contains(&control),
+        "server logs must never contain message bodies"
+    );
     for token in [&a1s.token, &b1s.token] {
-        assert!(!logs.contains(token.as_str()), "server logs must never contain tokens");
+        assert!(
+            !logs.contains(token.as_str()),
+            "server logs must never contain tokens"
+        );
     }
     assert!(
         !logs.contains(server.admin_token()),

@@ -28,7 +28,10 @@ async fn timed_message_fans_out_with_receipts_history_and_unsend() {
     let a2s = alice.login(&http).await;
     let b1s = bob.login(&http).await;
     let b2s = bob.login(&http).await;
-    assert_ne!(a1s.device_id, a2s.device_id, "each login must be a new device");
+    assert_ne!(
+        a1s.device_id, a2s.device_id,
+        "each login must be a new device"
+    );
     let mut a1 = TestSocket::connect(&server, &a1s, "alice-1").await;
     let mut a2 = TestSocket::connect(&server, &a2s, "alice-2").await;
     let mut b1 = TestSocket::connect(&server, &b1s, "bob-1").await;
@@ -37,10 +40,19 @@ async fn timed_message_fans_out_with_receipts_history_and_unsend() {
     let cid = new_cid("hello");
     let before = now_ms();
     let ack = a1
-        .send_ok(timed_text(&cid, Target::User(&bob.user_id), "hello bob", 600))
+        .send_ok(timed_text(
+            &cid,
+            Target::User(&bob.user_id),
+            "hello bob",
+            600,
+        ))
         .await;
     let after = now_ms();
-    assert_eq!(str_of(&ack, "client_msg_id"), cid, "ack echoes client_msg_id");
+    assert_eq!(
+        str_of(&ack, "client_msg_id"),
+        cid,
+        "ack echoes client_msg_id"
+    );
     assert_eq!(str_of(&ack, "state"), "sent", "ack state");
     let msg_id = str_of(&ack, "msg_id").to_owned();
     let conv = str_of(&ack, "conversation_id").to_owned();
@@ -51,34 +63,64 @@ async fn timed_message_fans_out_with_receipts_history_and_unsend() {
         before - 1_000 <= sent_at && sent_at <= after + 1_000,
         "sent_at {sent_at} must be the server's clock at the send ({before}..{after})"
     );
-    assert_eq!(expires_at, sent_at + 600_000, "expires_at = sent_at + ttl_seconds");
+    assert_eq!(
+        expires_at,
+        sent_at + 600_000,
+        "expires_at = sent_at + ttl_seconds"
+    );
 
     for device in [&mut b1, &mut b2, &mut a2] {
         let message = device.expect_about("message", &msg_id).await;
         let who = device.label().to_owned();
-        assert_eq!(str_of(&message, "conversation_id"), conv, "{who}: conversation_id");
+        assert_eq!(
+            str_of(&message, "conversation_id"),
+            conv,
+            "{who}: conversation_id"
+        );
         assert_eq!(u64_of(&message, "seq"), seq, "{who}: seq as acked");
         assert_eq!(str_of(&message, "from"), alice.user_id, "{who}: from");
-        assert_eq!(i64_of(&message, "sent_at"), sent_at, "{who}: sent_at as acked");
-        assert_eq!(i64_of(&message, "expires_at"), expires_at, "{who}: expires_at as acked");
-        assert_eq!(str_of(&message, "view_policy"), "timed", "{who}: view_policy");
+        assert_eq!(
+            i64_of(&message, "sent_at"),
+            sent_at,
+            "{who}: sent_at as acked"
+        );
+        assert_eq!(
+            i64_of(&message, "expires_at"),
+            expires_at,
+            "{who}: expires_at as acked"
+        );
+        assert_eq!(
+            str_of(&message, "view_policy"),
+            "timed",
+            "{who}: view_policy"
+        );
         assert_eq!(str_of(&message, "body"), "hello bob", "{who}: body");
         u64_of(&message, "cursor");
     }
 
     // delivered: once per recipient user, whichever device says it.
-    b1.send(json!({"type": "delivered", "msg_id": msg_id})).await;
+    b1.send(json!({"type": "delivered", "msg_id": msg_id}))
+        .await;
     for device in [&mut a1, &mut a2] {
         let receipt = device
             .expect("delivered receipt", |f| {
                 is_about(f, "receipt", &msg_id) && f["state"] == "delivered"
             })
             .await;
-        assert_eq!(str_of(&receipt, "by"), bob.user_id, "receipt.by is the recipient");
-        assert_eq!(str_of(&receipt, "conversation_id"), conv, "receipt.conversation_id");
+        assert_eq!(
+            str_of(&receipt, "by"),
+            bob.user_id,
+            "receipt.by is the recipient"
+        );
+        assert_eq!(
+            str_of(&receipt, "conversation_id"),
+            conv,
+            "receipt.conversation_id"
+        );
         u64_of(&receipt, "cursor");
     }
-    b2.send(json!({"type": "delivered", "msg_id": msg_id})).await;
+    b2.send(json!({"type": "delivered", "msg_id": msg_id}))
+        .await;
 
     // read up to the message's seq.
     b1.send(json!({"type": "read", "conversation_id": conv, "up_to_seq": seq}))
@@ -86,7 +128,9 @@ async fn timed_message_fans_out_with_receipts_history_and_unsend() {
     for device in [&mut a1, &mut a2] {
         let receipt = device
             .expect("read receipt", |f| {
-                is_type(f, "receipt") && f["state"] == "read" && f["conversation_id"] == conv.as_str()
+                is_type(f, "receipt")
+                    && f["state"] == "read"
+                    && f["conversation_id"] == conv.as_str()
             })
             .await;
         assert_eq!(u64_of(&receipt, "up_to_seq"), seq, "read receipt up_to_seq");
@@ -120,7 +164,10 @@ async fn timed_message_fans_out_with_receipts_history_and_unsend() {
         assert_eq!(entry.expires_at, expires_at, "history expires_at");
         assert_eq!(entry.view_policy, "timed", "history view_policy");
     }
-    let conversations = http.list_conversations(&b1s).await.expect("list conversations");
+    let conversations = http
+        .list_conversations(&b1s)
+        .await
+        .expect("list conversations");
     let listed = conversations
         .iter()
         .find(|c| c.conversation_id == conv)
@@ -131,7 +178,11 @@ async fn timed_message_fans_out_with_receipts_history_and_unsend() {
         HashSet::from([alice.user_id.as_str(), bob.user_id.as_str()]),
         "direct conversation members"
     );
-    assert!(listed.last_seq >= seq, "last_seq {} >= {seq}", listed.last_seq);
+    assert!(
+        listed.last_seq >= seq,
+        "last_seq {} >= {seq}",
+        listed.last_seq
+    );
     if let Some(kind) = &listed.kind {
         assert_eq!(kind, "direct", "a `to` conversation is direct");
     }
@@ -140,8 +191,17 @@ async fn timed_message_fans_out_with_receipts_history_and_unsend() {
     a1.send(json!({"type": "unsend", "msg_id": msg_id})).await;
     for device in [&mut a1, &mut a2, &mut b1, &mut b2] {
         let burned = device.expect_about("burned", &msg_id).await;
-        assert_eq!(str_of(&burned, "reason"), "unsent", "{}: burn reason", device.label());
-        assert_eq!(str_of(&burned, "conversation_id"), conv, "burned.conversation_id");
+        assert_eq!(
+            str_of(&burned, "reason"),
+            "unsent",
+            "{}: burn reason",
+            device.label()
+        );
+        assert_eq!(
+            str_of(&burned, "conversation_id"),
+            conv,
+            "burned.conversation_id"
+        );
         u64_of(&burned, "cursor");
     }
     let history = full_history(&http, &b1s, &conv).await;
@@ -165,7 +225,12 @@ async fn typing_and_presence() {
 
     // A conversation first, so the two are contacts.
     let ack = a1
-        .send_ok(timed_text(&new_cid("intro"), Target::User(&bob.user_id), "hi", 600))
+        .send_ok(timed_text(
+            &new_cid("intro"),
+            Target::User(&bob.user_id),
+            "hi",
+            600,
+        ))
         .await;
     let conv = str_of(&ack, "conversation_id").to_owned();
 
@@ -181,7 +246,11 @@ async fn typing_and_presence() {
 
     a1.typing(&conv, true).await;
     let typing = b1.expect_type("typing").await;
-    assert_eq!(str_of(&typing, "conversation_id"), conv, "typing.conversation_id");
+    assert_eq!(
+        str_of(&typing, "conversation_id"),
+        conv,
+        "typing.conversation_id"
+    );
     assert_eq!(str_of(&typing, "user_id"), alice.user_id, "typing.user_id");
     assert_eq!(typing["is_typing"], true, "typing.is_typing");
     b1.typing(&conv, false).await;
@@ -227,7 +296,10 @@ async fn group_conversation_fans_out_to_everyone() {
         .await
         .expect("create group");
 
-    let listed = http.list_conversations(&cs).await.expect("carol's conversations");
+    let listed = http
+        .list_conversations(&cs)
+        .await
+        .expect("carol's conversations");
     let group = listed
         .iter()
         .find(|c| c.conversation_id == conv)
@@ -242,7 +314,11 @@ async fn group_conversation_fans_out_to_everyone() {
         ]),
         "the creator is a member too"
     );
-    assert_eq!(group.kind.as_deref(), Some("group"), "kind of a created conversation");
+    assert_eq!(
+        group.kind.as_deref(),
+        Some("group"),
+        "kind of a created conversation"
+    );
     assert_eq!(group.name.as_deref(), Some("trio"), "group name");
 
     let mut a = TestSocket::connect(&server, &as_, "alice").await;
@@ -250,7 +326,12 @@ async fn group_conversation_fans_out_to_everyone() {
     let mut c = TestSocket::connect(&server, &cs, "carol").await;
 
     let ack = a
-        .send_ok(timed_text(&new_cid("g1"), Target::Conversation(&conv), "hello group", 600))
+        .send_ok(timed_text(
+            &new_cid("g1"),
+            Target::Conversation(&conv),
+            "hello group",
+            600,
+        ))
         .await;
     assert_eq!(str_of(&ack, "conversation_id"), conv, "ack names the group");
     let first = str_of(&ack, "msg_id").to_owned();
@@ -263,10 +344,18 @@ async fn group_conversation_fans_out_to_everyone() {
     }
 
     let ack = b
-        .send_ok(timed_text(&new_cid("g2"), Target::Conversation(&conv), "reply", 600))
+        .send_ok(timed_text(
+            &new_cid("g2"),
+            Target::Conversation(&conv),
+            "reply",
+            600,
+        ))
         .await;
     let second = str_of(&ack, "msg_id").to_owned();
-    assert!(u64_of(&ack, "seq") > first_seq, "a later message gets a later seq");
+    assert!(
+        u64_of(&ack, "seq") > first_seq,
+        "a later message gets a later seq"
+    );
     for device in [&mut a, &mut c] {
         let message = device.expect_about("message", &second).await;
         assert_eq!(str_of(&message, "from"), bob.user_id, "from");
@@ -274,8 +363,10 @@ async fn group_conversation_fans_out_to_everyone() {
     }
     a.assert_never(QUIET, "its own message", |f| is_about(f, "message", &first))
         .await;
-    b.assert_never(QUIET, "its own message", |f| is_about(f, "message", &second))
-        .await;
+    b.assert_never(QUIET, "its own message", |f| {
+        is_about(f, "message", &second)
+    })
+    .await;
 }
 
 /// Resending a client_msg_id returns the first ack and stores nothing new.
@@ -292,7 +383,12 @@ async fn duplicate_client_msg_id_is_acked_once_and_delivered_once() {
     let mut a2 = TestSocket::connect(&server, &a2s, "alice-2").await;
     let mut b1 = TestSocket::connect(&server, &b1s, "bob-1").await;
 
-    let frame = timed_text(&new_cid("dup"), Target::User(&bob.user_id), "only once", 600);
+    let frame = timed_text(
+        &new_cid("dup"),
+        Target::User(&bob.user_id),
+        "only once",
+        600,
+    );
     let first = a1.send_ok(frame.clone()).await;
     let again = a1.send_ok(frame.clone()).await;
     let other_device = a2.send_ok(frame.clone()).await;
@@ -316,7 +412,12 @@ async fn duplicate_client_msg_id_is_acked_once_and_delivered_once() {
 
     // A marker after the duplicates: once it arrived, any duplicate would have.
     let marker = a1
-        .send_ok(timed_text(&new_cid("marker"), Target::User(&bob.user_id), "marker", 600))
+        .send_ok(timed_text(
+            &new_cid("marker"),
+            Target::User(&bob.user_id),
+            "marker",
+            600,
+        ))
         .await;
     assert!(
         u64_of(&marker, "seq") > u64_of(&first, "seq"),
@@ -375,7 +476,11 @@ async fn concurrent_sends_are_totally_ordered() {
     let all_acks: Vec<&Value> = acks_one.iter().chain(&acks_two).collect();
     let seqs: HashSet<u64> = all_acks.iter().map(|a| u64_of(a, "seq")).collect();
     assert_eq!(seqs.len(), 2 * EACH, "every ack must have a distinct seq");
-    let convs: HashSet<&str> = all_acks.iter().map(|a| str_of(a, "conversation_id")).collect();
+    let convs: HashSet<&str> = all_acks
+        .iter()
+        .copied()
+        .map(|a| str_of(a, "conversation_id"))
+        .collect();
     assert_eq!(convs.len(), 1, "all went to one conversation");
     let conv = convs.into_iter().next().unwrap_or_default().to_owned();
     let acked: HashMap<String, u64> = all_acks
@@ -387,7 +492,9 @@ async fn concurrent_sends_are_totally_ordered() {
     let mut got = HashSet::new();
     while got.len() < 2 * EACH {
         let message = b1
-            .expect_within(Duration::from_secs(30), "the next message", |f| is_type(f, "message"))
+            .expect_within(Duration::from_secs(30), "the next message", |f| {
+                is_type(f, "message")
+            })
             .await;
         got.insert(str_of(&message, "msg_id").to_owned());
     }
@@ -442,17 +549,30 @@ async fn concurrent_sends_are_totally_ordered() {
     let history = full_history(&http, &b1s, &conv).await;
     let history_ids: HashSet<&str> = history.iter().map(|m| m.msg_id.as_str()).collect();
     let acked_ids: HashSet<&str> = acked.keys().map(String::as_str).collect();
-    assert_eq!(history_ids, acked_ids, "history holds exactly the acked messages");
+    assert_eq!(
+        history_ids, acked_ids,
+        "history holds exactly the acked messages"
+    );
 }
 
 /// Send `n` messages to `to` as fast as possible, then collect their acks;
 /// the acks come back in send order of their client_msg_ids.
-async fn blast(mut socket: TestSocket, to: String, tag: &str, n: usize) -> (TestSocket, Vec<Value>) {
+async fn blast(
+    mut socket: TestSocket,
+    to: String,
+    tag: &str,
+    n: usize,
+) -> (TestSocket, Vec<Value>) {
     let run = random_hex(3);
     let cids: Vec<String> = (0..n).map(|i| format!("{tag}-{run}-{i:03}")).collect();
     for (i, cid) in cids.iter().enumerate() {
         socket
-            .send(timed_text(cid, Target::User(&to), &format!("{tag} #{i}"), 600))
+            .send(timed_text(
+                cid,
+                Target::User(&to),
+                &format!("{tag} #{i}"),
+                600,
+            ))
             .await;
     }
     let mut acks: HashMap<String, Value> = HashMap::new();
@@ -462,7 +582,11 @@ async fn blast(mut socket: TestSocket, to: String, tag: &str, n: usize) -> (Test
                 is_type(f, "ack") || is_type(f, "error")
             })
             .await;
-        assert!(is_type(&frame, "ack"), "{}: send failed: {frame}", socket.label());
+        assert!(
+            is_type(&frame, "ack"),
+            "{}: send failed: {frame}",
+            socket.label()
+        );
         acks.insert(str_of(&frame, "client_msg_id").to_owned(), frame);
     }
     let ordered = cids
@@ -504,7 +628,12 @@ async fn offline_device_syncs_exactly_what_it_missed() {
     for i in 0..3 {
         let body = format!("missed #{i}");
         let ack = a1
-            .send_ok(timed_text(&new_cid("missed"), Target::User(&bob.user_id), &body, 600))
+            .send_ok(timed_text(
+                &new_cid("missed"),
+                Target::User(&bob.user_id),
+                &body,
+                600,
+            ))
             .await;
         sent.push((str_of(&ack, "msg_id").to_owned(), body));
     }
@@ -531,12 +660,22 @@ async fn offline_device_syncs_exactly_what_it_missed() {
         );
         for (i, (id, body)) in sent.iter().take(2).enumerate() {
             let event = &synced.events[i];
-            assert!(is_about(event, "message", id), "{who}: event {i} is message {id}: {event}");
+            assert!(
+                is_about(event, "message", id),
+                "{who}: event {i} is message {id}: {event}"
+            );
             assert_eq!(str_of(event, "body"), body.as_str(), "{who}: body of {id}");
-            assert_eq!(u64_of(event, "cursor"), live_cursors[i], "{who}: cursor of {id}");
+            assert_eq!(
+                u64_of(event, "cursor"),
+                live_cursors[i],
+                "{who}: cursor of {id}"
+            );
         }
         let burn = &synced.events[2];
-        assert!(is_about(burn, "burned", &unsent), "{who}: the unsent message comes as burned: {burn}");
+        assert!(
+            is_about(burn, "burned", &unsent),
+            "{who}: the unsent message comes as burned: {burn}"
+        );
         assert_eq!(str_of(burn, "reason"), "unsent", "{who}: burn reason");
         let cursor = u64_of(burn, "cursor");
         assert!(
@@ -563,7 +702,10 @@ async fn offline_device_syncs_exactly_what_it_missed() {
         "a sync from the latest cursor returns nothing: {:?}",
         nothing_more.events
     );
-    assert_eq!(nothing_more.cursor, missed.cursor, "cursor does not move without events");
+    assert_eq!(
+        nothing_more.cursor, missed.cursor,
+        "cursor does not move without events"
+    );
 
     let b3s = bob.login(&http).await;
     let mut b3 = TestSocket::connect(&server, &b3s, "bob-3 (new)").await;
@@ -585,13 +727,26 @@ async fn logout_closes_sockets_and_kills_the_token() {
     let mut other = TestSocket::connect(&server, &s2, "alice-2").await;
 
     let answer = http
-        .raw(Method::DELETE, "/api/v1/sessions/current", Some(&s1.token), None)
+        .raw(
+            Method::DELETE,
+            "/api/v1/sessions/current",
+            Some(&s1.token),
+            None,
+        )
         .await
         .expect("logout call");
     assert_eq!(answer.status, 204, "logout answers 204: {answer:?}");
 
-    assert_eq!(by_header.expect_closed(WAIT).await, Some(4401), "header socket close code");
-    assert_eq!(by_query.expect_closed(WAIT).await, Some(4401), "query socket close code");
+    assert_eq!(
+        by_header.expect_closed(WAIT).await,
+        Some(4401),
+        "header socket close code"
+    );
+    assert_eq!(
+        by_query.expect_closed(WAIT).await,
+        Some(4401),
+        "query socket close code"
+    );
 
     let err = http
         .list_conversations(&s1)
@@ -599,9 +754,14 @@ async fn logout_closes_sockets_and_kills_the_token() {
         .expect_err("a logged-out token must not work");
     let api = api_error(&err).unwrap_or_else(|| panic!("expected an HTTP error, got {err:#}"));
     assert_eq!(api.status, 401, "logged-out token status");
-    assert_eq!(api.code.as_deref(), Some("unauthorized"), "logged-out token code");
+    assert_eq!(
+        api.code.as_deref(),
+        Some("unauthorized"),
+        "logged-out token code"
+    );
 
-    let mut again = TestSocket::connect_unchecked(&server, Some(&s1.token), false, "alice-1 again").await;
+    let mut again =
+        TestSocket::connect_unchecked(&server, Some(&s1.token), false, "alice-1 again").await;
     assert_eq!(
         again.expect_closed(WAIT).await,
         Some(4401),

@@ -9,13 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures_util::future::Either;
 
 use crate::directory::Directory;
 use crate::frames::{ErrorCode, FrameError, ServerFrame};
 use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
 use crate::store::{
-    blocking, commit, now_ms, AckRecord, BurnReason, CommitError, ConvKind, ConversationRecord, Deadline,
-    Event, Guard, Millis, Op, ReceiptState, StoredMessage, Txn, ViewPolicy, EVENT_RETENTION_MS,
+    blocking, commit, now_ms, AckRecord, BurnReason, CommitError, ConvKind, ConversationRecord,
+    Deadline, Event, Guard, Millis, Op, ReceiptState, StoredMessage, Txn, ViewPolicy,
+    EVENT_RETENTION_MS,
 };
 use crate::user::Ephemeral;
 
@@ -27,10 +29,14 @@ const DEDUP_MIN_MS: Millis = 86_400_000;
 /// receipt after that only costs one more event).
 const RECEIPT_MEMORY: usize = 65_536;
 
-/// A validated `send`.
+/// A validated `send`. Sent with `do_send`, so a socket's sends reach the
+/// conversation in the order the device sent them; the answer comes back
+/// through `reply`.
 #[derive(Message)]
-#[rtype(result = "Result<AckRecord, FrameError>")]
+#[rtype(result = "()")]
 pub struct Post {
+    /// Where the ack (or the refusal) goes.
+    pub reply: tokio::sync::oneshot::Sender<Result<AckRecord, FrameError>>,
     /// The sender.
     pub from: UserId,
     /// The sending device (it gets the ack, not the message).
@@ -125,16 +131,20 @@ pub struct Conversation {
     receipted: HashSet<(u64, UserId)>,
 }
 
-const UNAVAILABLE: FrameError = FrameError::new(ErrorCode::Unavailable, "conversation unavailable, retry");
+const UNAVAILABLE: FrameError =
+    FrameError::new(ErrorCode::Unavailable, "conversation unavailable, retry");
 const NOT_FOUND: FrameError = FrameError::new(ErrorCode::NotFound, "no such conversation");
 const NO_MESSAGE: FrameError = FrameError::new(ErrorCode::NotFound, "no such message");
-const NOT_MEMBER: FrameError = FrameError::new(ErrorCode::Forbidden, "not a member of this conversation");
+const NOT_MEMBER: FrameError =
+    FrameError::new(ErrorCode::Forbidden, "not a member of this conversation");
 
 fn commit_error(e: CommitError) -> FrameError {
     match e {
         CommitError::Gone => NO_MESSAGE,
         CommitError::Overloaded => FrameError::new(ErrorCode::Unavailable, "server busy, retry"),
-        CommitError::Duplicate(_) | CommitError::Failed => FrameError::new(ErrorCode::Internal, "storage failure"),
+        CommitError::Duplicate(_) | CommitError::Failed => {
+            FrameError::new(ErrorCode::Internal, "storage failure")
+        }
     }
 }
 
@@ -155,7 +165,10 @@ impl Conversation {
     }
 
     fn members(&self) -> &[UserId] {
-        self.record.as_ref().map(|r| r.members.as_slice()).unwrap_or(&[])
+        self.record
+            .as_ref()
+            .map(|r| r.members.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Checks that the conversation exists and `user` is in it.
@@ -172,7 +185,11 @@ impl Conversation {
 
     fn notify_all(&self, ops: &mut Vec<Op>, event: &Event) {
         for m in self.members() {
-            ops.push(Op::Notify { user: *m, event: event.clone(), except_device: None });
+            ops.push(Op::Notify {
+                user: *m,
+                event: event.clone(),
+                except_device: None,
+            });
         }
     }
 
@@ -218,18 +235,32 @@ impl Conversation {
         let now = now_ms();
         let mut ops = vec![
             Op::DeleteMessage(d.msg),
-            Op::PutTombstone { msg: d.msg, reason, until: now + EVENT_RETENTION_MS },
+            Op::PutTombstone {
+                msg: d.msg,
+                reason,
+                until: now + EVENT_RETENTION_MS,
+            },
             Op::DeleteDeadline(d),
         ];
         self.notify_all(&mut ops, &Event::Burned { msg: d.msg, reason });
-        let txn = Txn { guards: vec![Guard::MessagePresent(d.msg)], ops };
+        let txn = Txn {
+            guards: vec![Guard::MessagePresent(d.msg)],
+            ops,
+        };
         let store = Arc::clone(&self.dir.store);
         ctx.spawn(
             async move {
                 match commit(&*store, txn).await {
                     // Burned elsewhere already (unsent): only the index entry is left.
                     Err(CommitError::Gone) => {
-                        let _ = commit(&*store, Txn { guards: vec![], ops: vec![Op::DeleteDeadline(d)] }).await;
+                        let _ = commit(
+                            &*store,
+                            Txn {
+                                guards: vec![],
+                                ops: vec![Op::DeleteDeadline(d)],
+                            },
+                        )
+                        .await;
                     }
                     Err(e) => tracing::error!(error = %e, "burn failed; the sweeper retries it"),
                     Ok(()) => {}
@@ -244,7 +275,8 @@ impl Conversation {
         &self,
         msg: MsgId,
         by: UserId,
-    ) -> Result<impl std::future::Future<Output = Result<StoredMessage, FrameError>>, FrameError> {
+    ) -> Result<impl std::future::Future<Output = Result<StoredMessage, FrameError>>, FrameError>
+    {
         self.check_member(by)?;
         if msg.conv != self.id || msg.seq == 0 || msg.seq > self.last_seq {
             return Err(NO_MESSAGE);
@@ -268,8 +300,9 @@ impl Actor for Conversation {
         let id = self.id;
         // Nothing is handled before the state is loaded.
         ctx.wait(
-            blocking(move || Ok((store.conversation(id)?, store.last_seq(id)?))).into_actor(self).map(
-                |res, act, _| match res {
+            blocking(move || Ok((store.conversation(id)?, store.last_seq(id)?)))
+                .into_actor(self)
+                .map(|res, act, _| match res {
                     Ok((record, last_seq)) => {
                         act.record_persisted = record.is_some();
                         act.record = record;
@@ -279,29 +312,62 @@ impl Actor for Conversation {
                         tracing::error!(conversation = %act.id, "could not load conversation");
                         act.broken = true;
                     }
-                },
-            ),
+                }),
         );
     }
 }
 
 impl Handler<Post> for Conversation {
-    type Result = ResponseActFuture<Self, Result<AckRecord, FrameError>>;
+    type Result = ();
 
-    fn handle(&mut self, msg: Post, ctx: &mut Self::Context) -> Self::Result {
-        if self.record.is_none() && !self.broken {
-            if let Some((a, b)) = msg.direct {
-                self.record = Some(ConversationRecord {
-                    id: self.id,
-                    kind: ConvKind::Direct,
-                    members: vec![a, b],
-                    name: None,
-                    created_at: now_ms(),
-                });
+    fn handle(&mut self, msg: Post, ctx: &mut Self::Context) {
+        match (self.record.is_none() && !self.broken, msg.direct) {
+            (true, Some((a, b))) => {
+                // The first message of a direct conversation creates it, if
+                // the other user exists. The mailbox waits meanwhile, so
+                // later sends keep their order.
+                let peer = if a == msg.from { b } else { a };
+                let store = Arc::clone(&self.dir.store);
+                ctx.wait(
+                    blocking(move || store.user_exists(peer))
+                        .into_actor(self)
+                        .map(move |res, act, ctx| match res {
+                            Ok(true) => {
+                                act.record = Some(ConversationRecord {
+                                    id: act.id,
+                                    kind: ConvKind::Direct,
+                                    members: vec![a, b],
+                                    name: None,
+                                    created_at: now_ms(),
+                                });
+                                act.post(msg, ctx);
+                            }
+                            Ok(false) => {
+                                let _ = msg.reply.send(Err(FrameError::new(
+                                    ErrorCode::NotFound,
+                                    "no such user",
+                                )));
+                            }
+                            Err(_) => {
+                                let _ = msg.reply.send(Err(FrameError::new(
+                                    ErrorCode::Internal,
+                                    "storage failure",
+                                )));
+                            }
+                        }),
+                );
             }
+            _ => self.post(msg, ctx),
         }
+    }
+}
+
+impl Conversation {
+    /// Sequences, persists and fans out one message; answers through `reply`.
+    fn post(&mut self, msg: Post, ctx: &mut Context<Self>) {
         if let Err(e) = self.check_member(msg.from) {
-            return Box::pin(fut::ready(Err(e)));
+            let _ = msg.reply.send(Err(e));
+            return;
         }
         self.last_seq += 1;
         let seq = self.last_seq;
@@ -318,8 +384,16 @@ impl Handler<Post> for Conversation {
             media_key: msg.media_key,
             burn_after_view_seconds: msg.burn_after_view_seconds,
         });
-        let ack = AckRecord { client_msg_id: msg.client_msg_id.clone(), msg_id: id, sent_at, expires_at };
-        let deadline = Deadline { at: expires_at, msg: id };
+        let ack = AckRecord {
+            client_msg_id: msg.client_msg_id.clone(),
+            msg_id: id,
+            sent_at,
+            expires_at,
+        };
+        let deadline = Deadline {
+            at: expires_at,
+            msg: id,
+        };
         let mut ops = Vec::with_capacity(6 + self.members().len());
         let creating = !self.record_persisted;
         if creating {
@@ -329,37 +403,56 @@ impl Handler<Post> for Conversation {
         }
         ops.push(Op::PutMessage(Arc::clone(&stored)));
         ops.push(Op::PutSeq { conv: self.id, seq });
-        ops.push(Op::PutDedup { user: msg.from, ack: ack.clone(), until: expires_at.max(sent_at + DEDUP_MIN_MS) });
+        ops.push(Op::PutDedup {
+            user: msg.from,
+            ack: ack.clone(),
+            until: expires_at.max(sent_at + DEDUP_MIN_MS),
+        });
         ops.push(Op::PutDeadline(deadline));
         let event = Event::Message(stored);
         for m in self.members() {
             let except_device = (*m == msg.from).then_some(msg.device);
-            ops.push(Op::Notify { user: *m, event: event.clone(), except_device });
+            ops.push(Op::Notify {
+                user: *m,
+                event: event.clone(),
+                except_device,
+            });
         }
-        let txn =
-            Txn { guards: vec![Guard::DedupAbsent { user: msg.from, client_msg_id: msg.client_msg_id }], ops };
+        let txn = Txn {
+            guards: vec![Guard::DedupAbsent {
+                user: msg.from,
+                client_msg_id: msg.client_msg_id,
+            }],
+            ops,
+        };
         let pending = self.dir.store.submit(txn);
         self.timers.insert(deadline);
         self.rearm(ctx);
-        Box::pin(async move { pending.await.unwrap_or(Err(CommitError::Failed)) }.into_actor(self).map(
-            move |res, act, _| match res {
-                Ok(()) => {
-                    if creating {
-                        act.record_persisted = true;
-                    }
-                    Ok(ack)
-                }
-                // A retry of an earlier message: the first ack, nothing new stored.
-                Err(CommitError::Duplicate(first)) => {
-                    act.timers.remove(&deadline);
-                    Ok(first)
-                }
-                Err(e) => {
-                    act.timers.remove(&deadline);
-                    Err(commit_error(e))
-                }
-            },
-        ))
+        let reply = msg.reply;
+        ctx.spawn(
+            async move { pending.await.unwrap_or(Err(CommitError::Failed)) }
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    let answer = match res {
+                        Ok(()) => {
+                            if creating {
+                                act.record_persisted = true;
+                            }
+                            Ok(ack)
+                        }
+                        // A retry of an earlier message: the first ack, nothing new stored.
+                        Err(CommitError::Duplicate(first)) => {
+                            act.timers.remove(&deadline);
+                            Ok(first)
+                        }
+                        Err(e) => {
+                            act.timers.remove(&deadline);
+                            Err(commit_error(e))
+                        }
+                    };
+                    let _ = reply.send(answer);
+                }),
+        );
     }
 }
 
@@ -386,12 +479,16 @@ impl Handler<Delivered> for Conversation {
                         state: ReceiptState::Delivered,
                         by: msg.by,
                     };
-                    txn.ops.push(Op::Notify { user: m.from, event, except_device: None });
+                    txn.ops.push(Op::Notify {
+                        user: m.from,
+                        event,
+                        except_device: None,
+                    });
                 }
                 Ok(_) => {}
-                Err(e) => return fut::Either::left(fut::ready(Err(e))),
+                Err(e) => return Either::Left(fut::ready(Err(e))),
             }
-            fut::Either::right(
+            Either::Right(
                 async move {
                     if txn.ops.is_empty() {
                         return Ok(());
@@ -412,9 +509,18 @@ impl Handler<Read> for Conversation {
             return Box::pin(async move { Err(e) });
         }
         if msg.up_to_seq > self.last_seq {
-            return Box::pin(async { Err(FrameError::new(ErrorCode::Invalid, "up_to_seq is beyond the last message")) });
+            return Box::pin(async {
+                Err(FrameError::new(
+                    ErrorCode::Invalid,
+                    "up_to_seq is beyond the last message",
+                ))
+            });
         }
-        let mut ops = vec![Op::PutReadState { conv: self.id, user: msg.by, up_to_seq: msg.up_to_seq }];
+        let mut ops = vec![Op::PutReadState {
+            conv: self.id,
+            user: msg.by,
+            up_to_seq: msg.up_to_seq,
+        }];
         let event = Event::Receipt {
             conv: self.id,
             msg: None,
@@ -423,10 +529,24 @@ impl Handler<Read> for Conversation {
             by: msg.by,
         };
         for m in self.members().iter().filter(|m| **m != msg.by) {
-            ops.push(Op::Notify { user: *m, event: event.clone(), except_device: None });
+            ops.push(Op::Notify {
+                user: *m,
+                event: event.clone(),
+                except_device: None,
+            });
         }
         let store = Arc::clone(&self.dir.store);
-        Box::pin(async move { commit(&*store, Txn { guards: vec![], ops }).await.map_err(commit_error) })
+        Box::pin(async move {
+            commit(
+                &*store,
+                Txn {
+                    guards: vec![],
+                    ops,
+                },
+            )
+            .await
+            .map_err(commit_error)
+        })
     }
 }
 
@@ -445,9 +565,24 @@ impl Handler<Screenshot> for Conversation {
                 if m.from == msg.by {
                     return Ok(());
                 }
-                let event = Event::Screenshot { msg: msg.msg, by: msg.by };
-                let ops = vec![Op::Notify { user: m.from, event, except_device: None }];
-                commit(&*store, Txn { guards: vec![], ops }).await.map_err(commit_error)
+                let event = Event::Screenshot {
+                    msg: msg.msg,
+                    by: msg.by,
+                };
+                let ops = vec![Op::Notify {
+                    user: m.from,
+                    event,
+                    except_device: None,
+                }];
+                commit(
+                    &*store,
+                    Txn {
+                        guards: vec![],
+                        ops,
+                    },
+                )
+                .await
+                .map_err(commit_error)
             }
             .into_actor(self),
         )
@@ -466,25 +601,43 @@ impl Handler<Unsend> for Conversation {
             let m = match res {
                 Ok(m) if m.from == msg.by => m,
                 Ok(_) => {
-                    return fut::Either::left(fut::ready(Err(FrameError::new(
+                    return Either::Left(fut::ready(Err(FrameError::new(
                         ErrorCode::Forbidden,
                         "only the sender can unsend a message",
                     ))))
                 }
-                Err(e) => return fut::Either::left(fut::ready(Err(e))),
+                Err(e) => return Either::Left(fut::ready(Err(e))),
             };
-            let d = Deadline { at: m.expires_at, msg: m.id };
+            let d = Deadline {
+                at: m.expires_at,
+                msg: m.id,
+            };
             act.timers.remove(&d);
             let now = now_ms();
             let mut ops = vec![
                 Op::DeleteMessage(m.id),
-                Op::PutTombstone { msg: m.id, reason: BurnReason::Unsent, until: now + EVENT_RETENTION_MS },
+                Op::PutTombstone {
+                    msg: m.id,
+                    reason: BurnReason::Unsent,
+                    until: now + EVENT_RETENTION_MS,
+                },
                 Op::DeleteDeadline(d),
             ];
-            act.notify_all(&mut ops, &Event::Burned { msg: m.id, reason: BurnReason::Unsent });
-            let txn = Txn { guards: vec![Guard::MessagePresent(m.id)], ops };
+            act.notify_all(
+                &mut ops,
+                &Event::Burned {
+                    msg: m.id,
+                    reason: BurnReason::Unsent,
+                },
+            );
+            let txn = Txn {
+                guards: vec![Guard::MessagePresent(m.id)],
+                ops,
+            };
             let store = Arc::clone(&act.dir.store);
-            fut::Either::right(async move { commit(&*store, txn).await.map_err(commit_error) }.into_actor(act))
+            Either::Right(
+                async move { commit(&*store, txn).await.map_err(commit_error) }.into_actor(act),
+            )
         }))
     }
 }
@@ -494,12 +647,21 @@ impl Handler<Typing> for Conversation {
 
     fn handle(&mut self, msg: Typing, _: &mut Self::Context) -> Self::Result {
         self.check_member(msg.by)?;
-        let text: Arc<str> =
-            ServerFrame::Typing { conversation_id: self.id, user_id: msg.by, is_typing: msg.is_typing }
-                .to_text()
-                .into();
+        let text: Arc<str> = ServerFrame::Typing {
+            conversation_id: self.id,
+            user_id: msg.by,
+            is_typing: msg.is_typing,
+        }
+        .to_text()
+        .into();
         for m in self.members().iter().filter(|m| **m != msg.by) {
-            self.dir.tell_user(*m, Ephemeral { text: Arc::clone(&text), except_device: None });
+            self.dir.tell_user(
+                *m,
+                Ephemeral {
+                    text: Arc::clone(&text),
+                    except_device: None,
+                },
+            );
         }
         Ok(())
     }
@@ -509,7 +671,8 @@ impl Handler<Arm> for Conversation {
     type Result = ();
 
     fn handle(&mut self, msg: Arm, ctx: &mut Self::Context) {
-        self.timers.extend(msg.0.into_iter().filter(|d| d.msg.conv == self.id));
+        self.timers
+            .extend(msg.0.into_iter().filter(|d| d.msg.conv == self.id));
         self.rearm(ctx);
     }
 }

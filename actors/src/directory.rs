@@ -70,7 +70,10 @@ pub struct Directory {
 impl Directory {
     /// A directory whose actors run on `arbiters`.
     pub fn new(store: Arc<dyn Store>, limits: Limits, arbiters: Vec<ArbiterHandle>) -> Arc<Self> {
-        assert!(!arbiters.is_empty(), "the directory needs at least one arbiter");
+        assert!(
+            !arbiters.is_empty(),
+            "the directory needs at least one arbiter"
+        );
         Arc::new(Directory {
             store,
             limits,
@@ -101,7 +104,10 @@ impl Directory {
             }
         });
         entry.attaching += 1;
-        UserHandle { addr: entry.addr.clone(), send_bucket: Arc::clone(&entry.send_bucket) }
+        UserHandle {
+            addr: entry.addr.clone(),
+            send_bucket: Arc::clone(&entry.send_bucket),
+        }
     }
 
     /// Called by the user actor when it handled an `Attach`.
@@ -127,7 +133,10 @@ impl Directory {
 
     /// Whether the user has a device online on this node.
     pub fn is_online(&self, user: UserId) -> bool {
-        self.users.read().unwrap_or_else(|p| p.into_inner()).contains_key(&user)
+        self.users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&user)
     }
 
     /// Sends a message to the user's actor if they are online.
@@ -137,7 +146,12 @@ impl Directory {
         M::Result: Send,
         User: actix::Handler<M>,
     {
-        if let Some(e) = self.users.read().unwrap_or_else(|p| p.into_inner()).get(&user) {
+        if let Some(e) = self
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+        {
             e.addr.do_send(msg);
         }
     }
@@ -151,7 +165,8 @@ impl Directory {
             }
         }
         let dir = Arc::clone(self);
-        let addr = Conversation::start_in_arbiter(self.arbiter(), move |_| Conversation::new(dir, id));
+        let addr =
+            Conversation::start_in_arbiter(self.arbiter(), move |_| Conversation::new(dir, id));
         convs.insert(id, addr.clone());
         addr
     }
@@ -159,7 +174,11 @@ impl Directory {
     /// How many actors of each kind are live: (users, conversations).
     pub fn live_counts(&self) -> (usize, usize) {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner()).len();
-        let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let convs = self
+            .conversations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         (users, convs)
     }
 }

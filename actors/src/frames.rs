@@ -120,7 +120,11 @@ pub struct FrameError {
 impl FrameError {
     /// A refusal with a code and fixed message.
     pub const fn new(code: ErrorCode, message: &'static str) -> Self {
-        FrameError { code, message, retry_after_ms: None }
+        FrameError {
+            code,
+            message,
+            retry_after_ms: None,
+        }
     }
 }
 
@@ -298,7 +302,13 @@ pub fn render_event(cursor: u64, event: &Event) -> String {
     match event {
         Event::Message(m) => ServerFrame::Message(MessageView::of(m, Some(cursor))).to_text(),
         Event::Burned { msg, reason } => burned(cursor, *msg, *reason),
-        Event::Receipt { conv, msg, up_to_seq, state, by } => ServerFrame::Receipt {
+        Event::Receipt {
+            conv,
+            msg,
+            up_to_seq,
+            state,
+            by,
+        } => ServerFrame::Receipt {
             cursor,
             msg_id: *msg,
             up_to_seq: *up_to_seq,
@@ -307,21 +317,36 @@ pub fn render_event(cursor: u64, event: &Event) -> String {
             by: *by,
         }
         .to_text(),
-        Event::Screenshot { msg, by } => {
-            ServerFrame::Screenshot { cursor, msg_id: *msg, conversation_id: msg.conv, by: *by }.to_text()
+        Event::Screenshot { msg, by } => ServerFrame::Screenshot {
+            cursor,
+            msg_id: *msg,
+            conversation_id: msg.conv,
+            by: *by,
         }
+        .to_text(),
     }
 }
 
 /// A `burned` frame.
 pub fn burned(cursor: u64, msg: MsgId, reason: BurnReason) -> String {
-    ServerFrame::Burned { cursor, msg_id: msg, conversation_id: msg.conv, reason }.to_text()
+    ServerFrame::Burned {
+        cursor,
+        msg_id: msg,
+        conversation_id: msg.conv,
+        reason,
+    }
+    .to_text()
 }
 
 /// An `error` frame.
 pub fn error(err: &FrameError, reference: Option<&str>) -> String {
-    ServerFrame::Error { code: err.code, message: err.message, reference, retry_after_ms: err.retry_after_ms }
-        .to_text()
+    ServerFrame::Error {
+        code: err.code,
+        message: err.message,
+        reference,
+        retry_after_ms: err.retry_after_ms,
+    }
+    .to_text()
 }
 
 /// Parses an id field, or says which frame error it is.
@@ -343,7 +368,10 @@ mod tests {
         let t = ServerFrame::Synced { cursor: 7 }.to_text();
         assert_eq!(t, r#"{"type":"synced","cursor":7}"#);
         let e = error(&FrameError::new(ErrorCode::BadFrame, "x"), Some("c1"));
-        assert_eq!(e, r#"{"type":"error","code":"bad_frame","message":"x","ref":"c1"}"#);
+        assert_eq!(
+            e,
+            r#"{"type":"error","code":"bad_frame","message":"x","ref":"c1"}"#
+        );
         assert_eq!(ServerFrame::Pong.to_text(), r#"{"type":"pong"}"#);
     }
 
@@ -354,7 +382,10 @@ mod tests {
         let f: ClientFrame = serde_json::from_str(r#"{"type":"sync","after":3}"#).unwrap();
         assert!(matches!(f, ClientFrame::Sync { after: 3 }));
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"sync"}"#).is_err());
-        assert_eq!(salvage_ref(r#"{"type":"send","client_msg_id":"a"}"#).as_deref(), Some("a"));
+        assert_eq!(
+            salvage_ref(r#"{"type":"send","client_msg_id":"a"}"#).as_deref(),
+            Some("a")
+        );
         assert_eq!(salvage_ref("nope"), None);
     }
 }

@@ -105,7 +105,10 @@ impl MsgId {
         conv.copy_from_slice(&raw[..16]);
         let mut seq = [0u8; 8];
         seq.copy_from_slice(&raw[16..]);
-        Some(MsgId { conv: Id(conv), seq: u64::from_be_bytes(seq) })
+        Some(MsgId {
+            conv: Id(conv),
+            seq: u64::from_be_bytes(seq),
+        })
     }
 }
 
@@ -187,12 +190,19 @@ mod tests {
         let id = Id::random();
         assert_eq!(Id::parse(&id.to_string()), Some(id));
         assert_eq!(Id::parse("zz"), None);
-        assert_eq!(Id::parse(&"A".repeat(32)), None, "upper case is not canonical");
+        assert_eq!(
+            Id::parse(&"A".repeat(32)),
+            None,
+            "upper case is not canonical"
+        );
     }
 
     #[test]
     fn msg_id_carries_conversation_and_seq() {
-        let m = MsgId { conv: Id([7; 16]), seq: 258 };
+        let m = MsgId {
+            conv: Id([7; 16]),
+            seq: 258,
+        };
         let s = m.to_string();
         assert_eq!(s.len(), 48);
         assert!(s.ends_with("0000000000000102"));

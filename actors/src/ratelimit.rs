@@ -15,7 +15,12 @@ impl TokenBucket {
     /// A full bucket.
     pub fn new(rate_per_second: u32, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
-        TokenBucket { rate: f64::from(rate_per_second.max(1)), burst, tokens: burst, last: Instant::now() }
+        TokenBucket {
+            rate: f64::from(rate_per_second.max(1)),
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
     }
 
     /// Takes one token at `now`, or says in how many ms one will be there.
@@ -50,7 +55,10 @@ mod tests {
             assert!(b.take_at(t0).is_ok());
         }
         let wait = b.take_at(t0).unwrap_err();
-        assert!((90..=100).contains(&wait), "a token every 100 ms, got {wait}");
+        assert!(
+            (90..=100).contains(&wait),
+            "a token every 100 ms, got {wait}"
+        );
         assert!(b.take_at(t0 + Duration::from_millis(100)).is_ok());
         assert!(b.take_at(t0 + Duration::from_millis(100)).is_err());
     }

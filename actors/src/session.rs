@@ -14,8 +14,8 @@ use actix_web_actors::ws;
 use crate::conversation::{self, Delivered, Post, Read, Screenshot, Typing, Unsend};
 use crate::directory::Directory;
 use crate::frames::{
-    self, burned, error, parse_msg_id, salvage_ref, ClientFrame, ErrorCode, FrameError, MessageView, SendFrame,
-    ServerFrame,
+    self, burned, error, parse_msg_id, salvage_ref, ClientFrame, ErrorCode, FrameError,
+    MessageView, SendFrame, ServerFrame,
 };
 use crate::ids::{DeviceId, Id, MsgId, UserId};
 use crate::ratelimit::TokenBucket;
@@ -67,7 +67,8 @@ pub struct Session {
 impl Session {
     /// A session for an authenticated device.
     pub fn new(dir: Arc<Directory>, user: UserId, device: DeviceId) -> Self {
-        let frame_bucket = TokenBucket::new(dir.limits.frame_rate_per_second, dir.limits.frame_burst);
+        let frame_bucket =
+            TokenBucket::new(dir.limits.frame_rate_per_second, dir.limits.frame_burst);
         Session {
             dir,
             user,
@@ -80,7 +81,11 @@ impl Session {
         }
     }
 
-    fn reply_error(ctx: &mut ws::WebsocketContext<Self>, err: &FrameError, reference: Option<&str>) {
+    fn reply_error(
+        ctx: &mut ws::WebsocketContext<Self>,
+        err: &FrameError,
+        reference: Option<&str>,
+    ) {
         ctx.text(error(err, reference));
     }
 
@@ -103,12 +108,22 @@ impl Session {
             ClientFrame::Ping => ctx.text(ServerFrame::Pong.to_text()),
             ClientFrame::Send(f) => self.on_send(f, ctx),
             ClientFrame::Sync { after } => self.on_sync(after, ctx),
-            ClientFrame::Typing { conversation_id, is_typing } => {
+            ClientFrame::Typing {
+                conversation_id,
+                is_typing,
+            } => {
                 let by = self.user;
                 let device = self.device;
-                self.route_conv(&conversation_id, None, ctx, move |_| Typing { by, device, is_typing });
+                self.route_conv(&conversation_id, None, ctx, move |_| Typing {
+                    by,
+                    device,
+                    is_typing,
+                });
             }
-            ClientFrame::Read { conversation_id, up_to_seq } => {
+            ClientFrame::Read {
+                conversation_id,
+                up_to_seq,
+            } => {
                 let by = self.user;
                 self.route_conv(&conversation_id, None, ctx, move |_| Read { by, up_to_seq });
             }
@@ -148,8 +163,13 @@ impl Session {
     }
 
     /// Sends a conversation-scoped frame to its conversation.
-    fn route_conv<M, F>(&mut self, conv: &str, reference: Option<String>, ctx: &mut ws::WebsocketContext<Self>, make: F)
-    where
+    fn route_conv<M, F>(
+        &mut self,
+        conv: &str,
+        reference: Option<String>,
+        ctx: &mut ws::WebsocketContext<Self>,
+        make: F,
+    ) where
         F: FnOnce(Id) -> M,
         M: Message<Result = Result<(), FrameError>> + Send + 'static,
         conversation::Conversation: Handler<M>,
@@ -164,12 +184,15 @@ impl Session {
     }
 
     /// Answers a routed frame: nothing on success, an error frame otherwise.
-    fn answer(
+    fn answer<M>(
         &mut self,
-        req: Request<conversation::Conversation, impl Message<Result = Result<(), FrameError>> + Send + 'static>,
+        req: Request<conversation::Conversation, M>,
         reference: Option<String>,
         ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    ) where
+        M: Message<Result = Result<(), FrameError>> + Send + 'static,
+        conversation::Conversation: Handler<M>,
+    {
         ctx.spawn(req.into_actor(self).map(move |res, _, ctx| {
             let err = match res {
                 Ok(Ok(())) => return,
@@ -191,7 +214,9 @@ impl Session {
             "once" => ViewPolicy::Once,
             _ => return invalid("view_policy must be \"once\" or \"timed\""),
         };
-        if f.ttl_seconds < limits.min_ttl_seconds as i64 || f.ttl_seconds > limits.max_ttl_seconds as i64 {
+        if f.ttl_seconds < limits.min_ttl_seconds as i64
+            || f.ttl_seconds > limits.max_ttl_seconds as i64
+        {
             return invalid("ttl_seconds is out of range");
         }
         let burn_after = match f.burn_after_view_seconds {
@@ -207,7 +232,10 @@ impl Session {
         }
         if let Some(body) = &f.body {
             if body.len() > limits.max_body_bytes {
-                return Err(FrameError::new(ErrorCode::TooLarge, "body is over the size limit"));
+                return Err(FrameError::new(
+                    ErrorCode::TooLarge,
+                    "body is over the size limit",
+                ));
             }
         }
         if policy == ViewPolicy::Once {
@@ -235,56 +263,63 @@ impl Session {
         };
         let me = self.user;
         let client_msg_id = f.client_msg_id.clone();
-        let mut post = Post {
+        let (conv, direct) = match (f.to, f.conversation_id) {
+            (Some(to), _) => match frames::parse_id(&to) {
+                Ok(peer) if peer == me => {
+                    let e = FrameError::new(
+                        ErrorCode::Invalid,
+                        "cannot send a direct message to oneself",
+                    );
+                    return Self::reply_error(ctx, &e, Some(&client_msg_id));
+                }
+                Ok(peer) => (Id::direct(me, peer), Some((me, peer))),
+                Err(_) => {
+                    let e = FrameError::new(ErrorCode::NotFound, "no such user");
+                    return Self::reply_error(ctx, &e, Some(&client_msg_id));
+                }
+            },
+            (None, Some(c)) => match conversation::conversation_id(&c) {
+                Ok(id) => (id, None),
+                Err(e) => return Self::reply_error(ctx, &e, Some(&client_msg_id)),
+            },
+            (None, None) => unreachable!("check_send requires one of to and conversation_id"),
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        // do_send: this socket's sends reach the conversation in order.
+        self.dir.conversation(conv).do_send(Post {
+            reply,
             from: me,
             device: self.device,
             client_msg_id: f.client_msg_id,
-            direct: None,
+            direct,
             body: f.body,
             media_key: f.media_key,
             view_policy,
             ttl_seconds: f.ttl_seconds as u64,
             burn_after_view_seconds,
-        };
-        let dir = Arc::clone(&self.dir);
+        });
         let fut = async move {
-            let conv = match (f.to, f.conversation_id) {
-                (Some(to), _) => {
-                    let peer = frames::parse_id(&to).map_err(|_| FrameError::new(ErrorCode::NotFound, "no such user"))?;
-                    if peer == me {
-                        return Err(FrameError::new(ErrorCode::Invalid, "cannot send a direct message to oneself"));
-                    }
-                    let store = Arc::clone(&dir.store);
-                    match blocking(move || store.user_exists(peer)).await {
-                        Ok(true) => {}
-                        Ok(false) => return Err(FrameError::new(ErrorCode::NotFound, "no such user")),
-                        Err(_) => return Err(FrameError::new(ErrorCode::Internal, "storage failure")),
-                    }
-                    post.direct = Some((me, peer));
-                    Id::direct(me, peer)
-                }
-                (None, Some(c)) => conversation::conversation_id(&c)?,
-                (None, None) => unreachable!("checked by check_send"),
-            };
-            match dir.conversation(conv).send(post).await {
-                Ok(r) => r,
-                Err(_) => Err(FrameError::new(ErrorCode::Unavailable, "conversation restarting, retry")),
-            }
+            answer.await.unwrap_or(Err(FrameError::new(
+                ErrorCode::Unavailable,
+                "conversation restarting, retry",
+            )))
         };
-        ctx.spawn(fut.into_actor(self).map(move |res, _, ctx| match res {
-            Ok(ack) => ctx.text(
-                ServerFrame::Ack {
-                    client_msg_id: &ack.client_msg_id,
-                    msg_id: ack.msg_id,
-                    conversation_id: ack.msg_id.conv,
-                    seq: ack.msg_id.seq,
-                    state: "sent",
-                    sent_at: ack.sent_at,
-                    expires_at: ack.expires_at,
-                }
-                .to_text(),
-            ),
-            Err(e) => Self::reply_error(ctx, &e, Some(&client_msg_id)),
+        ctx.spawn(fut.into_actor(self).map(move |res, _, ctx| {
+            match res {
+                Ok(ack) => ctx.text(
+                    ServerFrame::Ack {
+                        client_msg_id: &ack.client_msg_id,
+                        msg_id: ack.msg_id,
+                        conversation_id: ack.msg_id.conv,
+                        seq: ack.msg_id.seq,
+                        state: "sent",
+                        sent_at: ack.sent_at,
+                        expires_at: ack.expires_at,
+                    }
+                    .to_text(),
+                ),
+                Err(e) => Self::reply_error(ctx, &e, Some(&client_msg_id)),
+            }
         }));
     }
 
@@ -294,30 +329,36 @@ impl Session {
         }
         let store = Arc::clone(&self.dir.store);
         let user = self.user;
-        ctx.spawn(blocking(move || replay(&*store, user, after, now_ms())).into_actor(self).map(
-            move |res, act, ctx| {
-                let buffered = act.sync_buffer.take().unwrap_or_default();
-                match res {
-                    Ok((frames, last)) => {
-                        for f in &frames {
-                            ctx.text(f.as_str());
-                        }
-                        ctx.text(ServerFrame::Synced { cursor: last }.to_text());
-                        for (cursor, text) in buffered {
-                            if cursor.is_none_or(|c| c > last) {
-                                ctx.text(&*text);
+        ctx.spawn(
+            blocking(move || replay(&*store, user, after, now_ms()))
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    let buffered = act.sync_buffer.take().unwrap_or_default();
+                    match res {
+                        Ok((frames, last)) => {
+                            for f in &frames {
+                                ctx.text(f.as_str());
+                            }
+                            ctx.text(ServerFrame::Synced { cursor: last }.to_text());
+                            for (cursor, text) in buffered {
+                                if cursor.is_none_or(|c| c > last) {
+                                    ctx.text(&*text);
+                                }
                             }
                         }
-                    }
-                    Err(_) => {
-                        for (_, text) in buffered {
-                            ctx.text(&*text);
+                        Err(_) => {
+                            for (_, text) in buffered {
+                                ctx.text(&*text);
+                            }
+                            Self::reply_error(
+                                ctx,
+                                &FrameError::new(ErrorCode::Internal, "sync failed, retry"),
+                                None,
+                            );
                         }
-                        Self::reply_error(ctx, &FrameError::new(ErrorCode::Internal, "sync failed, retry"), None);
                     }
-                }
-            },
-        ));
+                }),
+        );
     }
 
     fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -336,7 +377,12 @@ impl Session {
 /// Replays a user's inbox after `after`: every live event in cursor order,
 /// a message that has expired or been burned replaced by its `burned`
 /// (once per message). Returns the frames and the last cursor scanned.
-pub fn replay(store: &dyn Store, user: UserId, after: u64, now: u64) -> Result<(Vec<String>, u64), ReadError> {
+pub fn replay(
+    store: &dyn Store,
+    user: UserId,
+    after: u64,
+    now: u64,
+) -> Result<(Vec<String>, u64), ReadError> {
     let mut out = Vec::new();
     let mut burned_once: HashSet<MsgId> = HashSet::new();
     let mut cursor = after;
@@ -347,7 +393,9 @@ pub fn replay(store: &dyn Store, user: UserId, after: u64, now: u64) -> Result<(
             cursor = c;
             let frame = match rec {
                 EventRecord::Message { msg } => match store.message(msg)? {
-                    Some(m) if m.expires_at > now => ServerFrame::Message(MessageView::of(&m, Some(c))).to_text(),
+                    Some(m) if m.expires_at > now => {
+                        ServerFrame::Message(MessageView::of(&m, Some(c))).to_text()
+                    }
                     _ => {
                         if !burned_once.insert(msg) {
                             continue;
@@ -362,7 +410,13 @@ pub fn replay(store: &dyn Store, user: UserId, after: u64, now: u64) -> Result<(
                     }
                     burned(c, msg, reason)
                 }
-                EventRecord::Receipt { conv, msg, up_to_seq, state, by } => ServerFrame::Receipt {
+                EventRecord::Receipt {
+                    conv,
+                    msg,
+                    up_to_seq,
+                    state,
+                    by,
+                } => ServerFrame::Receipt {
                     cursor: c,
                     msg_id: msg,
                     up_to_seq,
@@ -371,9 +425,13 @@ pub fn replay(store: &dyn Store, user: UserId, after: u64, now: u64) -> Result<(
                     by,
                 }
                 .to_text(),
-                EventRecord::Screenshot { msg, by } => {
-                    ServerFrame::Screenshot { cursor: c, msg_id: msg, conversation_id: msg.conv, by }.to_text()
+                EventRecord::Screenshot { msg, by } => ServerFrame::Screenshot {
+                    cursor: c,
+                    msg_id: msg,
+                    conversation_id: msg.conv,
+                    by,
                 }
+                .to_text(),
             };
             out.push(frame);
         }
@@ -388,13 +446,22 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let handle = self.dir.attach_user(self.user);
-        handle.addr.do_send(Attach { serial: self.serial, device: self.device, addr: ctx.address() });
+        handle.addr.do_send(Attach {
+            serial: self.serial,
+            device: self.device,
+            addr: ctx.address(),
+        });
         self.send_bucket = Some(handle.send_bucket);
         self.heartbeat(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.dir.tell_user(self.user, Detach { serial: self.serial });
+        self.dir.tell_user(
+            self.user,
+            Detach {
+                serial: self.serial,
+            },
+        );
     }
 }
 
@@ -403,9 +470,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
         self.last_heard = Instant::now();
         match msg {
             Ok(ws::Message::Text(t)) => self.on_text(&t, ctx),
-            Ok(ws::Message::Binary(_)) | Ok(ws::Message::Continuation(_)) => {
-                Self::reply_error(ctx, &FrameError::new(ErrorCode::BadFrame, "only text frames are accepted"), None)
-            }
+            Ok(ws::Message::Binary(_)) | Ok(ws::Message::Continuation(_)) => Self::reply_error(
+                ctx,
+                &FrameError::new(ErrorCode::BadFrame, "only text frames are accepted"),
+                None,
+            ),
             Ok(ws::Message::Ping(p)) => ctx.pong(&p),
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
@@ -413,7 +482,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
                 ctx.stop();
             }
             Err(ws::ProtocolError::Overflow) => {
-                ctx.close(Some(ws::CloseReason { code: ws::CloseCode::Size, description: Some("frame too large".into()) }));
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Size,
+                    description: Some("frame too large".into()),
+                }));
                 ctx.stop();
             }
             Err(_) => {
@@ -439,7 +511,10 @@ impl Handler<CloseSocket> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: CloseSocket, ctx: &mut Self::Context) {
-        ctx.close(Some(ws::CloseReason { code: ws::CloseCode::Other(msg.code), description: Some(msg.reason.into()) }));
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::Other(msg.code),
+            description: Some(msg.reason.into()),
+        }));
         ctx.stop();
     }
 }

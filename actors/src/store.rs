@@ -206,9 +206,27 @@ impl Event {
         let keep = now.saturating_add(EVENT_RETENTION_MS);
         match self {
             Event::Message(m) => (EventRecord::Message { msg: m.id }, m.expires_at),
-            Event::Burned { msg, reason } => (EventRecord::Burned { msg: *msg, reason: *reason }, keep),
-            Event::Receipt { conv, msg, up_to_seq, state, by } => (
-                EventRecord::Receipt { conv: *conv, msg: *msg, up_to_seq: *up_to_seq, state: *state, by: *by },
+            Event::Burned { msg, reason } => (
+                EventRecord::Burned {
+                    msg: *msg,
+                    reason: *reason,
+                },
+                keep,
+            ),
+            Event::Receipt {
+                conv,
+                msg,
+                up_to_seq,
+                state,
+                by,
+            } => (
+                EventRecord::Receipt {
+                    conv: *conv,
+                    msg: *msg,
+                    up_to_seq: *up_to_seq,
+                    state: *state,
+                    by: *by,
+                },
                 keep,
             ),
             Event::Screenshot { msg, by } => (EventRecord::Screenshot { msg: *msg, by: *by }, keep),
@@ -363,15 +381,30 @@ pub trait Store: Send + Sync + 'static {
     /// Why a message is gone, if it was burned.
     fn tombstone(&self, id: MsgId) -> Result<Option<BurnReason>, ReadError>;
     /// Messages of a conversation after `after_seq`, in seq order, live or not.
-    fn messages_after(&self, conv: ConvId, after_seq: u64, limit: usize) -> Result<Vec<StoredMessage>, ReadError>;
+    fn messages_after(
+        &self,
+        conv: ConvId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, ReadError>;
     /// Inbox events of a user after `after`, in cursor order.
-    fn inbox_after(&self, user: UserId, after: u64, limit: usize) -> Result<Vec<(u64, EventRecord)>, ReadError>;
+    fn inbox_after(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventRecord)>, ReadError>;
     /// The conversations a user belongs to.
     fn user_conversations(&self, user: UserId) -> Result<Vec<ConvId>, ReadError>;
     /// How far a member has read.
     fn read_state(&self, conv: ConvId, user: UserId) -> Result<u64, ReadError>;
     /// Deadlines due strictly after `after` and at or before `until`, oldest first.
-    fn deadlines(&self, after: Option<Deadline>, until: Millis, limit: usize) -> Result<Vec<Deadline>, ReadError>;
+    fn deadlines(
+        &self,
+        after: Option<Deadline>,
+        until: Millis,
+        limit: usize,
+    ) -> Result<Vec<Deadline>, ReadError>;
     /// Hands a transaction to the group-commit writer.
     fn submit(&self, txn: Txn) -> Pending;
 }

@@ -33,7 +33,11 @@ pub struct Sweeper {
 impl Sweeper {
     /// A sweeper that starts from the beginning of the index.
     pub fn new(dir: Arc<Directory>) -> Self {
-        Sweeper { dir, watermark: None, scanning: false }
+        Sweeper {
+            dir,
+            watermark: None,
+            scanning: false,
+        }
     }
 
     fn scan(&mut self, ctx: &mut Context<Self>) {
@@ -44,27 +48,31 @@ impl Sweeper {
         let store = Arc::clone(&self.dir.store);
         let after = self.watermark;
         let until = now_ms() + LOOKAHEAD_MS;
-        ctx.spawn(blocking(move || store.deadlines(after, until, BATCH)).into_actor(self).map(|res, act, ctx| {
-            act.scanning = false;
-            let Ok(found) = res else {
-                tracing::error!("deadline scan failed; retrying");
-                return;
-            };
-            let full = found.len() == BATCH;
-            if let Some(last) = found.last() {
-                act.watermark = Some(*last);
-            }
-            let mut by_conv: HashMap<ConvId, Vec<Deadline>> = HashMap::new();
-            for d in found {
-                by_conv.entry(d.msg.conv).or_default().push(d);
-            }
-            for (conv, list) in by_conv {
-                act.dir.conversation(conv).do_send(Arm(list));
-            }
-            if full {
-                act.scan(ctx);
-            }
-        }));
+        ctx.spawn(
+            blocking(move || store.deadlines(after, until, BATCH))
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    act.scanning = false;
+                    let Ok(found) = res else {
+                        tracing::error!("deadline scan failed; retrying");
+                        return;
+                    };
+                    let full = found.len() == BATCH;
+                    if let Some(last) = found.last() {
+                        act.watermark = Some(*last);
+                    }
+                    let mut by_conv: HashMap<ConvId, Vec<Deadline>> = HashMap::new();
+                    for d in found {
+                        by_conv.entry(d.msg.conv).or_default().push(d);
+                    }
+                    for (conv, list) in by_conv {
+                        act.dir.conversation(conv).do_send(Arm(list));
+                    }
+                    if full {
+                        act.scan(ctx);
+                    }
+                }),
+        );
     }
 }
 

@@ -65,13 +65,20 @@ pub struct User {
 impl User {
     /// A user actor with no sessions yet.
     pub fn new(dir: Arc<Directory>, id: UserId) -> Self {
-        User { dir, id, sessions: Vec::new() }
+        User {
+            dir,
+            id,
+            sessions: Vec::new(),
+        }
     }
 
     fn push(&self, cursor: Option<u64>, text: Arc<str>, except: Option<DeviceId>) {
         for (_, device, addr) in &self.sessions {
             if Some(*device) != except {
-                addr.do_send(Push { cursor, text: Arc::clone(&text) });
+                addr.do_send(Push {
+                    cursor,
+                    text: Arc::clone(&text),
+                });
             }
         }
     }
@@ -92,7 +99,13 @@ pub fn contacts(store: &dyn Store, user: UserId) -> Result<Vec<UserId>, ReadErro
 
 fn presence_frame(user: UserId, online: bool, last_seen: Option<u64>) -> Arc<str> {
     let status = if online { "online" } else { "offline" };
-    ServerFrame::Presence { user_id: user, status, last_seen }.to_text().into()
+    ServerFrame::Presence {
+        user_id: user,
+        status,
+        last_seen,
+    }
+    .to_text()
+    .into()
 }
 
 impl Actor for User {
@@ -122,10 +135,19 @@ impl Handler<Attach> for User {
             let me_online = presence_frame(act.id, true, None);
             for c in contacts {
                 if came_online {
-                    act.dir.tell_user(c, Ephemeral { text: Arc::clone(&me_online), except_device: None });
+                    act.dir.tell_user(
+                        c,
+                        Ephemeral {
+                            text: Arc::clone(&me_online),
+                            except_device: None,
+                        },
+                    );
                 }
                 if act.dir.is_online(c) {
-                    session.do_send(Push { cursor: None, text: presence_frame(c, true, None) });
+                    session.do_send(Push {
+                        cursor: None,
+                        text: presence_frame(c, true, None),
+                    });
                 }
             }
         }));
@@ -149,7 +171,13 @@ impl Handler<Detach> for User {
             if let Ok(contacts) = res {
                 let frame = presence_frame(act.id, false, Some(last_seen));
                 for c in contacts {
-                    act.dir.tell_user(c, Ephemeral { text: Arc::clone(&frame), except_device: None });
+                    act.dir.tell_user(
+                        c,
+                        Ephemeral {
+                            text: Arc::clone(&frame),
+                            except_device: None,
+                        },
+                    );
                 }
             }
             ctx.stop();
@@ -190,7 +218,10 @@ impl Handler<Revoke> for User {
     fn handle(&mut self, msg: Revoke, _: &mut Self::Context) {
         for (_, device, addr) in &self.sessions {
             if *device == msg.device {
-                addr.do_send(CloseSocket { code: 4401, reason: "session revoked" });
+                addr.do_send(CloseSocket {
+                    code: 4401,
+                    reason: "session revoked",
+                });
             }
         }
     }

@@ -587,7 +587,10 @@ impl Socket {
             match next {
                 Some(Ok(Message::Text(text))) => {
                     let value = serde_json::from_str(text.as_str()).map_err(|_| {
-                        anyhow!("server sent a text frame that is not JSON ({} bytes)", text.len())
+                        anyhow!(
+                            "server sent a text frame that is not JSON ({} bytes)",
+                            text.len()
+                        )
                     })?;
                     return Ok(Event::Frame(value));
                 }

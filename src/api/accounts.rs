@@ -44,15 +44,22 @@ struct LoggedIn {
 }
 
 fn valid_username(u: &str) -> bool {
-    (3..=32).contains(&u.len()) && u.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    (3..=32).contains(&u.len())
+        && u.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
 fn valid_password(p: &str) -> bool {
     (8..=128).contains(&p.chars().count())
 }
 
-async fn register(state: web::Data<AppState>, body: web::Json<Credentials>) -> Result<HttpResponse, ApiError> {
-    let Credentials { username, password, .. } = body.into_inner();
+async fn register(
+    state: web::Data<AppState>,
+    body: web::Json<Credentials>,
+) -> Result<HttpResponse, ApiError> {
+    let Credentials {
+        username, password, ..
+    } = body.into_inner();
     if !valid_username(&username) {
         return Err(ApiError::Invalid("username must match ^[a-z0-9_]{3,32}$"));
     }
@@ -82,30 +89,51 @@ async fn register(state: web::Data<AppState>, body: web::Json<Credentials>) -> R
     Ok(HttpResponse::Created().json(Registered { user_id, username }))
 }
 
-async fn login(state: web::Data<AppState>, body: web::Json<Credentials>) -> Result<HttpResponse, ApiError> {
-    let Credentials { username, password, device_name } = body.into_inner();
+async fn login(
+    state: web::Data<AppState>,
+    body: web::Json<Credentials>,
+) -> Result<HttpResponse, ApiError> {
+    let Credentials {
+        username,
+        password,
+        device_name,
+    } = body.into_inner();
     if device_name.as_ref().is_some_and(|d| d.chars().count() > 64) {
-        return Err(ApiError::Invalid("device_name must be at most 64 characters"));
+        return Err(ApiError::Invalid(
+            "device_name must be at most 64 characters",
+        ));
     }
     let store = Arc::clone(&state.store);
     let ttl = state.config.token_ttl;
     let iterations = state.config.pbkdf2_iterations;
-    let out = web::block(move || -> Result<Option<LoggedIn>, crate::store::StoreError> {
-        let Some(acc) = store.account_by_username(&username)? else {
-            // Spend the same time as a real check, so timing does not tell
-            // which usernames exist.
-            let _ = auth::hash_password(&password, iterations);
-            return Ok(None);
-        };
-        if !auth::verify_password(&password, &acc.salt, &acc.hash, acc.iterations) {
-            return Ok(None);
-        }
-        let token = auth::new_token();
-        let expires_at = now_ms() + ttl.as_millis() as u64;
-        let rec = TokenRecord { user_id: acc.user_id, device_id: Id::random(), expires_at, device_name };
-        store.put_token(&token, &rec)?;
-        Ok(Some(LoggedIn { token, user_id: rec.user_id, device_id: rec.device_id, expires_at }))
-    })
+    let out = web::block(
+        move || -> Result<Option<LoggedIn>, crate::store::StoreError> {
+            let Some(acc) = store.account_by_username(&username)? else {
+                // Spend the same time as a real check, so timing does not tell
+                // which usernames exist.
+                let _ = auth::hash_password(&password, iterations);
+                return Ok(None);
+            };
+            if !auth::verify_password(&password, &acc.salt, &acc.hash, acc.iterations) {
+                return Ok(None);
+            }
+            let token = auth::new_token();
+            let expires_at = now_ms() + ttl.as_millis() as u64;
+            let rec = TokenRecord {
+                user_id: acc.user_id,
+                device_id: Id::random(),
+                expires_at,
+                device_name,
+            };
+            store.put_token(&token, &rec)?;
+            Ok(Some(LoggedIn {
+                token,
+                user_id: rec.user_id,
+                device_id: rec.device_id,
+                expires_at,
+            }))
+        },
+    )
     .await??;
     match out {
         Some(l) => Ok(HttpResponse::Created().json(l)),

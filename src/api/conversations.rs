@@ -6,7 +6,9 @@ use std::sync::Arc;
 use actix_web::{web, HttpResponse};
 use ephemera_actors::frames::MessageView;
 use ephemera_actors::ids::{ConvId, Id, UserId};
-use ephemera_actors::store::{commit, now_ms, ConvKind, ConversationRecord, Op, Store, StoredMessage, Txn};
+use ephemera_actors::store::{
+    commit, now_ms, ConvKind, ConversationRecord, Op, Store, StoredMessage, Txn,
+};
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
@@ -36,9 +38,16 @@ struct Created {
     conversation_id: ConvId,
 }
 
-async fn create(state: web::Data<AppState>, who: Authed, body: web::Json<CreateGroup>) -> Result<HttpResponse, ApiError> {
+async fn create(
+    state: web::Data<AppState>,
+    who: Authed,
+    body: web::Json<CreateGroup>,
+) -> Result<HttpResponse, ApiError> {
     let CreateGroup { members, name } = body.into_inner();
-    if name.as_ref().is_some_and(|n| n.is_empty() || n.chars().count() > 128) {
+    if name
+        .as_ref()
+        .is_some_and(|n| n.is_empty() || n.chars().count() > 128)
+    {
         return Err(ApiError::Invalid("name must be 1 to 128 characters"));
     }
     let mut ids: Vec<UserId> = vec![who.user];
@@ -65,9 +74,22 @@ async fn create(state: web::Data<AppState>, who: Authed, body: web::Json<CreateG
     if !all_exist {
         return Err(ApiError::Invalid("members must be existing users"));
     }
-    let rec = ConversationRecord { id: Id::random(), kind: ConvKind::Group, members: ids, name, created_at: now_ms() };
+    let rec = ConversationRecord {
+        id: Id::random(),
+        kind: ConvKind::Group,
+        members: ids,
+        name,
+        created_at: now_ms(),
+    };
     let conversation_id = rec.id;
-    commit(&*state.store, Txn { guards: vec![], ops: vec![Op::PutConversation(rec)] }).await?;
+    commit(
+        &*state.store,
+        Txn {
+            guards: vec![],
+            ops: vec![Op::PutConversation(rec)],
+        },
+    )
+    .await?;
     Ok(HttpResponse::Created().json(Created { conversation_id }))
 }
 
@@ -91,7 +113,9 @@ fn summarise(store: &dyn Store, me: UserId) -> Result<Vec<Summary>, ApiError> {
     let now = now_ms();
     let mut out = Vec::new();
     for id in store.user_conversations(me)? {
-        let Some(rec) = store.conversation(id)? else { continue };
+        let Some(rec) = store.conversation(id)? else {
+            continue;
+        };
         let last_seq = store.last_seq(id)?;
         let read = store.read_state(id, me)?;
         let unread = store
@@ -99,7 +123,14 @@ fn summarise(store: &dyn Store, me: UserId) -> Result<Vec<Summary>, ApiError> {
             .iter()
             .filter(|m| m.from != me && m.expires_at > now)
             .count();
-        out.push(Summary { conversation_id: id, kind: rec.kind, name: rec.name, members: rec.members, last_seq, unread });
+        out.push(Summary {
+            conversation_id: id,
+            kind: rec.kind,
+            name: rec.name,
+            members: rec.members,
+            last_seq,
+            unread,
+        });
     }
     Ok(out)
 }
@@ -118,8 +149,16 @@ struct Page {
     limit: Option<usize>,
 }
 
-fn page(store: &dyn Store, me: UserId, conv: ConvId, after: u64, limit: usize) -> Result<Vec<StoredMessage>, ApiError> {
-    let rec = store.conversation(conv)?.ok_or(ApiError::NotFound("no such conversation"))?;
+fn page(
+    store: &dyn Store,
+    me: UserId,
+    conv: ConvId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<StoredMessage>, ApiError> {
+    let rec = store
+        .conversation(conv)?
+        .ok_or(ApiError::NotFound("no such conversation"))?;
     if !rec.members.contains(&me) {
         return Err(ApiError::Forbidden("not a member of this conversation"));
     }

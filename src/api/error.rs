@@ -75,7 +75,12 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (status, code) = self.table();
-        HttpResponse::build(status).json(Body { error: Inner { code, message: self.to_string() } })
+        HttpResponse::build(status).json(Body {
+            error: Inner {
+                code,
+                message: self.to_string(),
+            },
+        })
     }
 }
 
@@ -113,18 +118,28 @@ impl From<actix_web::error::BlockingError> for ApiError {
 }
 
 /// Maps a JSON body that failed to parse to our error.
-pub fn json_error(err: actix_web::error::JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn json_error(
+    err: actix_web::error::JsonPayloadError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
     use actix_web::error::JsonPayloadError as J;
     match err {
-        J::Overflow { .. } | J::OverflowKnownLength { .. } => ApiError::TooLarge("request body is too large"),
-        J::ContentType => ApiError::BadRequest("expected a JSON body (Content-Type: application/json)"),
+        J::Overflow { .. } | J::OverflowKnownLength { .. } => {
+            ApiError::TooLarge("request body is too large")
+        }
+        J::ContentType => {
+            ApiError::BadRequest("expected a JSON body (Content-Type: application/json)")
+        }
         _ => ApiError::BadRequest("malformed JSON body, or a missing or mistyped field"),
     }
     .into()
 }
 
 /// Maps a query string that failed to parse to our error.
-pub fn query_error(_: actix_web::error::QueryPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
+pub fn query_error(
+    _: actix_web::error::QueryPayloadError,
+    _: &actix_web::HttpRequest,
+) -> actix_web::Error {
     ApiError::BadRequest("malformed query string").into()
 }
 

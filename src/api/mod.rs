@@ -30,21 +30,32 @@ pub struct AppState {
 
 /// Mounts every route of the public listener.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::JsonConfig::default().limit(64 * 1024).error_handler(error::json_error))
-        .app_data(web::QueryConfig::default().error_handler(error::query_error))
-        .app_data(web::PathConfig::default().error_handler(error::path_error))
-        .service(
-            web::scope("/api/v1")
-                .configure(accounts::configure)
-                .configure(conversations::configure)
-                .configure(ws::configure),
-        );
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(64 * 1024)
+            .error_handler(error::json_error),
+    )
+    .app_data(web::QueryConfig::default().error_handler(error::query_error))
+    .app_data(web::PathConfig::default().error_handler(error::path_error))
+    .service(
+        web::scope("/api/v1")
+            .configure(accounts::configure)
+            .configure(conversations::configure)
+            .configure(ws::configure),
+    );
 }
 
 /// The bearer token of a request, from `Authorization: Bearer`.
 pub fn bearer(req: &HttpRequest) -> Option<&str> {
-    let h = req.headers().get(actix_web::http::header::AUTHORIZATION)?.to_str().ok()?;
-    let t = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))?.trim();
+    let h = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let t = h
+        .strip_prefix("Bearer ")
+        .or_else(|| h.strip_prefix("bearer "))?
+        .trim();
     (!t.is_empty()).then_some(t)
 }
 
@@ -64,8 +75,14 @@ pub async fn authenticate(state: &AppState, token: String) -> Result<Authed, Api
     let store = Arc::clone(&state.store);
     let t = token.clone();
     match web::block(move || store.token(&t)).await?? {
-        Some(rec) => Ok(Authed { user: rec.user_id, device: rec.device_id, token }),
-        None => Err(ApiError::Unauthorized("missing, invalid, expired or revoked token")),
+        Some(rec) => Ok(Authed {
+            user: rec.user_id,
+            device: rec.device_id,
+            token,
+        }),
+        None => Err(ApiError::Unauthorized(
+            "missing, invalid, expired or revoked token",
+        )),
     }
 }
 

@@ -25,10 +25,16 @@ struct TokenQuery {
     token: Option<String>,
 }
 
-async fn upgrade(state: web::Data<AppState>, req: HttpRequest, stream: web::Payload) -> Result<HttpResponse, actix_web::Error> {
+async fn upgrade(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    stream: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
     let token = match bearer(&req) {
         Some(t) => Some(t.to_owned()),
-        None => web::Query::<TokenQuery>::from_query(req.query_string()).ok().and_then(|q| q.into_inner().token),
+        None => web::Query::<TokenQuery>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.into_inner().token),
     };
     let authed = match token {
         Some(t) => match authenticate(&state, t).await {
@@ -39,13 +45,16 @@ async fn upgrade(state: web::Data<AppState>, req: HttpRequest, stream: web::Payl
         None => None,
     };
     let max = state.config.max_frame_bytes;
-    let codec = ws::Codec::new().max_size(max);
     match authed {
         Some(a) => {
             let session = Session::new(Arc::clone(&state.dir), a.user, a.device);
-            ws::WsResponseBuilder::new(session, &req, stream).codec(codec).frame_size(max).start()
+            ws::WsResponseBuilder::new(session, &req, stream)
+                .frame_size(max)
+                .start()
         }
-        None => ws::WsResponseBuilder::new(Refuse, &req, stream).codec(codec).start(),
+        None => ws::WsResponseBuilder::new(Refuse, &req, stream)
+            .frame_size(max)
+            .start(),
     }
 }
 

@@ -50,14 +50,6 @@ pub fn message(msg: MsgId) -> [u8; 24] {
     k
 }
 
-/// Decodes a `messages` key.
-pub fn decode_message(k: &[u8]) -> Option<MsgId> {
-    if k.len() != 24 {
-        return None;
-    }
-    Some(MsgId { conv: id_at(k, 0), seq: u64_at(k, 16) })
-}
-
 /// `inbox`: (user, cursor).
 pub fn inbox(user: UserId, cursor: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
@@ -93,7 +85,13 @@ pub fn decode_deadline(k: &[u8]) -> Option<Deadline> {
     if k.len() != 32 {
         return None;
     }
-    Some(Deadline { at: u64_at(k, 0), msg: MsgId { conv: id_at(k, 8), seq: u64_at(k, 24) } })
+    Some(Deadline {
+        at: u64_at(k, 0),
+        msg: MsgId {
+            conv: id_at(k, 8),
+            seq: u64_at(k, 24),
+        },
+    })
 }
 
 fn pair(a: Id, b: Id) -> [u8; 32] {
@@ -134,11 +132,13 @@ mod tests {
 
     #[test]
     fn message_key_is_conversation_then_big_endian_seq() {
-        let k = message(MsgId { conv: A, seq: 0x0102 });
+        let k = message(MsgId {
+            conv: A,
+            seq: 0x0102,
+        });
         let mut want = vec![0xaa; 16];
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 2]);
         assert_eq!(k.to_vec(), want);
-        assert_eq!(decode_message(&k), Some(MsgId { conv: A, seq: 0x0102 }));
         // seq 256 sorts after seq 255 bytewise, as it must.
         assert!(message(MsgId { conv: A, seq: 255 }) < message(MsgId { conv: A, seq: 256 }));
     }
@@ -154,13 +154,22 @@ mod tests {
 
     #[test]
     fn deadline_key_is_time_first() {
-        let d = Deadline { at: 0x0a0b, msg: MsgId { conv: A, seq: 3 } };
+        let d = Deadline {
+            at: 0x0a0b,
+            msg: MsgId { conv: A, seq: 3 },
+        };
         let k = deadline(d);
         assert_eq!(&k[..8], &[0, 0, 0, 0, 0, 0, 0x0a, 0x0b]);
         assert_eq!(&k[8..24], &[0xaa; 16]);
         assert_eq!(&k[24..], &[0, 0, 0, 0, 0, 0, 0, 3]);
         assert_eq!(decode_deadline(&k), Some(d));
-        let later = Deadline { at: 0x0a0c, msg: MsgId { conv: Id([0; 16]), seq: 0 } };
+        let later = Deadline {
+            at: 0x0a0c,
+            msg: MsgId {
+                conv: Id([0; 16]),
+                seq: 0,
+            },
+        };
         assert!(deadline(d) < deadline(later));
     }
 

@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ephemera_actors::ids::{ConvId, DeviceId, MsgId, UserId};
 use ephemera_actors::store::{
-    now_ms, BurnReason, CommitError, ConversationRecord, Deadline, EventRecord, Fanout, Pending, ReadError, Store,
-    StoredMessage, Txn,
+    now_ms, BurnReason, CommitError, ConversationRecord, Deadline, EventRecord, Fanout, Pending,
+    ReadError, Store, StoredMessage, Txn,
 };
 use rocksdb::{
-    BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, Direction,
-    IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -168,7 +168,11 @@ fn cf_options(cf: Cf, periodic_compaction: u64) -> Options {
 
 impl RocksStore {
     /// Opens (or creates) the database in `dir`.
-    pub fn open(dir: &Path, durability: Durability, periodic_compaction_seconds: u64) -> Result<Self, StoreError> {
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        periodic_compaction_seconds: u64,
+    ) -> Result<Self, StoreError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -180,9 +184,9 @@ impl RocksStore {
         opts.set_max_total_wal_size(64 << 20);
         opts.set_keep_log_file_num(4);
         opts.increase_parallelism(2);
-        let cfs = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, periodic_compaction_seconds)));
+        let cfs = Cf::ALL.iter().map(|cf| {
+            ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, periodic_compaction_seconds))
+        });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(durability == Durability::Fsync);
@@ -219,9 +223,15 @@ impl RocksStore {
         }
     }
 
-    fn get_json<T: for<'de> Deserialize<'de>>(&self, cf: Cf, key: &[u8]) -> Result<Option<T>, StoreError> {
+    fn get_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
         match self.get_live(cf, key)? {
-            Some(p) => serde_json::from_slice(&p).map(Some).map_err(|_| StoreError::Corrupt(cf.name())),
+            Some(p) => serde_json::from_slice(&p)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(cf.name())),
             None => Ok(None),
         }
     }
@@ -234,8 +244,16 @@ impl RocksStore {
             return Err(StoreError::Conflict);
         }
         let mut b = WriteBatch::default();
-        b.put_cf(self.cf(Cf::Usernames), uk, filter::with_expiry(u64::MAX, &rec.user_id.0));
-        b.put_cf(self.cf(Cf::Accounts), keys::account(rec.user_id), filter::with_expiry(u64::MAX, &json(rec)));
+        b.put_cf(
+            self.cf(Cf::Usernames),
+            uk,
+            filter::with_expiry(u64::MAX, &rec.user_id.0),
+        );
+        b.put_cf(
+            self.cf(Cf::Accounts),
+            keys::account(rec.user_id),
+            filter::with_expiry(u64::MAX, &json(rec)),
+        );
         self.db.write_opt(b, &self.write_opts)?;
         Ok(())
     }
@@ -251,15 +269,11 @@ impl RocksStore {
         self.get_json(Cf::Accounts, &id)
     }
 
-    /// The account with this id.
-    pub fn account(&self, user: UserId) -> Result<Option<AccountRecord>, StoreError> {
-        self.get_json(Cf::Accounts, &keys::account(user))
-    }
-
     /// Stores a login under the digest of its token.
     pub fn put_token(&self, token: &str, rec: &TokenRecord) -> Result<(), StoreError> {
         let v = filter::with_expiry(rec.expires_at, &json(rec));
-        self.db.put_cf_opt(self.cf(Cf::Tokens), keys::token(token), v, &self.write_opts)?;
+        self.db
+            .put_cf_opt(self.cf(Cf::Tokens), keys::token(token), v, &self.write_opts)?;
         Ok(())
     }
 
@@ -270,7 +284,8 @@ impl RocksStore {
 
     /// Revokes a token at once.
     pub fn delete_token(&self, token: &str) -> Result<(), StoreError> {
-        self.db.delete_cf_opt(self.cf(Cf::Tokens), keys::token(token), &self.write_opts)?;
+        self.db
+            .delete_cf_opt(self.cf(Cf::Tokens), keys::token(token), &self.write_opts)?;
         Ok(())
     }
 
@@ -279,13 +294,15 @@ impl RocksStore {
     /// through the TTL filter too.
     pub fn flush_and_compact(&self) -> Result<(), StoreError> {
         let cfs: Vec<&ColumnFamily> = Cf::ALL.iter().map(|c| self.cf(*c)).collect();
-        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         self.db.flush_wal(true)?;
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         co.set_exclusive_manual_compaction(true);
         for cf in cfs {
-            self.db.compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &co);
+            self.db
+                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &co);
         }
         Ok(())
     }
@@ -293,7 +310,8 @@ impl RocksStore {
 
 fn cf_handle(db: &DB, cf: Cf) -> &ColumnFamily {
     // Every family in `Cf::ALL` is opened (created if missing) in `open`.
-    db.cf_handle(cf.name()).expect("column family opened at start")
+    db.cf_handle(cf.name())
+        .expect("column family opened at start")
 }
 
 fn json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -318,7 +336,10 @@ impl RocksStore {
         mut each: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let mut n = 0;
-        for item in self.db.iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward)) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(cf), IteratorMode::From(from, Direction::Forward))
+        {
             let (k, v) = item?;
             if k.len() < prefix_len || k[..prefix_len] != from[..prefix_len] || n >= limit {
                 break;
@@ -333,7 +354,10 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn user_exists(&self, user: UserId) -> Result<bool, ReadError> {
-        read(self.get_live(Cf::Accounts, &keys::account(user)).map(|v| v.is_some()))
+        read(
+            self.get_live(Cf::Accounts, &keys::account(user))
+                .map(|v| v.is_some()),
+        )
     }
 
     fn conversation(&self, id: ConvId) -> Result<Option<ConversationRecord>, ReadError> {
@@ -341,21 +365,32 @@ impl Store for RocksStore {
     }
 
     fn last_seq(&self, id: ConvId) -> Result<u64, ReadError> {
-        read(self.get_live(Cf::Sequences, &keys::conversation(id)).and_then(|v| match v {
-            None => Ok(0),
-            Some(b) => b.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("sequences")),
-        }))
+        read(
+            self.get_live(Cf::Sequences, &keys::conversation(id))
+                .and_then(|v| match v {
+                    None => Ok(0),
+                    Some(b) => b
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| StoreError::Corrupt("sequences")),
+                }),
+        )
     }
 
     fn message(&self, id: MsgId) -> Result<Option<StoredMessage>, ReadError> {
         // Messages are read whether or not they expired: the caller decides
         // (and burns the expired ones).
         read((|| {
-            let Some(v) = self.db.get_pinned_cf(self.cf(Cf::Messages), keys::message(id))? else {
+            let Some(v) = self
+                .db
+                .get_pinned_cf(self.cf(Cf::Messages), keys::message(id))?
+            else {
                 return Ok(None);
             };
             let (_, p) = filter::split(&v).ok_or(StoreError::Corrupt("messages"))?;
-            serde_json::from_slice(p).map(Some).map_err(|_| StoreError::Corrupt("messages"))
+            serde_json::from_slice(p)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("messages"))
         })())
     }
 
@@ -363,9 +398,17 @@ impl Store for RocksStore {
         read(self.get_json(Cf::Tombstones, &keys::message(id)))
     }
 
-    fn messages_after(&self, conv: ConvId, after_seq: u64, limit: usize) -> Result<Vec<StoredMessage>, ReadError> {
+    fn messages_after(
+        &self,
+        conv: ConvId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, ReadError> {
         let mut out = Vec::new();
-        let from = keys::message(MsgId { conv, seq: after_seq.saturating_add(1) });
+        let from = keys::message(MsgId {
+            conv,
+            seq: after_seq.saturating_add(1),
+        });
         read(self.scan_prefix(Cf::Messages, &from, 16, limit, |_, v| {
             let (_, p) = filter::split(v).ok_or(StoreError::Corrupt("messages"))?;
             out.push(serde_json::from_slice(p).map_err(|_| StoreError::Corrupt("messages"))?);
@@ -374,14 +417,20 @@ impl Store for RocksStore {
         Ok(out)
     }
 
-    fn inbox_after(&self, user: UserId, after: u64, limit: usize) -> Result<Vec<(u64, EventRecord)>, ReadError> {
+    fn inbox_after(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventRecord)>, ReadError> {
         let mut out = Vec::new();
         let now = now_ms();
         let from = keys::inbox(user, after.saturating_add(1));
         read(self.scan_prefix(Cf::Inbox, &from, 16, limit, |k, v| {
             let cursor = keys::decode_inbox_cursor(k).ok_or(StoreError::Corrupt("inbox"))?;
             let (exp, p) = filter::split(v).ok_or(StoreError::Corrupt("inbox"))?;
-            let rec: EventRecord = serde_json::from_slice(p).map_err(|_| StoreError::Corrupt("inbox"))?;
+            let rec: EventRecord =
+                serde_json::from_slice(p).map_err(|_| StoreError::Corrupt("inbox"))?;
             // A message reference outlives nothing (its expiry is the
             // message's) but is still returned so sync can say it burned;
             // other events past their retention are skipped.
@@ -397,25 +446,41 @@ impl Store for RocksStore {
     fn user_conversations(&self, user: UserId) -> Result<Vec<ConvId>, ReadError> {
         let mut out = Vec::new();
         let from = keys::membership(user, ephemera_actors::ids::Id([0; 16]));
-        read(self.scan_prefix(Cf::Memberships, &from, 16, usize::MAX, |k, _| {
-            out.push(keys::id_at(k, 16));
-            Ok(true)
-        }))?;
+        read(
+            self.scan_prefix(Cf::Memberships, &from, 16, usize::MAX, |k, _| {
+                out.push(keys::id_at(k, 16));
+                Ok(true)
+            }),
+        )?;
         Ok(out)
     }
 
     fn read_state(&self, conv: ConvId, user: UserId) -> Result<u64, ReadError> {
-        read(self.get_live(Cf::ReadStates, &keys::read_state(conv, user)).and_then(|v| match v {
-            None => Ok(0),
-            Some(b) => b.try_into().map(u64::from_be_bytes).map_err(|_| StoreError::Corrupt("read_states")),
-        }))
+        read(
+            self.get_live(Cf::ReadStates, &keys::read_state(conv, user))
+                .and_then(|v| match v {
+                    None => Ok(0),
+                    Some(b) => b
+                        .try_into()
+                        .map(u64::from_be_bytes)
+                        .map_err(|_| StoreError::Corrupt("read_states")),
+                }),
+        )
     }
 
-    fn deadlines(&self, after: Option<Deadline>, until: u64, limit: usize) -> Result<Vec<Deadline>, ReadError> {
+    fn deadlines(
+        &self,
+        after: Option<Deadline>,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Deadline>, ReadError> {
         let mut out = Vec::new();
         let start = after.map(keys::deadline).unwrap_or([0u8; 32]);
         read((|| {
-            for item in self.db.iterator_cf(self.cf(Cf::Deadlines), IteratorMode::From(&start, Direction::Forward)) {
+            for item in self.db.iterator_cf(
+                self.cf(Cf::Deadlines),
+                IteratorMode::From(&start, Direction::Forward),
+            ) {
                 let (k, _) = item?;
                 let d = keys::decode_deadline(&k).ok_or(StoreError::Corrupt("deadlines"))?;
                 if Some(d) == after {

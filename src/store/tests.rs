@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 
 use ephemera_actors::ids::{Id, MsgId, UserId};
 use ephemera_actors::store::{
-    commit, now_ms, AckRecord, CommitError, Delivery, Event, Fanout, Guard, Op, Store, StoredMessage, Txn,
-    ViewPolicy,
+    commit, now_ms, AckRecord, CommitError, Delivery, Event, Fanout, Guard, Op, Store,
+    StoredMessage, Txn, ViewPolicy,
 };
 
 use super::RocksStore;
@@ -46,13 +46,29 @@ async fn group_commit_assigns_cursors_in_order_and_dedups() {
     let mut pending = Vec::new();
     for seq in 1..=20u64 {
         let m = message(conv, seq, "hello", 60_000);
-        let ack = AckRecord { client_msg_id: format!("c{seq}"), msg_id: m.id, sent_at: m.sent_at, expires_at: m.expires_at };
+        let ack = AckRecord {
+            client_msg_id: format!("c{seq}"),
+            msg_id: m.id,
+            sent_at: m.sent_at,
+            expires_at: m.expires_at,
+        };
         let txn = Txn {
-            guards: vec![Guard::DedupAbsent { user, client_msg_id: ack.client_msg_id.clone() }],
+            guards: vec![Guard::DedupAbsent {
+                user,
+                client_msg_id: ack.client_msg_id.clone(),
+            }],
             ops: vec![
                 Op::PutMessage(m.clone()),
-                Op::PutDedup { user, ack, until: u64::MAX },
-                Op::Notify { user, event: Event::Message(m), except_device: None },
+                Op::PutDedup {
+                    user,
+                    ack,
+                    until: u64::MAX,
+                },
+                Op::Notify {
+                    user,
+                    event: Event::Message(m),
+                    except_device: None,
+                },
             ],
         };
         pending.push(store.submit(txn));
@@ -67,7 +83,10 @@ async fn group_commit_assigns_cursors_in_order_and_dedups() {
     // The same client_msg_id again: the first ack, nothing written.
     let m = message(conv, 21, "again", 60_000);
     let txn = Txn {
-        guards: vec![Guard::DedupAbsent { user, client_msg_id: "c3".into() }],
+        guards: vec![Guard::DedupAbsent {
+            user,
+            client_msg_id: "c3".into(),
+        }],
         ops: vec![Op::PutMessage(m.clone())],
     };
     match commit(&store, txn).await {
@@ -78,7 +97,10 @@ async fn group_commit_assigns_cursors_in_order_and_dedups() {
 
     // A guard on a missing message refuses the whole transaction.
     let gone = MsgId { conv, seq: 99 };
-    let txn = Txn { guards: vec![Guard::MessagePresent(gone)], ops: vec![Op::PutMessage(m.clone())] };
+    let txn = Txn {
+        guards: vec![Guard::MessagePresent(gone)],
+        ops: vec![Op::PutMessage(m.clone())],
+    };
     assert!(matches!(commit(&store, txn).await, Err(CommitError::Gone)));
     assert!(store.message(m.id).unwrap().is_none());
 }
@@ -91,10 +113,19 @@ async fn compaction_drops_expired_rows() {
     let conv = Id([6; 16]);
     let short = message(conv, 1, "short-lived", 1);
     let long = message(conv, 2, "long-lived", 600_000);
-    let txn = Txn { guards: vec![], ops: vec![Op::PutMessage(short.clone()), Op::PutMessage(long.clone())] };
+    let txn = Txn {
+        guards: vec![],
+        ops: vec![Op::PutMessage(short.clone()), Op::PutMessage(long.clone())],
+    };
     commit(&store, txn).await.unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
     store.flush_and_compact().unwrap();
-    assert!(store.message(short.id).unwrap().is_none(), "the expired row is gone after compaction");
-    assert!(store.message(long.id).unwrap().is_some(), "the live row stays");
+    assert!(
+        store.message(short.id).unwrap().is_none(),
+        "the expired row is gone after compaction"
+    );
+    assert!(
+        store.message(long.id).unwrap().is_some(),
+        "the live row stays"
+    );
 }

@@ -27,7 +27,12 @@ pub struct Job {
 
 /// Starts the writer thread.
 pub fn spawn(db: Arc<DB>, rx: mpsc::Receiver<Job>, fanout: Arc<dyn Fanout>, sync: bool) {
-    let mut w = Writer { db, fanout, heads: HashMap::new(), sync };
+    let mut w = Writer {
+        db,
+        fanout,
+        heads: HashMap::new(),
+        sync,
+    };
     std::thread::Builder::new()
         .name("ephemera-writer".into())
         .spawn(move || w.run(rx))
@@ -72,7 +77,10 @@ impl Writer {
             return Ok(*h);
         }
         let top = keys::inbox(user, u64::MAX);
-        let mut it = self.db.iterator_cf(cf_handle(&self.db, Cf::Inbox), IteratorMode::From(&top, Direction::Reverse));
+        let mut it = self.db.iterator_cf(
+            cf_handle(&self.db, Cf::Inbox),
+            IteratorMode::From(&top, Direction::Reverse),
+        );
         match it.next() {
             Some(Ok((k, _))) if k[..16] == user.0 => Ok(keys::decode_inbox_cursor(&k).unwrap_or(0)),
             Some(Err(e)) => Err(e),
@@ -86,12 +94,19 @@ impl Writer {
             CommitError::Failed
         };
         match guard {
-            Guard::DedupAbsent { user, client_msg_id } => {
+            Guard::DedupAbsent {
+                user,
+                client_msg_id,
+            } => {
                 let k = keys::dedup(*user, client_msg_id);
                 if let Some(ack) = overlay.dedup.get(&k) {
                     return Err(CommitError::Duplicate(ack.clone()));
                 }
-                let Some(v) = self.db.get_pinned_cf(cf_handle(&self.db, Cf::Dedup), k).map_err(failed)? else {
+                let Some(v) = self
+                    .db
+                    .get_pinned_cf(cf_handle(&self.db, Cf::Dedup), k)
+                    .map_err(failed)?
+                else {
                     return Ok(());
                 };
                 match filter::split(&v) {
@@ -106,7 +121,11 @@ impl Writer {
                 let k = keys::message(*msg);
                 let present = match overlay.messages.get(&k) {
                     Some(p) => *p,
-                    None => self.db.get_pinned_cf(cf_handle(&self.db, Cf::Messages), k).map_err(failed)?.is_some(),
+                    None => self
+                        .db
+                        .get_pinned_cf(cf_handle(&self.db, Cf::Messages), k)
+                        .map_err(failed)?
+                        .is_some(),
                 };
                 if present {
                     Ok(())
@@ -131,17 +150,33 @@ impl Writer {
             match op {
                 Op::PutConversation(rec) => {
                     for m in &rec.members {
-                        b.put_cf(cf_handle(db, Cf::Memberships), keys::membership(*m, rec.id), filter::with_expiry(u64::MAX, &[]));
+                        b.put_cf(
+                            cf_handle(db, Cf::Memberships),
+                            keys::membership(*m, rec.id),
+                            filter::with_expiry(u64::MAX, &[]),
+                        );
                     }
-                    b.put_cf(cf_handle(db, Cf::Conversations), keys::conversation(rec.id), filter::with_expiry(u64::MAX, &json(&rec)));
+                    b.put_cf(
+                        cf_handle(db, Cf::Conversations),
+                        keys::conversation(rec.id),
+                        filter::with_expiry(u64::MAX, &json(&rec)),
+                    );
                 }
                 Op::PutSeq { conv, seq } => {
-                    b.put_cf(cf_handle(db, Cf::Sequences), keys::conversation(conv), filter::with_expiry(u64::MAX, &seq.to_be_bytes()));
+                    b.put_cf(
+                        cf_handle(db, Cf::Sequences),
+                        keys::conversation(conv),
+                        filter::with_expiry(u64::MAX, &seq.to_be_bytes()),
+                    );
                 }
                 Op::PutMessage(m) => {
                     let k = keys::message(m.id);
                     overlay.messages.insert(k, true);
-                    b.put_cf(cf_handle(db, Cf::Messages), k, filter::with_expiry(m.expires_at, &json(&*m)));
+                    b.put_cf(
+                        cf_handle(db, Cf::Messages),
+                        k,
+                        filter::with_expiry(m.expires_at, &json(&*m)),
+                    );
                 }
                 Op::DeleteMessage(id) => {
                     let k = keys::message(id);
@@ -149,26 +184,63 @@ impl Writer {
                     b.delete_cf(cf_handle(db, Cf::Messages), k);
                 }
                 Op::PutTombstone { msg, reason, until } => {
-                    b.put_cf(cf_handle(db, Cf::Tombstones), keys::message(msg), filter::with_expiry(until, &json(&reason)));
+                    b.put_cf(
+                        cf_handle(db, Cf::Tombstones),
+                        keys::message(msg),
+                        filter::with_expiry(until, &json(&reason)),
+                    );
                 }
                 Op::PutDedup { user, ack, until } => {
                     let k = keys::dedup(user, &ack.client_msg_id);
-                    b.put_cf(cf_handle(db, Cf::Dedup), k, filter::with_expiry(until, &json(&ack)));
+                    b.put_cf(
+                        cf_handle(db, Cf::Dedup),
+                        k,
+                        filter::with_expiry(until, &json(&ack)),
+                    );
                     overlay.dedup.insert(k, ack);
                 }
                 Op::PutDeadline(d) => {
-                    b.put_cf(cf_handle(db, Cf::Deadlines), keys::deadline(d), filter::with_expiry(u64::MAX, &[]));
+                    b.put_cf(
+                        cf_handle(db, Cf::Deadlines),
+                        keys::deadline(d),
+                        filter::with_expiry(u64::MAX, &[]),
+                    );
                 }
-                Op::DeleteDeadline(d) => b.delete_cf(cf_handle(db, Cf::Deadlines), keys::deadline(d)),
-                Op::PutReadState { conv, user, up_to_seq } => {
-                    b.put_cf(cf_handle(db, Cf::ReadStates), keys::read_state(conv, user), filter::with_expiry(u64::MAX, &up_to_seq.to_be_bytes()));
+                Op::DeleteDeadline(d) => {
+                    b.delete_cf(cf_handle(db, Cf::Deadlines), keys::deadline(d))
                 }
-                Op::Notify { user, event, except_device } => {
+                Op::PutReadState {
+                    conv,
+                    user,
+                    up_to_seq,
+                } => {
+                    b.put_cf(
+                        cf_handle(db, Cf::ReadStates),
+                        keys::read_state(conv, user),
+                        filter::with_expiry(u64::MAX, &up_to_seq.to_be_bytes()),
+                    );
+                }
+                Op::Notify {
+                    user,
+                    event,
+                    except_device,
+                } => {
                     let cursor = self.head(overlay, user)? + 1;
                     overlay.heads.insert(user, cursor);
                     let (rec, until) = event.record(now);
-                    b.put_cf(cf_handle(db, Cf::Inbox), keys::inbox(user, cursor), filter::with_expiry(until, &json(&rec)));
-                    out.push((user, Delivery { cursor, event, except_device }));
+                    b.put_cf(
+                        cf_handle(db, Cf::Inbox),
+                        keys::inbox(user, cursor),
+                        filter::with_expiry(until, &json(&rec)),
+                    );
+                    out.push((
+                        user,
+                        Delivery {
+                            cursor,
+                            event,
+                            except_device,
+                        },
+                    ));
                 }
             }
         }
@@ -179,17 +251,19 @@ impl Writer {
         let mut batch = WriteBatch::default();
         let mut overlay = Overlay::default();
         let mut deliveries = Vec::new();
-        let mut outcomes: Vec<(oneshot::Sender<_>, Result<(), CommitError>)> = Vec::with_capacity(jobs.len());
+        let mut outcomes: Vec<(oneshot::Sender<_>, Result<(), CommitError>)> =
+            Vec::with_capacity(jobs.len());
         let mut build_failed = false;
         for job in jobs.drain(..) {
             let Job { txn, reply } = job;
             let verdict = txn.guards.iter().try_for_each(|g| self.check(&overlay, g));
             let verdict = verdict.and_then(|()| {
-                self.apply(&mut batch, &mut overlay, txn, &mut deliveries).map_err(|e| {
-                    tracing::error!(error = %e, "building a write batch failed");
-                    build_failed = true;
-                    CommitError::Failed
-                })
+                self.apply(&mut batch, &mut overlay, txn, &mut deliveries)
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "building a write batch failed");
+                        build_failed = true;
+                        CommitError::Failed
+                    })
             });
             outcomes.push((reply, verdict));
         }

@@ -150,7 +150,10 @@ impl Server {
         let line = match tokio::time::timeout(READY_TIMEOUT, ready_rx).await {
             Ok(Ok(line)) => line,
             Ok(Err(_)) => {
-                let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                let status = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
                 panic!(
                     "server closed stdout before printing EPHEMERA_READY (exit: {status:?}); \
                      stderr tail:\n{}",
@@ -323,7 +326,10 @@ pub async fn register_user(http: &Http, name: &str) -> TestUser {
         .register(&username, PASSWORD)
         .await
         .unwrap_or_else(|err| panic!("registering {username} failed: {err:#}"));
-    assert_eq!(account.username, username, "register must echo the username");
+    assert_eq!(
+        account.username, username,
+        "register must echo the username"
+    );
     TestUser {
         username,
         user_id: account.user_id,
@@ -390,14 +396,21 @@ pub fn new_cid(tag: &str) -> String {
     format!("{tag}-{}", random_hex(8))
 }
 
-/// An id shaped like `like` (same length, same alphabet as far as digits
-/// go) that is none of `taken`: its tail digits are changed. Used for
-/// "unknown id" cases, so a server that checks id syntax still sees a
-/// well-formed id.
+/// An id (or token) shaped like `like` that is none of `taken`: one
+/// alphanumeric character from the middle on is replaced by a digit. Used
+/// for "unknown id" and "forged token" cases, so a server that checks syntax
+/// still sees a well-formed value. The middle, not the end, because the last
+/// character of unpadded base64 carries padding bits a lenient decoder
+/// ignores; digits, because every common id alphabet (hex, UUID, ULID,
+/// base32, base64) has them.
 pub fn unknown_id_like(like: &str, taken: &[&str]) -> String {
     let chars: Vec<char> = like.chars().collect();
     assert!(!chars.is_empty(), "cannot derive an id from an empty one");
-    for position in (0..chars.len()).rev().take(4) {
+    let positions = (chars.len() / 2..chars.len())
+        .chain(0..chars.len() / 2)
+        .filter(|&i| chars[i].is_ascii_alphanumeric())
+        .take(4);
+    for position in positions {
         for digit in ['7', '3', '5', '1', '9', '0', '2', '4', '6', '8'] {
             let mut candidate = chars.clone();
             candidate[position] = digit;
@@ -446,7 +459,11 @@ pub fn is_about(frame: &Value, ty: &str, msg_id: &str) -> bool {
 
 /// Every live message of a conversation as `session` sees it, paging
 /// through `history` 50 at a time.
-pub async fn full_history(http: &Http, session: &Session, conversation_id: &str) -> Vec<HistoryMessage> {
+pub async fn full_history(
+    http: &Http,
+    session: &Session,
+    conversation_id: &str,
+) -> Vec<HistoryMessage> {
     let mut all: Vec<HistoryMessage> = Vec::new();
     let mut after = 0;
     loop {
@@ -477,7 +494,9 @@ pub fn scan_files(dir: &Path, suffix: &str, needle: &[u8]) -> Vec<(PathBuf, bool
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_file() && path.to_string_lossy().ends_with(suffix) {

@@ -26,6 +26,9 @@ pub struct TestSocket {
     label: String,
     /// Every frame received so far, in order.
     seen: Vec<Value>,
+    /// Frames that an `expect` skipped over: a later `expect` may still
+    /// want them (a frame can arrive before the test starts waiting for it).
+    backlog: std::collections::VecDeque<Value>,
 }
 
 /// What a `sync` returned: see [`TestSocket::sync`].
@@ -93,6 +96,7 @@ impl TestSocket {
             inner,
             label: label.to_owned(),
             seen: Vec::new(),
+            backlog: std::collections::VecDeque::new(),
         }
     }
 
@@ -155,12 +159,15 @@ impl TestSocket {
         what: &str,
         mut matches: impl FnMut(&Value) -> bool,
     ) -> Value {
+        if let Some(pos) = self.backlog.iter().position(&mut matches) {
+            return self.backlog.remove(pos).expect("position is in range");
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.next_event(left).await {
                 Event::Frame(frame) if matches(&frame) => return frame,
-                Event::Frame(_) => {}
+                Event::Frame(frame) => self.backlog.push_back(frame),
                 Event::Timeout => panic!(
                     "{}: no {what} within {timeout:?}; last frames:\n{}",
                     self.label,
@@ -188,8 +195,10 @@ impl TestSocket {
 
     /// The first frame of type `ty` about `msg_id`.
     pub async fn expect_about(&mut self, ty: &str, msg_id: &str) -> Value {
-        self.expect(&format!("`{ty}` for {msg_id}"), |f| super::is_about(f, ty, msg_id))
-            .await
+        self.expect(&format!("`{ty}` for {msg_id}"), |f| {
+            super::is_about(f, ty, msg_id)
+        })
+        .await
     }
 
     /// Listen for `window`, then panic if any frame received over the
@@ -216,7 +225,10 @@ impl TestSocket {
             hits.is_empty(),
             "{}: must never receive {what}, but got:\n{}",
             self.label,
-            hits.iter().map(|f| format!("  {f}")).collect::<Vec<_>>().join("\n")
+            hits.iter()
+                .map(|f| format!("  {f}"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
 
