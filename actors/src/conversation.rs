@@ -14,6 +14,7 @@ use futures_util::future::Either;
 use crate::directory::Directory;
 use crate::frames::{ErrorCode, FrameError, ServerFrame};
 use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
+use crate::store::LOOKAHEAD_MS;
 use crate::store::{
     blocking, commit, now_ms, AckRecord, BurnReason, CommitError, ConvKind, ConversationRecord,
     Deadline, Event, Guard, Millis, Op, ReceiptState, StoredMessage, Txn, ViewPolicy,
@@ -108,6 +109,26 @@ pub struct Typing {
     pub device: DeviceId,
     /// Started or stopped.
     pub is_typing: bool,
+}
+
+/// A device of `by` opens a message: the view-once compare-and-set, or
+/// the first view of a timed message that starts `burn_after_view_seconds`.
+#[derive(Message)]
+#[rtype(result = "Result<Viewed, FrameError>")]
+pub struct View {
+    /// The message.
+    pub msg: MsgId,
+    /// Who.
+    pub by: UserId,
+}
+
+/// The answer to a `view`.
+#[derive(Debug)]
+pub enum Viewed {
+    /// The content, with `expires_at` as it now stands.
+    Granted(StoredMessage),
+    /// Already opened, expired or unsent: no content, ever.
+    Burned,
 }
 
 /// Deadlines from the persistent index that this actor must hold timers for.
@@ -292,21 +313,35 @@ impl Conversation {
     }
 }
 
+/// Most deadlines armed at (re)start; the sweeper hands over the rest.
+const ARM_AT_START: usize = 100_000;
+
 impl Actor for Conversation {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let store = Arc::clone(&self.dir.store);
         let id = self.id;
-        // Nothing is handled before the state is loaded.
+        let until = now_ms() + LOOKAHEAD_MS;
+        // Nothing is handled before the state is loaded: membership, the
+        // sequencer, and the timers of deadlines that are due soon.
+        let load = move || {
+            Ok((
+                store.conversation(id)?,
+                store.last_seq(id)?,
+                store.conversation_deadlines(id, until, ARM_AT_START)?,
+            ))
+        };
         ctx.wait(
-            blocking(move || Ok((store.conversation(id)?, store.last_seq(id)?)))
+            blocking(load)
                 .into_actor(self)
-                .map(|res, act, _| match res {
-                    Ok((record, last_seq)) => {
+                .map(|res, act, ctx| match res {
+                    Ok((record, last_seq, deadlines)) => {
                         act.record_persisted = record.is_some();
                         act.record = record;
                         act.last_seq = last_seq;
+                        act.timers.extend(deadlines);
+                        act.rearm(ctx);
                     }
                     Err(_) => {
                         tracing::error!(conversation = %act.id, "could not load conversation");
@@ -314,6 +349,14 @@ impl Actor for Conversation {
                     }
                 }),
         );
+    }
+}
+
+impl actix::Supervised for Conversation {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        // Forget everything; `started` reloads it from storage.
+        tracing::info!(conversation = %self.id, "conversation actor restarting");
+        *self = Conversation::new(Arc::clone(&self.dir), self.id);
     }
 }
 
@@ -639,6 +682,154 @@ impl Handler<Unsend> for Conversation {
                 async move { commit(&*store, txn).await.map_err(commit_error) }.into_actor(act),
             )
         }))
+    }
+}
+
+impl Handler<View> for Conversation {
+    type Result = ResponseActFuture<Self, Result<Viewed, FrameError>>;
+
+    fn handle(&mut self, msg: View, _: &mut Self::Context) -> Self::Result {
+        if let Err(e) = self.check_member(msg.by) {
+            return Box::pin(fut::ready(Err(e)));
+        }
+        if msg.msg.conv != self.id || msg.msg.seq == 0 || msg.msg.seq > self.last_seq {
+            return Box::pin(fut::ready(Err(NO_MESSAGE)));
+        }
+        let store = Arc::clone(&self.dir.store);
+        let id = msg.msg;
+        let read = blocking(move || Ok((store.message(id)?, store.viewers(id)?)));
+        Box::pin(read.into_actor(self).then(move |res, act, ctx| {
+            let now = now_ms();
+            let (m, viewers) = match res {
+                Ok((Some(m), viewers)) if m.expires_at > now => (m, viewers),
+                // Opened, unsent or expired: every later view is burned.
+                Ok(_) => return Either::Left(fut::ready(Ok(Viewed::Burned))),
+                Err(_) => {
+                    return Either::Left(fut::ready(Err(FrameError::new(
+                        ErrorCode::Internal,
+                        "storage failure",
+                    ))))
+                }
+            };
+            let own = m.from == msg.by;
+            if own && m.view_policy == ViewPolicy::Once {
+                let e = FrameError::new(
+                    ErrorCode::Forbidden,
+                    "the sender cannot open a view-once message",
+                );
+                return Either::Left(fut::ready(Err(e)));
+            }
+            let first_view = !own && viewers.is_empty();
+            let (txn, granted) = act.view_txn(m, &viewers, msg.by, first_view, now);
+            act.rearm(ctx);
+            let Some(txn) = txn else {
+                return Either::Left(fut::ready(Ok(Viewed::Granted(granted))));
+            };
+            let store = Arc::clone(&act.dir.store);
+            Either::Right(
+                async move {
+                    match commit(&*store, txn).await {
+                        Ok(()) => Ok(Viewed::Granted(granted)),
+                        // Another view won the race (or the message burned meanwhile).
+                        Err(CommitError::Gone) => Ok(Viewed::Burned),
+                        Err(e) => Err(commit_error(e)),
+                    }
+                }
+                .into_actor(act),
+            )
+        }))
+    }
+}
+
+impl Conversation {
+    /// The writes of a view, and the content to grant if they commit. A
+    /// view-once view is guarded so exactly one wins per recipient; the
+    /// first view of anyone pulls `expires_at` forward when the message
+    /// has `burn_after_view_seconds`.
+    fn view_txn(
+        &mut self,
+        m: StoredMessage,
+        viewers: &[UserId],
+        by: UserId,
+        first_view: bool,
+        now: Millis,
+    ) -> (Option<Txn>, StoredMessage) {
+        let mut granted = m.clone();
+        let mut txn = Txn::default();
+        let old = Deadline {
+            at: m.expires_at,
+            msg: m.id,
+        };
+        let once = m.view_policy == ViewPolicy::Once;
+        // Every recipient has now opened it: the content goes for good.
+        let all_viewed = once
+            && self
+                .members()
+                .iter()
+                .filter(|u| **u != m.from)
+                .all(|u| *u == by || viewers.contains(u));
+        if once {
+            txn.guards = vec![
+                Guard::MessagePresent(m.id),
+                Guard::ViewAbsent {
+                    msg: m.id,
+                    user: by,
+                },
+            ];
+            txn.ops.push(Op::PutView {
+                msg: m.id,
+                user: by,
+                at: now,
+                until: now + EVENT_RETENTION_MS,
+            });
+            let burned = Event::Burned {
+                msg: m.id,
+                reason: BurnReason::Viewed,
+            };
+            txn.ops.push(Op::Notify {
+                user: by,
+                event: burned.clone(),
+                except_device: None,
+            });
+            if all_viewed {
+                txn.ops.push(Op::Notify {
+                    user: m.from,
+                    event: burned,
+                    except_device: None,
+                });
+                txn.ops.push(Op::DeleteMessage(m.id));
+                txn.ops.push(Op::PutTombstone {
+                    msg: m.id,
+                    reason: BurnReason::Viewed,
+                    until: now + EVENT_RETENTION_MS,
+                });
+                txn.ops.push(Op::DeleteDeadline(old));
+                self.timers.remove(&old);
+            }
+        }
+        let pulled = m
+            .burn_after_view_seconds
+            .map(|s| now + s * 1000)
+            .filter(|at| *at < m.expires_at);
+        if let (true, false, Some(at)) = (first_view, all_viewed, pulled) {
+            if !once {
+                txn.guards = vec![Guard::MessagePresent(m.id)];
+                txn.ops.push(Op::PutView {
+                    msg: m.id,
+                    user: by,
+                    at: now,
+                    until: m.expires_at,
+                });
+            }
+            granted.expires_at = at;
+            let new = Deadline { at, msg: m.id };
+            txn.ops.push(Op::PutMessage(Arc::new(granted.clone())));
+            txn.ops.push(Op::DeleteDeadline(old));
+            txn.ops.push(Op::PutDeadline(new));
+            self.timers.remove(&old);
+            self.timers.insert(new);
+        }
+        ((!txn.ops.is_empty()).then_some(txn), granted)
     }
 }
 

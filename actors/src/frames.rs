@@ -161,6 +161,19 @@ pub enum ServerFrame<'a> {
     },
     /// A message (see [`MessageView`]).
     Message(MessageView<'a>),
+    /// The answer to a `view`.
+    ViewResult {
+        /// The message.
+        msg_id: MsgId,
+        /// `granted` or `burned`.
+        result: &'static str,
+        /// Text content, when granted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body: Option<&'a str>,
+        /// When the content stops being readable, when granted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<Millis>,
+    },
     /// A message burned.
     Burned {
         /// The user's cursor.

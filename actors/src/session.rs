@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web_actors::ws;
 
-use crate::conversation::{self, Delivered, Post, Read, Screenshot, Typing, Unsend};
+use crate::conversation::{self, Delivered, Post, Read, Screenshot, Typing, Unsend, View, Viewed};
 use crate::directory::Directory;
 use crate::frames::{
     self, burned, error, parse_msg_id, salvage_ref, ClientFrame, ErrorCode, FrameError,
@@ -139,10 +139,7 @@ impl Session {
                 let by = self.user;
                 self.route_msg(msg_id, ctx, move |msg| Unsend { msg, by });
             }
-            ClientFrame::View { msg_id } => {
-                let err = FrameError::new(ErrorCode::NotFound, "no such view-once message");
-                Self::reply_error(ctx, &err, Some(&msg_id));
-            }
+            ClientFrame::View { msg_id } => self.on_view(msg_id, ctx),
         }
     }
 
@@ -238,9 +235,6 @@ impl Session {
                 ));
             }
         }
-        if policy == ViewPolicy::Once {
-            return invalid("view_policy \"once\" is not available on this server yet");
-        }
         if f.media_key.is_some() {
             return Err(FrameError::new(ErrorCode::NotFound, "no such media_key"));
         }
@@ -319,6 +313,45 @@ impl Session {
                     .to_text(),
                 ),
                 Err(e) => Self::reply_error(ctx, &e, Some(&client_msg_id)),
+            }
+        }));
+    }
+
+    fn on_view(&mut self, msg_id: String, ctx: &mut ws::WebsocketContext<Self>) {
+        let msg = match parse_msg_id(&msg_id) {
+            Ok(m) => m,
+            Err(e) => return Self::reply_error(ctx, &e, Some(&msg_id)),
+        };
+        let req = self
+            .dir
+            .conversation(msg.conv)
+            .send(View { msg, by: self.user });
+        ctx.spawn(req.into_actor(self).map(move |res, _, ctx| {
+            match res {
+                Ok(Ok(Viewed::Granted(m))) => ctx.text(
+                    ServerFrame::ViewResult {
+                        msg_id: m.id,
+                        result: "granted",
+                        body: m.body.as_deref(),
+                        expires_at: Some(m.expires_at),
+                    }
+                    .to_text(),
+                ),
+                Ok(Ok(Viewed::Burned)) => ctx.text(
+                    ServerFrame::ViewResult {
+                        msg_id: msg,
+                        result: "burned",
+                        body: None,
+                        expires_at: None,
+                    }
+                    .to_text(),
+                ),
+                Ok(Err(e)) => Self::reply_error(ctx, &e, Some(&msg_id)),
+                Err(_) => Self::reply_error(
+                    ctx,
+                    &FrameError::new(ErrorCode::Unavailable, "conversation restarting, retry"),
+                    Some(&msg_id),
+                ),
             }
         }));
     }

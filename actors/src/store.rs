@@ -25,6 +25,10 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// How far ahead of a deadline its conversation arms a timer for it; later
+/// deadlines are handed over by the sweeper when they come this close.
+pub const LOOKAHEAD_MS: Millis = 3_000;
+
 /// How long non-content events (receipts, burns) stay replayable by `sync`:
 /// the longest message lifetime, so a device that missed a message's whole
 /// life still learns of its burn.
@@ -256,6 +260,13 @@ pub enum Guard {
     },
     /// The message row still exists; otherwise [`CommitError::Gone`].
     MessagePresent(MsgId),
+    /// `user` has not viewed the message yet; otherwise [`CommitError::Gone`].
+    ViewAbsent {
+        /// The message.
+        msg: MsgId,
+        /// The viewer.
+        user: UserId,
+    },
 }
 
 /// One write of a transaction.
@@ -296,6 +307,18 @@ pub enum Op {
     PutDeadline(Deadline),
     /// Remove a deadline from the index.
     DeleteDeadline(Deadline),
+    /// Record that `user` opened a view-once message (or first viewed a
+    /// timed one), until `until`.
+    PutView {
+        /// The message.
+        msg: MsgId,
+        /// The viewer.
+        user: UserId,
+        /// When.
+        at: Millis,
+        /// How long the record is kept.
+        until: Millis,
+    },
     /// Record how far a member has read.
     PutReadState {
         /// The conversation.
@@ -396,12 +419,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(u64, EventRecord)>, ReadError>;
     /// The conversations a user belongs to.
     fn user_conversations(&self, user: UserId) -> Result<Vec<ConvId>, ReadError>;
+    /// The users who have viewed a message.
+    fn viewers(&self, msg: MsgId) -> Result<Vec<UserId>, ReadError>;
     /// How far a member has read.
     fn read_state(&self, conv: ConvId, user: UserId) -> Result<u64, ReadError>;
     /// Deadlines due strictly after `after` and at or before `until`, oldest first.
     fn deadlines(
         &self,
         after: Option<Deadline>,
+        until: Millis,
+        limit: usize,
+    ) -> Result<Vec<Deadline>, ReadError>;
+    /// One conversation's deadlines at or before `until`, oldest first.
+    fn conversation_deadlines(
+        &self,
+        conv: ConvId,
         until: Millis,
         limit: usize,
     ) -> Result<Vec<Deadline>, ReadError>;

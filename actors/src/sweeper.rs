@@ -13,12 +13,10 @@ use actix::prelude::*;
 use crate::conversation::Arm;
 use crate::directory::Directory;
 use crate::ids::ConvId;
-use crate::store::{blocking, now_ms, Deadline};
+use crate::store::{blocking, now_ms, Deadline, LOOKAHEAD_MS};
 
 /// How often the index is scanned.
 const SCAN_EVERY: Duration = Duration::from_millis(500);
-/// How far ahead deadlines are handed out, so timers are armed before they are due.
-const LOOKAHEAD_MS: u64 = 3_000;
 /// Deadlines read per scan step.
 const BATCH: usize = 10_000;
 

@@ -50,6 +50,14 @@ pub fn message(msg: MsgId) -> [u8; 24] {
     k
 }
 
+/// `views`: (conversation, seq, user): who opened a message.
+pub fn view(msg: MsgId, user: UserId) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..24].copy_from_slice(&message(msg));
+    k[24..].copy_from_slice(&user.0);
+    k
+}
+
 /// `inbox`: (user, cursor).
 pub fn inbox(user: UserId, cursor: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
@@ -78,6 +86,30 @@ pub fn deadline(d: Deadline) -> [u8; 32] {
     k[8..24].copy_from_slice(&d.msg.conv.0);
     k[24..].copy_from_slice(&d.msg.seq.to_be_bytes());
     k
+}
+
+/// `conversation_deadlines`: (conversation, at, seq): one conversation's
+/// deadlines in time order, so an actor that (re)starts arms only its own.
+pub fn conversation_deadline(d: Deadline) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..16].copy_from_slice(&d.msg.conv.0);
+    k[16..24].copy_from_slice(&d.at.to_be_bytes());
+    k[24..].copy_from_slice(&d.msg.seq.to_be_bytes());
+    k
+}
+
+/// Decodes a `conversation_deadlines` key.
+pub fn decode_conversation_deadline(k: &[u8]) -> Option<Deadline> {
+    if k.len() != 32 {
+        return None;
+    }
+    Some(Deadline {
+        at: u64_at(k, 16),
+        msg: MsgId {
+            conv: id_at(k, 0),
+            seq: u64_at(k, 24),
+        },
+    })
 }
 
 /// Decodes a `deadlines` key.
@@ -144,6 +176,14 @@ mod tests {
     }
 
     #[test]
+    fn view_key_is_message_then_user() {
+        let k = view(MsgId { conv: A, seq: 2 }, B);
+        assert_eq!(&k[..16], &[0xaa; 16]);
+        assert_eq!(&k[16..24], &[0, 0, 0, 0, 0, 0, 0, 2]);
+        assert_eq!(&k[24..], &[0xbb; 16]);
+    }
+
+    #[test]
     fn inbox_key_is_user_then_cursor() {
         let k = inbox(B, 7);
         let mut want = vec![0xbb; 16];
@@ -163,6 +203,10 @@ mod tests {
         assert_eq!(&k[8..24], &[0xaa; 16]);
         assert_eq!(&k[24..], &[0, 0, 0, 0, 0, 0, 0, 3]);
         assert_eq!(decode_deadline(&k), Some(d));
+        let c = conversation_deadline(d);
+        assert_eq!(&c[..16], &[0xaa; 16]);
+        assert_eq!(&c[16..24], &[0, 0, 0, 0, 0, 0, 0x0a, 0x0b]);
+        assert_eq!(decode_conversation_deadline(&c), Some(d));
         let later = Deadline {
             at: 0x0a0c,
             msg: MsgId {

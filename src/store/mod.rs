@@ -61,17 +61,21 @@ pub enum Cf {
     Messages,
     /// (conversation, seq) -> why it was burned.
     Tombstones,
+    /// (conversation, seq, user) -> when they opened it.
+    Views,
     /// (user, cursor) -> event reference.
     Inbox,
     /// (user, client_msg_id digest) -> first ack.
     Dedup,
     /// (at, conversation, seq) -> () : the deadline index.
     Deadlines,
+    /// (conversation, at, seq) -> () : the same index by conversation.
+    ConversationDeadlines,
 }
 
 impl Cf {
     /// Every column family, in the order they are opened.
-    pub const ALL: [Cf; 12] = [
+    pub const ALL: [Cf; 14] = [
         Cf::Accounts,
         Cf::Usernames,
         Cf::Tokens,
@@ -81,9 +85,11 @@ impl Cf {
         Cf::ReadStates,
         Cf::Messages,
         Cf::Tombstones,
+        Cf::Views,
         Cf::Inbox,
         Cf::Dedup,
         Cf::Deadlines,
+        Cf::ConversationDeadlines,
     ];
 
     /// The name on disk.
@@ -98,9 +104,11 @@ impl Cf {
             Cf::ReadStates => "read_states",
             Cf::Messages => "messages",
             Cf::Tombstones => "tombstones",
+            Cf::Views => "views",
             Cf::Inbox => "inbox",
             Cf::Dedup => "dedup",
             Cf::Deadlines => "deadlines",
+            Cf::ConversationDeadlines => "conversation_deadlines",
         }
     }
 }
@@ -326,6 +334,16 @@ fn read<T>(r: Result<T, StoreError>) -> Result<T, ReadError> {
     })
 }
 
+/// What a prefix scan does with the row it just read.
+enum Step {
+    /// Counted towards the limit.
+    Take,
+    /// Not counted.
+    Skip,
+    /// The scan is over.
+    Stop,
+}
+
 impl RocksStore {
     fn scan_prefix(
         &self,
@@ -333,7 +351,7 @@ impl RocksStore {
         from: &[u8],
         prefix_len: usize,
         limit: usize,
-        mut each: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<Step, StoreError>,
     ) -> Result<(), StoreError> {
         let mut n = 0;
         for item in self
@@ -344,8 +362,10 @@ impl RocksStore {
             if k.len() < prefix_len || k[..prefix_len] != from[..prefix_len] || n >= limit {
                 break;
             }
-            if each(&k, &v)? {
-                n += 1;
+            match each(&k, &v)? {
+                Step::Take => n += 1,
+                Step::Skip => {}
+                Step::Stop => break,
             }
         }
         Ok(())
@@ -412,7 +432,7 @@ impl Store for RocksStore {
         read(self.scan_prefix(Cf::Messages, &from, 16, limit, |_, v| {
             let (_, p) = filter::split(v).ok_or(StoreError::Corrupt("messages"))?;
             out.push(serde_json::from_slice(p).map_err(|_| StoreError::Corrupt("messages"))?);
-            Ok(true)
+            Ok(Step::Take)
         }))?;
         Ok(out)
     }
@@ -435,10 +455,10 @@ impl Store for RocksStore {
             // message's) but is still returned so sync can say it burned;
             // other events past their retention are skipped.
             if exp <= now && !matches!(rec, EventRecord::Message { .. }) {
-                return Ok(false);
+                return Ok(Step::Skip);
             }
             out.push((cursor, rec));
-            Ok(true)
+            Ok(Step::Take)
         }))?;
         Ok(out)
     }
@@ -449,9 +469,19 @@ impl Store for RocksStore {
         read(
             self.scan_prefix(Cf::Memberships, &from, 16, usize::MAX, |k, _| {
                 out.push(keys::id_at(k, 16));
-                Ok(true)
+                Ok(Step::Take)
             }),
         )?;
+        Ok(out)
+    }
+
+    fn viewers(&self, msg: MsgId) -> Result<Vec<UserId>, ReadError> {
+        let mut out = Vec::new();
+        let from = keys::view(msg, ephemera_actors::ids::Id([0; 16]));
+        read(self.scan_prefix(Cf::Views, &from, 24, usize::MAX, |k, _| {
+            out.push(keys::id_at(k, 24));
+            Ok(Step::Take)
+        }))?;
         Ok(out)
     }
 
@@ -493,6 +523,31 @@ impl Store for RocksStore {
             }
             Ok(())
         })())?;
+        Ok(out)
+    }
+
+    fn conversation_deadlines(
+        &self,
+        conv: ConvId,
+        until: u64,
+        limit: usize,
+    ) -> Result<Vec<Deadline>, ReadError> {
+        let mut out = Vec::new();
+        let from = keys::conversation_deadline(Deadline {
+            at: 0,
+            msg: MsgId { conv, seq: 0 },
+        });
+        read(
+            self.scan_prefix(Cf::ConversationDeadlines, &from, 16, limit, |k, _| {
+                let d = keys::decode_conversation_deadline(k)
+                    .ok_or(StoreError::Corrupt("conversation_deadlines"))?;
+                if d.at > until {
+                    return Ok(Step::Stop);
+                }
+                out.push(d);
+                Ok(Step::Take)
+            }),
+        )?;
         Ok(out)
     }
 

@@ -53,6 +53,7 @@ struct Writer {
 struct Overlay {
     dedup: HashMap<[u8; 32], AckRecord>,
     messages: HashMap<[u8; 24], bool>,
+    views: std::collections::HashSet<[u8; 40]>,
     heads: HashMap<UserId, u64>,
 }
 
@@ -115,6 +116,20 @@ impl Writer {
                         Err(CommitError::Duplicate(ack))
                     }
                     _ => Ok(()),
+                }
+            }
+            Guard::ViewAbsent { msg, user } => {
+                let k = keys::view(*msg, *user);
+                let seen = overlay.views.contains(&k)
+                    || self
+                        .db
+                        .get_pinned_cf(cf_handle(&self.db, Cf::Views), k)
+                        .map_err(failed)?
+                        .is_some();
+                if seen {
+                    Err(CommitError::Gone)
+                } else {
+                    Ok(())
                 }
             }
             Guard::MessagePresent(msg) => {
@@ -182,6 +197,20 @@ impl Writer {
                     let k = keys::message(id);
                     overlay.messages.insert(k, false);
                     b.delete_cf(cf_handle(db, Cf::Messages), k);
+                }
+                Op::PutView {
+                    msg,
+                    user,
+                    at,
+                    until,
+                } => {
+                    let k = keys::view(msg, user);
+                    overlay.views.insert(k);
+                    b.put_cf(
+                        cf_handle(db, Cf::Views),
+                        k,
+                        filter::with_expiry(until, &at.to_be_bytes()),
+                    );
                 }
                 Op::PutTombstone { msg, reason, until } => {
                     b.put_cf(
