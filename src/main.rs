@@ -15,6 +15,7 @@ mod admin;
 mod api;
 mod auth;
 mod config;
+mod keystore;
 mod store;
 
 use std::io::Write;
@@ -104,9 +105,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).context("creating the data directory")?;
     let cfg = Arc::new(cfg);
     let token = admin_token(&cfg)?;
+    let keys = Arc::new(
+        keystore::KeyStore::open(&cfg.data_dir.join("keys")).context("opening the key store")?,
+    );
+    keys.start_purger(std::time::Duration::from_secs(5));
     let store = Arc::new(
         RocksStore::open(
             &cfg.data_dir.join("db"),
+            Arc::clone(&keys),
             cfg.durability,
             cfg.deletion_window.as_secs(),
         )

@@ -210,9 +210,10 @@ async fn message_expired_while_offline_is_never_delivered() {
     );
 }
 
-/// Physical deletion: a canary body is in the data files while the message
-/// lives (so the scan can fail), and in no SST file once it expired and the
-/// store was compacted. Logs never carry it, nor tokens.
+/// Physical deletion: a canary body is sealed at rest (in no file while the
+/// message lives, though its row is in an SST, so the scan can fail) and in
+/// no file once it expired and the store was compacted. Logs never carry
+/// it, nor tokens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_canary_leaves_no_trace_in_sst_files() {
     let server = Server::start(&[]).await;
@@ -235,44 +236,46 @@ async fn expired_canary_leaves_no_trace_in_sst_files() {
             2,
         ))
         .await;
-    a1.send_ok(timed_text(
-        &new_cid("control"),
-        Target::User(&bob.user_id),
-        &format!("control {control}"),
-        600,
-    ))
-    .await;
+    let control_ack = a1
+        .send_ok(timed_text(
+            &new_cid("control"),
+            Target::User(&bob.user_id),
+            &format!("control {control}"),
+            600,
+        ))
+        .await;
     let short_id = str_of(&short, "msg_id").to_owned();
     let expires_at = i64_of(&short, "expires_at");
 
-    // While it lives: flushed and compacted, the canary is on disk.
+    // While it lives, flushed and compacted: the message's row is on disk
+    // (its storage key, the raw bytes of its msg_id, is in an SST), which
+    // proves the scan reads what it must; the body is not, because bodies
+    // are sealed at rest.
     server.compact().await;
-    let files = scan_files(server.data_dir(), "", canary.as_bytes());
     let proved_at = now_ms();
     assert!(
         proved_at < expires_at,
         "compaction took until {proved_at}, past expires_at {expires_at}: the proof is void"
     );
-    let holding: Vec<_> = files
-        .iter()
+    let row_key = hex_bytes(&short_id);
+    let rows = scan_files(server.data_dir(), ".sst", &row_key);
+    assert!(
+        rows.iter().any(|(_, found)| *found),
+        "the live message's row must be found in an SST, else this test cannot fail \
+         (scanned {} files)",
+        rows.len()
+    );
+    let plain: Vec<_> = scan_files(server.data_dir(), "", canary.as_bytes())
+        .into_iter()
         .filter(|(_, found)| *found)
         .map(|(p, _)| p)
         .collect();
     assert!(
-        !holding.is_empty(),
-        "the live canary must be found in the data dir, else this test cannot fail \
-         (scanned {} files)",
-        files.len()
-    );
-    println!(
-        "live canary found in: {:?} (in an .sst: {})",
-        holding,
-        holding
-            .iter()
-            .any(|p| p.to_string_lossy().ends_with(".sst"))
+        plain.is_empty(),
+        "a live body must be sealed at rest, found in {plain:?}"
     );
 
-    // After expiry (seen live by bob) and a compaction: no SST holds it.
+    // After expiry (seen live by bob) and a compaction: no file holds it.
     let wait = Duration::from_millis((expires_at - now_ms()).max(0) as u64) + WAIT;
     let burned = b1
         .expect_within(wait, "burned (expired) canary", |f| {
@@ -283,32 +286,23 @@ async fn expired_canary_leaves_no_trace_in_sst_files() {
     server.compact().await;
     let ssts = scan_files(server.data_dir(), ".sst", canary.as_bytes());
     assert!(!ssts.is_empty(), "a compacted store has SST files");
-    let leaking: Vec<_> = ssts
-        .iter()
+    let leaking: Vec<_> = scan_files(server.data_dir(), "", canary.as_bytes())
+        .into_iter()
         .filter(|(_, found)| *found)
         .map(|(p, _)| p)
         .collect();
     assert!(
         leaking.is_empty(),
-        "the expired canary must be in no SST after compaction, found in {leaking:?}"
+        "the expired canary must be in no file after compaction, found in {leaking:?}"
     );
-    let elsewhere: Vec<_> = scan_files(server.data_dir(), "", canary.as_bytes())
-        .into_iter()
-        .filter(|(_, found)| *found)
-        .map(|(p, _)| p)
-        .collect();
-    if !elsewhere.is_empty() {
-        // Not a failure of this test (it is about SSTs), but worth seeing:
-        // WAL or MANIFEST files still holding expired content.
-        println!("note: expired canary still in non-SST files: {elsewhere:?}");
-    }
-    let control_files: Vec<_> = scan_files(server.data_dir(), "", control.as_bytes())
-        .into_iter()
-        .filter(|(_, found)| *found)
-        .collect();
+    let control_rows = scan_files(
+        server.data_dir(),
+        ".sst",
+        &hex_bytes(str_of(&control_ack, "msg_id")),
+    );
     assert!(
-        !control_files.is_empty(),
-        "the live control canary must still be on disk (the scan still works)"
+        control_rows.iter().any(|(_, found)| *found),
+        "the live control message's row must still be on disk (the scan still works)"
     );
 
     let logs = server.logs();
@@ -330,4 +324,12 @@ async fn expired_canary_leaves_no_trace_in_sst_files() {
         !logs.contains(server.admin_token()),
         "server logs must never contain the admin token"
     );
+}
+
+/// The bytes a lower-case hex string spells.
+fn hex_bytes(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+        .collect()
 }

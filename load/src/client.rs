@@ -2,6 +2,8 @@
 //!
 //! [`Http`] wraps the account, session and conversation calls with typed
 //! answers; [`Socket`] is one device's WebSocket, speaking JSON text frames.
+//! An optional [`Observer`] on [`Http`] sees every HTTP answer (tests check
+//! each against `schema/openapi.json`).
 //!
 //! Errors are [`anyhow::Error`]s. An HTTP answer with an error status becomes
 //! an [`ApiError`] inside it (get it back with [`api_error`]) so a caller can
@@ -10,6 +12,7 @@
 //! never quoted, and answer bodies are never echoed.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -208,15 +211,50 @@ impl RawResponse {
     }
 }
 
+/// One answered HTTP call, as an [`Observer`] sees it.
+///
+/// It carries no request headers, so no bearer token; the body is the
+/// server's answer (which, for a login, does hold the new token).
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    /// The request method, e.g. `"GET"`.
+    pub method: &'a str,
+    /// The request path without host or query string, e.g.
+    /// `/api/v1/conversations/abc/messages`.
+    pub path: &'a str,
+    /// The HTTP status of the answer.
+    pub status: u16,
+    /// The answer body parsed as JSON; `None` when it was empty or not JSON
+    /// (see `body_len` to tell the two apart).
+    pub body: Option<&'a Value>,
+    /// The length of the answer body in bytes, `0` for an empty body.
+    pub body_len: usize,
+}
+
+/// A hook [`Http`] calls once for every answer it receives, whatever the
+/// status; tests use it to check every answer against `schema/openapi.json`.
+pub type Observer = Arc<dyn Fn(&Exchange<'_>) + Send + Sync>;
+
 /// Client for the public HTTP API of one server (PROTOCOL.md §1, §6).
 ///
-/// Cheap to clone; clones share one connection pool.
-#[derive(Clone, Debug)]
+/// Cheap to clone; clones share one connection pool and the observer.
+#[derive(Clone)]
 pub struct Http {
     /// The pooled HTTP client.
     client: reqwest::Client,
     /// `http://host:port`, without a trailing slash.
     base: String,
+    /// Called with every answer, if set ([`Http::with_observer`]).
+    observer: Option<Observer>,
+}
+
+impl fmt::Debug for Http {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http")
+            .field("base", &self.base)
+            .field("observer", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Http {
@@ -230,7 +268,18 @@ impl Http {
             .build()
             .context("building the HTTP client")?;
         let base = base.into().trim_end_matches('/').to_owned();
-        Ok(Http { client, base })
+        Ok(Http {
+            client,
+            base,
+            observer: None,
+        })
+    }
+
+    /// This client with `observer` called once for every answer of every
+    /// call (typed ones and [`Http::raw`]), replacing any earlier observer.
+    pub fn with_observer(mut self, observer: Observer) -> Http {
+        self.observer = Some(observer);
+        self
     }
 
     /// The base URL this client talks to.
@@ -387,8 +436,11 @@ impl Http {
         bearer: Option<&str>,
         body: Option<Vec<u8>>,
     ) -> Result<RawResponse> {
-        let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        let bare_path = path.split('?').next().unwrap_or(path);
+        let what = format!("{method} {bare_path}");
+        let mut request = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base));
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }
@@ -412,6 +464,15 @@ impl Http {
             .await
             .map_err(|err| anyhow!("{what}: reading answer failed: {}", err.without_url()))?;
         let json = serde_json::from_slice(&bytes).ok();
+        if let Some(observer) = &self.observer {
+            observer(&Exchange {
+                method: method.as_str(),
+                path: bare_path,
+                status,
+                body: json.as_ref(),
+                body_len: bytes.len(),
+            });
+        }
         Ok(RawResponse {
             status,
             json,

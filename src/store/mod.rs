@@ -23,6 +23,47 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Durability;
+use crate::keystore::KeyStore;
+
+/// A message row as stored: the message without its body, and the body
+/// sealed under its expiry bucket's key (base64), so the main database
+/// never holds a plaintext body.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct MessageRow {
+    #[serde(flatten)]
+    pub meta: StoredMessage,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
+}
+
+impl RocksStore {
+    /// Decodes a message row and opens its body; `None` once the body's
+    /// key is destroyed (the message is then gone for everyone).
+    fn decode_message(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<Option<StoredMessage>, StoreError> {
+        let row: MessageRow =
+            serde_json::from_slice(payload).map_err(|_| StoreError::Corrupt("messages"))?;
+        let mut m = row.meta;
+        if let Some(sealed) = row.sealed {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(sealed)
+                .map_err(|_| StoreError::Corrupt("messages"))?;
+            match self.keys.open_body(key, &bytes) {
+                Some(plain) => {
+                    m.body = Some(
+                        String::from_utf8(plain).map_err(|_| StoreError::Corrupt("messages"))?,
+                    )
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(m))
+    }
+}
 
 /// A storage failure. Details stay in the server log; clients only ever
 /// see a generic `internal`/`unavailable`.
@@ -147,6 +188,7 @@ pub struct TokenRecord {
 /// The RocksDB store.
 pub struct RocksStore {
     db: Arc<DB>,
+    keys: Arc<KeyStore>,
     write_opts: WriteOptions,
     writer: OnceLock<mpsc::Sender<writer::Job>>,
     /// Serialises account creation (username uniqueness).
@@ -178,6 +220,7 @@ impl RocksStore {
     /// Opens (or creates) the database in `dir`.
     pub fn open(
         dir: &Path,
+        keys: Arc<KeyStore>,
         durability: Durability,
         periodic_compaction_seconds: u64,
     ) -> Result<Self, StoreError> {
@@ -200,6 +243,7 @@ impl RocksStore {
         write_opts.set_sync(durability == Durability::Fsync);
         Ok(RocksStore {
             db: Arc::new(db),
+            keys,
             write_opts,
             writer: OnceLock::new(),
             accounts_lock: Mutex::new(()),
@@ -211,7 +255,13 @@ impl RocksStore {
     pub fn start_writer(&self, fanout: Arc<dyn Fanout>) {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let db = Arc::clone(&self.db);
-        writer::spawn(db, rx, fanout, self.durability == Durability::Fsync);
+        writer::spawn(
+            db,
+            Arc::clone(&self.keys),
+            rx,
+            fanout,
+            self.durability == Durability::Fsync,
+        );
         let _ = self.writer.set(tx);
     }
 
@@ -408,9 +458,7 @@ impl Store for RocksStore {
                 return Ok(None);
             };
             let (_, p) = filter::split(&v).ok_or(StoreError::Corrupt("messages"))?;
-            serde_json::from_slice(p)
-                .map(Some)
-                .map_err(|_| StoreError::Corrupt("messages"))
+            self.decode_message(&keys::message(id), p)
         })())
     }
 
@@ -429,10 +477,15 @@ impl Store for RocksStore {
             conv,
             seq: after_seq.saturating_add(1),
         });
-        read(self.scan_prefix(Cf::Messages, &from, 16, limit, |_, v| {
+        read(self.scan_prefix(Cf::Messages, &from, 16, limit, |k, v| {
             let (_, p) = filter::split(v).ok_or(StoreError::Corrupt("messages"))?;
-            out.push(serde_json::from_slice(p).map_err(|_| StoreError::Corrupt("messages"))?);
-            Ok(Step::Take)
+            match self.decode_message(k, p)? {
+                Some(m) => {
+                    out.push(m);
+                    Ok(Step::Take)
+                }
+                None => Ok(Step::Skip),
+            }
         }))?;
         Ok(out)
     }

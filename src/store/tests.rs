@@ -10,6 +10,7 @@ use ephemera_actors::store::{
 
 use super::RocksStore;
 use crate::config::Durability;
+use crate::keystore::KeyStore;
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(UserId, u64)>>);
@@ -38,7 +39,8 @@ fn message(conv: Id, seq: u64, body: &str, ttl_ms: u64) -> Arc<StoredMessage> {
 #[tokio::test]
 async fn group_commit_assigns_cursors_in_order_and_dedups() {
     let dir = tempfile::tempdir().unwrap();
-    let store = RocksStore::open(dir.path(), Durability::Wal, 3600).unwrap();
+    let keys = Arc::new(KeyStore::open(&dir.path().join("keys")).unwrap());
+    let store = RocksStore::open(&dir.path().join("db"), keys, Durability::Wal, 3600).unwrap();
     let rec = Arc::new(Recorder::default());
     store.start_writer(rec.clone());
     let user = Id([9; 16]);
@@ -108,7 +110,8 @@ async fn group_commit_assigns_cursors_in_order_and_dedups() {
 #[tokio::test]
 async fn compaction_drops_expired_rows() {
     let dir = tempfile::tempdir().unwrap();
-    let store = RocksStore::open(dir.path(), Durability::Wal, 3600).unwrap();
+    let keys = Arc::new(KeyStore::open(&dir.path().join("keys")).unwrap());
+    let store = RocksStore::open(&dir.path().join("db"), keys, Durability::Wal, 3600).unwrap();
     store.start_writer(Arc::new(Recorder::default()));
     let conv = Id([6; 16]);
     let short = message(conv, 1, "short-lived", 1);

@@ -12,7 +12,8 @@ use ephemera_actors::store::{AckRecord, CommitError, Delivery, Fanout, Guard, Op
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{cf_handle, filter, json, keys, Cf};
+use super::{cf_handle, filter, json, keys, Cf, MessageRow, StoreError};
+use crate::keystore::KeyStore;
 
 /// Most transactions in one write batch.
 const MAX_GROUP: usize = 2_048;
@@ -26,9 +27,16 @@ pub struct Job {
 }
 
 /// Starts the writer thread.
-pub fn spawn(db: Arc<DB>, rx: mpsc::Receiver<Job>, fanout: Arc<dyn Fanout>, sync: bool) {
+pub fn spawn(
+    db: Arc<DB>,
+    keys: Arc<KeyStore>,
+    rx: mpsc::Receiver<Job>,
+    fanout: Arc<dyn Fanout>,
+    sync: bool,
+) {
     let mut w = Writer {
         db,
+        keys,
         fanout,
         heads: HashMap::new(),
         sync,
@@ -41,6 +49,8 @@ pub fn spawn(db: Arc<DB>, rx: mpsc::Receiver<Job>, fanout: Arc<dyn Fanout>, sync
 
 struct Writer {
     db: Arc<DB>,
+    /// Seals message bodies before they reach the database.
+    keys: Arc<KeyStore>,
     fanout: Arc<dyn Fanout>,
     /// Last cursor given out per user (loaded from the inbox on first use).
     heads: HashMap<UserId, u64>,
@@ -87,6 +97,23 @@ impl Writer {
             Some(Err(e)) => Err(e),
             _ => Ok(0),
         }
+    }
+
+    /// The stored form of a message: its body sealed under the key of its
+    /// expiry bucket, bound to its storage key.
+    fn seal(
+        &self,
+        key: &[u8],
+        m: &ephemera_actors::store::StoredMessage,
+    ) -> Result<Vec<u8>, StoreError> {
+        use base64::Engine;
+        let mut meta = m.clone();
+        let sealed = match meta.body.take() {
+            Some(body) => Some(self.keys.seal_body(m.expires_at, key, body.as_bytes())?),
+            None => None,
+        };
+        let sealed = sealed.map(|s| base64::engine::general_purpose::STANDARD.encode(s));
+        Ok(json(&MessageRow { meta, sealed }))
     }
 
     fn check(&self, overlay: &Overlay, guard: &Guard) -> Result<(), CommitError> {
@@ -158,7 +185,7 @@ impl Writer {
         overlay: &mut Overlay,
         txn: Txn,
         out: &mut Vec<(UserId, Delivery)>,
-    ) -> Result<(), rocksdb::Error> {
+    ) -> Result<(), StoreError> {
         let db = &*self.db;
         let now = ephemera_actors::store::now_ms();
         for op in txn.ops {
@@ -190,7 +217,7 @@ impl Writer {
                     b.put_cf(
                         cf_handle(db, Cf::Messages),
                         k,
-                        filter::with_expiry(m.expires_at, &json(&*m)),
+                        filter::with_expiry(m.expires_at, &self.seal(&k, &m)?),
                     );
                 }
                 Op::DeleteMessage(id) => {

@@ -1,11 +1,14 @@
 //! Shared helpers for the integration tests: start the real `ephemera`
 //! binary on port 0 ([`Server`]), create users, and talk to the socket through
 //! a wrapper that checks every frame against `schema/` ([`socket::TestSocket`]).
+//! Every HTTP client they hand out checks every answer against the OpenAPI
+//! documents of `schema/` ([`Server::http`]).
 //!
 //! # Layout
 //!
 //! * this file: [`Server`], user helpers, clocks, ids and frame field access.
-//! * [`schema`]: JSON Schema validation of client and server frames.
+//! * [`schema`]: JSON Schema validation of client and server frames and of
+//!   HTTP answers.
 //! * [`socket`]: [`socket::TestSocket`], a schema-checking socket with
 //!   assertion helpers.
 
@@ -20,6 +23,7 @@ use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ephemera_load::client::{HistoryMessage, Http, Session};
@@ -203,9 +207,20 @@ impl Server {
         &self.data_dir
     }
 
-    /// An HTTP client for the public listener.
+    /// An HTTP client for the public listener that asserts every answer
+    /// against `schema/openapi.json`.
     pub fn http(&self) -> Http {
-        Http::new(self.http_base()).expect("building an HTTP client")
+        Http::new(self.http_base())
+            .expect("building an HTTP client")
+            .with_observer(Arc::new(schema::assert_http_response))
+    }
+
+    /// An HTTP client for the admin listener that asserts every answer
+    /// against `schema/admin-openapi.json`.
+    pub fn admin_http(&self) -> Http {
+        Http::new(self.admin_base())
+            .expect("building an HTTP client")
+            .with_observer(Arc::new(schema::assert_admin_http_response))
     }
 
     /// Kill the process with SIGKILL (no shutdown, no flush) and reap it.
@@ -230,7 +245,7 @@ impl Server {
     /// `POST /admin/storage/compact`: flush and compact every column
     /// family; asserts `200 {"flushed":true,"compacted":true}`.
     pub async fn compact(&self) {
-        let admin = Http::new(self.admin_base()).expect("building an HTTP client");
+        let admin = self.admin_http();
         let response = admin
             .raw(
                 Method::POST,

@@ -1,0 +1,294 @@
+//! The key store: a separate, small RocksDB instance that holds every data
+//! key (message-body keys, one per expiry bucket, and media keys). Content
+//! at rest elsewhere is ciphertext under these keys, so destroying a key
+//! destroys every copy of what it sealed. A purge pass deletes keys whose
+//! life is over, then flushes and compacts the whole instance, so a
+//! destroyed key's bytes leave the memtable, the WAL and the SST files.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ephemera_actors::ids::random_bytes;
+use ephemera_actors::store::now_ms;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use rocksdb::{
+    BottommostLevelCompaction, CompactOptions, FlushOptions, IteratorMode, Options, WriteOptions,
+    DB,
+};
+
+use crate::store::filter;
+use crate::store::StoreError;
+
+/// Width of a body-key bucket: a message expiring at `t` is sealed under
+/// the key of the bucket ending at the first multiple of this at or after
+/// `t`, which is destroyed once that end passes. So a body's key outlives
+/// the body by at most this, plus one purge interval.
+pub const BUCKET_MS: u64 = 30_000;
+
+const BODY: u8 = b'b';
+const MEDIA: u8 = b'm';
+
+/// Data keys, and sealing with them.
+pub struct KeyStore {
+    db: DB,
+    /// Body keys by bucket end, kept in memory while alive (dropped at purge).
+    bodies: Mutex<HashMap<u64, [u8; 32]>>,
+}
+
+fn body_key(bucket_end: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = BODY;
+    k[1..].copy_from_slice(&bucket_end.to_be_bytes());
+    k
+}
+
+fn media_key(id: &[u8; 16]) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = MEDIA;
+    k[1..].copy_from_slice(id);
+    k
+}
+
+/// The end of the bucket a message expiring at `expires_at` belongs to.
+pub fn bucket_of(expires_at: u64) -> u64 {
+    expires_at.div_ceil(BUCKET_MS).saturating_mul(BUCKET_MS)
+}
+
+fn aead(key: &[u8; 32]) -> LessSafeKey {
+    // A 32-byte key is always a valid AES-256 key.
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"))
+}
+
+impl KeyStore {
+    /// Opens (or creates) the key store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_recycle_log_file_num(0);
+        opts.set_wal_ttl_seconds(0);
+        opts.set_wal_size_limit_mb(0);
+        opts.set_keep_log_file_num(2);
+        opts.set_compaction_filter(filter::NAME, filter::filter);
+        Ok(KeyStore {
+            db: DB::open(&opts, dir)?,
+            bodies: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn synced() -> WriteOptions {
+        // A key must be on disk before anything sealed with it is: a crash
+        // must never leave ciphertext whose key was lost.
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        w
+    }
+
+    /// The body key of the bucket ending at `end`, created if needed.
+    fn body_key_for(&self, end: u64) -> Result<[u8; 32], StoreError> {
+        let mut cache = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = cache.get(&end) {
+            return Ok(*k);
+        }
+        let key = match self.db.get(body_key(end))? {
+            Some(v) => match filter::split(&v) {
+                Some((_, k)) if k.len() == 32 => k.try_into().expect("checked length"),
+                _ => return Err(StoreError::Corrupt("keys")),
+            },
+            None => {
+                let mut k = [0u8; 32];
+                random_bytes(&mut k);
+                self.db
+                    .put_opt(body_key(end), filter::with_expiry(end, &k), &Self::synced())?;
+                k
+            }
+        };
+        cache.insert(end, key);
+        Ok(key)
+    }
+
+    /// Seals a message body under the key of its expiry bucket, bound to
+    /// `aad` (the message's storage key). Output: bucket end (8 bytes),
+    /// nonce (12), ciphertext and tag.
+    pub fn seal_body(
+        &self,
+        expires_at: u64,
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, StoreError> {
+        let end = bucket_of(expires_at);
+        let key = self.body_key_for(end)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        random_bytes(&mut nonce);
+        let mut out = Vec::with_capacity(8 + NONCE_LEN + plaintext.len() + 16);
+        out.extend_from_slice(&end.to_be_bytes());
+        out.extend_from_slice(&nonce);
+        let mut buf = plaintext.to_vec();
+        aead(&key)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut buf,
+            )
+            .map_err(|_| StoreError::Corrupt("seal"))?;
+        out.extend_from_slice(&buf);
+        Ok(out)
+    }
+
+    /// Opens a sealed body; `None` once its key is destroyed (or it was
+    /// tampered with).
+    pub fn open_body(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < 8 + NONCE_LEN + 16 {
+            return None;
+        }
+        let end = u64::from_be_bytes(sealed[..8].try_into().ok()?);
+        if end <= now_ms() {
+            return None;
+        }
+        let key = {
+            let cache = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
+            cache.get(&end).copied()
+        };
+        let key = match key {
+            Some(k) => k,
+            None => {
+                let v = self.db.get(body_key(end)).ok()??;
+                let (_, k) = filter::split(&v)?;
+                k.try_into().ok()?
+            }
+        };
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[8..8 + NONCE_LEN]).ok()?;
+        let mut buf = sealed[8 + NONCE_LEN..].to_vec();
+        let plain = aead(&key)
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+
+    /// Stores a media data key that lives until `until`.
+    pub fn put_media_key(
+        &self,
+        id: &[u8; 16],
+        key: &[u8; 32],
+        until: u64,
+    ) -> Result<(), StoreError> {
+        self.db.put_opt(
+            media_key(id),
+            filter::with_expiry(until, key),
+            &Self::synced(),
+        )?;
+        Ok(())
+    }
+
+    /// A live media data key.
+    pub fn media_key(&self, id: &[u8; 16]) -> Result<Option<[u8; 32]>, StoreError> {
+        let Some(v) = self.db.get(media_key(id))? else {
+            return Ok(None);
+        };
+        match filter::split(&v) {
+            Some((exp, k)) if exp > now_ms() && k.len() == 32 => {
+                Ok(Some(k.try_into().expect("checked length")))
+            }
+            Some(_) => Ok(None),
+            None => Err(StoreError::Corrupt("keys")),
+        }
+    }
+
+    /// Destroys a media key now (its bytes leave disk at the next purge).
+    pub fn destroy_media_key(&self, id: &[u8; 16]) -> Result<(), StoreError> {
+        self.db.delete_opt(media_key(id), &Self::synced())?;
+        Ok(())
+    }
+
+    /// One purge pass: deletes every key whose life is over, then flushes
+    /// and compacts everything so no file keeps a destroyed key. Returns
+    /// how many keys it destroyed.
+    pub fn purge(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        self.bodies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|end, _| *end > now);
+        let mut dead = Vec::new();
+        for item in self.db.iterator(IteratorMode::Start) {
+            let (k, v) = item?;
+            if filter::split(&v).is_none_or(|(exp, _)| exp <= now) {
+                dead.push(k);
+            }
+        }
+        for k in &dead {
+            self.db.delete(k)?;
+        }
+        self.db.flush_opt(&FlushOptions::default())?;
+        self.db.flush_wal(true)?;
+        let mut co = CompactOptions::default();
+        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        self.db.compact_range_opt(None::<&[u8]>, None::<&[u8]>, &co);
+        Ok(dead.len())
+    }
+
+    /// Runs `purge` every `every` on a thread of its own.
+    pub fn start_purger(self: &Arc<Self>, every: Duration) {
+        let ks = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("ephemera-key-purge".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                match ks.purge() {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(destroyed = n, "key store purged"),
+                    Err(e) => tracing::error!(error = %e, "key store purge failed"),
+                }
+            })
+            .expect("the key purge thread starts");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_round_up() {
+        assert_eq!(bucket_of(1), BUCKET_MS);
+        assert_eq!(bucket_of(BUCKET_MS), BUCKET_MS);
+        assert_eq!(bucket_of(BUCKET_MS + 1), 2 * BUCKET_MS);
+    }
+
+    #[test]
+    fn sealed_bodies_open_until_their_key_is_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::open(dir.path()).unwrap();
+        let live = now_ms() + 600_000;
+        let s = ks.seal_body(live, b"aad", b"canary-plaintext").unwrap();
+        assert!(
+            !s.windows(6).any(|w| w == b"canary"),
+            "ciphertext hides the plaintext"
+        );
+        assert_eq!(
+            ks.open_body(b"aad", &s).as_deref(),
+            Some(&b"canary-plaintext"[..])
+        );
+        assert_eq!(ks.open_body(b"other", &s), None, "bound to its row");
+
+        // A body whose bucket already ended: its key is created expired,
+        // and after a purge no file holds it.
+        let past = now_ms() - 2 * BUCKET_MS;
+        let s = ks.seal_body(past, b"aad", b"gone").unwrap();
+        let key = ks.body_key_for(bucket_of(past)).unwrap();
+        assert_eq!(
+            ks.open_body(b"aad", &s),
+            None,
+            "an ended bucket never opens"
+        );
+        assert!(ks.purge().unwrap() >= 1);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap_or_default();
+            assert!(
+                !bytes.windows(32).any(|w| w == key),
+                "destroyed key left in a file"
+            );
+        }
+    }
+}
