@@ -23,6 +23,41 @@ pub enum Durability {
     Fsync,
 }
 
+/// How objects are addressed on an S3 endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum S3Addressing {
+    /// `http://host/bucket/key`.
+    Path,
+    /// `http://bucket.host/key`.
+    VirtualHost,
+}
+
+/// An external S3-compatible store.
+#[derive(Clone)]
+pub struct S3Config {
+    /// `http://host:port`.
+    pub endpoint: String,
+    /// Signature region.
+    pub region: String,
+    /// Addressing style.
+    pub addressing: S3Addressing,
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret (never logged: `Debug` hides it).
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("addressing", &self.addressing)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Every setting, each optional so file, environment and flags can be merged.
 #[derive(Args, Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
@@ -78,6 +113,28 @@ pub struct Settings {
     /// Every storage file passes the expiry filter within this many seconds: the physical deletion window [default: 3600]
     #[arg(long, env = "EPHEMERA_DELETION_WINDOW_SECONDS")]
     pub deletion_window_seconds: Option<u64>,
+    /// Base URL clients use to reach the public listener, for the embedded blob store's presigned URLs [default: http://LISTEN]
+    #[arg(long, env = "EPHEMERA_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// External S3-compatible endpoint (http://host:port) for media; unset: the embedded blob store in DATA_DIR/blobs
+    #[arg(long, env = "EPHEMERA_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Bucket for media [default: media]
+    #[arg(long, env = "EPHEMERA_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Region the S3 signatures are scoped to [default: us-east-1]
+    #[arg(long, env = "EPHEMERA_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// `path` (http://host/bucket/key) or `virtual-host` (http://bucket.host/key) addressing [default: path]
+    #[arg(long, env = "EPHEMERA_S3_ADDRESSING", value_enum)]
+    pub s3_addressing: Option<S3Addressing>,
+    /// Access key id for the external S3
+    #[arg(long, env = "EPHEMERA_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    /// Secret access key for the external S3; environment only in practice (flags show in `ps`)
+    #[arg(long, env = "EPHEMERA_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    #[serde(skip)]
+    pub s3_secret_access_key: Option<String>,
     /// Bearer token for the admin listener; prefer the environment over the flag (flags show in `ps`). If unset, a random one is written to DATA_DIR/admin.token
     #[arg(long, env = "EPHEMERA_ADMIN_TOKEN", hide_env_values = true)]
     #[serde(skip)]
@@ -110,6 +167,13 @@ impl Settings {
                 .deletion_window_seconds
                 .or(other.deletion_window_seconds),
             admin_token: self.admin_token.or(other.admin_token),
+            public_url: self.public_url.or(other.public_url),
+            s3_endpoint: self.s3_endpoint.or(other.s3_endpoint),
+            s3_bucket: self.s3_bucket.or(other.s3_bucket),
+            s3_region: self.s3_region.or(other.s3_region),
+            s3_addressing: self.s3_addressing.or(other.s3_addressing),
+            s3_access_key_id: self.s3_access_key_id.or(other.s3_access_key_id),
+            s3_secret_access_key: self.s3_secret_access_key.or(other.s3_secret_access_key),
         }
     }
 }
@@ -153,6 +217,12 @@ pub struct Config {
     pub deletion_window: Duration,
     /// Admin bearer token (never logged).
     pub admin_token: Option<String>,
+    /// Public base URL, if set.
+    pub public_url: Option<String>,
+    /// Media bucket.
+    pub s3_bucket: String,
+    /// External S3, or `None` for the embedded blob store.
+    pub s3: Option<S3Config>,
 }
 
 /// A configuration that cannot be used.
@@ -219,6 +289,22 @@ impl Config {
             max_group_members: s.max_group_members.unwrap_or(256),
             deletion_window: Duration::from_secs(s.deletion_window_seconds.unwrap_or(3_600)),
             admin_token: s.admin_token.filter(|t| !t.is_empty()),
+            public_url: s.public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            s3_bucket: s.s3_bucket.unwrap_or_else(|| "media".into()),
+            s3: match s.s3_endpoint {
+                None => None,
+                Some(endpoint) => Some(S3Config {
+                    endpoint: endpoint.trim_end_matches('/').to_owned(),
+                    region: s.s3_region.unwrap_or_else(|| "us-east-1".into()),
+                    addressing: s.s3_addressing.unwrap_or(S3Addressing::Path),
+                    access_key_id: s
+                        .s3_access_key_id
+                        .ok_or(ConfigError::Invalid("s3_endpoint needs s3_access_key_id"))?,
+                    secret_access_key: s.s3_secret_access_key.ok_or(ConfigError::Invalid(
+                        "s3_endpoint needs EPHEMERA_S3_SECRET_ACCESS_KEY",
+                    ))?,
+                }),
+            },
         };
         if c.pbkdf2_iterations < 1_000 {
             return Err(ConfigError::Invalid(

@@ -195,6 +195,15 @@ impl KeyStore {
         }
     }
 
+    /// Changes when a media key dies (never beyond what it was made for:
+    /// a key already gone stays gone).
+    pub fn set_media_until(&self, id: &[u8; 16], until: u64) -> Result<(), StoreError> {
+        let Some(key) = self.media_key(id)? else {
+            return Ok(());
+        };
+        self.put_media_key(id, &key, until)
+    }
+
     /// Destroys a media key now (its bytes leave disk at the next purge).
     pub fn destroy_media_key(&self, id: &[u8; 16]) -> Result<(), StoreError> {
         self.db.delete_opt(media_key(id), &Self::synced())?;

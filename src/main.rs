@@ -16,6 +16,7 @@ mod api;
 mod auth;
 mod config;
 mod keystore;
+mod media;
 mod store;
 
 use std::io::Write;
@@ -28,11 +29,13 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ephemera_actors::directory::{Directory, Limits};
-use ephemera_actors::store::Store;
+use ephemera_actors::store::{MediaAccess, Store};
 use ephemera_actors::sweeper::Sweeper;
 use ring::digest;
 
 use config::{Config, Settings};
+use media::service::MediaService;
+use media::sigv4;
 use store::RocksStore;
 
 /// Ephemera: real-time messaging where deletion is the product.
@@ -129,9 +132,22 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         frame_burst: cfg.frame_burst,
         heartbeat_timeout: cfg.heartbeat_timeout,
     };
+    // Bind the public port first: the embedded blob store's URLs need it.
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let http_addr = listener.local_addr()?;
+    let public_url = cfg
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{http_addr}"));
+    let (endpoint, credentials, blobs) = media_backend(&cfg, &public_url)?;
+    let media = MediaService::new(Arc::clone(&store), Arc::clone(&keys), endpoint, credentials);
+    media.start_sweeper();
+
     let arbiters: Vec<Arbiter> = (0..2).map(|_| Arbiter::new()).collect();
     let dir = Directory::new(
         Arc::clone(&store) as Arc<dyn Store>,
+        Arc::new(media.clone()) as Arc<dyn MediaAccess>,
         limits,
         arbiters.iter().map(|a| a.handle()).collect(),
     );
@@ -143,15 +159,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         store: Arc::clone(&store),
         dir,
         config: Arc::clone(&cfg),
+        media,
     });
     let public = HttpServer::new(move || {
-        App::new()
+        let app = App::new()
             .app_data(app_state.clone())
-            .configure(api::configure)
+            .configure(api::configure);
+        match &blobs {
+            Some(b) => app.service(media::blobstore::service(b.clone())),
+            None => app,
+        }
     })
     .workers(2)
-    .bind(cfg.listen)
-    .with_context(|| format!("binding {}", cfg.listen))?;
+    .listen(listener)
+    .with_context(|| format!("serving {http_addr}"))?;
     let admin_state = web::Data::new(admin::AdminState {
         store: Arc::clone(&store),
         token_digest: digest::digest(&digest::SHA256, token.as_bytes())
@@ -167,7 +188,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     .workers(1)
     .bind(cfg.admin_listen)
     .with_context(|| format!("binding {}", cfg.admin_listen))?;
-    let http_addr = public.addrs()[0];
     let admin_addr = admin.addrs()[0];
     let public = public.run();
     let admin = admin.run();
@@ -179,6 +199,71 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     a?;
     b?;
     Ok(())
+}
+
+/// Where media lives: the external S3 of the configuration, or the
+/// embedded blob store under DATA_DIR/blobs, served on the public listener
+/// at `/blobs` with credentials of its own (kept in DATA_DIR/blobs.secret so
+/// presigned URLs survive a restart).
+#[allow(clippy::type_complexity)]
+fn media_backend(
+    cfg: &Config,
+    public_url: &str,
+) -> anyhow::Result<(
+    sigv4::Endpoint,
+    sigv4::Credentials,
+    Option<web::Data<media::blobstore::BlobStore>>,
+)> {
+    use media::sigv4::{Addressing, Credentials, Endpoint, Region};
+    if let Some(s3) = &cfg.s3 {
+        let addressing = match s3.addressing {
+            config::S3Addressing::Path => Addressing::Path,
+            config::S3Addressing::VirtualHost => Addressing::VirtualHost,
+        };
+        let endpoint = Endpoint::new(
+            &s3.endpoint,
+            &cfg.s3_bucket,
+            Region::new(s3.region.clone()),
+            addressing,
+        )
+        .map_err(|e| anyhow::anyhow!("invalid S3 settings: {e}"))?;
+        let creds = Credentials::new(s3.access_key_id.clone(), s3.secret_access_key.clone());
+        return Ok((endpoint, creds, None));
+    }
+    const ACCESS_KEY: &str = "ephemera-embedded";
+    let secret_path = cfg.data_dir.join("blobs.secret");
+    let secret = match std::fs::read_to_string(&secret_path) {
+        Ok(s) if !s.trim().is_empty() => s.trim().to_owned(),
+        _ => {
+            let s = auth::new_token();
+            write_private(&secret_path, &s).context("writing the blob store secret")?;
+            s
+        }
+    };
+    let region = Region::new("us-east-1");
+    let lookup_secret = secret.clone();
+    let lookup: media::blobstore::KeyLookup =
+        Arc::new(move |ak: &str| (ak == ACCESS_KEY).then(|| lookup_secret.clone()));
+    let store = media::blobstore::BlobStore::open(
+        cfg.data_dir.join("blobs"),
+        &cfg.s3_bucket,
+        region.clone(),
+        lookup,
+        media::service::MAX_MEDIA_BYTES + media::service::SEAL_OVERHEAD,
+    )
+    .context("opening the embedded blob store")?;
+    let endpoint = Endpoint::new(
+        &format!("{public_url}/blobs"),
+        &cfg.s3_bucket,
+        region,
+        Addressing::Path,
+    )
+    .map_err(|e| anyhow::anyhow!("invalid public_url for the embedded blob store: {e}"))?;
+    Ok((
+        endpoint,
+        Credentials::new(ACCESS_KEY, secret),
+        Some(web::Data::new(store)),
+    ))
 }
 
 async fn futures_join<A: std::future::Future, B: std::future::Future>(

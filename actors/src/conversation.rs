@@ -17,7 +17,7 @@ use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
 use crate::store::LOOKAHEAD_MS;
 use crate::store::{
     blocking, commit, now_ms, AckRecord, BurnReason, CommitError, ConvKind, ConversationRecord,
-    Deadline, Event, Guard, Millis, Op, ReceiptState, StoredMessage, Txn, ViewPolicy,
+    Deadline, Event, Guard, MediaRef, Millis, Op, ReceiptState, StoredMessage, Txn, ViewPolicy,
     EVENT_RETENTION_MS,
 };
 use crate::user::Ephemeral;
@@ -25,6 +25,10 @@ use crate::user::Ephemeral;
 /// How long a `client_msg_id` is remembered at least, so a client that
 /// retries after a long outage still gets its first ack.
 const DEDUP_MIN_MS: Millis = 86_400_000;
+
+/// How long a view-once media key and blob outlive the burn: the winning
+/// device's GET URL is valid this long.
+const ONCE_FUSE_MS: Millis = 60_000;
 
 /// The delivered-receipt memory is cleared past this size (a repeated
 /// receipt after that only costs one more event).
@@ -49,8 +53,8 @@ pub struct Post {
     pub direct: Option<(UserId, UserId)>,
     /// Text content.
     pub body: Option<String>,
-    /// Media content.
-    pub media_key: Option<String>,
+    /// Media content: the id of an uploaded object.
+    pub media_key: Option<Id>,
     /// Timed or once.
     pub view_policy: ViewPolicy,
     /// Lifetime.
@@ -406,12 +410,27 @@ impl Handler<Post> for Conversation {
 }
 
 impl Conversation {
-    /// Sequences, persists and fans out one message; answers through `reply`.
+    /// Checks membership and resolves the media object, if any, then posts.
+    /// The mailbox waits while the media is looked up, so sends keep order.
     fn post(&mut self, msg: Post, ctx: &mut Context<Self>) {
         if let Err(e) = self.check_member(msg.from) {
             let _ = msg.reply.send(Err(e));
             return;
         }
+        let Some(media) = msg.media_key else {
+            return self.post_resolved(msg, None, ctx);
+        };
+        let claim = self.dir.media.claimable(media, msg.from);
+        ctx.wait(claim.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(m) => act.post_resolved(msg, Some(m), ctx),
+            Err(e) => {
+                let _ = msg.reply.send(Err(e));
+            }
+        }));
+    }
+
+    /// Sequences, persists and fans out one message; answers through `reply`.
+    fn post_resolved(&mut self, msg: Post, media: Option<MediaRef>, ctx: &mut Context<Self>) {
         self.last_seq += 1;
         let seq = self.last_seq;
         let sent_at = now_ms();
@@ -424,7 +443,7 @@ impl Conversation {
             expires_at,
             view_policy: msg.view_policy,
             body: msg.body,
-            media_key: msg.media_key,
+            media: media.clone(),
             burn_after_view_seconds: msg.burn_after_view_seconds,
         });
         let ack = AckRecord {
@@ -452,6 +471,13 @@ impl Conversation {
             until: expires_at.max(sent_at + DEDUP_MIN_MS),
         });
         ops.push(Op::PutDeadline(deadline));
+        if let Some(m) = &media {
+            ops.push(Op::BindMedia {
+                media: m.id,
+                msg: id,
+                until: expires_at,
+            });
+        }
         let event = Event::Message(stored);
         for m in self.members() {
             let except_device = (*m == msg.from).then_some(msg.device);
@@ -461,13 +487,16 @@ impl Conversation {
                 except_device,
             });
         }
-        let txn = Txn {
-            guards: vec![Guard::DedupAbsent {
-                user: msg.from,
-                client_msg_id: msg.client_msg_id,
-            }],
-            ops,
-        };
+        // The dedup guard comes first: a retried send gets its first ack
+        // even though its media object is now bound.
+        let mut guards = vec![Guard::DedupAbsent {
+            user: msg.from,
+            client_msg_id: msg.client_msg_id,
+        }];
+        if let Some(m) = &media {
+            guards.push(Guard::MediaUnbound(m.id));
+        }
+        let txn = Txn { guards, ops };
         let pending = self.dir.store.submit(txn);
         self.timers.insert(deadline);
         self.rearm(ctx);
@@ -487,6 +516,13 @@ impl Conversation {
                         Err(CommitError::Duplicate(first)) => {
                             act.timers.remove(&deadline);
                             Ok(first)
+                        }
+                        Err(CommitError::Gone) if media.is_some() => {
+                            act.timers.remove(&deadline);
+                            Err(FrameError::new(
+                                ErrorCode::Invalid,
+                                "media_key is already used by another message",
+                            ))
                         }
                         Err(e) => {
                             act.timers.remove(&deadline);
@@ -678,8 +714,17 @@ impl Handler<Unsend> for Conversation {
                 ops,
             };
             let store = Arc::clone(&act.dir.store);
+            let media = Arc::clone(&act.dir.media);
+            let unsent_media = m.media.clone();
             Either::Right(
-                async move { commit(&*store, txn).await.map_err(commit_error) }.into_actor(act),
+                async move {
+                    commit(&*store, txn).await.map_err(commit_error)?;
+                    if let Some(md) = unsent_media {
+                        media.shred(&md, 0);
+                    }
+                    Ok(())
+                }
+                .into_actor(act),
             )
         }))
     }
@@ -720,16 +765,36 @@ impl Handler<View> for Conversation {
                 return Either::Left(fut::ready(Err(e)));
             }
             let first_view = !own && viewers.is_empty();
+            let original = m.expires_at;
             let (txn, granted) = act.view_txn(m, &viewers, msg.by, first_view, now);
             act.rearm(ctx);
             let Some(txn) = txn else {
                 return Either::Left(fut::ready(Ok(Viewed::Granted(granted))));
             };
+            // The media key follows the content: destroyed a short fuse after
+            // the last view (the winner's URL is valid that long), or at the
+            // pulled-forward expiry.
+            let burns = txn.ops.iter().any(|o| matches!(o, Op::DeleteMessage(_)));
+            let shred =
+                granted
+                    .media
+                    .clone()
+                    .and_then(|md| match (burns, granted.expires_at < original) {
+                        (true, _) => Some((md, ONCE_FUSE_MS)),
+                        (false, true) => Some((md, granted.expires_at.saturating_sub(now))),
+                        _ => None,
+                    });
             let store = Arc::clone(&act.dir.store);
+            let media = Arc::clone(&act.dir.media);
             Either::Right(
                 async move {
                     match commit(&*store, txn).await {
-                        Ok(()) => Ok(Viewed::Granted(granted)),
+                        Ok(()) => {
+                            if let Some((md, fuse)) = shred {
+                                media.shred(&md, fuse);
+                            }
+                            Ok(Viewed::Granted(granted))
+                        }
                         // Another view won the race (or the message burned meanwhile).
                         Err(CommitError::Gone) => Ok(Viewed::Burned),
                         Err(e) => Err(commit_error(e)),

@@ -13,7 +13,7 @@ use actix::{Actor, Addr, ArbiterHandle, Message};
 use crate::conversation::Conversation;
 use crate::ids::{ConvId, UserId};
 use crate::ratelimit::TokenBucket;
-use crate::store::{Delivery, Fanout, Store};
+use crate::store::{Delivery, Fanout, MediaAccess, Store};
 use crate::user::{Deliver, User};
 
 /// The limits the actors enforce, from the server's configuration.
@@ -59,6 +59,8 @@ pub struct UserHandle {
 pub struct Directory {
     /// Storage.
     pub store: Arc<dyn Store>,
+    /// Media keys and object storage.
+    pub media: Arc<dyn MediaAccess>,
     /// Limits.
     pub limits: Limits,
     arbiters: Vec<ArbiterHandle>,
@@ -69,13 +71,19 @@ pub struct Directory {
 
 impl Directory {
     /// A directory whose actors run on `arbiters`.
-    pub fn new(store: Arc<dyn Store>, limits: Limits, arbiters: Vec<ArbiterHandle>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        media: Arc<dyn MediaAccess>,
+        limits: Limits,
+        arbiters: Vec<ArbiterHandle>,
+    ) -> Arc<Self> {
         assert!(
             !arbiters.is_empty(),
             "the directory needs at least one arbiter"
         );
         Arc::new(Directory {
             store,
+            media,
             limits,
             arbiters,
             next_arbiter: AtomicUsize::new(0),

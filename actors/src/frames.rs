@@ -6,7 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConvId, Id, MsgId, UserId};
-use crate::store::{BurnReason, Event, Millis, ReceiptState, StoredMessage, ViewPolicy};
+use crate::store::{
+    BurnReason, Event, MediaGrant, MediaRef, Millis, ReceiptState, StoredMessage, ViewPolicy,
+};
 
 /// A frame from a client, one variant per `type`.
 #[derive(Debug, Deserialize)]
@@ -170,6 +172,9 @@ pub enum ServerFrame<'a> {
         /// Text content, when granted.
         #[serde(skip_serializing_if = "Option::is_none")]
         body: Option<&'a str>,
+        /// Media content, when granted.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        media: Option<MediaView<'a>>,
         /// When the content stops being readable, when granted.
         #[serde(skip_serializing_if = "Option::is_none")]
         expires_at: Option<Millis>,
@@ -277,14 +282,46 @@ pub struct MessageView<'a> {
     /// Text content (timed only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body: Option<&'a str>,
+    /// Media content (timed only), with a fresh GET URL and the data key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaView<'a>>,
     /// Whether a `once` message carries media.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub has_media: Option<bool>,
 }
 
+/// A media attachment as a reader entitled to it sees it.
+#[derive(Debug, Serialize)]
+pub struct MediaView<'a> {
+    /// The media object.
+    pub media_key: Id,
+    /// Declared type.
+    pub content_type: &'a str,
+    /// Declared plaintext size.
+    pub bytes: u64,
+    /// Presigned GET of the ciphertext.
+    pub get_url: &'a str,
+    /// The data key, base64.
+    pub data_key: &'a str,
+}
+
+impl<'a> MediaView<'a> {
+    /// The view of `media` with its grant.
+    pub fn of(media: &'a MediaRef, grant: &'a MediaGrant) -> Self {
+        MediaView {
+            media_key: media.id,
+            content_type: &media.content_type,
+            bytes: media.bytes,
+            get_url: &grant.get_url,
+            data_key: &grant.data_key,
+        }
+    }
+}
+
 impl<'a> MessageView<'a> {
-    /// The client's view of a stored message: `once` content is never shown.
-    pub fn of(m: &'a StoredMessage, cursor: Option<u64>) -> Self {
+    /// The client's view of a stored message: `once` content is never
+    /// shown; timed media needs its `grant` (without one, none is shown).
+    pub fn of(m: &'a StoredMessage, cursor: Option<u64>, grant: Option<&'a MediaGrant>) -> Self {
         let once = m.view_policy == ViewPolicy::Once;
         MessageView {
             cursor,
@@ -296,7 +333,11 @@ impl<'a> MessageView<'a> {
             expires_at: m.expires_at,
             view_policy: m.view_policy,
             body: if once { None } else { m.body.as_deref() },
-            has_media: once.then_some(m.media_key.is_some()),
+            media: match (&m.media, grant, once) {
+                (Some(md), Some(g), false) => Some(MediaView::of(md, g)),
+                _ => None,
+            },
+            has_media: once.then_some(m.media.is_some()),
         }
     }
 }
@@ -310,10 +351,13 @@ impl ServerFrame<'_> {
     }
 }
 
-/// Renders an inbox event as the frame a device receives.
-pub fn render_event(cursor: u64, event: &Event) -> String {
+/// Renders an inbox event as the frame a device receives; a timed media
+/// message needs its media `grant`.
+pub fn render_event(cursor: u64, event: &Event, grant: Option<&MediaGrant>) -> String {
     match event {
-        Event::Message(m) => ServerFrame::Message(MessageView::of(m, Some(cursor))).to_text(),
+        Event::Message(m) => {
+            ServerFrame::Message(MessageView::of(m, Some(cursor), grant)).to_text()
+        }
         Event::Burned { msg, reason } => burned(cursor, *msg, *reason),
         Event::Receipt {
             conv,

@@ -14,12 +14,14 @@ use actix_web_actors::ws;
 use crate::conversation::{self, Delivered, Post, Read, Screenshot, Typing, Unsend, View, Viewed};
 use crate::directory::Directory;
 use crate::frames::{
-    self, burned, error, parse_msg_id, salvage_ref, ClientFrame, ErrorCode, FrameError,
+    self, burned, error, parse_msg_id, salvage_ref, ClientFrame, ErrorCode, FrameError, MediaView,
     MessageView, SendFrame, ServerFrame,
 };
 use crate::ids::{DeviceId, Id, MsgId, UserId};
 use crate::ratelimit::TokenBucket;
-use crate::store::{blocking, now_ms, BurnReason, EventRecord, ReadError, Store, ViewPolicy};
+use crate::store::{
+    blocking, now_ms, BurnReason, EventRecord, MediaAccess, ReadError, Store, ViewPolicy,
+};
 use crate::user::{Attach, Detach};
 
 static SERIAL: AtomicU64 = AtomicU64::new(1);
@@ -200,7 +202,10 @@ impl Session {
         }));
     }
 
-    fn check_send(&mut self, f: &SendFrame) -> Result<(ViewPolicy, Option<u64>), FrameError> {
+    fn check_send(
+        &mut self,
+        f: &SendFrame,
+    ) -> Result<(ViewPolicy, Option<u64>, Option<Id>), FrameError> {
         let limits = &self.dir.limits;
         let invalid = |m| Err(FrameError::new(ErrorCode::Invalid, m));
         if f.client_msg_id.is_empty() || f.client_msg_id.chars().count() > 128 {
@@ -235,9 +240,12 @@ impl Session {
                 ));
             }
         }
-        if f.media_key.is_some() {
-            return Err(FrameError::new(ErrorCode::NotFound, "no such media_key"));
-        }
+        let media_key = match &f.media_key {
+            None => None,
+            Some(k) => Some(
+                Id::parse(k).ok_or(FrameError::new(ErrorCode::NotFound, "no such media_key"))?,
+            ),
+        };
         if let Some(bucket) = &self.send_bucket {
             let taken = bucket.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Err(wait) = taken {
@@ -247,11 +255,11 @@ impl Session {
                 });
             }
         }
-        Ok((policy, burn_after))
+        Ok((policy, burn_after, media_key))
     }
 
     fn on_send(&mut self, f: SendFrame, ctx: &mut ws::WebsocketContext<Self>) {
-        let (view_policy, burn_after_view_seconds) = match self.check_send(&f) {
+        let (view_policy, burn_after_view_seconds, media_key) = match self.check_send(&f) {
             Ok(v) => v,
             Err(e) => return Self::reply_error(ctx, &e, Some(&f.client_msg_id)),
         };
@@ -287,7 +295,7 @@ impl Session {
             client_msg_id: f.client_msg_id,
             direct,
             body: f.body,
-            media_key: f.media_key,
+            media_key,
             view_policy,
             ttl_seconds: f.ttl_seconds as u64,
             burn_after_view_seconds,
@@ -326,26 +334,42 @@ impl Session {
             .dir
             .conversation(msg.conv)
             .send(View { msg, by: self.user });
-        ctx.spawn(req.into_actor(self).map(move |res, _, ctx| {
+        ctx.spawn(req.into_actor(self).map(move |res, act, ctx| {
+            let burned = ServerFrame::ViewResult {
+                msg_id: msg,
+                result: "burned",
+                body: None,
+                media: None,
+                expires_at: None,
+            };
             match res {
-                Ok(Ok(Viewed::Granted(m))) => ctx.text(
-                    ServerFrame::ViewResult {
-                        msg_id: m.id,
-                        result: "granted",
-                        body: m.body.as_deref(),
-                        expires_at: Some(m.expires_at),
-                    }
-                    .to_text(),
-                ),
-                Ok(Ok(Viewed::Burned)) => ctx.text(
-                    ServerFrame::ViewResult {
-                        msg_id: msg,
-                        result: "burned",
-                        body: None,
-                        expires_at: None,
-                    }
-                    .to_text(),
-                ),
+                Ok(Ok(Viewed::Granted(m))) => {
+                    let once = m.view_policy == ViewPolicy::Once;
+                    let grant = m
+                        .media
+                        .as_ref()
+                        .map(|md| act.dir.media.grant(md, once, m.expires_at));
+                    let frame = match (&m.media, &grant) {
+                        // The key is already gone: nothing to open.
+                        (Some(_), Some(None)) => burned,
+                        (Some(md), Some(Some(g))) => ServerFrame::ViewResult {
+                            msg_id: m.id,
+                            result: "granted",
+                            body: None,
+                            media: Some(MediaView::of(md, g)),
+                            expires_at: Some(m.expires_at),
+                        },
+                        _ => ServerFrame::ViewResult {
+                            msg_id: m.id,
+                            result: "granted",
+                            body: m.body.as_deref(),
+                            media: None,
+                            expires_at: Some(m.expires_at),
+                        },
+                    };
+                    ctx.text(frame.to_text());
+                }
+                Ok(Ok(Viewed::Burned)) => ctx.text(burned.to_text()),
                 Ok(Err(e)) => Self::reply_error(ctx, &e, Some(&msg_id)),
                 Err(_) => Self::reply_error(
                     ctx,
@@ -361,9 +385,10 @@ impl Session {
             self.sync_buffer = Some(Vec::new());
         }
         let store = Arc::clone(&self.dir.store);
+        let media = Arc::clone(&self.dir.media);
         let user = self.user;
         ctx.spawn(
-            blocking(move || replay(&*store, user, after, now_ms()))
+            blocking(move || replay(&*store, &*media, user, after, now_ms()))
                 .into_actor(self)
                 .map(move |res, act, ctx| {
                     let buffered = act.sync_buffer.take().unwrap_or_default();
@@ -412,6 +437,7 @@ impl Session {
 /// (once per message). Returns the frames and the last cursor scanned.
 pub fn replay(
     store: &dyn Store,
+    media: &dyn MediaAccess,
     user: UserId,
     after: u64,
     now: u64,
@@ -427,7 +453,11 @@ pub fn replay(
             let frame = match rec {
                 EventRecord::Message { msg } => match store.message(msg)? {
                     Some(m) if m.expires_at > now => {
-                        ServerFrame::Message(MessageView::of(&m, Some(c))).to_text()
+                        let grant = match (&m.media, m.view_policy) {
+                            (Some(md), ViewPolicy::Timed) => media.grant(md, false, m.expires_at),
+                            _ => None,
+                        };
+                        ServerFrame::Message(MessageView::of(&m, Some(c), grant.as_ref())).to_text()
                     }
                     _ => {
                         if !burned_once.insert(msg) {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ConvId, DeviceId, MsgId, UserId};
+use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
 
 /// Milliseconds since the Unix epoch, the unit of every `*_at`.
 pub type Millis = u64;
@@ -86,12 +86,52 @@ pub struct StoredMessage {
     /// The text, for text messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// The media object's key, for media messages.
+    /// The media object, for media messages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub media_key: Option<String>,
+    pub media: Option<MediaRef>,
     /// Pulls `expires_at` forward on the first view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burn_after_view_seconds: Option<u64>,
+}
+
+/// A media object as a message refers to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaRef {
+    /// The `media_key` (an opaque id).
+    pub id: Id,
+    /// The type declared at upload.
+    pub content_type: String,
+    /// The plaintext size declared at upload.
+    pub bytes: u64,
+}
+
+/// What an entitled reader gets to fetch and open a media object.
+#[derive(Clone, Debug)]
+pub struct MediaGrant {
+    /// A presigned GET of the ciphertext.
+    pub get_url: String,
+    /// The data key, base64.
+    pub data_key: String,
+}
+
+/// Media: claiming an upload for a message, granting access, shredding.
+/// The server implements it over its key store and object storage.
+pub trait MediaAccess: Send + Sync + 'static {
+    /// The media object `id` if `owner` uploaded it completely and no
+    /// message uses it yet; otherwise the frame error to answer.
+    fn claimable(
+        &self,
+        id: Id,
+        owner: UserId,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<MediaRef, crate::frames::FrameError>> + Send>,
+    >;
+    /// A short-lived presigned GET and the data key, minted for someone
+    /// entitled to the content now: `once` content gets a URL valid at
+    /// most 60 s and `no-store`. `None` once the key is destroyed.
+    fn grant(&self, media: &MediaRef, once: bool, expires_at: Millis) -> Option<MediaGrant>;
+    /// The content ended: destroy the key (and then the blob) after `fuse_ms`.
+    fn shred(&self, media: &MediaRef, fuse_ms: u64);
 }
 
 /// What the sender is told once a message is durable; kept so a resend of
@@ -260,6 +300,9 @@ pub enum Guard {
     },
     /// The message row still exists; otherwise [`CommitError::Gone`].
     MessagePresent(MsgId),
+    /// The media object exists and no message uses it yet; otherwise
+    /// [`CommitError::Gone`].
+    MediaUnbound(Id),
     /// `user` has not viewed the message yet; otherwise [`CommitError::Gone`].
     ViewAbsent {
         /// The message.
@@ -317,6 +360,16 @@ pub enum Op {
         /// When.
         at: Millis,
         /// How long the record is kept.
+        until: Millis,
+    },
+    /// Bind a media object to the message that uses it; its key then
+    /// lives until `until`.
+    BindMedia {
+        /// The media object.
+        media: Id,
+        /// The message.
+        msg: MsgId,
+        /// When the message ends.
         until: Millis,
     },
     /// Record how far a member has read.

@@ -10,7 +10,7 @@ use crate::directory::Directory;
 use crate::frames::{render_event, ServerFrame};
 use crate::ids::{DeviceId, UserId};
 use crate::session::{CloseSocket, Push, Session};
-use crate::store::{blocking, now_ms, Delivery, Event, ReadError, Store};
+use crate::store::{blocking, now_ms, Delivery, Event, ReadError, Store, ViewPolicy};
 
 /// A session of this user starts; it gets the user's live events from now.
 #[derive(Message)]
@@ -198,7 +198,14 @@ impl Handler<Deliver> for User {
                     continue;
                 }
             }
-            let text: Arc<str> = render_event(d.cursor, &d.event).into();
+            let grant = match &d.event {
+                Event::Message(m) if m.view_policy == ViewPolicy::Timed => m
+                    .media
+                    .as_ref()
+                    .and_then(|md| self.dir.media.grant(md, false, m.expires_at)),
+                _ => None,
+            };
+            let text: Arc<str> = render_event(d.cursor, &d.event, grant.as_ref()).into();
             self.push(Some(d.cursor), text, d.except_device);
         }
     }

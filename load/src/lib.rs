@@ -9,5 +9,7 @@
 //! * [`client`]: async client for the HTTP API ([`client::Http`]) and the
 //!   socket ([`client::Socket`]), with typed answers and errors that carry
 //!   the HTTP status and error code but never content or tokens.
+//! * [`crypto`]: AES-256-GCM sealing of media under a server-minted data key.
 
 pub mod client;
+pub mod crypto;

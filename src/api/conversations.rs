@@ -7,7 +7,8 @@ use actix_web::{web, HttpResponse};
 use ephemera_actors::frames::MessageView;
 use ephemera_actors::ids::{ConvId, Id, UserId};
 use ephemera_actors::store::{
-    commit, now_ms, ConvKind, ConversationRecord, Op, Store, StoredMessage, Txn,
+    commit, now_ms, ConvKind, ConversationRecord, MediaAccess, MediaGrant, Op, Store,
+    StoredMessage, Txn, ViewPolicy,
 };
 use serde::{Deserialize, Serialize};
 
@@ -184,6 +185,19 @@ async fn history(
     let store = Arc::clone(&state.store);
     let after = q.after_seq;
     let messages = web::block(move || page(&*store, who.user, conv, after, limit)).await??;
-    let views: Vec<MessageView<'_>> = messages.iter().map(|m| MessageView::of(m, None)).collect();
+    // Timed media gets a fresh GET URL for the reader; view-once content
+    // is never in history.
+    let grants: Vec<Option<MediaGrant>> = messages
+        .iter()
+        .map(|m| match (&m.media, m.view_policy) {
+            (Some(md), ViewPolicy::Timed) => state.media.grant(md, false, m.expires_at),
+            _ => None,
+        })
+        .collect();
+    let views: Vec<MessageView<'_>> = messages
+        .iter()
+        .zip(&grants)
+        .map(|(m, g)| MessageView::of(m, None, g.as_ref()))
+        .collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "messages": views })))
 }

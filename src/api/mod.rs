@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod conversations;
 pub mod error;
+pub mod media;
 pub mod ws;
 
 use std::future::{ready, Future};
@@ -26,6 +27,8 @@ pub struct AppState {
     pub dir: Arc<Directory>,
     /// Configuration.
     pub config: Arc<Config>,
+    /// Media keys and object storage.
+    pub media: crate::media::service::MediaService,
 }
 
 /// Mounts every route of the public listener.
@@ -41,6 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/api/v1")
             .configure(accounts::configure)
             .configure(conversations::configure)
+            .configure(media::configure)
             .configure(ws::configure),
     );
 }

@@ -104,6 +104,8 @@ pub enum Cf {
     Tombstones,
     /// (conversation, seq, user) -> when they opened it.
     Views,
+    /// media id -> media record (owner, type, size, binding, end of life).
+    Media,
     /// (user, cursor) -> event reference.
     Inbox,
     /// (user, client_msg_id digest) -> first ack.
@@ -116,7 +118,7 @@ pub enum Cf {
 
 impl Cf {
     /// Every column family, in the order they are opened.
-    pub const ALL: [Cf; 14] = [
+    pub const ALL: [Cf; 15] = [
         Cf::Accounts,
         Cf::Usernames,
         Cf::Tokens,
@@ -127,6 +129,7 @@ impl Cf {
         Cf::Messages,
         Cf::Tombstones,
         Cf::Views,
+        Cf::Media,
         Cf::Inbox,
         Cf::Dedup,
         Cf::Deadlines,
@@ -146,6 +149,7 @@ impl Cf {
             Cf::Messages => "messages",
             Cf::Tombstones => "tombstones",
             Cf::Views => "views",
+            Cf::Media => "media",
             Cf::Inbox => "inbox",
             Cf::Dedup => "dedup",
             Cf::Deadlines => "deadlines",
@@ -169,6 +173,26 @@ pub struct AccountRecord {
     pub iterations: u32,
     /// When it was created.
     pub created_at: u64,
+}
+
+/// A media object, from its upload URL until its blob is deleted. Its row
+/// never expires by itself (`u64::MAX` header): the media sweeper deletes
+/// it after deleting the blob, so no blob is ever orphaned.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MediaRecord {
+    /// Who uploaded it.
+    pub owner: UserId,
+    /// Declared type.
+    pub content_type: String,
+    /// Declared plaintext size.
+    pub bytes: u64,
+    /// When the upload URL was minted.
+    pub created_at: u64,
+    /// The message that uses it, once sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<MsgId>,
+    /// When its key and blob go.
+    pub until: u64,
 }
 
 /// A login (one device), stored under the digest of its token.
@@ -338,6 +362,55 @@ impl RocksStore {
     /// The live login of a token.
     pub fn token(&self, token: &str) -> Result<Option<TokenRecord>, StoreError> {
         self.get_json(Cf::Tokens, &keys::token(token))
+    }
+
+    /// A media record.
+    pub fn media(&self, id: ephemera_actors::ids::Id) -> Result<Option<MediaRecord>, StoreError> {
+        self.get_json(Cf::Media, &id.0)
+    }
+
+    /// Writes a media record directly (minting, shortening its life).
+    pub fn put_media(
+        &self,
+        id: ephemera_actors::ids::Id,
+        rec: &MediaRecord,
+    ) -> Result<(), StoreError> {
+        let v = filter::with_expiry(u64::MAX, &json(rec));
+        self.db
+            .put_cf_opt(self.cf(Cf::Media), id.0, v, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Deletes a media record (after its blob is gone).
+    pub fn delete_media(&self, id: ephemera_actors::ids::Id) -> Result<(), StoreError> {
+        self.db
+            .delete_cf_opt(self.cf(Cf::Media), id.0, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// Media records whose life is over.
+    pub fn media_due(
+        &self,
+        now: u64,
+        limit: usize,
+    ) -> Result<Vec<ephemera_actors::ids::Id>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(Cf::Media), IteratorMode::Start) {
+            let (k, v) = item?;
+            let Some((_, p)) = filter::split(&v) else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_slice::<MediaRecord>(p) else {
+                continue;
+            };
+            if rec.until <= now && k.len() == 16 {
+                out.push(keys::id_at(&k, 0));
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Revokes a token at once.

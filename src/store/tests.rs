@@ -31,7 +31,7 @@ fn message(conv: Id, seq: u64, body: &str, ttl_ms: u64) -> Arc<StoredMessage> {
         expires_at: now + ttl_ms,
         view_policy: ViewPolicy::Timed,
         body: Some(body.into()),
-        media_key: None,
+        media: None,
         burn_after_view_seconds: None,
     })
 }

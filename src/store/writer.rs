@@ -64,6 +64,7 @@ struct Overlay {
     dedup: HashMap<[u8; 32], AckRecord>,
     messages: HashMap<[u8; 24], bool>,
     views: std::collections::HashSet<[u8; 40]>,
+    media: HashMap<[u8; 16], super::MediaRecord>,
     heads: HashMap<UserId, u64>,
 }
 
@@ -97,6 +98,23 @@ impl Writer {
             Some(Err(e)) => Err(e),
             _ => Ok(0),
         }
+    }
+
+    fn media_record(
+        &self,
+        overlay: &Overlay,
+        id: [u8; 16],
+    ) -> Result<Option<super::MediaRecord>, StoreError> {
+        if let Some(r) = overlay.media.get(&id) {
+            return Ok(Some(r.clone()));
+        }
+        let Some(v) = self.db.get_pinned_cf(cf_handle(&self.db, Cf::Media), id)? else {
+            return Ok(None);
+        };
+        let (_, p) = filter::split(&v).ok_or(StoreError::Corrupt("media"))?;
+        serde_json::from_slice(p)
+            .map(Some)
+            .map_err(|_| StoreError::Corrupt("media"))
     }
 
     /// The stored form of a message: its body sealed under the key of its
@@ -145,6 +163,13 @@ impl Writer {
                     _ => Ok(()),
                 }
             }
+            Guard::MediaUnbound(id) => match self.media_record(overlay, id.0).map_err(|e| {
+                tracing::error!(error = %e, "media guard read failed");
+                CommitError::Failed
+            })? {
+                Some(rec) if rec.bound.is_none() => Ok(()),
+                _ => Err(CommitError::Gone),
+            },
             Guard::ViewAbsent { msg, user } => {
                 let k = keys::view(*msg, *user);
                 let seen = overlay.views.contains(&k)
@@ -224,6 +249,22 @@ impl Writer {
                     let k = keys::message(id);
                     overlay.messages.insert(k, false);
                     b.delete_cf(cf_handle(db, Cf::Messages), k);
+                }
+                Op::BindMedia { media, msg, until } => {
+                    let mut rec = self
+                        .media_record(overlay, media.0)?
+                        .ok_or(StoreError::Corrupt("media"))?;
+                    rec.bound = Some(msg);
+                    rec.until = until;
+                    // The key now lives exactly as long as the message (it is
+                    // written, synced, before the batch that binds it).
+                    self.keys.set_media_until(&media.0, until)?;
+                    b.put_cf(
+                        cf_handle(db, Cf::Media),
+                        media.0,
+                        filter::with_expiry(u64::MAX, &json(&rec)),
+                    );
+                    overlay.media.insert(media.0, rec);
                 }
                 Op::PutView {
                     msg,
