@@ -9,12 +9,20 @@ use ring::digest;
 
 use crate::api::bearer;
 use crate::api::error::ApiError;
+use crate::keystore::KeyStore;
 use crate::store::RocksStore;
+use ephemera_actors::directory::Directory;
 
 /// What the admin handlers use.
 pub struct AdminState {
     /// Storage.
     pub store: Arc<RocksStore>,
+    /// The key store.
+    pub keys: Arc<KeyStore>,
+    /// Live actors.
+    pub dir: Arc<Directory>,
+    /// The physical deletion window, seconds.
+    pub deletion_window_seconds: u64,
     /// The admin token's SHA-256 (compared digest to digest, so timing does
     /// not tell how much of a guess was right).
     pub token_digest: Vec<u8>,
@@ -38,6 +46,10 @@ impl AdminState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/admin/actors", web::get().to(actors))
+        .route("/admin/actors/{kind}/{id}/restart", web::post().to(restart))
+        .route("/admin/deletion", web::get().to(deletion))
         .route("/admin/storage/compact", web::post().to(compact));
 }
 
@@ -60,4 +72,109 @@ async fn compact(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpR
     let store = Arc::clone(&state.store);
     web::block(move || store.flush_and_compact()).await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "flushed": true, "compacted": true })))
+}
+
+/// The deletion numbers, gathered off the event loop.
+#[derive(serde::Serialize)]
+struct Deletion {
+    /// Deadlines more than a second past due whose burn is not committed.
+    logical_backlog: usize,
+    /// Seconds since the key store's last purge pass: a key destroyed
+    /// before it is gone from every file.
+    key_purge_age_seconds: u64,
+    /// Upper bound on how long a message body's key outlives the body.
+    key_shred_bound_seconds: u64,
+    /// Media objects whose life is over and whose blob is not yet deleted.
+    blobs_pending_deletion: usize,
+    /// Every storage file passes the expiry filter within this window.
+    physical_window_seconds: u64,
+}
+
+async fn gather(state: &AdminState) -> Result<Deletion, ApiError> {
+    let store = Arc::clone(&state.store);
+    let now = ephemera_actors::store::now_ms();
+    let (backlog, blobs) = web::block(move || -> Result<_, crate::store::StoreError> {
+        Ok((
+            store.overdue_deadlines(now, 1_000, 1_000_000)?,
+            store.media_due(now, 1_000_000)?.len(),
+        ))
+    })
+    .await??;
+    let purge_age = now.saturating_sub(state.keys.last_purge_ms()) / 1000;
+    Ok(Deletion {
+        logical_backlog: backlog,
+        key_purge_age_seconds: purge_age,
+        key_shred_bound_seconds: crate::keystore::BUCKET_MS / 1000 + purge_age,
+        blobs_pending_deletion: blobs,
+        physical_window_seconds: state.deletion_window_seconds,
+    })
+}
+
+/// Prometheus text: every metric, with the deletion lag refreshed.
+async fn metrics(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    state.check(&req)?;
+    let d = gather(&state).await?;
+    let m = &state.dir.metrics;
+    m.expired_backlog.set(d.logical_backlog as i64);
+    m.key_purge_age_seconds.set(d.key_purge_age_seconds as i64);
+    m.blobs_pending_deletion
+        .set(d.blobs_pending_deletion as i64);
+    Ok(HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(m.render()))
+}
+
+/// The deletion report.
+async fn deletion(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    state.check(&req)?;
+    Ok(HttpResponse::Ok().json(gather(&state).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct KindQuery {
+    kind: Option<String>,
+}
+
+const KINDS: [&str; 2] = ["user", "conversation"];
+
+/// Live actors with their summaries (never content).
+async fn actors(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    q: web::Query<KindQuery>,
+) -> Result<HttpResponse, ApiError> {
+    state.check(&req)?;
+    let kinds: Vec<&str> = match q.kind.as_deref() {
+        None => KINDS.to_vec(),
+        Some(k) if KINDS.contains(&k) => vec![k],
+        Some(_) => return Err(ApiError::Invalid("kind must be user or conversation")),
+    };
+    let mut actors = Vec::new();
+    for k in kinds {
+        actors.extend(state.dir.summaries(k, 1_000).await);
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "actors": actors })))
+}
+
+/// Restarts a live actor through its supervisor.
+async fn restart(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    state.check(&req)?;
+    let (kind, id) = path.into_inner();
+    if !KINDS.contains(&kind.as_str()) {
+        return Err(ApiError::Invalid("kind must be user or conversation"));
+    }
+    let id = ephemera_actors::ids::Id::parse(&id).ok_or(ApiError::NotFound("no such actor"))?;
+    if state.dir.restart(&kind, id) {
+        tracing::info!(%kind, "operator restarted an actor");
+        Ok(HttpResponse::Accepted().json(serde_json::json!({ "restarting": true })))
+    } else {
+        Err(ApiError::NotFound("no such live actor"))
+    }
 }

@@ -35,6 +35,8 @@ pub struct KeyStore {
     db: DB,
     /// Body keys by bucket end, kept in memory while alive (dropped at purge).
     bodies: Mutex<HashMap<u64, [u8; 32]>>,
+    /// When the last purge pass completed (Unix ms).
+    last_purge: std::sync::atomic::AtomicU64,
 }
 
 fn body_key(bucket_end: u64) -> [u8; 9] {
@@ -74,6 +76,7 @@ impl KeyStore {
         Ok(KeyStore {
             db: DB::open(&opts, dir)?,
             bodies: Mutex::new(HashMap::new()),
+            last_purge: std::sync::atomic::AtomicU64::new(now_ms()),
         })
     }
 
@@ -234,11 +237,23 @@ impl KeyStore {
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         self.db.compact_range_opt(None::<&[u8]>, None::<&[u8]>, &co);
+        self.last_purge
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         Ok(dead.len())
     }
 
+    /// When the last purge pass completed (Unix ms): a destroyed key has
+    /// left every file by then.
+    pub fn last_purge_ms(&self) -> u64 {
+        self.last_purge.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Runs `purge` every `every` on a thread of its own.
-    pub fn start_purger(self: &Arc<Self>, every: Duration) {
+    pub fn start_purger(
+        self: &Arc<Self>,
+        every: Duration,
+        metrics: Arc<ephemera_actors::metrics::Metrics>,
+    ) {
         let ks = Arc::clone(self);
         std::thread::Builder::new()
             .name("ephemera-key-purge".into())
@@ -246,7 +261,10 @@ impl KeyStore {
                 std::thread::sleep(every);
                 match ks.purge() {
                     Ok(0) => {}
-                    Ok(n) => tracing::debug!(destroyed = n, "key store purged"),
+                    Ok(n) => {
+                        metrics.keys_destroyed.inc_by(n as u64);
+                        tracing::debug!(destroyed = n, "key store purged");
+                    }
                     Err(e) => tracing::error!(error = %e, "key store purge failed"),
                 }
             })

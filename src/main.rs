@@ -111,7 +111,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let keys = Arc::new(
         keystore::KeyStore::open(&cfg.data_dir.join("keys")).context("opening the key store")?,
     );
-    keys.start_purger(std::time::Duration::from_secs(5));
+    let metrics = Arc::new(ephemera_actors::metrics::Metrics::new());
+    keys.start_purger(std::time::Duration::from_secs(5), Arc::clone(&metrics));
     let store = Arc::new(
         RocksStore::open(
             &cfg.data_dir.join("db"),
@@ -148,16 +149,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let dir = Directory::new(
         Arc::clone(&store) as Arc<dyn Store>,
         Arc::new(media.clone()) as Arc<dyn MediaAccess>,
+        metrics.clone(),
         limits,
         arbiters.iter().map(|a| a.handle()).collect(),
     );
-    store.start_writer(Arc::clone(&dir) as Arc<dyn ephemera_actors::store::Fanout>);
+    store.start_writer(
+        Arc::clone(&dir) as Arc<dyn ephemera_actors::store::Fanout>,
+        metrics,
+    );
     Sweeper::new(Arc::clone(&dir)).start();
 
     let ready = Arc::new(AtomicBool::new(false));
     let app_state = web::Data::new(api::AppState {
         store: Arc::clone(&store),
-        dir,
+        dir: Arc::clone(&dir),
         config: Arc::clone(&cfg),
         media,
     });
@@ -175,6 +180,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     .with_context(|| format!("serving {http_addr}"))?;
     let admin_state = web::Data::new(admin::AdminState {
         store: Arc::clone(&store),
+        keys: Arc::clone(&keys),
+        dir,
+        deletion_window_seconds: cfg.deletion_window.as_secs(),
         token_digest: digest::digest(&digest::SHA256, token.as_bytes())
             .as_ref()
             .to_vec(),

@@ -14,6 +14,7 @@ use futures_util::future::Either;
 use crate::directory::Directory;
 use crate::frames::{ErrorCode, FrameError, ServerFrame};
 use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
+use crate::metrics::Kind;
 use crate::store::LOOKAHEAD_MS;
 use crate::store::{
     blocking, commit, now_ms, AckRecord, BurnReason, CommitError, ConvKind, ConversationRecord,
@@ -135,6 +136,11 @@ pub enum Viewed {
     Burned,
 }
 
+/// The operator restarts this actor (through its supervisor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Restart;
+
 /// Deadlines from the persistent index that this actor must hold timers for.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -154,6 +160,8 @@ pub struct Conversation {
     timers: BTreeSet<Deadline>,
     armed: Option<(Millis, SpawnHandle)>,
     receipted: HashSet<(u64, UserId)>,
+    started_at: std::time::Instant,
+    restarts: u64,
 }
 
 const UNAVAILABLE: FrameError =
@@ -186,6 +194,8 @@ impl Conversation {
             timers: BTreeSet::new(),
             armed: None,
             receipted: HashSet::new(),
+            started_at: std::time::Instant::now(),
+            restarts: 0,
         }
     }
 
@@ -273,6 +283,7 @@ impl Conversation {
             ops,
         };
         let store = Arc::clone(&self.dir.store);
+        let metrics = Arc::clone(&self.dir.metrics);
         ctx.spawn(
             async move {
                 match commit(&*store, txn).await {
@@ -288,7 +299,9 @@ impl Conversation {
                         .await;
                     }
                     Err(e) => tracing::error!(error = %e, "burn failed; the sweeper retries it"),
-                    Ok(()) => {}
+                    Ok(()) => metrics
+                        .burn_lag
+                        .observe(now_ms().saturating_sub(d.at) as f64 / 1000.0),
                 }
             }
             .into_actor(self),
@@ -324,6 +337,9 @@ impl Actor for Conversation {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if self.restarts == 0 {
+            self.dir.metrics.live_actors.get_or_create(&KIND).inc();
+        }
         let store = Arc::clone(&self.dir.store);
         let id = self.id;
         let until = now_ms() + LOOKAHEAD_MS;
@@ -356,11 +372,42 @@ impl Actor for Conversation {
     }
 }
 
+const KIND: Kind = Kind {
+    kind: "conversation",
+};
+
 impl actix::Supervised for Conversation {
     fn restarting(&mut self, _: &mut Self::Context) {
-        // Forget everything; `started` reloads it from storage.
+        // Forget everything; `started` reloads it from storage and re-arms
+        // the timers.
         tracing::info!(conversation = %self.id, "conversation actor restarting");
+        self.dir.metrics.restarts.get_or_create(&KIND).inc();
+        let restarts = self.restarts + 1;
         *self = Conversation::new(Arc::clone(&self.dir), self.id);
+        self.restarts = restarts;
+    }
+}
+
+impl Handler<Restart> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<crate::Summarize> for Conversation {
+    type Result = actix::MessageResult<crate::Summarize>;
+
+    fn handle(&mut self, _: crate::Summarize, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(crate::ActorSummary {
+            kind: "conversation",
+            id: self.id.to_string(),
+            timers_armed: self.timers.len(),
+            attached: self.members().len(),
+            uptime_seconds: self.started_at.elapsed().as_secs(),
+            restarts: self.restarts,
+        })
     }
 }
 
@@ -501,37 +548,55 @@ impl Conversation {
         self.timers.insert(deadline);
         self.rearm(ctx);
         let reply = msg.reply;
-        ctx.spawn(
-            async move { pending.await.unwrap_or(Err(CommitError::Failed)) }
-                .into_actor(self)
-                .map(move |res, act, _| {
-                    let answer = match res {
-                        Ok(()) => {
-                            if creating {
-                                act.record_persisted = true;
-                            }
-                            Ok(ack)
-                        }
-                        // A retry of an earlier message: the first ack, nothing new stored.
-                        Err(CommitError::Duplicate(first)) => {
-                            act.timers.remove(&deadline);
-                            Ok(first)
-                        }
-                        Err(CommitError::Gone) if media.is_some() => {
-                            act.timers.remove(&deadline);
-                            Err(FrameError::new(
-                                ErrorCode::Invalid,
-                                "media_key is already used by another message",
-                            ))
-                        }
-                        Err(e) => {
-                            act.timers.remove(&deadline);
-                            Err(commit_error(e))
-                        }
-                    };
-                    let _ = reply.send(answer);
-                }),
-        );
+        let me = ctx.address();
+        // The answer does not depend on this actor living on: a restart
+        // while the write is in flight must not turn a durable message into
+        // an `unavailable`. Only the bookkeeping comes back to the actor.
+        actix::spawn(async move {
+            let res = pending.await.unwrap_or(Err(CommitError::Failed));
+            let committed = res.is_ok();
+            let answer = match res {
+                Ok(()) => Ok(ack),
+                // A retry of an earlier message: the first ack, nothing new stored.
+                Err(CommitError::Duplicate(first)) => Ok(first),
+                Err(CommitError::Gone) if media.is_some() => Err(FrameError::new(
+                    ErrorCode::Invalid,
+                    "media_key is already used by another message",
+                )),
+                Err(e) => Err(commit_error(e)),
+            };
+            me.do_send(Posted {
+                deadline,
+                committed,
+                created: creating && committed,
+            });
+            let _ = reply.send(answer);
+        });
+    }
+}
+
+/// The outcome of a post's write, for the actor's bookkeeping.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Posted {
+    deadline: Deadline,
+    committed: bool,
+    created: bool,
+}
+
+impl Handler<Posted> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, msg: Posted, _: &mut Self::Context) {
+        if msg.created {
+            self.record_persisted = true;
+        }
+        if msg.committed {
+            self.dir.metrics.messages_sent.inc();
+        } else {
+            // Nothing new was stored: no timer for it.
+            self.timers.remove(&msg.deadline);
+        }
     }
 }
 

@@ -8,13 +8,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use actix::{Actor, Addr, ArbiterHandle, Message};
+use actix::{Addr, ArbiterHandle, Message};
 
 use crate::conversation::Conversation;
 use crate::ids::{ConvId, UserId};
+use crate::metrics::Metrics;
 use crate::ratelimit::TokenBucket;
 use crate::store::{Delivery, Fanout, MediaAccess, Store};
 use crate::user::{Deliver, User};
+use crate::{conversation, user};
 
 /// The limits the actors enforce, from the server's configuration.
 #[derive(Clone, Debug)]
@@ -61,6 +63,8 @@ pub struct Directory {
     pub store: Arc<dyn Store>,
     /// Media keys and object storage.
     pub media: Arc<dyn MediaAccess>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
     /// Limits.
     pub limits: Limits,
     arbiters: Vec<ArbiterHandle>,
@@ -74,6 +78,7 @@ impl Directory {
     pub fn new(
         store: Arc<dyn Store>,
         media: Arc<dyn MediaAccess>,
+        metrics: Arc<Metrics>,
         limits: Limits,
         arbiters: Vec<ArbiterHandle>,
     ) -> Arc<Self> {
@@ -84,6 +89,7 @@ impl Directory {
         Arc::new(Directory {
             store,
             media,
+            metrics,
             limits,
             arbiters,
             next_arbiter: AtomicUsize::new(0),
@@ -103,7 +109,9 @@ impl Directory {
         let entry = users.entry(user).or_insert_with(|| {
             let dir = Arc::clone(self);
             UserEntry {
-                addr: User::start_in_arbiter(self.arbiter(), move |_| User::new(dir, user)),
+                addr: actix::Supervisor::start_in_arbiter(self.arbiter(), move |_| {
+                    User::new(dir, user)
+                }),
                 send_bucket: Arc::new(Mutex::new(TokenBucket::new(
                     self.limits.send_rate_per_second,
                     self.limits.send_burst,
@@ -173,10 +181,72 @@ impl Directory {
             }
         }
         let dir = Arc::clone(self);
-        let addr =
-            Conversation::start_in_arbiter(self.arbiter(), move |_| Conversation::new(dir, id));
+        let addr = actix::Supervisor::start_in_arbiter(self.arbiter(), move |_| {
+            Conversation::new(dir, id)
+        });
         convs.insert(id, addr.clone());
         addr
+    }
+
+    /// Restarts a live actor through its supervisor: its state is reloaded
+    /// from storage and its timers re-armed. Returns whether it was live.
+    pub fn restart(&self, kind: &str, id: crate::ids::Id) -> bool {
+        match kind {
+            "conversation" => {
+                let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
+                match convs.get(&id) {
+                    Some(a) if a.connected() => {
+                        a.do_send(conversation::Restart);
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            "user" => match self
+                .users
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+            {
+                Some(e) => {
+                    e.addr.do_send(user::Restart);
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Summaries of the live actors of a kind (at most `limit`).
+    pub async fn summaries(&self, kind: &str, limit: usize) -> Vec<crate::ActorSummary> {
+        let mut out = Vec::new();
+        match kind {
+            "conversation" => {
+                let addrs: Vec<_> = {
+                    let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
+                    convs.values().take(limit).cloned().collect()
+                };
+                for a in addrs {
+                    if let Ok(s) = a.send(crate::Summarize).await {
+                        out.push(s);
+                    }
+                }
+            }
+            "user" => {
+                let addrs: Vec<_> = {
+                    let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+                    users.values().take(limit).map(|e| e.addr.clone()).collect()
+                };
+                for a in addrs {
+                    if let Ok(s) = a.send(crate::Summarize).await {
+                        out.push(s);
+                    }
+                }
+            }
+            _ => {}
+        }
+        out
     }
 
     /// How many actors of each kind are live: (users, conversations).

@@ -18,6 +18,7 @@ use crate::frames::{
     MessageView, SendFrame, ServerFrame,
 };
 use crate::ids::{DeviceId, Id, MsgId, UserId};
+use crate::metrics::Kind;
 use crate::ratelimit::TokenBucket;
 use crate::store::{
     blocking, now_ms, BurnReason, EventRecord, MediaAccess, ReadError, Store, ViewPolicy,
@@ -259,6 +260,7 @@ impl Session {
     }
 
     fn on_send(&mut self, f: SendFrame, ctx: &mut ws::WebsocketContext<Self>) {
+        let received = Instant::now();
         let (view_policy, burn_after_view_seconds, media_key) = match self.check_send(&f) {
             Ok(v) => v,
             Err(e) => return Self::reply_error(ctx, &e, Some(&f.client_msg_id)),
@@ -306,7 +308,13 @@ impl Session {
                 "conversation restarting, retry",
             )))
         };
-        ctx.spawn(fut.into_actor(self).map(move |res, _, ctx| {
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if res.is_ok() {
+                act.dir
+                    .metrics
+                    .ack_latency
+                    .observe(received.elapsed().as_secs_f64());
+            }
             match res {
                 Ok(ack) => ctx.text(
                     ServerFrame::Ack {
@@ -515,10 +523,22 @@ impl Actor for Session {
             addr: ctx.address(),
         });
         self.send_bucket = Some(handle.send_bucket);
+        self.dir.metrics.connections.inc();
+        self.dir
+            .metrics
+            .live_actors
+            .get_or_create(&Kind { kind: "session" })
+            .inc();
         self.heartbeat(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.dir.metrics.connections.dec();
+        self.dir
+            .metrics
+            .live_actors
+            .get_or_create(&Kind { kind: "session" })
+            .dec();
         self.dir.tell_user(
             self.user,
             Detach {

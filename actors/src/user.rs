@@ -9,6 +9,7 @@ use actix::prelude::*;
 use crate::directory::Directory;
 use crate::frames::{render_event, ServerFrame};
 use crate::ids::{DeviceId, UserId};
+use crate::metrics::Kind;
 use crate::session::{CloseSocket, Push, Session};
 use crate::store::{blocking, now_ms, Delivery, Event, ReadError, Store, ViewPolicy};
 
@@ -55,11 +56,18 @@ pub struct Revoke {
     pub device: DeviceId,
 }
 
+/// The operator restarts this actor (through its supervisor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Restart;
+
 /// One user's actor.
 pub struct User {
     dir: Arc<Directory>,
     id: UserId,
     sessions: Vec<(u64, DeviceId, Addr<Session>)>,
+    started_at: std::time::Instant,
+    restarts: u64,
 }
 
 impl User {
@@ -69,6 +77,8 @@ impl User {
             dir,
             id,
             sessions: Vec::new(),
+            started_at: std::time::Instant::now(),
+            restarts: 0,
         }
     }
 
@@ -112,7 +122,50 @@ impl Actor for User {
     type Context = Context<Self>;
 
     fn started(&mut self, _: &mut Self::Context) {
+        self.started_at = std::time::Instant::now();
+        if self.restarts == 0 {
+            self.dir.metrics.live_actors.get_or_create(&KIND).inc();
+        }
         tracing::debug!(user = %self.id, "user actor started");
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.dir.metrics.live_actors.get_or_create(&KIND).dec();
+    }
+}
+
+const KIND: Kind = Kind { kind: "user" };
+
+impl actix::Supervised for User {
+    fn restarting(&mut self, _: &mut Self::Context) {
+        // The sessions are live sockets, not state: they stay attached and
+        // keep receiving; everything else is rebuilt.
+        self.restarts += 1;
+        self.dir.metrics.restarts.get_or_create(&KIND).inc();
+        tracing::info!(user = %self.id, "user actor restarting");
+    }
+}
+
+impl Handler<Restart> for User {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<crate::Summarize> for User {
+    type Result = actix::MessageResult<crate::Summarize>;
+
+    fn handle(&mut self, _: crate::Summarize, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(crate::ActorSummary {
+            kind: "user",
+            id: self.id.to_string(),
+            timers_armed: 0,
+            attached: self.sessions.len(),
+            uptime_seconds: self.started_at.elapsed().as_secs(),
+            restarts: self.restarts,
+        })
     }
 }
 
@@ -206,6 +259,14 @@ impl Handler<Deliver> for User {
                 _ => None,
             };
             let text: Arc<str> = render_event(d.cursor, &d.event, grant.as_ref()).into();
+            if matches!(d.event, Event::Message(_)) {
+                let n = self
+                    .sessions
+                    .iter()
+                    .filter(|(_, dev, _)| Some(*dev) != d.except_device)
+                    .count();
+                self.dir.metrics.messages_delivered.inc_by(n as u64);
+            }
             self.push(Some(d.cursor), text, d.except_device);
         }
     }

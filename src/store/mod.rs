@@ -276,7 +276,11 @@ impl RocksStore {
     }
 
     /// Starts the group-commit writer, which hands committed events to `fanout`.
-    pub fn start_writer(&self, fanout: Arc<dyn Fanout>) {
+    pub fn start_writer(
+        &self,
+        fanout: Arc<dyn Fanout>,
+        metrics: Arc<ephemera_actors::metrics::Metrics>,
+    ) {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let db = Arc::clone(&self.db);
         writer::spawn(
@@ -284,6 +288,7 @@ impl RocksStore {
             Arc::clone(&self.keys),
             rx,
             fanout,
+            metrics,
             self.durability == Durability::Fsync,
         );
         let _ = self.writer.set(tx);
@@ -386,6 +391,28 @@ impl RocksStore {
         self.db
             .delete_cf_opt(self.cf(Cf::Media), id.0, &self.write_opts)?;
         Ok(())
+    }
+
+    /// How many deadlines are more than `grace_ms` past due (burns not yet
+    /// committed), counting at most `limit`.
+    pub fn overdue_deadlines(
+        &self,
+        now: u64,
+        grace_ms: u64,
+        limit: usize,
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for item in self
+            .db
+            .iterator_cf(self.cf(Cf::Deadlines), IteratorMode::Start)
+        {
+            let (k, _) = item?;
+            match keys::decode_deadline(&k) {
+                Some(d) if d.at + grace_ms < now && n < limit => n += 1,
+                _ => break,
+            }
+        }
+        Ok(n)
     }
 
     /// Media records whose life is over.

@@ -42,7 +42,10 @@ async fn group_commit_assigns_cursors_in_order_and_dedups() {
     let keys = Arc::new(KeyStore::open(&dir.path().join("keys")).unwrap());
     let store = RocksStore::open(&dir.path().join("db"), keys, Durability::Wal, 3600).unwrap();
     let rec = Arc::new(Recorder::default());
-    store.start_writer(rec.clone());
+    store.start_writer(
+        rec.clone(),
+        Arc::new(ephemera_actors::metrics::Metrics::new()),
+    );
     let user = Id([9; 16]);
     let conv = Id([5; 16]);
     let mut pending = Vec::new();
@@ -112,7 +115,10 @@ async fn compaction_drops_expired_rows() {
     let dir = tempfile::tempdir().unwrap();
     let keys = Arc::new(KeyStore::open(&dir.path().join("keys")).unwrap());
     let store = RocksStore::open(&dir.path().join("db"), keys, Durability::Wal, 3600).unwrap();
-    store.start_writer(Arc::new(Recorder::default()));
+    store.start_writer(
+        Arc::new(Recorder::default()),
+        Arc::new(ephemera_actors::metrics::Metrics::new()),
+    );
     let conv = Id([6; 16]);
     let short = message(conv, 1, "short-lived", 1);
     let long = message(conv, 2, "long-lived", 600_000);

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{cf_handle, filter, json, keys, Cf, MessageRow, StoreError};
 use crate::keystore::KeyStore;
+use ephemera_actors::metrics::Metrics;
 
 /// Most transactions in one write batch.
 const MAX_GROUP: usize = 2_048;
@@ -32,12 +33,14 @@ pub fn spawn(
     keys: Arc<KeyStore>,
     rx: mpsc::Receiver<Job>,
     fanout: Arc<dyn Fanout>,
+    metrics: Arc<Metrics>,
     sync: bool,
 ) {
     let mut w = Writer {
         db,
         keys,
         fanout,
+        metrics,
         heads: HashMap::new(),
         sync,
     };
@@ -52,6 +55,7 @@ struct Writer {
     /// Seals message bodies before they reach the database.
     keys: Arc<KeyStore>,
     fanout: Arc<dyn Fanout>,
+    metrics: Arc<Metrics>,
     /// Last cursor given out per user (loaded from the inbox on first use).
     heads: HashMap<UserId, u64>,
     sync: bool,
@@ -371,7 +375,13 @@ impl Writer {
         } else {
             let mut wo = WriteOptions::default();
             wo.set_sync(self.sync);
-            self.db.write_opt(batch, &wo).map_err(Some)
+            let started = std::time::Instant::now();
+            let r = self.db.write_opt(batch, &wo).map_err(Some);
+            self.metrics
+                .write_batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.write_batch_size.observe(outcomes.len() as f64);
+            r
         };
         if let Err(e) = written {
             if let Some(e) = e {

@@ -1,0 +1,144 @@
+//! The numbers operators page on, in one registry rendered as Prometheus
+//! text by the admin listener. Labels are kinds and outcomes, never ids,
+//! content or tokens.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The kind of an actor, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Kind {
+    /// `session`, `user`, `conversation`, `sweeper`.
+    pub kind: &'static str,
+}
+
+/// Every metric of the server.
+pub struct Metrics {
+    registry: Registry,
+    /// Open WebSockets.
+    pub connections: Gauge,
+    /// Live actors per kind.
+    pub live_actors: Family<Kind, Gauge>,
+    /// Actor restarts per kind (operator restarts and crashes).
+    pub restarts: Family<Kind, Counter>,
+    /// Messages accepted (acked).
+    pub messages_sent: Counter,
+    /// `message` frames pushed to devices.
+    pub messages_delivered: Counter,
+    /// From a `send` frame to its ack, seconds.
+    pub ack_latency: Histogram,
+    /// From `expires_at` to the burn being committed, seconds.
+    pub burn_lag: Histogram,
+    /// Transactions per group commit.
+    pub write_batch_size: Histogram,
+    /// Time to write one group commit, seconds.
+    pub write_batch_seconds: Histogram,
+    /// Deadlines past due and not yet burned (at the last sweeper scan).
+    pub expired_backlog: Gauge,
+    /// Seconds since the key store last completed a purge pass.
+    pub key_purge_age_seconds: Gauge,
+    /// Data keys destroyed by purge passes.
+    pub keys_destroyed: Counter,
+    /// Media objects waiting for their blob to be deleted.
+    pub blobs_pending_deletion: Gauge,
+}
+
+impl Metrics {
+    /// A registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ephemera");
+        let m = Metrics {
+            connections: Gauge::default(),
+            live_actors: Family::default(),
+            restarts: Family::default(),
+            messages_sent: Counter::default(),
+            messages_delivered: Counter::default(),
+            ack_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            burn_lag: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            write_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            write_batch_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            expired_backlog: Gauge::default(),
+            key_purge_age_seconds: Gauge::default(),
+            keys_destroyed: Counter::default(),
+            blobs_pending_deletion: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections", "Open WebSockets", m.connections.clone());
+        registry.register("live_actors", "Live actors per kind", m.live_actors.clone());
+        registry.register(
+            "actor_restarts",
+            "Actor restarts per kind",
+            m.restarts.clone(),
+        );
+        registry.register(
+            "messages_sent",
+            "Messages accepted and acked",
+            m.messages_sent.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Message frames pushed to devices",
+            m.messages_delivered.clone(),
+        );
+        registry.register(
+            "ack_latency_seconds",
+            "From a send frame to its ack",
+            m.ack_latency.clone(),
+        );
+        registry.register(
+            "burn_lag_seconds",
+            "From expires_at to the committed burn",
+            m.burn_lag.clone(),
+        );
+        registry.register(
+            "write_batch_transactions",
+            "Transactions per group commit",
+            m.write_batch_size.clone(),
+        );
+        registry.register(
+            "write_batch_seconds",
+            "Time to write one group commit",
+            m.write_batch_seconds.clone(),
+        );
+        registry.register(
+            "expired_backlog",
+            "Deadlines past due and not yet burned",
+            m.expired_backlog.clone(),
+        );
+        registry.register(
+            "key_purge_age_seconds",
+            "Seconds since the key store last completed a purge (key-shred lag bound)",
+            m.key_purge_age_seconds.clone(),
+        );
+        registry.register(
+            "keys_destroyed",
+            "Data keys destroyed by purges",
+            m.keys_destroyed.clone(),
+        );
+        registry.register(
+            "blobs_pending_deletion",
+            "Media objects whose blob awaits deletion",
+            m.blobs_pending_deletion.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encoding to a String");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,301 @@
+//! Operators: restarting supervised actors while devices keep chatting,
+//! the actor listing, the deletion report, and `/metrics`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::socket::WAIT;
+use common::{
+    i64_of, is_about, is_type, new_cid, now_ms, register_user, str_of, Server, TestSocket,
+};
+use ephemera_load::client::{timed_text, Target};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+async fn restart(server: &Server, kind: &str, id: &str) -> u16 {
+    server
+        .admin_http()
+        .raw(
+            Method::POST,
+            &format!("/admin/actors/{kind}/{id}/restart"),
+            Some(server.admin_token()),
+            None,
+        )
+        .await
+        .expect("calling restart")
+        .status
+}
+
+/// A conversation restarted through the admin API while two devices talk:
+/// delivery goes on, an unviewed view-once message is still viewable
+/// exactly once, and a message whose TTL falls during the restart burns on
+/// time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_a_conversation_loses_nothing() {
+    let server = Server::start(&[]).await;
+    let http = server.http();
+    let alice = register_user(&http, "alice").await;
+    let bob = register_user(&http, "bob").await;
+    let (a, b) = (alice.login(&http).await, bob.login(&http).await);
+    let mut a1 = TestSocket::connect(&server, &a, "alice-1").await;
+    let mut b1 = TestSocket::connect(&server, &b, "bob-1").await;
+
+    let first = a1
+        .send_ok(timed_text(
+            &new_cid("before"),
+            Target::User(&bob.user_id),
+            "before",
+            600,
+        ))
+        .await;
+    let conv = str_of(&first, "conversation_id").to_owned();
+    let once = a1
+        .send_ok(json!({
+            "type": "send", "client_msg_id": new_cid("once"), "conversation_id": conv,
+            "body": "only once", "view_policy": "once", "ttl_seconds": 600,
+        }))
+        .await;
+    let once_id = str_of(&once, "msg_id").to_owned();
+    let short = a1
+        .send_ok(timed_text(
+            &new_cid("short"),
+            Target::Conversation(&conv),
+            "short",
+            2,
+        ))
+        .await;
+    let short_id = str_of(&short, "msg_id").to_owned();
+    let short_expiry = i64_of(&short, "expires_at");
+
+    assert_eq!(
+        restart(&server, "conversation", &conv).await,
+        202,
+        "restart accepted"
+    );
+    // Sends right after the restart are answered and delivered.
+    let mut after = Vec::new();
+    for i in 0..10 {
+        let ack = a1
+            .send_ok(timed_text(
+                &new_cid("after"),
+                Target::Conversation(&conv),
+                &format!("after {i}"),
+                600,
+            ))
+            .await;
+        after.push(str_of(&ack, "msg_id").to_owned());
+    }
+    for id in &after {
+        b1.expect_about("message", id).await;
+    }
+    // The TTL that fell around the restart still burns on time.
+    let wait = Duration::from_millis((short_expiry - now_ms()).max(0) as u64) + WAIT;
+    let burned = b1
+        .expect_within(wait, "burn of the short message", |f| {
+            is_about(f, "burned", &short_id)
+        })
+        .await;
+    let lag = now_ms() - short_expiry;
+    println!("burn lag after a conversation restart: {lag} ms");
+    assert!(lag < 150, "burned {lag} ms after expires_at");
+    assert_eq!(str_of(&burned, "reason"), "expired");
+    // The unviewed view-once message: exactly one view wins.
+    b1.send(json!({"type": "view", "msg_id": once_id})).await;
+    assert_eq!(
+        str_of(&b1.expect_type("view_result").await, "result"),
+        "granted"
+    );
+    b1.send(json!({"type": "view", "msg_id": once_id})).await;
+    assert_eq!(
+        str_of(&b1.expect_type("view_result").await, "result"),
+        "burned"
+    );
+
+    let listing = server
+        .admin_http()
+        .raw(
+            Method::GET,
+            "/admin/actors?kind=conversation",
+            Some(server.admin_token()),
+            None,
+        )
+        .await
+        .expect("listing actors");
+    assert_eq!(listing.status, 200);
+    let actors = listing.json.expect("a JSON listing")["actors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let me = actors
+        .iter()
+        .find(|a| a["id"] == conv.as_str())
+        .expect("the conversation is listed");
+    assert!(
+        me["restarts"].as_u64() >= Some(1),
+        "its restart is counted: {me}"
+    );
+    let text = serde_json::to_string(&actors).unwrap();
+    assert!(
+        !text.contains("only once") && !text.contains("before"),
+        "no content in the listing"
+    );
+    assert_eq!(
+        restart(&server, "conversation", &"0".repeat(32)).await,
+        404,
+        "an actor that is not live"
+    );
+}
+
+/// A user actor restarted: its devices keep receiving without reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_a_user_keeps_its_devices() {
+    let server = Server::start(&[]).await;
+    let http = server.http();
+    let alice = register_user(&http, "alice").await;
+    let bob = register_user(&http, "bob").await;
+    let (a, b) = (alice.login(&http).await, bob.login(&http).await);
+    let mut a1 = TestSocket::connect(&server, &a, "alice-1").await;
+    let mut b1 = TestSocket::connect(&server, &b, "bob-1").await;
+    let m = a1
+        .send_ok(timed_text(
+            &new_cid("x"),
+            Target::User(&bob.user_id),
+            "one",
+            600,
+        ))
+        .await;
+    b1.expect_about("message", str_of(&m, "msg_id")).await;
+    assert_eq!(restart(&server, "user", &bob.user_id).await, 202);
+    for i in 0..5 {
+        let m = a1
+            .send_ok(timed_text(
+                &new_cid("y"),
+                Target::User(&bob.user_id),
+                &format!("n{i}"),
+                600,
+            ))
+            .await;
+        b1.expect_about("message", str_of(&m, "msg_id")).await;
+    }
+}
+
+/// `/metrics` needs the admin token, parses as the exposition format and
+/// carries the series operators page on; the deletion report is there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_name_the_series() {
+    let server = Server::start(&[]).await;
+    let http = server.http();
+    let alice = register_user(&http, "alice").await;
+    let bob = register_user(&http, "bob").await;
+    let a = alice.login(&http).await;
+    let mut a1 = TestSocket::connect(&server, &a, "alice-1").await;
+    a1.send_ok(timed_text(
+        &new_cid("m"),
+        Target::User(&bob.user_id),
+        "count me",
+        600,
+    ))
+    .await;
+
+    let client = reqwest::Client::new();
+    let url = format!("{}/metrics", server.admin_base());
+    let denied = client
+        .get(&url)
+        .send()
+        .await
+        .expect("metrics without token");
+    assert_eq!(denied.status().as_u16(), 401);
+    let resp = client
+        .get(&url)
+        .bearer_auth(server.admin_token())
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().await.expect("metrics text");
+    let mut samples: Vec<(String, f64)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            assert!(
+                line.is_empty()
+                    || line.starts_with("# HELP ")
+                    || line.starts_with("# TYPE ")
+                    || line.starts_with("# UNIT ")
+                    || line == "# EOF",
+                "unexpected comment line: {line}"
+            );
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("sample without a value: {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':'),
+            "bad metric name in {line}"
+        );
+        if let Some(labels) = series.strip_prefix(name) {
+            assert!(
+                labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')),
+                "bad labels in {line}"
+            );
+        }
+        let v: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        samples.push((series.to_owned(), v));
+    }
+    let get = |prefix: &str| {
+        samples
+            .iter()
+            .find(|(s, _)| s.starts_with(prefix))
+            .map(|(_, v)| *v)
+    };
+    for series in [
+        "ephemera_connections",
+        "ephemera_live_actors{kind=\"session\"}",
+        "ephemera_messages_sent_total",
+        "ephemera_messages_delivered_total",
+        "ephemera_ack_latency_seconds_bucket",
+        "ephemera_burn_lag_seconds_count",
+        "ephemera_write_batch_transactions_bucket",
+        "ephemera_write_batch_seconds_count",
+        "ephemera_expired_backlog",
+        "ephemera_key_purge_age_seconds",
+        "ephemera_keys_destroyed_total",
+        "ephemera_blobs_pending_deletion",
+    ] {
+        assert!(get(series).is_some(), "missing series {series} in:\n{text}");
+    }
+    assert_eq!(
+        get("ephemera_messages_sent_total"),
+        Some(1.0),
+        "one message sent"
+    );
+    assert_eq!(get("ephemera_connections"), Some(1.0), "one socket open");
+    assert!(get("ephemera_ack_latency_seconds_count") >= Some(1.0));
+    assert!(!text.contains("count me"), "no content in metrics");
+
+    let report = server
+        .admin_http()
+        .raw(
+            Method::GET,
+            "/admin/deletion",
+            Some(server.admin_token()),
+            None,
+        )
+        .await
+        .expect("deletion report");
+    assert_eq!(report.status, 200);
+    let r: Value = report.json.expect("JSON report");
+    assert_eq!(r["logical_backlog"], 0, "nothing overdue: {r}");
+    assert!(
+        r["key_purge_age_seconds"].as_u64() <= Some(10),
+        "the key store purges every few seconds: {r}"
+    );
+    assert!(is_type(&json!({"type": "x"}), "x"));
+}
