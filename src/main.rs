@@ -14,6 +14,7 @@
 mod admin;
 mod api;
 mod auth;
+mod cli;
 mod config;
 mod keystore;
 mod media;
@@ -56,6 +57,13 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Operate a running server through its admin listener.
+    Admin {
+        #[command(flatten)]
+        target: cli::AdminTarget,
+        #[command(subcommand)]
+        command: cli::AdminCommand,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +78,11 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { config, settings } => {
             let cfg = Config::resolve(settings, config.as_deref())?;
             actix_web::rt::System::new().block_on(serve(cfg))
+        }
+        Command::Admin { target, command } => {
+            let out = actix_web::rt::System::new().block_on(cli::run(target, command))?;
+            println!("{out}");
+            Ok(())
         }
     }
 }
@@ -158,6 +171,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         metrics,
     );
     Sweeper::new(Arc::clone(&dir)).start();
+    let shutdown_dir = Arc::clone(&dir);
 
     let ready = Arc::new(AtomicBool::new(false));
     let app_state = web::Data::new(api::AppState {
@@ -197,8 +211,35 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     .bind(cfg.admin_listen)
     .with_context(|| format!("binding {}", cfg.admin_listen))?;
     let admin_addr = admin.addrs()[0];
-    let public = public.run();
-    let admin = admin.run();
+    let public = public.disable_signals().shutdown_timeout(10).run();
+    let admin = admin.disable_signals().run();
+    let (public_handle, admin_handle) = (public.handle(), admin.handle());
+    {
+        // SIGTERM or SIGINT: not ready first, then no new connections,
+        // sockets closed with 1001 (going away), every queued write made
+        // durable, and the database flushed.
+        let ready = Arc::clone(&ready);
+        let dir = Arc::clone(&shutdown_dir);
+        let store = Arc::clone(&store);
+        actix_web::rt::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::info!("shutting down");
+            ready.store(false, Ordering::Release);
+            dir.close_all_sessions(1001, "server shutting down");
+            public_handle.stop(true).await;
+            if let Err(e) = store.shutdown().await {
+                tracing::error!(error = %e, "final flush failed");
+            }
+            admin_handle.stop(true).await;
+            tracing::info!("stopped");
+        });
+    }
     ready.store(true, Ordering::Release);
     tracing::info!(%http_addr, %admin_addr, durability = ?cfg.durability, "serving");
     println!("EPHEMERA_READY http={http_addr} admin={admin_addr}");

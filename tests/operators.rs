@@ -299,3 +299,121 @@ async fn metrics_parse_and_name_the_series() {
     );
     assert!(is_type(&json!({"type": "x"}), "x"));
 }
+
+/// SIGTERM during traffic: sockets close with 1001, the process exits on
+/// its own, and after a restart every acked message is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_traffic_keeps_every_acked_message() {
+    let mut server = Server::start(&[]).await;
+    let http = server.http();
+    let alice = register_user(&http, "alice").await;
+    let bob = register_user(&http, "bob").await;
+    let a = alice.login(&http).await;
+    let mut a1 = TestSocket::connect(&server, &a, "alice-1").await;
+    // Frames in flight when the signal lands: some are acked, some not.
+    for i in 0..2000 {
+        a1.send(timed_text(
+            &format!("sig-{i:04}"),
+            Target::User(&bob.user_id),
+            &format!("m{i}"),
+            600,
+        ))
+        .await;
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 50 {
+        let f = a1.expect_type("ack").await;
+        acked.push(str_of(&f, "msg_id").to_owned());
+    }
+    let status = server.terminate(Duration::from_secs(20));
+    assert!(status.success(), "graceful shutdown exits 0, got {status}");
+    let mut close = None;
+    loop {
+        match a1.next_event(Duration::from_secs(5)).await {
+            ephemera_load::client::Event::Frame(f) if is_type(&f, "ack") => {
+                acked.push(str_of(&f, "msg_id").to_owned())
+            }
+            ephemera_load::client::Event::Frame(_) => {}
+            ephemera_load::client::Event::Closed(code) => {
+                close = code;
+                break;
+            }
+            ephemera_load::client::Event::Timeout => break,
+        }
+    }
+    println!(
+        "{} of 2000 sends acked before shutdown; close code {close:?}",
+        acked.len()
+    );
+    assert_eq!(close, Some(1001), "sockets close with going-away");
+
+    server.restart().await;
+    let http = server.http();
+    let b = bob.login(&http).await;
+    let mut b1 = TestSocket::connect(&server, &b, "bob-1").await;
+    let synced = b1.sync(0).await;
+    for id in &acked {
+        assert_eq!(
+            synced.about("message", id).count(),
+            1,
+            "acked message {id} survived the shutdown"
+        );
+    }
+}
+
+/// The operator CLI talks to the admin listener and prints tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_cli_lists_restarts_and_reports() {
+    let server = Server::start(&[]).await;
+    let http = server.http();
+    let alice = register_user(&http, "alice").await;
+    let bob = register_user(&http, "bob").await;
+    let a = alice.login(&http).await;
+    let mut a1 = TestSocket::connect(&server, &a, "alice-1").await;
+    let ack = a1
+        .send_ok(timed_text(
+            &new_cid("c"),
+            Target::User(&bob.user_id),
+            "secret words",
+            600,
+        ))
+        .await;
+    let conv = str_of(&ack, "conversation_id").to_owned();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ephemera"))
+            .arg("admin")
+            .args(["--admin-url", &server.admin_base()])
+            .args(args)
+            .env("EPHEMERA_ADMIN_TOKEN", server.admin_token())
+            .output()
+            .expect("running ephemera admin");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&["actors", "--kind", "conversation"]);
+    assert!(ok, "actors failed: {err}");
+    assert!(
+        out.lines().next().unwrap_or("").starts_with("kind"),
+        "a table header: {out}"
+    );
+    assert!(out.contains(&conv), "the conversation is listed: {out}");
+    assert!(!out.contains("secret words"), "no content");
+    let (ok, out, err) = run(&["restart", "conversation", &conv]);
+    assert!(
+        ok && out.contains("restart accepted"),
+        "restart: {out} {err}"
+    );
+    let (ok, _, err) = run(&["restart", "conversation", &"0".repeat(32)]);
+    assert!(
+        !ok && err.contains("404"),
+        "an unknown actor is an error: {err}"
+    );
+    let (ok, out, err) = run(&["deletion"]);
+    assert!(
+        ok && out.contains("logical_backlog"),
+        "deletion report: {out} {err}"
+    );
+}

@@ -249,6 +249,18 @@ impl Directory {
         out
     }
 
+    /// Closes every socket on this node with `code` (1001 at shutdown).
+    pub fn close_all_sessions(&self, code: u16, reason: &'static str) {
+        for e in self
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            e.addr.do_send(user::CloseAll { code, reason });
+        }
+    }
+
     /// How many actors of each kind are live: (users, conversations).
     pub fn live_counts(&self) -> (usize, usize) {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner()).len();

@@ -56,6 +56,29 @@ pub struct Revoke {
     pub device: DeviceId,
 }
 
+/// Close every socket of this user (server shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseAll {
+    /// The close code.
+    pub code: u16,
+    /// A content-free reason.
+    pub reason: &'static str,
+}
+
+impl Handler<CloseAll> for User {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseAll, _: &mut Self::Context) {
+        for (_, _, addr) in &self.sessions {
+            addr.do_send(CloseSocket {
+                code: msg.code,
+                reason: msg.reason,
+            });
+        }
+    }
+}
+
 /// The operator restarts this actor (through its supervisor).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -447,6 +447,19 @@ impl RocksStore {
         Ok(())
     }
 
+    /// Waits until every transaction queued so far is durable, then flushes
+    /// the memtables: the last step of a graceful shutdown.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        // The writer answers in queue order: once this empty transaction is
+        // answered, everything queued before it has been written.
+        let _ = ephemera_actors::store::commit(self, Txn::default()).await;
+        let cfs: Vec<&ColumnFamily> = Cf::ALL.iter().map(|c| self.cf(*c)).collect();
+        self.db
+            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
     /// Flushes every column family (memtables to SST, so the WAL can go)
     /// and compacts each one's full range, forcing the bottommost level
     /// through the TTL filter too.

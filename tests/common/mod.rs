@@ -11,10 +11,13 @@
 //!   HTTP answers.
 //! * [`socket`]: [`socket::TestSocket`], a schema-checking socket with
 //!   assertion helpers.
+//! * [`media`]: uploads (mint, seal, `PUT`), blob requests and presigned
+//!   URL surgery for forging bad ones.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod media;
 pub mod schema;
 pub mod socket;
 
@@ -52,6 +55,9 @@ pub struct Server {
     data_dir: PathBuf,
     /// Flags beyond the standard ones, repeated on restart.
     extra_args: Vec<String>,
+    /// Environment variables beyond the standard ones (such as
+    /// `EPHEMERA_S3_SECRET_ACCESS_KEY`), repeated on restart.
+    extra_env: Vec<(String, String)>,
     /// `EPHEMERA_ADMIN_TOKEN` of the process, the same across restarts.
     admin_token: String,
     /// `host:port` of the public listener of the current process.
@@ -71,7 +77,19 @@ impl Server {
             .tempdir()
             .expect("creating a temp dir for the server");
         let data_dir = root.path().join("data");
-        Self::launch_new(root, data_dir, extra_args).await
+        Self::launch_new(root, data_dir, extra_args, &[]).await
+    }
+
+    /// [`Server::start`] with environment variables `extra_env` set for the
+    /// process (and its restarts), for settings that are environment-only
+    /// in practice, such as `EPHEMERA_S3_SECRET_ACCESS_KEY`.
+    pub async fn start_with_env(extra_args: &[&str], extra_env: &[(&str, &str)]) -> Server {
+        let root = tempfile::Builder::new()
+            .prefix("ephemera-test-")
+            .tempdir()
+            .expect("creating a temp dir for the server");
+        let data_dir = root.path().join("data");
+        Self::launch_new(root, data_dir, extra_args, extra_env).await
     }
 
     /// Start a server on an existing data directory the caller owns (logs
@@ -81,17 +99,26 @@ impl Server {
             .prefix("ephemera-test-logs-")
             .tempdir()
             .expect("creating a temp dir for the server logs");
-        Self::launch_new(root, data_dir.to_path_buf(), extra_args).await
+        Self::launch_new(root, data_dir.to_path_buf(), extra_args, &[]).await
     }
 
     /// Build the handle and start the first process.
-    async fn launch_new(root: TempDir, data_dir: PathBuf, extra_args: &[&str]) -> Server {
+    async fn launch_new(
+        root: TempDir,
+        data_dir: PathBuf,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Server {
         std::fs::create_dir_all(&data_dir).expect("creating the data dir");
         let mut server = Server {
             child: None,
             root,
             data_dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_env: extra_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             admin_token: random_hex(16),
             http_addr: String::new(),
             admin_addr: String::new(),
@@ -129,6 +156,7 @@ impl Server {
         command
             .env("EPHEMERA_ADMIN_TOKEN", &self.admin_token)
             .env("RUST_LOG", "info")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -231,6 +259,32 @@ impl Server {
             .expect("kill9 on a server that is not running");
         child.kill().expect("sending SIGKILL to the server");
         child.wait().expect("reaping the killed server");
+    }
+
+    /// Send SIGTERM (graceful shutdown) and wait for the process to exit,
+    /// at most `within`; returns its exit status.
+    pub fn terminate(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let mut child = self
+            .child
+            .take()
+            .expect("terminate on a server that is not running");
+        let pid = child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().expect("polling the server") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the server did not exit within {within:?} of SIGTERM");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Start the server again on the same data dir with the same flags

@@ -1,0 +1,165 @@
+//! `ephemera admin ...`: the operator's commands, spoken to the admin
+//! listener over HTTP and printed as readable tables.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::Value;
+
+/// Where the admin listener is and how to authenticate to it.
+#[derive(clap::Args, Debug)]
+pub struct AdminTarget {
+    /// Base URL of the admin listener.
+    #[arg(
+        long,
+        env = "EPHEMERA_ADMIN_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    pub admin_url: String,
+    /// File holding the admin token, used when EPHEMERA_ADMIN_TOKEN is unset.
+    #[arg(long, default_value = "data/admin.token")]
+    pub token_file: PathBuf,
+}
+
+/// Operator commands.
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// List live actors with their summaries.
+    Actors {
+        /// Only this kind: user or conversation.
+        #[arg(long)]
+        kind: Option<String>,
+    },
+    /// Restart a live actor through its supervisor.
+    Restart {
+        /// user or conversation.
+        kind: String,
+        /// Its id.
+        id: String,
+    },
+    /// The deletion report: logical backlog, key-shred lag, physical window.
+    Deletion,
+}
+
+fn token(target: &AdminTarget) -> anyhow::Result<String> {
+    if let Ok(t) = std::env::var("EPHEMERA_ADMIN_TOKEN") {
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let t = std::fs::read_to_string(&target.token_file).with_context(|| {
+        format!(
+            "reading the admin token from {}",
+            target.token_file.display()
+        )
+    })?;
+    Ok(t.trim().to_owned())
+}
+
+/// Runs one admin command; returns the text to print.
+pub async fn run(target: AdminTarget, cmd: AdminCommand) -> anyhow::Result<String> {
+    let token = token(&target)?;
+    let base = target.admin_url.trim_end_matches('/');
+    let client = reqwest::Client::new();
+    let (req, render): (_, fn(&Value) -> String) = match &cmd {
+        AdminCommand::Actors { kind } => {
+            let url = match kind {
+                Some(k) => format!("{base}/admin/actors?kind={k}"),
+                None => format!("{base}/admin/actors"),
+            };
+            (client.get(url), actors_table)
+        }
+        AdminCommand::Restart { kind, id } => (
+            client.post(format!("{base}/admin/actors/{kind}/{id}/restart")),
+            |_| "restart accepted".to_owned(),
+        ),
+        AdminCommand::Deletion => (client.get(format!("{base}/admin/deletion")), deletion_table),
+    };
+    let resp = req
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.without_url()))?;
+    let status = resp.status();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if !status.is_success() {
+        let msg = body["error"]["message"].as_str().unwrap_or("no detail");
+        bail!("the admin listener answered {status}: {msg}");
+    }
+    Ok(render(&body))
+}
+
+/// A fixed-width table.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(header.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn actors_table(body: &Value) -> String {
+    let cols = [
+        "kind",
+        "id",
+        "attached",
+        "timers_armed",
+        "uptime_seconds",
+        "restarts",
+    ];
+    let rows: Vec<Vec<String>> = body["actors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| cols.iter().map(|c| cell(&x[*c])).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("{}\n({} live)", table(&cols, &rows), rows.len())
+}
+
+fn deletion_table(body: &Value) -> String {
+    let rows: Vec<Vec<String>> = body
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| vec![k.clone(), cell(v)]).collect())
+        .unwrap_or_default();
+    table(&["measure", "value"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["a", "bb"], &[vec!["long".into(), "x".into()]]);
+        assert_eq!(t, "a     bb\nlong  x");
+        let body = serde_json::json!({"actors": [{"kind": "user", "id": "ab", "attached": 2}]});
+        let t = actors_table(&body);
+        assert!(t.contains("user") && t.contains("(1 live)"), "{t}");
+    }
+}
