@@ -4,5 +4,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+
+# tests/media.rs checks our presigned URLs against a third-party S3 server,
+# s3s-fs, which it finds on PATH or in ~/.cargo/bin. Install the pinned
+# version when it is missing (about 2 minutes of build), in a target dir of
+# its own so it never mixes with the project's.
+S3S_FS_VERSION=0.14.1
+export PATH="$HOME/.cargo/bin:$PATH"
+if ! s3s-fs --version 2>/dev/null | grep -qF "$S3S_FS_VERSION"; then
+  echo "test: installing s3s-fs $S3S_FS_VERSION" >&2
+  (
+    unset CARGO_TARGET_DIR
+    cargo install s3s-fs --version "$S3S_FS_VERSION" --features binary --locked --force \
+      --target-dir "$HOME/.cache/s3s-fs-target"
+  )
+fi
+
 cargo build --release --workspace --all-targets
 cargo test --release --workspace -- --test-threads 2

@@ -107,6 +107,9 @@ pub struct Settings {
     /// A socket silent (no frame, no pong) this long is closed [default: 30]
     #[arg(long, env = "EPHEMERA_HEARTBEAT_TIMEOUT_SECONDS")]
     pub heartbeat_timeout_seconds: Option<u64>,
+    /// A conversation actor idle this many seconds stops and frees its memory; its deadlines wake it [default: 60]
+    #[arg(long, env = "EPHEMERA_PASSIVATE_AFTER_SECONDS")]
+    pub passivate_after_seconds: Option<u64>,
     /// Most members of a group conversation [default: 256]
     #[arg(long, env = "EPHEMERA_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
@@ -163,6 +166,9 @@ impl Settings {
                 .heartbeat_timeout_seconds
                 .or(other.heartbeat_timeout_seconds),
             max_group_members: self.max_group_members.or(other.max_group_members),
+            passivate_after_seconds: self
+                .passivate_after_seconds
+                .or(other.passivate_after_seconds),
             deletion_window_seconds: self
                 .deletion_window_seconds
                 .or(other.deletion_window_seconds),
@@ -213,6 +219,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Group size limit.
     pub max_group_members: usize,
+    /// Idle time before a conversation actor passivates.
+    pub passivate_after: Duration,
     /// Physical deletion window.
     pub deletion_window: Duration,
     /// Admin bearer token (never logged).
@@ -287,6 +295,7 @@ impl Config {
             token_ttl: Duration::from_secs(s.token_ttl_seconds.unwrap_or(2_592_000)),
             heartbeat_timeout: Duration::from_secs(s.heartbeat_timeout_seconds.unwrap_or(30)),
             max_group_members: s.max_group_members.unwrap_or(256),
+            passivate_after: Duration::from_secs(s.passivate_after_seconds.unwrap_or(60).max(1)),
             deletion_window: Duration::from_secs(s.deletion_window_seconds.unwrap_or(3_600)),
             admin_token: s.admin_token.filter(|t| !t.is_empty()),
             public_url: s.public_url.map(|u| u.trim_end_matches('/').to_owned()),

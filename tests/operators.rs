@@ -417,3 +417,138 @@ async fn admin_cli_lists_restarts_and_reports() {
         "deletion report: {out} {err}"
     );
 }
+
+/// Reads one sample of `/metrics`.
+async fn metric(server: &Server, series: &str) -> f64 {
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", server.admin_base()))
+        .bearer_auth(server.admin_token())
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+/// 100,000 conversations touched once passivate: the live-actor count falls
+/// back to (almost) nothing, and a message with a TTL in one of them still
+/// burns on time, woken by the persistent deadline index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_conversations_passivate_and_still_burn_on_time() {
+    const N: usize = 100_000;
+    let server = Server::start(&[
+        "--passivate-after-seconds",
+        "2",
+        "--frame-rate-per-second",
+        "1000000",
+        "--frame-burst",
+        "1000000",
+    ])
+    .await;
+    let http = server.http();
+    let alice = register_user(&http, "alice").await;
+    let bob = register_user(&http, "bob").await;
+    let (a, b) = (alice.login(&http).await, bob.login(&http).await);
+    let mut a1 = TestSocket::connect(&server, &a, "alice-1").await;
+    let mut b1 = TestSocket::connect(&server, &b, "bob-1").await;
+
+    // N group conversations, created through the API, then each touched
+    // once (a typing frame activates its actor).
+    let started = std::time::Instant::now();
+    let mut ids = Vec::with_capacity(N);
+    let mut tasks = tokio::task::JoinSet::new();
+    for chunk in 0..16 {
+        let http = http.clone();
+        let a = a.clone();
+        let bob_id = bob.user_id.clone();
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            for _ in 0..N / 16 + usize::from(chunk < N % 16) {
+                out.push(
+                    http.create_group(&a, &[&bob_id], None)
+                        .await
+                        .expect("creating a group"),
+                );
+            }
+            out
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        ids.extend(r.expect("a creating task"));
+    }
+    assert_eq!(ids.len(), N);
+    for id in &ids {
+        a1.send(json!({"type": "typing", "conversation_id": id, "is_typing": true}))
+            .await;
+    }
+    a1.ping().await;
+    let rss_peak = server.rss_kib();
+    let live_peak = metric(&server, "ephemera_live_actors{kind=\"conversation\"}").await;
+    println!(
+        "{N} conversations created and touched in {:?}; live conversation actors {live_peak}, server RSS {rss_peak} KiB",
+        started.elapsed()
+    );
+    assert!(
+        live_peak >= (N as f64) * 0.9,
+        "the touched conversations are live: {live_peak}"
+    );
+
+    // One more conversation gets a message with a deadline far enough out
+    // that its actor passivates first: it must outlive its actor.
+    let ack = a1
+        .send_ok(timed_text(
+            &new_cid("ttl"),
+            Target::User(&bob.user_id),
+            "burn me later",
+            9,
+        ))
+        .await;
+    let ttl_id = str_of(&ack, "msg_id").to_owned();
+    let expires_at = i64_of(&ack, "expires_at");
+
+    // Idle for the passivation time: the actors go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut live = live_peak;
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        live = metric(&server, "ephemera_live_actors{kind=\"conversation\"}").await;
+        if live <= 10.0 {
+            break;
+        }
+    }
+    let rss_after = server.rss_kib();
+    println!("after passivation: live conversation actors {live}, server RSS {rss_after} KiB (peak {rss_peak} KiB)");
+    assert!(
+        live <= 10.0,
+        "idle conversation actors passivate: {live} still live"
+    );
+    assert!(
+        rss_after < rss_peak,
+        "memory falls back once the actors are gone: {rss_after} KiB >= {rss_peak} KiB"
+    );
+    assert!(
+        now_ms() < expires_at - 3_000,
+        "the deadline's actor passivated well before the deadline"
+    );
+
+    // The deadline still fires on time, on a conversation nobody touched since.
+    let wait = Duration::from_millis((expires_at - now_ms()).max(0) as u64) + WAIT;
+    let burned = b1
+        .expect_within(
+            wait,
+            "the burn of the passivated conversation's message",
+            |f| is_about(f, "burned", &ttl_id),
+        )
+        .await;
+    let lag = now_ms() - expires_at;
+    println!("burn lag in a passivated conversation: {lag} ms");
+    assert_eq!(str_of(&burned, "reason"), "expired");
+    assert!(lag < 150, "burned {lag} ms after expires_at");
+}

@@ -14,7 +14,6 @@ use futures_util::future::Either;
 use crate::directory::Directory;
 use crate::frames::{ErrorCode, FrameError, ServerFrame};
 use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
-use crate::metrics::Kind;
 use crate::store::LOOKAHEAD_MS;
 use crate::store::{
     blocking, commit, now_ms, AckRecord, BurnReason, CommitError, ConvKind, ConversationRecord,
@@ -162,6 +161,10 @@ pub struct Conversation {
     receipted: HashSet<(u64, UserId)>,
     started_at: std::time::Instant,
     restarts: u64,
+    /// When a request last reached it (for passivation).
+    last_active: std::time::Instant,
+    /// Posts submitted and not yet answered by the writer.
+    writes_in_flight: usize,
 }
 
 const UNAVAILABLE: FrameError =
@@ -183,7 +186,7 @@ fn commit_error(e: CommitError) -> FrameError {
 
 impl Conversation {
     /// An actor for `id`; it loads its state when started.
-    pub fn new(dir: Arc<Directory>, id: ConvId) -> Self {
+    pub fn new(dir: Arc<Directory>, id: ConvId, restarts: u64) -> Self {
         Conversation {
             dir,
             id,
@@ -195,7 +198,9 @@ impl Conversation {
             armed: None,
             receipted: HashSet::new(),
             started_at: std::time::Instant::now(),
-            restarts: 0,
+            restarts,
+            last_active: std::time::Instant::now(),
+            writes_in_flight: 0,
         }
     }
 
@@ -337,12 +342,10 @@ impl Actor for Conversation {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        if self.restarts == 0 {
-            self.dir.metrics.live_actors.get_or_create(&KIND).inc();
-        }
         let store = Arc::clone(&self.dir.store);
         let id = self.id;
         let until = now_ms() + LOOKAHEAD_MS;
+        self.watch_idle(ctx);
         // Nothing is handled before the state is loaded: membership, the
         // sequencer, and the timers of deadlines that are due soon.
         let load = move || {
@@ -352,39 +355,28 @@ impl Actor for Conversation {
                 store.conversation_deadlines(id, until, ARM_AT_START)?,
             ))
         };
-        ctx.wait(
-            blocking(load)
-                .into_actor(self)
-                .map(|res, act, ctx| match res {
-                    Ok((record, last_seq, deadlines)) => {
-                        act.record_persisted = record.is_some();
-                        act.record = record;
-                        act.last_seq = last_seq;
-                        act.timers.extend(deadlines);
-                        act.rearm(ctx);
-                    }
-                    Err(_) => {
-                        tracing::error!(conversation = %act.id, "could not load conversation");
-                        act.broken = true;
-                    }
-                }),
-        );
-    }
-}
-
-const KIND: Kind = Kind {
-    kind: "conversation",
-};
-
-impl actix::Supervised for Conversation {
-    fn restarting(&mut self, _: &mut Self::Context) {
-        // Forget everything; `started` reloads it from storage and re-arms
-        // the timers.
-        tracing::info!(conversation = %self.id, "conversation actor restarting");
-        self.dir.metrics.restarts.get_or_create(&KIND).inc();
-        let restarts = self.restarts + 1;
-        *self = Conversation::new(Arc::clone(&self.dir), self.id);
-        self.restarts = restarts;
+        // A predecessor (before a restart, a crash or passivation) may still
+        // have writes queued: the writer is first-in first-out, so once an
+        // empty transaction comes back they are all in, and `last_seq` and
+        // the deadlines read below are complete.
+        let barrier = Arc::clone(&self.dir.store);
+        let load = async move {
+            let _ = commit(&*barrier, Txn::default()).await;
+            blocking(load).await
+        };
+        ctx.wait(load.into_actor(self).map(|res, act, ctx| match res {
+            Ok((record, last_seq, deadlines)) => {
+                act.record_persisted = record.is_some();
+                act.record = record;
+                act.last_seq = last_seq;
+                act.timers.extend(deadlines);
+                act.rearm(ctx);
+            }
+            Err(_) => {
+                tracing::error!(conversation = %act.id, "could not load conversation");
+                act.broken = true;
+            }
+        }));
     }
 }
 
@@ -392,7 +384,36 @@ impl Handler<Restart> for Conversation {
     type Result = ();
 
     fn handle(&mut self, _: Restart, ctx: &mut Self::Context) {
+        // A fresh actor takes over now; this one handles nothing more.
+        tracing::info!(conversation = %self.id, "conversation actor restarting");
+        self.dir.replace_conversation(self.id, &ctx.address());
         ctx.stop();
+    }
+}
+
+impl Conversation {
+    /// Stops the actor once it has been idle for the configured time with
+    /// no deadline due soon and no write in flight; its deadlines live on
+    /// in the persistent index and wake a new actor when due.
+    fn watch_idle(&mut self, ctx: &mut Context<Self>) {
+        let after = self.dir.limits.passivate_after;
+        ctx.run_interval(
+            (after / 2).max(std::time::Duration::from_millis(100)),
+            move |act, ctx| {
+                let soon = act
+                    .timers
+                    .first()
+                    .is_some_and(|d| d.at <= now_ms() + LOOKAHEAD_MS);
+                if act.last_active.elapsed() >= after
+                    && !soon
+                    && act.writes_in_flight == 0
+                    && act.dir.passivate(act.id, &ctx.address())
+                {
+                    tracing::debug!(conversation = %act.id, "passivated");
+                    ctx.stop();
+                }
+            },
+        );
     }
 }
 
@@ -415,6 +436,7 @@ impl Handler<Post> for Conversation {
     type Result = ();
 
     fn handle(&mut self, msg: Post, ctx: &mut Self::Context) {
+        self.last_active = std::time::Instant::now();
         match (self.record.is_none() && !self.broken, msg.direct) {
             (true, Some((a, b))) => {
                 // The first message of a direct conversation creates it, if
@@ -545,6 +567,7 @@ impl Conversation {
         }
         let txn = Txn { guards, ops };
         let pending = self.dir.store.submit(txn);
+        self.writes_in_flight += 1;
         self.timers.insert(deadline);
         self.rearm(ctx);
         let reply = msg.reply;
@@ -588,6 +611,7 @@ impl Handler<Posted> for Conversation {
     type Result = ();
 
     fn handle(&mut self, msg: Posted, _: &mut Self::Context) {
+        self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
         if msg.created {
             self.record_persisted = true;
         }
@@ -604,6 +628,7 @@ impl Handler<Delivered> for Conversation {
     type Result = ResponseActFuture<Self, Result<(), FrameError>>;
 
     fn handle(&mut self, msg: Delivered, _: &mut Self::Context) -> Self::Result {
+        self.last_active = std::time::Instant::now();
         let read = match self.live_message(msg.msg, msg.by) {
             Ok(f) => f,
             Err(e) => return Box::pin(fut::ready(Err(e))),
@@ -649,6 +674,7 @@ impl Handler<Read> for Conversation {
     type Result = ResponseFuture<Result<(), FrameError>>;
 
     fn handle(&mut self, msg: Read, _: &mut Self::Context) -> Self::Result {
+        self.last_active = std::time::Instant::now();
         if let Err(e) = self.check_member(msg.by) {
             return Box::pin(async move { Err(e) });
         }
@@ -698,6 +724,7 @@ impl Handler<Screenshot> for Conversation {
     type Result = ResponseActFuture<Self, Result<(), FrameError>>;
 
     fn handle(&mut self, msg: Screenshot, _: &mut Self::Context) -> Self::Result {
+        self.last_active = std::time::Instant::now();
         let read = match self.live_message(msg.msg, msg.by) {
             Ok(f) => f,
             Err(e) => return Box::pin(fut::ready(Err(e))),
@@ -737,6 +764,7 @@ impl Handler<Unsend> for Conversation {
     type Result = ResponseActFuture<Self, Result<(), FrameError>>;
 
     fn handle(&mut self, msg: Unsend, _: &mut Self::Context) -> Self::Result {
+        self.last_active = std::time::Instant::now();
         let read = match self.live_message(msg.msg, msg.by) {
             Ok(f) => f,
             Err(e) => return Box::pin(fut::ready(Err(e))),
@@ -799,6 +827,7 @@ impl Handler<View> for Conversation {
     type Result = ResponseActFuture<Self, Result<Viewed, FrameError>>;
 
     fn handle(&mut self, msg: View, _: &mut Self::Context) -> Self::Result {
+        self.last_active = std::time::Instant::now();
         if let Err(e) = self.check_member(msg.by) {
             return Box::pin(fut::ready(Err(e)));
         }
@@ -967,6 +996,7 @@ impl Handler<Typing> for Conversation {
     type Result = Result<(), FrameError>;
 
     fn handle(&mut self, msg: Typing, _: &mut Self::Context) -> Self::Result {
+        self.last_active = std::time::Instant::now();
         self.check_member(msg.by)?;
         let text: Arc<str> = ServerFrame::Typing {
             conversation_id: self.id,

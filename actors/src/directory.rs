@@ -8,11 +8,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use actix::{Addr, ArbiterHandle, Message};
+use actix::{Actor, Addr, ArbiterHandle, Message};
 
 use crate::conversation::Conversation;
 use crate::ids::{ConvId, UserId};
-use crate::metrics::Metrics;
+use crate::metrics::{Kind, Metrics};
+
+const CONVERSATION: Kind = Kind {
+    kind: "conversation",
+};
 use crate::ratelimit::TokenBucket;
 use crate::store::{Delivery, Fanout, MediaAccess, Store};
 use crate::user::{Deliver, User};
@@ -39,6 +43,8 @@ pub struct Limits {
     pub frame_burst: u32,
     /// A socket silent this long is closed.
     pub heartbeat_timeout: Duration,
+    /// A conversation actor idle this long stops (passivation).
+    pub passivate_after: Duration,
 }
 
 struct UserEntry {
@@ -47,6 +53,12 @@ struct UserEntry {
     /// Sessions that got this entry but whose `Attach` is not yet handled;
     /// the actor may retire only when this is zero.
     attaching: usize,
+}
+
+/// A live conversation actor and how often its conversation was restarted.
+struct ConvEntry {
+    addr: Addr<Conversation>,
+    restarts: u64,
 }
 
 /// What a new session gets from [`Directory::attach_user`].
@@ -70,7 +82,7 @@ pub struct Directory {
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
     users: RwLock<HashMap<UserId, UserEntry>>,
-    conversations: Mutex<HashMap<ConvId, Addr<Conversation>>>,
+    conversations: Mutex<HashMap<ConvId, ConvEntry>>,
 }
 
 impl Directory {
@@ -172,20 +184,94 @@ impl Directory {
         }
     }
 
-    /// Finds or activates a conversation's actor.
+    /// Finds or activates a conversation's actor. An actor that died (a
+    /// crash) is replaced here: the directory is the conversations'
+    /// supervisor.
     pub fn conversation(self: &Arc<Self>, id: ConvId) -> Addr<Conversation> {
         let mut convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(addr) = convs.get(&id) {
-            if addr.connected() {
-                return addr.clone();
+        let restarts = match convs.get(&id) {
+            Some(e) if e.addr.connected() => return e.addr.clone(),
+            Some(e) => {
+                tracing::warn!(conversation = %id, "conversation actor died; restarting it");
+                self.metrics.restarts.get_or_create(&CONVERSATION).inc();
+                e.restarts + 1
             }
-        }
+            None => {
+                self.metrics.live_actors.get_or_create(&CONVERSATION).inc();
+                0
+            }
+        };
+        self.start_conversation(&mut convs, id, restarts)
+    }
+
+    fn start_conversation(
+        self: &Arc<Self>,
+        convs: &mut HashMap<ConvId, ConvEntry>,
+        id: ConvId,
+        restarts: u64,
+    ) -> Addr<Conversation> {
         let dir = Arc::clone(self);
-        let addr = actix::Supervisor::start_in_arbiter(self.arbiter(), move |_| {
-            Conversation::new(dir, id)
+        let addr = Conversation::start_in_arbiter(self.arbiter(), move |_| {
+            Conversation::new(dir, id, restarts)
         });
-        convs.insert(id, addr.clone());
+        convs.insert(
+            id,
+            ConvEntry {
+                addr: addr.clone(),
+                restarts,
+            },
+        );
         addr
+    }
+
+    /// Called by a conversation actor that is about to stop for a restart:
+    /// a fresh actor takes its place at once (it waits for the old one's
+    /// writes before loading state).
+    pub(crate) fn replace_conversation(self: &Arc<Self>, id: ConvId, old: &Addr<Conversation>) {
+        let mut convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
+        let restarts = match convs.get(&id) {
+            Some(e) if e.addr == *old => e.restarts + 1,
+            _ => return,
+        };
+        self.metrics.restarts.get_or_create(&CONVERSATION).inc();
+        self.start_conversation(&mut convs, id, restarts);
+    }
+
+    /// Called by an idle conversation actor: forgets it if it is still the
+    /// live one. Returns whether it may stop (its deadlines are in the
+    /// persistent index and will wake a new actor when due).
+    pub(crate) fn passivate(&self, id: ConvId, addr: &Addr<Conversation>) -> bool {
+        let mut convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
+        match convs.get(&id) {
+            Some(e) if e.addr == *addr => {
+                convs.remove(&id);
+                // A map sized for a past peak keeps its memory: give it back.
+                if convs.capacity() > 1_024 && convs.len() < convs.capacity() / 4 {
+                    let keep = convs.len() * 2;
+                    convs.shrink_to(keep);
+                }
+                self.metrics.live_actors.get_or_create(&CONVERSATION).dec();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Restarts every conversation actor that died (a crash), so its timers
+    /// are re-armed even if nobody writes to it. Returns how many.
+    pub fn revive_dead(self: &Arc<Self>) -> usize {
+        let dead: Vec<ConvId> = {
+            let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
+            convs
+                .iter()
+                .filter(|(_, e)| !e.addr.connected())
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for id in &dead {
+            self.conversation(*id);
+        }
+        dead.len()
     }
 
     /// Restarts a live actor through its supervisor: its state is reloaded
@@ -195,8 +281,8 @@ impl Directory {
             "conversation" => {
                 let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
                 match convs.get(&id) {
-                    Some(a) if a.connected() => {
-                        a.do_send(conversation::Restart);
+                    Some(e) if e.addr.connected() => {
+                        e.addr.do_send(conversation::Restart);
                         true
                     }
                     _ => false,
@@ -225,7 +311,7 @@ impl Directory {
             "conversation" => {
                 let addrs: Vec<_> = {
                     let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-                    convs.values().take(limit).cloned().collect()
+                    convs.values().take(limit).map(|e| e.addr.clone()).collect()
                 };
                 for a in addrs {
                     if let Ok(s) = a.send(crate::Summarize).await {

@@ -43,6 +43,12 @@ pub struct Push {
     pub text: Arc<str>,
 }
 
+/// A frame answering one of this socket's requests (ack, view result,
+/// error): sent at once, even while a sync replays.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reply(pub String);
+
 /// Close the socket with a code (4401 when the token was revoked).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -193,14 +199,30 @@ impl Session {
         M: Message<Result = Result<(), FrameError>> + Send + 'static,
         conversation::Conversation: Handler<M>,
     {
-        ctx.spawn(req.into_actor(self).map(move |res, _, ctx| {
-            let err = match res {
-                Ok(Ok(())) => return,
+        Self::reply_later(ctx, async move {
+            let err = match req.await {
+                Ok(Ok(())) => return None,
                 Ok(Err(e)) => e,
                 Err(_) => FrameError::new(ErrorCode::Unavailable, "conversation restarting, retry"),
             };
-            Self::reply_error(ctx, &err, reference.as_deref());
-        }));
+            Some(error(&err, reference.as_deref()))
+        });
+    }
+
+    /// Sends the frame `answer` resolves to, when it does. The wait runs as
+    /// a task of its own, not inside this actor's context (whose spawned
+    /// futures are polled together: thousands in flight would cost
+    /// quadratic time), and the frame comes back as a [`Reply`].
+    fn reply_later(
+        ctx: &mut ws::WebsocketContext<Self>,
+        answer: impl std::future::Future<Output = Option<String>> + 'static,
+    ) {
+        let me = ctx.address();
+        actix::spawn(async move {
+            if let Some(text) = answer.await {
+                me.do_send(Reply(text));
+            }
+        });
     }
 
     fn check_send(
@@ -308,15 +330,13 @@ impl Session {
                 "conversation restarting, retry",
             )))
         };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            if res.is_ok() {
-                act.dir
-                    .metrics
-                    .ack_latency
-                    .observe(received.elapsed().as_secs_f64());
-            }
-            match res {
-                Ok(ack) => ctx.text(
+        let metrics = Arc::clone(&self.dir.metrics);
+        Self::reply_later(ctx, async move {
+            Some(match fut.await {
+                Ok(ack) => {
+                    metrics
+                        .ack_latency
+                        .observe(received.elapsed().as_secs_f64());
                     ServerFrame::Ack {
                         client_msg_id: &ack.client_msg_id,
                         msg_id: ack.msg_id,
@@ -326,11 +346,11 @@ impl Session {
                         sent_at: ack.sent_at,
                         expires_at: ack.expires_at,
                     }
-                    .to_text(),
-                ),
-                Err(e) => Self::reply_error(ctx, &e, Some(&client_msg_id)),
-            }
-        }));
+                    .to_text()
+                }
+                Err(e) => error(&e, Some(&client_msg_id)),
+            })
+        });
     }
 
     fn on_view(&mut self, msg_id: String, ctx: &mut ws::WebsocketContext<Self>) {
@@ -342,7 +362,9 @@ impl Session {
             .dir
             .conversation(msg.conv)
             .send(View { msg, by: self.user });
-        ctx.spawn(req.into_actor(self).map(move |res, act, ctx| {
+        let media = Arc::clone(&self.dir.media);
+        Self::reply_later(ctx, async move {
+            let res = req.await;
             let burned = ServerFrame::ViewResult {
                 msg_id: msg,
                 result: "burned",
@@ -356,7 +378,7 @@ impl Session {
                     let grant = m
                         .media
                         .as_ref()
-                        .map(|md| act.dir.media.grant(md, once, m.expires_at));
+                        .map(|md| media.grant(md, once, m.expires_at));
                     let frame = match (&m.media, &grant) {
                         // The key is already gone: nothing to open.
                         (Some(_), Some(None)) => burned,
@@ -375,17 +397,16 @@ impl Session {
                             expires_at: Some(m.expires_at),
                         },
                     };
-                    ctx.text(frame.to_text());
+                    Some(frame.to_text())
                 }
-                Ok(Ok(Viewed::Burned)) => ctx.text(burned.to_text()),
-                Ok(Err(e)) => Self::reply_error(ctx, &e, Some(&msg_id)),
-                Err(_) => Self::reply_error(
-                    ctx,
+                Ok(Ok(Viewed::Burned)) => Some(burned.to_text()),
+                Ok(Err(e)) => Some(error(&e, Some(&msg_id))),
+                Err(_) => Some(error(
                     &FrameError::new(ErrorCode::Unavailable, "conversation restarting, retry"),
                     Some(&msg_id),
-                ),
+                )),
             }
-        }));
+        });
     }
 
     fn on_sync(&mut self, after: u64, ctx: &mut ws::WebsocketContext<Self>) {
@@ -587,6 +608,14 @@ impl Handler<Push> for Session {
             Some(buf) => buf.push((msg.cursor, msg.text)),
             None => ctx.text(&*msg.text),
         }
+    }
+}
+
+impl Handler<Reply> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reply, ctx: &mut Self::Context) {
+        ctx.text(msg.0);
     }
 }
 

@@ -79,6 +79,14 @@ impl Actor for Sweeper {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.scan(ctx);
-        ctx.run_interval(SCAN_EVERY, |act, ctx| act.scan(ctx));
+        ctx.run_interval(SCAN_EVERY, |act, ctx| {
+            // Supervision of conversations: one that crashed is restarted
+            // here, so its timers come back even if nobody writes to it.
+            let revived = act.dir.revive_dead();
+            if revived > 0 {
+                tracing::warn!(revived, "restarted crashed conversation actors");
+            }
+            act.scan(ctx);
+        });
     }
 }

@@ -154,7 +154,13 @@ impl MediaService {
     async fn head(&self, id: Id) -> Result<Option<u64>, ()> {
         let resp = self.signed(reqwest::Method::HEAD, id).await?;
         match resp.status().as_u16() {
-            200 => Ok(resp.content_length()),
+            // Not `content_length()`: for a HEAD reqwest reports the (empty)
+            // body's length, 0, not the header.
+            200 => Ok(resp
+                .headers()
+                .get(reqwest::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())),
             404 => Ok(None),
             status => {
                 tracing::warn!(status, "object storage refused a HEAD");

@@ -75,10 +75,15 @@ pub async fn mint_upload(
     }
 }
 
-/// A client for object storage: no proxy, bounded time.
+/// A client for object storage: no proxy, bounded time, and a fresh
+/// connection for every request. A server that refuses an upload without
+/// reading its body (s3s-fs does, rightly) closes that connection after
+/// answering; a pooled client would then send the next request on it and
+/// fail with "connection closed before message completed".
 pub fn blob_client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
+        .pool_max_idle_per_host(0)
         .timeout(BLOB_TIMEOUT)
         .build()
         .expect("building the blob HTTP client")

@@ -261,6 +261,22 @@ impl Server {
         child.wait().expect("reaping the killed server");
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is running").id()
+    }
+
+    /// The server's resident memory, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("reading /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
     /// Send SIGTERM (graceful shutdown) and wait for the process to exit,
     /// at most `within`; returns its exit status.
     pub fn terminate(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
