@@ -20,5 +20,6 @@ if ! s3s-fs --version 2>/dev/null | grep -qF "$S3S_FS_VERSION"; then
   )
 fi
 
-cargo build --release --workspace --all-targets
-cargo test --release --workspace -- --test-threads 2
+# `faults` compiles the test-only fault switch into the binary under test.
+cargo build --release --workspace --all-targets --features ephemera/faults
+cargo test --release --workspace --features ephemera/faults -- --test-threads 2

@@ -51,6 +51,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/admin/actors/{kind}/{id}/restart", web::post().to(restart))
         .route("/admin/deletion", web::get().to(deletion))
         .route("/admin/storage/compact", web::post().to(compact));
+    #[cfg(feature = "faults")]
+    cfg.route(
+        "/admin/faults/{kind}/{id}/panic",
+        web::post().to(inject_panic),
+    );
 }
 
 async fn healthz() -> HttpResponse {
@@ -174,6 +179,23 @@ async fn restart(
     if state.dir.restart(&kind, id) {
         tracing::info!(%kind, "operator restarted an actor");
         Ok(HttpResponse::Accepted().json(serde_json::json!({ "restarting": true })))
+    } else {
+        Err(ApiError::NotFound("no such live actor"))
+    }
+}
+
+/// Test-only (feature `faults`): makes a live actor panic.
+#[cfg(feature = "faults")]
+async fn inject_panic(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    state.check(&req)?;
+    let (kind, id) = path.into_inner();
+    let id = ephemera_actors::ids::Id::parse(&id).ok_or(ApiError::NotFound("no such actor"))?;
+    if state.dir.inject_panic(&kind, id) {
+        Ok(HttpResponse::Accepted().finish())
     } else {
         Err(ApiError::NotFound("no such live actor"))
     }

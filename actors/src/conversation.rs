@@ -417,6 +417,15 @@ impl Conversation {
     }
 }
 
+#[cfg(feature = "faults")]
+impl Handler<crate::Panic> for Conversation {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::Panic, _: &mut Self::Context) {
+        panic!("injected fault in a conversation actor");
+    }
+}
+
 impl Handler<crate::Summarize> for Conversation {
     type Result = actix::MessageResult<crate::Summarize>;
 

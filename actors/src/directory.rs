@@ -118,6 +118,16 @@ impl Directory {
     /// Finds or starts the user's actor for a session about to attach.
     pub fn attach_user(self: &Arc<Self>, user: UserId) -> UserHandle {
         let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
+        // A user actor that died (a crash) is replaced; its sessions notice
+        // and attach again (see `Session`).
+        if users.get(&user).is_some_and(|e| !e.addr.connected()) {
+            tracing::warn!(user = %user, "user actor died; restarting it");
+            self.metrics
+                .restarts
+                .get_or_create(&Kind { kind: "user" })
+                .inc();
+            users.remove(&user);
+        }
         let entry = users.entry(user).or_insert_with(|| {
             let dir = Arc::clone(self);
             UserEntry {
@@ -333,6 +343,28 @@ impl Directory {
             _ => {}
         }
         out
+    }
+
+    /// Test-only: makes a live actor panic.
+    #[cfg(feature = "faults")]
+    pub fn inject_panic(&self, kind: &str, id: crate::ids::Id) -> bool {
+        match kind {
+            "conversation" => {
+                let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
+                convs
+                    .get(&id)
+                    .map(|e| e.addr.do_send(crate::Panic))
+                    .is_some()
+            }
+            "user" => {
+                let users = self.users.read().unwrap_or_else(|p| p.into_inner());
+                users
+                    .get(&id)
+                    .map(|e| e.addr.do_send(crate::Panic))
+                    .is_some()
+            }
+            _ => false,
+        }
     }
 
     /// Closes every socket on this node with `code` (1001 at shutdown).

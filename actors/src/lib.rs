@@ -47,3 +47,9 @@ pub struct ActorSummary {
 #[derive(actix::Message)]
 #[rtype(result = "ActorSummary")]
 pub struct Summarize;
+
+/// Test-only: the actor that gets this panics (supervision tests).
+#[cfg(feature = "faults")]
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Panic;

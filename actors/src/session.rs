@@ -66,6 +66,11 @@ pub struct Session {
     device: DeviceId,
     serial: u64,
     send_bucket: Option<Arc<Mutex<TokenBucket>>>,
+    /// The user actor this socket is attached to.
+    user_addr: Option<Addr<crate::user::User>>,
+    /// The highest cursor pushed live, to resume from if the user actor
+    /// has to be replaced.
+    last_cursor: u64,
     frame_bucket: TokenBucket,
     last_heard: Instant,
     /// While a sync replays, live frames wait here so the device sees
@@ -84,6 +89,8 @@ impl Session {
             device,
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             send_bucket: None,
+            user_addr: None,
+            last_cursor: 0,
             frame_bucket,
             last_heard: Instant::now(),
             sync_buffer: None,
@@ -448,6 +455,32 @@ impl Session {
         );
     }
 
+    /// Attaches to the user's actor (a new one if it died).
+    fn attach(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let handle = self.dir.attach_user(self.user);
+        handle.addr.do_send(Attach {
+            serial: self.serial,
+            device: self.device,
+            addr: ctx.address(),
+        });
+        self.send_bucket = Some(handle.send_bucket);
+        self.user_addr = Some(handle.addr);
+    }
+
+    /// If the user actor died (a crash), attaches to its replacement and
+    /// replays what this device may have missed meanwhile: the device sees
+    /// nothing but a `synced`, and loses nothing.
+    fn watch_user(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        ctx.run_interval(Duration::from_millis(250), |act, ctx| {
+            if act.user_addr.as_ref().is_some_and(|a| !a.connected()) {
+                tracing::warn!("user actor gone; attaching to its replacement");
+                act.attach(ctx);
+                let from = act.last_cursor;
+                act.on_sync(from, ctx);
+            }
+        });
+    }
+
     fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
         let timeout = self.dir.limits.heartbeat_timeout;
         ctx.run_interval(PING_EVERY.min(timeout), move |act, ctx| {
@@ -537,13 +570,8 @@ impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let handle = self.dir.attach_user(self.user);
-        handle.addr.do_send(Attach {
-            serial: self.serial,
-            device: self.device,
-            addr: ctx.address(),
-        });
-        self.send_bucket = Some(handle.send_bucket);
+        self.attach(ctx);
+        self.watch_user(ctx);
         self.dir.metrics.connections.inc();
         self.dir
             .metrics
@@ -604,6 +632,9 @@ impl Handler<Push> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        if let Some(c) = msg.cursor {
+            self.last_cursor = self.last_cursor.max(c);
+        }
         match &mut self.sync_buffer {
             Some(buf) => buf.push((msg.cursor, msg.text)),
             None => ctx.text(&*msg.text),

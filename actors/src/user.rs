@@ -177,6 +177,15 @@ impl Handler<Restart> for User {
     }
 }
 
+#[cfg(feature = "faults")]
+impl Handler<crate::Panic> for User {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::Panic, _: &mut Self::Context) {
+        panic!("injected fault in a user actor");
+    }
+}
+
 impl Handler<crate::Summarize> for User {
     type Result = actix::MessageResult<crate::Summarize>;
 
