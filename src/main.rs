@@ -171,7 +171,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Arc::clone(&dir) as Arc<dyn ephemera_actors::store::Fanout>,
         metrics,
     );
-    Sweeper::new(Arc::clone(&dir)).start();
+    actix_web::rt::spawn(supervise_sweeper(Arc::clone(&dir)));
     let shutdown_dir = Arc::clone(&dir);
     actix_web::rt::spawn(return_freed_memory());
 
@@ -315,6 +315,24 @@ fn media_backend(
         Credentials::new(ACCESS_KEY, secret),
         Some(web::Data::new(store)),
     ))
+}
+
+/// Runs the sweeper and restarts it if it ever dies (a panic): a new one
+/// rescans the whole deadline index, so no deadline is lost.
+async fn supervise_sweeper(dir: Arc<Directory>) {
+    let mut sweeper = Sweeper::new(Arc::clone(&dir)).start();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if !sweeper.connected() {
+            tracing::error!("the sweeper died; restarting it");
+            dir.metrics
+                .restarts
+                .get_or_create(&ephemera_actors::metrics::Kind { kind: "sweeper" })
+                .inc();
+            sweeper = Sweeper::new(Arc::clone(&dir)).start();
+        }
+    }
 }
 
 /// glibc keeps freed heap in its arenas; after a wave of passivated

@@ -165,6 +165,8 @@ pub struct Conversation {
     last_active: std::time::Instant,
     /// Posts submitted and not yet answered by the writer.
     writes_in_flight: usize,
+    /// The actor's span.
+    span: tracing::Span,
 }
 
 const UNAVAILABLE: FrameError =
@@ -201,6 +203,7 @@ impl Conversation {
             restarts,
             last_active: std::time::Instant::now(),
             writes_in_flight: 0,
+            span: tracing::info_span!("conversation", conversation = %id),
         }
     }
 
@@ -257,6 +260,8 @@ impl Conversation {
 
     /// Burns every message whose deadline has come.
     fn fire(&mut self, ctx: &mut Context<Self>) {
+        let span = self.span.clone();
+        let _in = span.enter();
         let now = now_ms();
         while let Some(d) = self.timers.first().copied() {
             if d.at > now {
@@ -445,6 +450,8 @@ impl Handler<Post> for Conversation {
     type Result = ();
 
     fn handle(&mut self, msg: Post, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _in = span.enter();
         self.last_active = std::time::Instant::now();
         match (self.record.is_none() && !self.broken, msg.direct) {
             (true, Some((a, b))) => {
@@ -773,6 +780,8 @@ impl Handler<Unsend> for Conversation {
     type Result = ResponseActFuture<Self, Result<(), FrameError>>;
 
     fn handle(&mut self, msg: Unsend, _: &mut Self::Context) -> Self::Result {
+        let span = self.span.clone();
+        let _in = span.enter();
         self.last_active = std::time::Instant::now();
         let read = match self.live_message(msg.msg, msg.by) {
             Ok(f) => f,
@@ -836,6 +845,8 @@ impl Handler<View> for Conversation {
     type Result = ResponseActFuture<Self, Result<Viewed, FrameError>>;
 
     fn handle(&mut self, msg: View, _: &mut Self::Context) -> Self::Result {
+        let span = self.span.clone();
+        let _in = span.enter();
         self.last_active = std::time::Instant::now();
         if let Err(e) = self.check_member(msg.by) {
             return Box::pin(fut::ready(Err(e)));

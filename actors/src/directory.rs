@@ -59,6 +59,28 @@ struct UserEntry {
 struct ConvEntry {
     addr: Addr<Conversation>,
     restarts: u64,
+    /// When this actor was started, and how many crashes in a row came
+    /// before it: a crash loop is slowed down by exponential backoff.
+    started: std::time::Instant,
+    crash_streak: u32,
+}
+
+/// The first wait before restarting an actor that crashed again soon after
+/// its last start; it doubles with every further crash, up to [`MAX_BACKOFF`].
+const BASE_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between restarts of a crash-looping actor.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An actor that lived this long is healthy again: its streak resets.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+
+/// How long to wait before restarting an actor with this crash streak.
+pub fn backoff(streak: u32) -> Duration {
+    if streak == 0 {
+        return Duration::ZERO;
+    }
+    BASE_BACKOFF
+        .saturating_mul(1u32 << (streak - 1).min(20))
+        .min(MAX_BACKOFF)
 }
 
 /// What a new session gets from [`Directory::attach_user`].
@@ -199,19 +221,34 @@ impl Directory {
     /// supervisor.
     pub fn conversation(self: &Arc<Self>, id: ConvId) -> Addr<Conversation> {
         let mut convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-        let restarts = match convs.get(&id) {
+        let (restarts, streak) = match convs.get(&id) {
             Some(e) if e.addr.connected() => return e.addr.clone(),
             Some(e) => {
-                tracing::warn!(conversation = %id, "conversation actor died; restarting it");
+                let lived = e.started.elapsed();
+                let streak = if lived >= HEALTHY_AFTER {
+                    1
+                } else {
+                    e.crash_streak + 1
+                };
+                if lived < backoff(streak) {
+                    // A crash loop: not yet. Callers get the dead address
+                    // (their frames are answered `unavailable`).
+                    return e.addr.clone();
+                }
+                tracing::warn!(conversation = %id, streak, "conversation actor died; restarting it");
                 self.metrics.restarts.get_or_create(&CONVERSATION).inc();
-                e.restarts + 1
+                (e.restarts + 1, streak)
             }
             None => {
                 self.metrics.live_actors.get_or_create(&CONVERSATION).inc();
-                0
+                (0, 0)
             }
         };
-        self.start_conversation(&mut convs, id, restarts)
+        let addr = self.start_conversation(&mut convs, id, restarts);
+        if let Some(e) = convs.get_mut(&id) {
+            e.crash_streak = streak;
+        }
+        addr
     }
 
     fn start_conversation(
@@ -229,6 +266,8 @@ impl Directory {
             ConvEntry {
                 addr: addr.clone(),
                 restarts,
+                started: std::time::Instant::now(),
+                crash_streak: 0,
             },
         );
         addr
@@ -394,5 +433,24 @@ impl Directory {
 impl Fanout for Directory {
     fn deliver(&self, user: UserId, events: Vec<Delivery>) {
         self.tell_user(user, Deliver(events));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_loops_back_off_exponentially_up_to_a_cap() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(
+            backoff(1),
+            Duration::from_millis(100),
+            "a first crash waits a little"
+        );
+        assert_eq!(backoff(2), Duration::from_millis(200));
+        assert_eq!(backoff(3), Duration::from_millis(400));
+        assert_eq!(backoff(10), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 }

@@ -68,6 +68,8 @@ pub struct Session {
     send_bucket: Option<Arc<Mutex<TokenBucket>>>,
     /// The user actor this socket is attached to.
     user_addr: Option<Addr<crate::user::User>>,
+    /// The connection's span: every log line of this socket carries it.
+    span: tracing::Span,
     /// The highest cursor pushed live, to resume from if the user actor
     /// has to be replaced.
     last_cursor: u64,
@@ -90,6 +92,7 @@ impl Session {
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             send_bucket: None,
             user_addr: None,
+            span: tracing::info_span!("connection", user = %user, device = %device),
             last_cursor: 0,
             frame_bucket,
             last_heard: Instant::now(),
@@ -599,6 +602,8 @@ impl Actor for Session {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _in = span.enter();
         self.last_heard = Instant::now();
         match msg {
             Ok(ws::Message::Text(t)) => self.on_text(&t, ctx),

@@ -91,6 +91,8 @@ pub struct User {
     sessions: Vec<(u64, DeviceId, Addr<Session>)>,
     started_at: std::time::Instant,
     restarts: u64,
+    /// The actor's span.
+    span: tracing::Span,
 }
 
 impl User {
@@ -102,6 +104,7 @@ impl User {
             sessions: Vec::new(),
             started_at: std::time::Instant::now(),
             restarts: 0,
+            span: tracing::info_span!("user", user = %id),
         }
     }
 
@@ -205,6 +208,8 @@ impl Handler<Attach> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Attach, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _in = span.enter();
         self.dir.attached(self.id);
         let came_online = self.sessions.is_empty();
         let session = msg.addr.clone();
@@ -243,6 +248,8 @@ impl Handler<Detach> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Detach, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _in = span.enter();
         self.sessions.retain(|(s, _, _)| *s != msg.serial);
         if !self.sessions.is_empty() || !self.dir.retire_user(self.id, &ctx.address()) {
             return;
@@ -274,6 +281,8 @@ impl Handler<Deliver> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
+        let span = self.span.clone();
+        let _in = span.enter();
         let now = now_ms();
         for d in msg.0 {
             // Logical expiry on the live path too: a message queued behind a
