@@ -22,4 +22,12 @@ fi
 
 # `faults` compiles the test-only fault switch into the binary under test.
 cargo build --release --workspace --all-targets --features ephemera/faults
-cargo test --release --workspace --features ephemera/faults -- --test-threads 2
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --workspace --features ephemera/faults -- --test-threads 2 2>&1 | tee "$log" || status=$?
+# One closing line for the whole suite (cargo prints one per test binary,
+# the last of which may be a binary without tests).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
