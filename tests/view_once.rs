@@ -278,3 +278,74 @@ async fn burn_after_view_pulls_expiry_forward() {
         "burned"
     );
 }
+
+/// Two members of a group open the same view-once messages at the same
+/// instant: both are granted, and every message then burns for the sender
+/// too (the content is gone for good), exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_group_views_burn_the_content_for_everyone() {
+    const N: usize = 20;
+    let server = Server::start(&[]).await;
+    let http = server.http();
+    let alice = register_user(&http, "alice").await;
+    let bob = register_user(&http, "bob").await;
+    let carol = register_user(&http, "carol").await;
+    let (a, b, c) = (
+        alice.login(&http).await,
+        bob.login(&http).await,
+        carol.login(&http).await,
+    );
+    let conv = http
+        .create_group(&a, &[&bob.user_id, &carol.user_id], None)
+        .await
+        .expect("group");
+    let mut a1 = TestSocket::connect(&server, &a, "alice-1").await;
+    let mut b1 = TestSocket::connect(&server, &b, "bob-1").await;
+    let mut c1 = TestSocket::connect(&server, &c, "carol-1").await;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        let ack = a1
+            .send_ok(once_text(
+                &new_cid("g"),
+                ("conversation_id", &conv),
+                &format!("g{i}"),
+            ))
+            .await;
+        ids.push(str_of(&ack, "msg_id").to_owned());
+    }
+    for id in &ids {
+        let _ = tokio::join!(b1.send(view(id)), c1.send(view(id)));
+    }
+    for sock in [&mut b1, &mut c1] {
+        let results = collect(sock, "view_result", N, WAIT * 4).await;
+        assert_eq!(results.len(), N);
+        assert!(
+            results.iter().all(|r| str_of(r, "result") == "granted"),
+            "{}: each member opens each once",
+            sock.label()
+        );
+    }
+    let burns = collect(&mut a1, "burned", N, WAIT * 4).await;
+    let mut per: HashMap<String, usize> = HashMap::new();
+    for b in &burns {
+        *per.entry(str_of(b, "msg_id").to_owned()).or_default() += 1;
+    }
+    a1.assert_never(QUIET, "a second burn", |_| false).await;
+    for id in &ids {
+        let n = a1
+            .seen()
+            .iter()
+            .filter(|f| is_type(f, "burned") && f["msg_id"] == id.as_str())
+            .count();
+        assert_eq!(
+            n, 1,
+            "the sender learns {id} burned exactly once, when both viewed"
+        );
+    }
+    let history = http.history(&a, &conv, 0, 100).await.expect("history");
+    assert!(
+        history.is_empty(),
+        "no burned message is left in history: {}",
+        history.len()
+    );
+}

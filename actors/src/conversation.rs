@@ -842,12 +842,32 @@ impl Handler<Unsend> for Conversation {
 }
 
 impl Handler<View> for Conversation {
-    type Result = ResponseActFuture<Self, Result<Viewed, FrameError>>;
+    type Result = ResponseFuture<Result<Viewed, FrameError>>;
 
-    fn handle(&mut self, msg: View, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: View, ctx: &mut Self::Context) -> Self::Result {
         let span = self.span.clone();
         let _in = span.enter();
         self.last_active = std::time::Instant::now();
+        // Views of a conversation are handled one at a time (the mailbox
+        // waits): in a group, the view that completes the set of viewers
+        // must see all the others to burn the content for good.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ctx.wait(self.view(msg).map(move |res, _, _| {
+            let _ = tx.send(res);
+        }));
+        Box::pin(async move {
+            rx.await.unwrap_or(Err(FrameError::new(
+                ErrorCode::Unavailable,
+                "conversation restarting, retry",
+            )))
+        })
+    }
+}
+
+impl Conversation {
+    /// The work of a `view`: read the message and its viewers, then commit
+    /// the view (guarded) and answer.
+    fn view(&mut self, msg: View) -> ResponseActFuture<Self, Result<Viewed, FrameError>> {
         if let Err(e) = self.check_member(msg.by) {
             return Box::pin(fut::ready(Err(e)));
         }
