@@ -192,6 +192,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     })
     .workers(2)
+    // Frames are small and latency matters: no Nagle delay on the sockets.
+    .tcp_nodelay(true)
     .listen(listener)
     .with_context(|| format!("serving {http_addr}"))?;
     let admin_state = web::Data::new(admin::AdminState {

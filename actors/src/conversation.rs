@@ -671,6 +671,10 @@ impl Handler<Delivered> for Conversation {
                     });
                 }
                 Ok(_) => {}
+                // The message burned between the push and this receipt (a
+                // view, an unsend, its expiry): there is nothing left to
+                // acknowledge, and nothing wrong with the frame.
+                Err(e) if e.code == ErrorCode::NotFound => return Either::Left(fut::ready(Ok(()))),
                 Err(e) => return Either::Left(fut::ready(Err(e))),
             }
             Either::Right(

@@ -2,7 +2,9 @@
 //!
 //! The library half is what the server's integration tests and the load
 //! generator (`src/main.rs`) use to talk to a running server over its public
-//! HTTP API and its WebSocket.
+//! HTTP API and its WebSocket. [`run::run`] is the generator's entry point:
+//! the binary parses flags into a [`config::LoadConfig`], calls it, and
+//! prints, saves and charts the [`report::Report`] it returns.
 //!
 //! # Layout
 //!
@@ -10,6 +12,28 @@
 //!   socket ([`client::Socket`]), with typed answers and errors that carry
 //!   the HTTP status and error code but never content or tokens.
 //! * [`crypto`]: AES-256-GCM sealing of media under a server-minted data key.
+//! * [`config`]: the flags and TOML profile of a run ([`config::Options`]),
+//!   resolved into a [`config::LoadConfig`].
+//! * [`schedule`]: the open-loop clock (due time of message `k` under a
+//!   ramp and a peak) and the plan of who sends what to whom.
+//! * [`stats`]: HdrHistogram latencies and the exactly-once ledger that
+//!   counts deliveries, duplicates and losses.
+//! * [`net`]: server targets and device sockets bound to a source address.
+//! * [`run`]: a message run end to end (sign-in, sockets, sender lanes,
+//!   readers, drain, report).
+//! * [`idle`]: the idle-connections run.
+//! * [`resources`]: CPU and RSS of a process from `/proc`.
+//! * [`report`]: the report, its per-second series and the summary table.
+//! * [`chart`]: the SVG chart of throughput and latency, drawn by hand.
 
+pub mod chart;
 pub mod client;
+pub mod config;
 pub mod crypto;
+pub mod idle;
+pub mod net;
+pub mod report;
+pub mod resources;
+pub mod run;
+pub mod schedule;
+pub mod stats;

@@ -1,0 +1,450 @@
+//! What a run is asked to do: the command-line flags and the TOML profile
+//! (one struct, [`Options`], so each doc comment is both `--help` text and
+//! profile documentation), resolved into a [`LoadConfig`].
+//!
+//! A flag given on the command line wins over the same key in the
+//! `--profile` file, which wins over the built-in default.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::{Pairing, RateProfile, Shares};
+
+/// The password of every account the generator registers or logs in as.
+pub const PASSWORD: &str = "ephemera-load-password";
+
+/// Flags of `ephemera-load`, and keys of a `--profile` TOML file.
+#[derive(Debug, Clone, Default, clap::Parser, Deserialize)]
+#[command(
+    name = "ephemera-load",
+    about = "Open-loop load generator for an Ephemera server",
+    version
+)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// Base URL of a server to drive (repeat for a cluster; users are spread
+    /// over them). Only these addresses are ever contacted.
+    #[arg(long = "url", value_name = "URL")]
+    pub urls: Vec<String>,
+    /// TOML file with any of these options (snake_case keys); flags win.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub profile: Option<PathBuf>,
+    /// Simulated users [default: 100].
+    #[arg(long)]
+    pub users: Option<u32>,
+    /// Devices (sockets) per user, 1..=32 [default: 1].
+    #[arg(long)]
+    pub devices: Option<u32>,
+    /// Register the accounts first (an existing one is reused).
+    #[arg(long)]
+    pub register: bool,
+    /// Username prefix: users are PREFIX_0, PREFIX_1, ... [default: load].
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Who talks to whom: xor (i with i^1) or ring (i to i+1) [default: xor].
+    #[arg(long, value_enum)]
+    pub pairing: Option<Pairing>,
+    /// Offered rate, messages per second over all users [default: 100].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seconds messages are offered for [default: 10].
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Seconds over which the rate ramps up from 0 [default: 0].
+    #[arg(long)]
+    pub ramp: Option<f64>,
+    /// Rate multiplier inside the peak window, e.g. 5 [default: 1].
+    #[arg(long)]
+    pub peak_factor: Option<f64>,
+    /// Second at which the peak window opens [default: 0].
+    #[arg(long)]
+    pub peak_at: Option<f64>,
+    /// Length of the peak window in seconds [default: 0, no peak].
+    #[arg(long)]
+    pub peak_for: Option<f64>,
+    /// Share of sends with view_policy once [default: 0].
+    #[arg(long)]
+    pub once_share: Option<f64>,
+    /// Share of sends carrying an encrypted media upload [default: 0].
+    #[arg(long)]
+    pub media_share: Option<f64>,
+    /// Share of once messages the recipient opens with view [default: 1].
+    #[arg(long)]
+    pub view_share: Option<f64>,
+    /// Share of arrivals answered with a delivered receipt [default: 0].
+    #[arg(long)]
+    pub delivered_share: Option<f64>,
+    /// Share of arrivals answered with a read receipt [default: 0].
+    #[arg(long)]
+    pub read_share: Option<f64>,
+    /// Share of sends preceded by a typing frame [default: 0].
+    #[arg(long)]
+    pub typing_share: Option<f64>,
+    /// Share of stories (not implemented by the server yet: reported as
+    /// unsupported when above 0) [default: 0].
+    #[arg(long)]
+    pub story_share: Option<f64>,
+    /// Message lifetime, ttl_seconds [default: 3600].
+    #[arg(long)]
+    pub ttl: Option<u64>,
+    /// Bytes of each text body [default: 64].
+    #[arg(long)]
+    pub body_bytes: Option<usize>,
+    /// Bytes of each media object before encryption [default: 16384].
+    #[arg(long)]
+    pub media_bytes: Option<usize>,
+    /// Media uploads in flight at most [default: 32].
+    #[arg(long)]
+    pub media_concurrency: Option<usize>,
+    /// Sender tasks the schedule is split over [default: 8].
+    #[arg(long)]
+    pub senders: Option<usize>,
+    /// Seconds to wait after the last send for acks and deliveries
+    /// [default: 5].
+    #[arg(long)]
+    pub drain: Option<f64>,
+    /// PID of the server, to sample its RSS and CPU from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Write the JSON report here.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Write the SVG chart (throughput and p99 per second) here.
+    #[arg(long, value_name = "FILE")]
+    pub chart: Option<PathBuf>,
+    /// Idle mode: open this many authenticated sockets and hold them for
+    /// --duration seconds instead of sending messages.
+    #[arg(long)]
+    pub idle_connections: Option<u64>,
+    /// Local addresses to connect from, comma separated (e.g.
+    /// 127.0.0.1,127.0.0.2), to get past the ephemeral-port limit.
+    #[arg(long, value_delimiter = ',')]
+    pub source_ips: Vec<IpAddr>,
+    /// Handshakes (and logins) in flight at most [default: 64].
+    #[arg(long)]
+    pub connect_concurrency: Option<usize>,
+    /// Base URL of an external object store the server's put_urls may point
+    /// at (repeatable). Uploads only go to a --url or one of these; the
+    /// embedded store is under the server's own --url.
+    #[arg(long = "object-store", value_name = "URL")]
+    pub object_stores: Vec<String>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Options {
+    /// These options over `file`: a value set here wins.
+    pub fn over(self, file: Options) -> Options {
+        fn pick<T>(a: Option<T>, b: Option<T>) -> Option<T> {
+            a.or(b)
+        }
+        fn list<T>(a: Vec<T>, b: Vec<T>) -> Vec<T> {
+            if a.is_empty() {
+                b
+            } else {
+                a
+            }
+        }
+        Options {
+            urls: list(self.urls, file.urls),
+            profile: self.profile,
+            users: pick(self.users, file.users),
+            devices: pick(self.devices, file.devices),
+            register: self.register || file.register,
+            prefix: pick(self.prefix, file.prefix),
+            pairing: pick(self.pairing, file.pairing),
+            rate: pick(self.rate, file.rate),
+            duration: pick(self.duration, file.duration),
+            ramp: pick(self.ramp, file.ramp),
+            peak_factor: pick(self.peak_factor, file.peak_factor),
+            peak_at: pick(self.peak_at, file.peak_at),
+            peak_for: pick(self.peak_for, file.peak_for),
+            once_share: pick(self.once_share, file.once_share),
+            media_share: pick(self.media_share, file.media_share),
+            view_share: pick(self.view_share, file.view_share),
+            delivered_share: pick(self.delivered_share, file.delivered_share),
+            read_share: pick(self.read_share, file.read_share),
+            typing_share: pick(self.typing_share, file.typing_share),
+            story_share: pick(self.story_share, file.story_share),
+            ttl: pick(self.ttl, file.ttl),
+            body_bytes: pick(self.body_bytes, file.body_bytes),
+            media_bytes: pick(self.media_bytes, file.media_bytes),
+            media_concurrency: pick(self.media_concurrency, file.media_concurrency),
+            senders: pick(self.senders, file.senders),
+            drain: pick(self.drain, file.drain),
+            server_pid: pick(self.server_pid, file.server_pid),
+            report: pick(self.report, file.report),
+            chart: pick(self.chart, file.chart),
+            idle_connections: pick(self.idle_connections, file.idle_connections),
+            source_ips: list(self.source_ips, file.source_ips),
+            connect_concurrency: pick(self.connect_concurrency, file.connect_concurrency),
+            object_stores: list(self.object_stores, file.object_stores),
+            quiet: self.quiet || file.quiet,
+        }
+    }
+
+    /// Read `--profile` (if given) under these options.
+    pub fn with_profile(self) -> Result<Options> {
+        let Some(path) = self.profile.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading profile {}", path.display()))?;
+        let file: Options =
+            toml::from_str(&text).with_context(|| format!("parsing profile {}", path.display()))?;
+        Ok(self.over(file))
+    }
+
+    /// Apply defaults and check ranges.
+    pub fn resolve(self) -> Result<LoadConfig> {
+        let mut cfg = LoadConfig::new(self.urls);
+        let d = &mut cfg;
+        macro_rules! set {
+            ($field:expr, $value:expr) => {
+                if let Some(v) = $value {
+                    $field = v;
+                }
+            };
+        }
+        set!(d.users, self.users);
+        set!(d.devices, self.devices);
+        d.register = self.register;
+        set!(d.prefix, self.prefix);
+        set!(d.pairing, self.pairing);
+        set!(d.profile.rate, self.rate);
+        set!(d.profile.duration, self.duration);
+        set!(d.profile.ramp, self.ramp);
+        set!(d.profile.peak_factor, self.peak_factor);
+        set!(d.profile.peak_at, self.peak_at);
+        set!(d.profile.peak_for, self.peak_for);
+        set!(d.shares.once, self.once_share);
+        set!(d.shares.media, self.media_share);
+        set!(d.shares.view, self.view_share);
+        set!(d.shares.delivered, self.delivered_share);
+        set!(d.shares.read, self.read_share);
+        set!(d.shares.typing, self.typing_share);
+        set!(d.story_share, self.story_share);
+        set!(d.ttl_seconds, self.ttl);
+        set!(d.body_bytes, self.body_bytes);
+        set!(d.media_bytes, self.media_bytes);
+        set!(d.media_concurrency, self.media_concurrency);
+        set!(d.senders, self.senders);
+        set!(d.drain, self.drain);
+        d.server_pid = self.server_pid;
+        d.idle_connections = self.idle_connections;
+        d.source_ips = self.source_ips;
+        set!(d.connect_concurrency, self.connect_concurrency);
+        d.object_stores = self.object_stores;
+        d.progress = !self.quiet;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// A resolved run: every knob with its value.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadConfig {
+    /// Base URLs of the servers (`http://host:port`).
+    pub urls: Vec<String>,
+    /// Simulated users.
+    pub users: u32,
+    /// Devices per user (1..=32).
+    pub devices: u32,
+    /// Register the accounts before logging in.
+    pub register: bool,
+    /// Username prefix.
+    pub prefix: String,
+    /// Who talks to whom.
+    pub pairing: Pairing,
+    /// Offered load over time.
+    pub profile: RateProfile,
+    /// The traffic mix.
+    pub shares: Shares,
+    /// Share of stories asked for (unsupported by the server so far).
+    pub story_share: f64,
+    /// `ttl_seconds` of every message.
+    pub ttl_seconds: u64,
+    /// Bytes of each text body.
+    pub body_bytes: usize,
+    /// Bytes of each media object before encryption.
+    pub media_bytes: usize,
+    /// Media uploads in flight at most.
+    pub media_concurrency: usize,
+    /// Sender tasks.
+    pub senders: usize,
+    /// Seconds to wait for stragglers after the last send.
+    pub drain: f64,
+    /// The server's PID, for RSS and CPU sampling.
+    pub server_pid: Option<u32>,
+    /// Idle mode: sockets to open and hold.
+    pub idle_connections: Option<u64>,
+    /// Local addresses to connect from (empty: let the kernel choose).
+    pub source_ips: Vec<IpAddr>,
+    /// Handshakes and logins in flight at most.
+    pub connect_concurrency: usize,
+    /// Extra bases media may be PUT to (external object stores).
+    pub object_stores: Vec<String>,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl LoadConfig {
+    /// The defaults, aimed at `urls`.
+    pub fn new(urls: Vec<String>) -> LoadConfig {
+        LoadConfig {
+            urls,
+            users: 100,
+            devices: 1,
+            register: false,
+            prefix: "load".into(),
+            pairing: Pairing::Xor,
+            profile: RateProfile::flat(100.0, 10.0),
+            shares: Shares {
+                view: 1.0,
+                ..Shares::PLAIN
+            },
+            story_share: 0.0,
+            ttl_seconds: 3600,
+            body_bytes: 64,
+            media_bytes: 16 * 1024,
+            media_concurrency: 32,
+            senders: 8,
+            drain: 5.0,
+            server_pid: None,
+            idle_connections: None,
+            source_ips: Vec::new(),
+            connect_concurrency: 64,
+            object_stores: Vec::new(),
+            progress: false,
+        }
+    }
+
+    /// Check every value is in range.
+    pub fn validate(&self) -> Result<()> {
+        if self.urls.is_empty() {
+            bail!("give at least one --url");
+        }
+        for url in &self.urls {
+            if !url.starts_with("http://") {
+                bail!("--url must be http://host:port (got a URL of another scheme)");
+            }
+        }
+        if self.idle_connections.is_none() && self.users < 2 {
+            bail!("--users must be at least 2 (users send to each other)");
+        }
+        if self.users == 0 {
+            bail!("--users must be at least 1");
+        }
+        if !(1..=32).contains(&self.devices) {
+            bail!("--devices must be within 1..=32");
+        }
+        let max_index = self.users.saturating_sub(1).to_string();
+        let longest = self.prefix.len() + 1 + max_index.len();
+        let valid = self
+            .prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid || self.prefix.is_empty() || longest > 32 {
+            bail!("--prefix must be [a-z0-9_]+ and PREFIX_N at most 32 characters");
+        }
+        self.profile.validate().map_err(anyhow::Error::msg)?;
+        let s = &self.shares;
+        for (name, v) in [
+            ("once", s.once),
+            ("media", s.media),
+            ("view", s.view),
+            ("delivered", s.delivered),
+            ("read", s.read),
+            ("typing", s.typing),
+            ("story", self.story_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                bail!("--{name}-share must be within 0..=1");
+            }
+        }
+        if self.ttl_seconds == 0 {
+            bail!("--ttl must be at least 1");
+        }
+        if self.body_bytes == 0 || self.body_bytes > 16 * 1024 {
+            bail!("--body-bytes must be within 1..=16384");
+        }
+        if self.media_bytes == 0 {
+            bail!("--media-bytes must be at least 1");
+        }
+        if self.senders == 0 || self.media_concurrency == 0 || self.connect_concurrency == 0 {
+            bail!("--senders, --media-concurrency and --connect-concurrency must be at least 1");
+        }
+        if !(self.drain.is_finite() && self.drain >= 0.0) {
+            bail!("--drain must be a number of seconds");
+        }
+        Ok(())
+    }
+
+    /// The username of user `i`.
+    pub fn username(&self, i: u32) -> String {
+        format!("{}_{i}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn flags_win_over_the_profile_and_defaults_fill_the_rest() {
+        let file: Options = toml::from_str(
+            r#"
+            urls = ["http://127.0.0.1:1"]
+            rate = 50.0
+            users = 10
+            once_share = 0.5
+            register = true
+            "#,
+        )
+        .unwrap();
+        let cli = Options::parse_from(["ephemera-load", "--rate", "70", "--peak-factor", "5"]);
+        let cfg = cli.over(file).resolve().unwrap();
+        assert_eq!(cfg.urls, ["http://127.0.0.1:1"]);
+        assert_eq!(cfg.profile.rate, 70.0);
+        assert_eq!(cfg.profile.peak_factor, 5.0);
+        assert_eq!(cfg.users, 10);
+        assert_eq!(cfg.shares.once, 0.5);
+        assert!(cfg.register);
+        assert_eq!(cfg.devices, 1);
+        assert_eq!(cfg.username(3), "load_3");
+    }
+
+    #[test]
+    fn the_example_profile_parses() {
+        let text = include_str!("../profiles/evening-peak.toml");
+        let file: Options = toml::from_str(text).unwrap();
+        let cli = Options::parse_from(["ephemera-load", "--url", "http://127.0.0.1:8080"]);
+        let cfg = cli.over(file).resolve().unwrap();
+        assert_eq!(cfg.profile.peak_factor, 5.0);
+        assert_eq!(cfg.users, 10_000);
+        assert_eq!(cfg.shares.once, 0.1);
+    }
+
+    #[test]
+    fn unknown_profile_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Options>("rat = 5.0").is_err());
+        let bad = Options::parse_from(["x", "--url", "http://h:1", "--once-share", "2"]);
+        assert!(bad.resolve().is_err());
+        let bad = Options::parse_from(["x", "--url", "http://h:1", "--prefix", "Bad"]);
+        assert!(bad.resolve().is_err());
+        let ips = Options::parse_from([
+            "x",
+            "--url",
+            "http://h:1",
+            "--source-ips",
+            "127.0.0.1,127.0.0.2",
+        ]);
+        assert_eq!(ips.resolve().unwrap().source_ips.len(), 2);
+    }
+}

@@ -1,0 +1,452 @@
+//! The outcome of a run: [`Report`] (written as JSON with `--report`), its
+//! per-second [`SeriesPoint`]s (drawn by [`crate::chart`]) and the summary
+//! table printed at the end.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::{MachineSummary, ProcSummary};
+use crate::stats::{Accounting, LatencySummary};
+
+/// One second of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// End of the second, seconds from the start of sending.
+    pub t: f64,
+    /// Messages due in this second (the offered load).
+    pub offered: u64,
+    /// Messages handed to a socket in this second.
+    pub sent: u64,
+    /// Acks received in this second.
+    pub acked: u64,
+    /// Messages that reached their last device in this second.
+    pub delivered: u64,
+    /// Error frames received in this second.
+    pub errors: u64,
+    /// Median ack latency of the acks of this second, ms.
+    pub ack_p50_ms: f64,
+    /// p99 ack latency of the acks of this second, ms.
+    pub ack_p99_ms: f64,
+    /// Median delivery latency of the deliveries of this second, ms.
+    pub delivery_p50_ms: f64,
+    /// p99 delivery latency of the deliveries of this second, ms.
+    pub delivery_p99_ms: f64,
+    /// Server RSS at the end of the second, MiB (with `--server-pid`).
+    pub server_rss_mb: Option<f64>,
+    /// Server CPU in the second, percent of one core.
+    pub server_cpu_percent: Option<f64>,
+    /// Generator CPU in the second, percent of one core.
+    pub generator_cpu_percent: Option<f64>,
+    /// Busy CPU of the whole machine in the second, percent of one core.
+    pub machine_cpu_percent: Option<f64>,
+    /// Sockets open (idle mode).
+    pub open_sockets: Option<u64>,
+}
+
+/// Message counts of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Messages the schedule offered before the run ended.
+    pub scheduled: u64,
+    /// `send` frames handed to a socket.
+    pub sent: u64,
+    /// Sends that could not be handed over (socket gone, upload failed).
+    pub send_failed: u64,
+    /// Sends answered with an error frame instead of an ack.
+    pub rejected: u64,
+    /// Sends acked.
+    pub acked: u64,
+    /// Sends with neither ack nor error after the drain.
+    pub unanswered: u64,
+    /// Acked messages that reached every device they had to.
+    pub delivered: u64,
+    /// First arrivals at a device.
+    pub device_deliveries: u64,
+    /// Acked messages short of a device after the drain (still alive).
+    pub lost: u64,
+    /// Device deliveries those are short of.
+    pub lost_device_deliveries: u64,
+    /// Acked messages short of a device whose lifetime had ended (allowed).
+    pub expired_undelivered: u64,
+    /// Messages that arrived but were never acked to their sender.
+    pub delivered_without_ack: u64,
+    /// Second copies of a message at one device.
+    pub duplicates: u64,
+    /// Second acks of one message.
+    pub duplicate_acks: u64,
+    /// Copies at a device that should not have had the message.
+    pub unexpected: u64,
+    /// Acks whose client_msg_id is not of this run.
+    pub foreign_acks: u64,
+    /// Error frames by `code` (sends and everything else).
+    pub errors_by_code: BTreeMap<String, u64>,
+    /// The first message the server gave with each error code.
+    pub error_messages: BTreeMap<String, String>,
+    /// Sockets the server closed (or that broke) during the run.
+    pub sockets_closed: u64,
+}
+
+/// Side traffic of the mix.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SideTraffic {
+    /// `typing` frames sent.
+    pub typing_sent: u64,
+    /// `typing` frames received.
+    pub typing_received: u64,
+    /// `delivered` frames sent.
+    pub delivered_sent: u64,
+    /// `read` frames sent.
+    pub read_sent: u64,
+    /// `receipt` frames received with `state: "delivered"`.
+    pub receipts_delivered: u64,
+    /// `receipt` frames received with `state: "read"`.
+    pub receipts_read: u64,
+    /// `view` frames sent.
+    pub views_sent: u64,
+    /// `view_result` granted.
+    pub views_granted: u64,
+    /// `view_result` burned.
+    pub views_burned: u64,
+    /// `burned` frames received, by reason.
+    pub burned: BTreeMap<String, u64>,
+    /// Media objects uploaded (minted, sealed and PUT).
+    pub uploads: u64,
+    /// Uploads that failed.
+    pub upload_failures: u64,
+    /// Replies (receipts, views) not sent because the socket's queue was
+    /// full; counted, never silently dropped.
+    pub replies_skipped: u64,
+    /// `presence` frames received.
+    pub presence: u64,
+}
+
+/// Latency distributions of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latencies {
+    /// Due time → ack at the sending device.
+    pub ack: LatencySummary,
+    /// Due time → arrival at the last device that had to receive it.
+    pub delivery: LatencySummary,
+    /// Due time → handed to the socket: how far behind schedule the
+    /// generator itself was.
+    pub send_lag: LatencySummary,
+    /// Mint + seal + PUT of one media object.
+    pub upload: LatencySummary,
+}
+
+/// The idle-connections test.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IdleReport {
+    /// Sockets asked for.
+    pub requested: u64,
+    /// Sockets whose handshake succeeded.
+    pub opened: u64,
+    /// Handshakes that failed, by reason.
+    pub failures: BTreeMap<String, u64>,
+    /// Seconds it took to open them.
+    pub open_seconds: f64,
+    /// Seconds they were held.
+    pub hold_seconds: f64,
+    /// Sockets still open at the end of the hold.
+    pub open_at_end: u64,
+    /// Sockets that closed during the hold.
+    pub closed_during_hold: u64,
+    /// Local addresses used.
+    pub source_ips: Vec<String>,
+    /// Server RSS before the first socket, MiB.
+    pub server_rss_before_mb: Option<f64>,
+    /// Server RSS with every socket open, MiB.
+    pub server_rss_held_mb: Option<f64>,
+    /// (held − before) / open sockets, KiB.
+    pub server_kib_per_socket: Option<f64>,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    /// `"messages"` or `"idle"`.
+    pub mode: String,
+    /// Unix ms when sending started.
+    pub started_at_ms: i64,
+    /// The resolved configuration.
+    pub config: serde_json::Value,
+    /// Seconds messages were offered.
+    pub send_seconds: f64,
+    /// Seconds spent waiting for stragglers.
+    pub drain_seconds: f64,
+    /// Average offered rate, msg/s.
+    pub offered_rate: f64,
+    /// Average rate of acks over the send window, msg/s.
+    pub acked_rate: f64,
+    /// Message counts.
+    pub counts: Counts,
+    /// Side traffic.
+    pub side: SideTraffic,
+    /// Latencies.
+    pub latency: Latencies,
+    /// Sends handed over more than 10 ms after their due time.
+    pub late_sends: u64,
+    /// The loss accounting (with samples of lost messages).
+    pub accounting: Accounting,
+    /// The server process, with `--server-pid`.
+    pub server: Option<ProcSummary>,
+    /// This process.
+    pub generator: Option<ProcSummary>,
+    /// The whole machine, to see whether other processes took CPU.
+    pub machine: Option<MachineSummary>,
+    /// Requested features the server does not support yet.
+    pub unsupported: Vec<String>,
+    /// Per-second points.
+    pub series: Vec<SeriesPoint>,
+    /// Idle-mode results.
+    pub idle: Option<IdleReport>,
+}
+
+impl Report {
+    /// Whether every acked message arrived everywhere exactly once and
+    /// every send was answered.
+    pub fn verified(&self) -> bool {
+        let c = &self.counts;
+        c.lost == 0
+            && c.duplicates == 0
+            && c.unanswered == 0
+            && c.delivered_without_ack == 0
+            && c.unexpected == 0
+            && c.duplicate_acks == 0
+    }
+
+    /// The table printed at the end of a run.
+    pub fn summary_table(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let mut line = |k: &str, v: String| {
+            let _ = writeln!(out, "  {k:<28} {v}");
+        };
+        if let Some(idle) = &self.idle {
+            line("mode", "idle connections".into());
+            line("requested", idle.requested.to_string());
+            line(
+                "opened",
+                format!("{} in {:.1} s", idle.opened, idle.open_seconds),
+            );
+            for (reason, n) in &idle.failures {
+                line(&format!("failed: {reason}"), n.to_string());
+            }
+            line(
+                "open at end of hold",
+                format!("{} (held {:.0} s)", idle.open_at_end, idle.hold_seconds),
+            );
+            line("closed during hold", idle.closed_during_hold.to_string());
+            line("source addresses", idle.source_ips.join(","));
+            if let (Some(before), Some(held)) = (idle.server_rss_before_mb, idle.server_rss_held_mb)
+            {
+                line(
+                    "server RSS before / held",
+                    format!("{before:.0} MiB / {held:.0} MiB"),
+                );
+            }
+            if let Some(per) = idle.server_kib_per_socket {
+                line("server memory per socket", format!("{per:.1} KiB"));
+            }
+        } else {
+            let c = &self.counts;
+            line(
+                "offered",
+                format!(
+                    "{} msgs over {:.1} s ({:.0} msg/s avg)",
+                    c.scheduled, self.send_seconds, self.offered_rate
+                ),
+            );
+            line(
+                "sent / acked / rejected",
+                format!("{} / {} / {}", c.sent, c.acked, c.rejected),
+            );
+            line("acked rate", format!("{:.0} msg/s", self.acked_rate));
+            line(
+                "delivered (all devices)",
+                format!(
+                    "{} ({} device deliveries)",
+                    c.delivered, c.device_deliveries
+                ),
+            );
+            line(
+                "LOST",
+                format!(
+                    "{} msgs ({} device deliveries); unanswered sends {}",
+                    c.lost, c.lost_device_deliveries, c.unanswered
+                ),
+            );
+            line(
+                "duplicates",
+                format!("{} (acks: {})", c.duplicates, c.duplicate_acks),
+            );
+            line("expired before delivery", c.expired_undelivered.to_string());
+            if c.delivered_without_ack + c.unexpected + c.foreign_acks > 0 {
+                line(
+                    "anomalies",
+                    format!(
+                        "delivered without ack {}, unexpected device {}, foreign acks {}",
+                        c.delivered_without_ack, c.unexpected, c.foreign_acks
+                    ),
+                );
+            }
+            if c.send_failed + c.sockets_closed > 0 {
+                line(
+                    "send failed / sockets closed",
+                    format!("{} / {}", c.send_failed, c.sockets_closed),
+                );
+            }
+            let errors = if c.errors_by_code.is_empty() {
+                "none".to_owned()
+            } else {
+                c.errors_by_code
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            line("errors by code", errors);
+            for (code, message) in &c.error_messages {
+                line(&format!("  first {code}"), message.clone());
+            }
+            let _ = writeln!(
+                out,
+                "\n  {:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+                "latency (ms)", "p50", "p90", "p99", "p99.9", "max", "count"
+            );
+            for (name, l) in [
+                ("ack", &self.latency.ack),
+                ("delivery", &self.latency.delivery),
+                ("send lag", &self.latency.send_lag),
+                ("upload", &self.latency.upload),
+            ] {
+                if l.count == 0 && name == "upload" {
+                    continue;
+                }
+                let _ = writeln!(
+                    out,
+                    "  {name:<14} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10}",
+                    l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+                );
+            }
+            let _ = writeln!(out);
+            let mut line = |k: &str, v: String| {
+                let _ = writeln!(out, "  {k:<28} {v}");
+            };
+            line("sends >10 ms late", self.late_sends.to_string());
+            let s = &self.side;
+            if s.typing_sent + s.delivered_sent + s.read_sent + s.views_sent + s.uploads > 0 {
+                line(
+                    "typing sent / received",
+                    format!("{} / {}", s.typing_sent, s.typing_received),
+                );
+                line(
+                    "receipts sent / received",
+                    format!(
+                        "delivered {} / {}, read {} / {}",
+                        s.delivered_sent, s.receipts_delivered, s.read_sent, s.receipts_read
+                    ),
+                );
+                line(
+                    "views sent / granted / burned",
+                    format!(
+                        "{} / {} / {}",
+                        s.views_sent, s.views_granted, s.views_burned
+                    ),
+                );
+                line(
+                    "uploads ok / failed",
+                    format!("{} / {}", s.uploads, s.upload_failures),
+                );
+            }
+            if !s.burned.is_empty() {
+                line(
+                    "burned frames",
+                    s.burned
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
+            }
+            if s.replies_skipped > 0 {
+                line(
+                    "replies skipped (queue full)",
+                    s.replies_skipped.to_string(),
+                );
+            }
+        }
+        let mut line = |k: &str, v: String| {
+            let _ = writeln!(out, "  {k:<28} {v}");
+        };
+        if let Some(s) = &self.server {
+            line(
+                "server CPU / RSS",
+                format!(
+                    "{:.0} % of a core avg ({:.1} CPU-s); RSS {:.0} → peak {:.0} MiB",
+                    s.avg_cpu_percent, s.cpu_seconds, s.rss_start_mb, s.rss_peak_mb
+                ),
+            );
+        }
+        if let Some(g) = &self.generator {
+            line(
+                "generator CPU / RSS",
+                format!(
+                    "{:.0} % of a core avg ({:.1} CPU-s); RSS peak {:.0} MiB",
+                    g.avg_cpu_percent, g.cpu_seconds, g.rss_peak_mb
+                ),
+            );
+        }
+        if let Some(m) = &self.machine {
+            line(
+                "machine CPU",
+                format!(
+                    "{:.0} % busy of {} %: interrupts {:.0} %, other processes {:.0} %",
+                    m.busy_percent,
+                    m.cores * 100,
+                    m.irq_percent,
+                    m.other_percent
+                ),
+            );
+        }
+        for u in &self.unsupported {
+            line("UNSUPPORTED", u.clone());
+        }
+        if self.idle.is_none() {
+            line(
+                "verdict",
+                if self.verified() {
+                    "every acked message arrived at every device exactly once".into()
+                } else {
+                    "VERIFICATION FAILED (see LOST / duplicates / anomalies)".into()
+                },
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_and_table_name_losses() {
+        let mut r = Report {
+            mode: "messages".into(),
+            ..Report::default()
+        };
+        assert!(r.verified());
+        assert!(r.summary_table().contains("exactly once"));
+        r.counts.lost = 3;
+        assert!(!r.verified());
+        let table = r.summary_table();
+        assert!(table.contains("LOST"), "{table}");
+        assert!(table.contains("VERIFICATION FAILED"), "{table}");
+        let json = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.counts.lost, 3);
+    }
+}
