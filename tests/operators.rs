@@ -135,6 +135,10 @@ async fn restarting_a_conversation_loses_nothing() {
         me["restarts"].as_u64() >= Some(1),
         "its restart is counted: {me}"
     );
+    assert!(
+        me["mailbox_depth"].as_u64().is_some(),
+        "the mailbox depth is reported: {me}"
+    );
     let text = serde_json::to_string(&actors).unwrap();
     assert!(
         !text.contains("only once") && !text.contains("before"),
@@ -257,6 +261,7 @@ async fn metrics_parse_and_name_the_series() {
     };
     for series in [
         "ephemera_connections",
+        "ephemera_mailbox_depth{kind=\"conversation\"}",
         "ephemera_live_actors{kind=\"session\"}",
         "ephemera_messages_sent_total",
         "ephemera_messages_delivered_total",
@@ -279,6 +284,17 @@ async fn metrics_parse_and_name_the_series() {
     assert_eq!(get("ephemera_connections"), Some(1.0), "one socket open");
     assert!(get("ephemera_ack_latency_seconds_count") >= Some(1.0));
     assert!(!text.contains("count me"), "no content in metrics");
+    // Every counted message was handled: the mailboxes are empty again.
+    assert_eq!(
+        get("ephemera_mailbox_depth{kind=\"conversation\"}"),
+        Some(0.0),
+        "conversation mailboxes drained"
+    );
+    assert_eq!(
+        get("ephemera_mailbox_depth{kind=\"user\"}"),
+        Some(0.0),
+        "user mailboxes drained"
+    );
 
     let report = server
         .admin_http()

@@ -167,6 +167,8 @@ pub struct Conversation {
     writes_in_flight: usize,
     /// The actor's span.
     span: tracing::Span,
+    /// Its mailbox depth (messages routed through the directory).
+    depth: crate::Depth,
 }
 
 const UNAVAILABLE: FrameError =
@@ -188,7 +190,7 @@ fn commit_error(e: CommitError) -> FrameError {
 
 impl Conversation {
     /// An actor for `id`; it loads its state when started.
-    pub fn new(dir: Arc<Directory>, id: ConvId, restarts: u64) -> Self {
+    pub fn new(dir: Arc<Directory>, id: ConvId, restarts: u64, depth: crate::Depth) -> Self {
         Conversation {
             dir,
             id,
@@ -204,6 +206,7 @@ impl Conversation {
             last_active: std::time::Instant::now(),
             writes_in_flight: 0,
             span: tracing::info_span!("conversation", conversation = %id),
+            depth,
         }
     }
 
@@ -346,6 +349,10 @@ const ARM_AT_START: usize = 100_000;
 impl Actor for Conversation {
     type Context = Context<Self>;
 
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.depth.drain();
+    }
+
     fn started(&mut self, ctx: &mut Self::Context) {
         let store = Arc::clone(&self.dir.store);
         let id = self.id;
@@ -431,6 +438,23 @@ impl Handler<crate::Panic> for Conversation {
     }
 }
 
+/// Every message routed through the directory arrives `Counted`: the
+/// mailbox depth goes down, then the message's own handler runs.
+macro_rules! counted {
+    ($($m:ty),* $(,)?) => {$(
+        impl Handler<crate::Counted<$m>> for Conversation {
+            type Result = <Self as Handler<$m>>::Result;
+
+            fn handle(&mut self, msg: crate::Counted<$m>, ctx: &mut Self::Context) -> Self::Result {
+                self.depth.pop();
+                <Self as Handler<$m>>::handle(self, msg.0, ctx)
+            }
+        }
+    )*};
+}
+
+counted!(Post, Delivered, Read, Screenshot, Unsend, Typing, View, Arm);
+
 impl Handler<crate::Summarize> for Conversation {
     type Result = actix::MessageResult<crate::Summarize>;
 
@@ -439,6 +463,7 @@ impl Handler<crate::Summarize> for Conversation {
             kind: "conversation",
             id: self.id.to_string(),
             timers_armed: self.timers.len(),
+            mailbox_depth: self.depth.get(),
             attached: self.members().len(),
             uptime_seconds: self.started_at.elapsed().as_secs(),
             restarts: self.restarts,

@@ -20,7 +20,7 @@ const CONVERSATION: Kind = Kind {
 use crate::ratelimit::TokenBucket;
 use crate::store::{Delivery, Fanout, MediaAccess, Store};
 use crate::user::{Deliver, User};
-use crate::{conversation, user};
+use crate::{conversation, user, Counted, Depth};
 
 /// The limits the actors enforce, from the server's configuration.
 #[derive(Clone, Debug)]
@@ -49,6 +49,7 @@ pub struct Limits {
 
 struct UserEntry {
     addr: Addr<User>,
+    depth: Depth,
     send_bucket: Arc<Mutex<TokenBucket>>,
     /// Sessions that got this entry but whose `Attach` is not yet handled;
     /// the actor may retire only when this is zero.
@@ -58,11 +59,57 @@ struct UserEntry {
 /// A live conversation actor and how often its conversation was restarted.
 struct ConvEntry {
     addr: Addr<Conversation>,
+    depth: Depth,
     restarts: u64,
     /// When this actor was started, and how many crashes in a row came
     /// before it: a crash loop is slowed down by exponential backoff.
     started: std::time::Instant,
     crash_streak: u32,
+}
+
+/// A conversation actor's address; what is sent through it is counted in
+/// the actor's mailbox depth until handled.
+#[derive(Clone)]
+pub struct ConvHandle {
+    addr: Addr<Conversation>,
+    depth: Depth,
+}
+
+impl ConvEntry {
+    fn handle(&self) -> ConvHandle {
+        ConvHandle {
+            addr: self.addr.clone(),
+            depth: self.depth.clone(),
+        }
+    }
+}
+
+impl ConvHandle {
+    /// Sends without waiting for an answer.
+    pub fn do_send<M>(&self, msg: M)
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Conversation: actix::Handler<Counted<M>>,
+    {
+        if self.addr.connected() {
+            self.depth.push();
+        }
+        self.addr.do_send(Counted(msg));
+    }
+
+    /// Sends and returns the answer's future.
+    pub fn send<M>(&self, msg: M) -> actix::dev::Request<Conversation, Counted<M>>
+    where
+        M: Message + Send + 'static,
+        M::Result: Send,
+        Conversation: actix::Handler<Counted<M>>,
+    {
+        if self.addr.connected() {
+            self.depth.push();
+        }
+        self.addr.send(Counted(msg))
+    }
 }
 
 /// The first wait before restarting an actor that crashed again soon after
@@ -148,14 +195,24 @@ impl Directory {
                 .restarts
                 .get_or_create(&Kind { kind: "user" })
                 .inc();
-            users.remove(&user);
+            if let Some(dead) = users.remove(&user) {
+                dead.depth.drain();
+            }
         }
         let entry = users.entry(user).or_insert_with(|| {
             let dir = Arc::clone(self);
+            let depth = Depth::new(
+                self.metrics
+                    .mailbox_depth
+                    .get_or_create(&Kind { kind: "user" })
+                    .clone(),
+            );
+            let actor_depth = depth.clone();
             UserEntry {
                 addr: actix::Supervisor::start_in_arbiter(self.arbiter(), move |_| {
-                    User::new(dir, user)
+                    User::new(dir, user, actor_depth)
                 }),
+                depth,
                 send_bucket: Arc::new(Mutex::new(TokenBucket::new(
                     self.limits.send_rate_per_second,
                     self.limits.send_burst,
@@ -204,7 +261,7 @@ impl Directory {
     where
         M: Message + Send + 'static,
         M::Result: Send,
-        User: actix::Handler<M>,
+        User: actix::Handler<Counted<M>>,
     {
         if let Some(e) = self
             .users
@@ -212,17 +269,20 @@ impl Directory {
             .unwrap_or_else(|p| p.into_inner())
             .get(&user)
         {
-            e.addr.do_send(msg);
+            if e.addr.connected() {
+                e.depth.push();
+            }
+            e.addr.do_send(Counted(msg));
         }
     }
 
     /// Finds or activates a conversation's actor. An actor that died (a
     /// crash) is replaced here: the directory is the conversations'
     /// supervisor.
-    pub fn conversation(self: &Arc<Self>, id: ConvId) -> Addr<Conversation> {
+    pub fn conversation(self: &Arc<Self>, id: ConvId) -> ConvHandle {
         let mut convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
         let (restarts, streak) = match convs.get(&id) {
-            Some(e) if e.addr.connected() => return e.addr.clone(),
+            Some(e) if e.addr.connected() => return e.handle(),
             Some(e) => {
                 let lived = e.started.elapsed();
                 let streak = if lived >= HEALTHY_AFTER {
@@ -233,7 +293,7 @@ impl Directory {
                 if lived < backoff(streak) {
                     // A crash loop: not yet. Callers get the dead address
                     // (their frames are answered `unavailable`).
-                    return e.addr.clone();
+                    return e.handle();
                 }
                 tracing::warn!(conversation = %id, streak, "conversation actor died; restarting it");
                 self.metrics.restarts.get_or_create(&CONVERSATION).inc();
@@ -244,11 +304,10 @@ impl Directory {
                 (0, 0)
             }
         };
-        let addr = self.start_conversation(&mut convs, id, restarts);
-        if let Some(e) = convs.get_mut(&id) {
-            e.crash_streak = streak;
-        }
-        addr
+        self.start_conversation(&mut convs, id, restarts);
+        let e = convs.get_mut(&id).expect("just inserted");
+        e.crash_streak = streak;
+        e.handle()
     }
 
     fn start_conversation(
@@ -256,21 +315,28 @@ impl Directory {
         convs: &mut HashMap<ConvId, ConvEntry>,
         id: ConvId,
         restarts: u64,
-    ) -> Addr<Conversation> {
+    ) {
         let dir = Arc::clone(self);
+        let depth = Depth::new(
+            self.metrics
+                .mailbox_depth
+                .get_or_create(&CONVERSATION)
+                .clone(),
+        );
+        let actor_depth = depth.clone();
         let addr = Conversation::start_in_arbiter(self.arbiter(), move |_| {
-            Conversation::new(dir, id, restarts)
+            Conversation::new(dir, id, restarts, actor_depth)
         });
         convs.insert(
             id,
             ConvEntry {
-                addr: addr.clone(),
+                addr,
+                depth,
                 restarts,
                 started: std::time::Instant::now(),
                 crash_streak: 0,
             },
         );
-        addr
     }
 
     /// Called by a conversation actor that is about to stop for a restart:

@@ -35,6 +35,8 @@ pub struct ActorSummary {
     pub id: String,
     /// Timers armed (conversations: message deadlines).
     pub timers_armed: usize,
+    /// Messages waiting in its mailbox.
+    pub mailbox_depth: usize,
     /// Devices attached (users) or members (conversations).
     pub attached: usize,
     /// Seconds since it (re)started.
@@ -53,3 +55,52 @@ pub struct Summarize;
 #[derive(actix::Message)]
 #[rtype(result = "()")]
 pub struct Panic;
+
+/// A message routed through the directory, counted in the receiving
+/// actor's mailbox depth until its handler runs.
+pub struct Counted<M>(pub M);
+
+impl<M: actix::Message> actix::Message for Counted<M> {
+    type Result = M::Result;
+}
+
+/// How many counted messages wait in one actor's mailbox, mirrored in the
+/// per-kind `mailbox_depth` gauge.
+#[derive(Clone)]
+pub struct Depth {
+    n: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Depth {
+    /// A counter feeding `gauge`.
+    pub fn new(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        Depth {
+            n: Default::default(),
+            gauge,
+        }
+    }
+
+    /// A message was enqueued.
+    pub fn push(&self) {
+        self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.gauge.inc();
+    }
+
+    /// A message reached its handler.
+    pub fn pop(&self) {
+        self.n.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.gauge.dec();
+    }
+
+    /// Messages waiting now.
+    pub fn get(&self) -> usize {
+        self.n.load(std::sync::atomic::Ordering::Relaxed).max(0) as usize
+    }
+
+    /// The actor stopped: what was still queued is dropped with it.
+    pub fn drain(&self) {
+        let left = self.n.swap(0, std::sync::atomic::Ordering::Relaxed);
+        self.gauge.dec_by(left);
+    }
+}

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Live actors per kind.
     pub live_actors: Family<Kind, Gauge>,
+    /// Messages waiting in actors' mailboxes, per kind.
+    pub mailbox_depth: Family<Kind, Gauge>,
     /// Actor restarts per kind (operator restarts and crashes).
     pub restarts: Family<Kind, Counter>,
     /// Messages accepted (acked).
@@ -55,6 +57,7 @@ impl Metrics {
             connections: Gauge::default(),
             live_actors: Family::default(),
             restarts: Family::default(),
+            mailbox_depth: Family::default(),
             messages_sent: Counter::default(),
             messages_delivered: Counter::default(),
             ack_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
@@ -69,6 +72,11 @@ impl Metrics {
         };
         registry.register("connections", "Open WebSockets", m.connections.clone());
         registry.register("live_actors", "Live actors per kind", m.live_actors.clone());
+        registry.register(
+            "mailbox_depth",
+            "Messages waiting in actor mailboxes per kind",
+            m.mailbox_depth.clone(),
+        );
         registry.register(
             "actor_restarts",
             "Actor restarts per kind",

@@ -167,7 +167,7 @@ impl Session {
     where
         F: FnOnce(MsgId) -> M,
         M: Message<Result = Result<(), FrameError>> + Send + 'static,
-        conversation::Conversation: Handler<M>,
+        conversation::Conversation: Handler<crate::Counted<M>>,
     {
         match parse_msg_id(&msg_id) {
             Ok(msg) => {
@@ -188,7 +188,7 @@ impl Session {
     ) where
         F: FnOnce(Id) -> M,
         M: Message<Result = Result<(), FrameError>> + Send + 'static,
-        conversation::Conversation: Handler<M>,
+        conversation::Conversation: Handler<crate::Counted<M>>,
     {
         match conversation::conversation_id(conv) {
             Ok(id) => {
@@ -202,12 +202,12 @@ impl Session {
     /// Answers a routed frame: nothing on success, an error frame otherwise.
     fn answer<M>(
         &mut self,
-        req: Request<conversation::Conversation, M>,
+        req: Request<conversation::Conversation, crate::Counted<M>>,
         reference: Option<String>,
         ctx: &mut ws::WebsocketContext<Self>,
     ) where
         M: Message<Result = Result<(), FrameError>> + Send + 'static,
-        conversation::Conversation: Handler<M>,
+        conversation::Conversation: Handler<crate::Counted<M>>,
     {
         Self::reply_later(ctx, async move {
             let err = match req.await {

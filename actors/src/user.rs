@@ -93,11 +93,13 @@ pub struct User {
     restarts: u64,
     /// The actor's span.
     span: tracing::Span,
+    /// Its mailbox depth (messages routed through the directory).
+    depth: crate::Depth,
 }
 
 impl User {
     /// A user actor with no sessions yet.
-    pub fn new(dir: Arc<Directory>, id: UserId) -> Self {
+    pub fn new(dir: Arc<Directory>, id: UserId, depth: crate::Depth) -> Self {
         User {
             dir,
             id,
@@ -105,6 +107,7 @@ impl User {
             started_at: std::time::Instant::now(),
             restarts: 0,
             span: tracing::info_span!("user", user = %id),
+            depth,
         }
     }
 
@@ -189,6 +192,23 @@ impl Handler<crate::Panic> for User {
     }
 }
 
+/// Messages routed through the directory arrive `Counted`: the mailbox
+/// depth goes down, then the message's own handler runs.
+macro_rules! counted {
+    ($($m:ty),* $(,)?) => {$(
+        impl Handler<crate::Counted<$m>> for User {
+            type Result = <Self as Handler<$m>>::Result;
+
+            fn handle(&mut self, msg: crate::Counted<$m>, ctx: &mut Self::Context) -> Self::Result {
+                self.depth.pop();
+                <Self as Handler<$m>>::handle(self, msg.0, ctx)
+            }
+        }
+    )*};
+}
+
+counted!(Deliver, Ephemeral, Revoke, Detach);
+
 impl Handler<crate::Summarize> for User {
     type Result = actix::MessageResult<crate::Summarize>;
 
@@ -197,6 +217,7 @@ impl Handler<crate::Summarize> for User {
             kind: "user",
             id: self.id.to_string(),
             timers_armed: 0,
+            mailbox_depth: self.depth.get(),
             attached: self.sessions.len(),
             uptime_seconds: self.started_at.elapsed().as_secs(),
             restarts: self.restarts,
