@@ -50,6 +50,9 @@ pub struct Limits {
 struct UserEntry {
     addr: Addr<User>,
     depth: Depth,
+    /// When this actor was started, and the crashes in a row before it.
+    started: std::time::Instant,
+    crash_streak: u32,
     send_bucket: Arc<Mutex<TokenBucket>>,
     /// Sessions that got this entry but whose `Attach` is not yet handled;
     /// the actor may retire only when this is zero.
@@ -189,8 +192,22 @@ impl Directory {
         let mut users = self.users.write().unwrap_or_else(|p| p.into_inner());
         // A user actor that died (a crash) is replaced; its sessions notice
         // and attach again (see `Session`).
-        if users.get(&user).is_some_and(|e| !e.addr.connected()) {
-            tracing::warn!(user = %user, "user actor died; restarting it");
+        let mut streak = 0;
+        if let Some(dead) = users.get(&user).filter(|e| !e.addr.connected()) {
+            let lived = dead.started.elapsed();
+            streak = if lived >= HEALTHY_AFTER {
+                1
+            } else {
+                dead.crash_streak + 1
+            };
+            if lived < backoff(streak) {
+                // A crash loop: not yet (the session tries again shortly).
+                return UserHandle {
+                    addr: dead.addr.clone(),
+                    send_bucket: Arc::clone(&dead.send_bucket),
+                };
+            }
+            tracing::warn!(user = %user, streak, "user actor died; restarting it");
             self.metrics
                 .restarts
                 .get_or_create(&Kind { kind: "user" })
@@ -218,6 +235,8 @@ impl Directory {
                     self.limits.send_burst,
                 ))),
                 attaching: 0,
+                started: std::time::Instant::now(),
+                crash_streak: streak,
             }
         });
         entry.attaching += 1;
