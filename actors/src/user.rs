@@ -150,12 +150,20 @@ fn presence_frame(user: UserId, online: bool, last_seen: Option<u64>) -> Arc<str
 impl Actor for User {
     type Context = Context<Self>;
 
-    fn started(&mut self, _: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         self.started_at = std::time::Instant::now();
-        if self.restarts == 0 {
-            self.dir.metrics.live_actors.get_or_create(&KIND).inc();
-        }
+        // `stopped` runs before every supervised restart too: they pair up.
+        self.dir.metrics.live_actors.get_or_create(&KIND).inc();
         tracing::debug!(user = %self.id, "user actor started");
+        // A session that died without detaching (a crash) is dropped here,
+        // so presence and retirement still happen.
+        ctx.run_interval(std::time::Duration::from_secs(1), |act, ctx| {
+            let before = act.sessions.len();
+            act.sessions.retain(|(_, _, addr)| addr.connected());
+            if act.sessions.len() < before {
+                act.leave_if_last(ctx);
+            }
+        });
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -272,6 +280,13 @@ impl Handler<Detach> for User {
         let span = self.span.clone();
         let _in = span.enter();
         self.sessions.retain(|(s, _, _)| *s != msg.serial);
+        self.leave_if_last(ctx);
+    }
+}
+
+impl User {
+    /// When the last device has left: tell the contacts, then stop.
+    fn leave_if_last(&mut self, ctx: &mut Context<Self>) {
         if !self.sessions.is_empty() || !self.dir.retire_user(self.id, &ctx.address()) {
             return;
         }
