@@ -267,6 +267,7 @@ async fn metrics_parse_and_name_the_series() {
         "ephemera_messages_delivered_total",
         "ephemera_ack_latency_seconds_bucket",
         "ephemera_burn_lag_seconds_count",
+        "ephemera_delivery_latency_seconds_bucket",
         "ephemera_write_batch_transactions_bucket",
         "ephemera_write_batch_seconds_count",
         "ephemera_expired_backlog",

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub messages_delivered: Counter,
     /// From a `send` frame to its ack, seconds.
     pub ack_latency: Histogram,
+    /// From a message's acceptance (`sent_at`) to its push to a device's socket, seconds.
+    pub delivery_latency: Histogram,
     /// From `expires_at` to the burn being committed, seconds.
     pub burn_lag: Histogram,
     /// Transactions per group commit.
@@ -62,6 +64,7 @@ impl Metrics {
             messages_delivered: Counter::default(),
             ack_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             burn_lag: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            delivery_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             write_batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             write_batch_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             expired_backlog: Gauge::default(),
@@ -96,6 +99,11 @@ impl Metrics {
             "ack_latency_seconds",
             "From a send frame to its ack",
             m.ack_latency.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From a message's acceptance to its push to a device",
+            m.delivery_latency.clone(),
         );
         registry.register(
             "burn_lag_seconds",

@@ -336,6 +336,12 @@ impl Handler<Deliver> for User {
                 _ => None,
             };
             let text: Arc<str> = render_event(d.cursor, &d.event, grant.as_ref()).into();
+            if let Event::Message(m) = &d.event {
+                self.dir
+                    .metrics
+                    .delivery_latency
+                    .observe(now.saturating_sub(m.sent_at) as f64 / 1000.0);
+            }
             if matches!(d.event, Event::Message(_)) {
                 let n = self
                     .sessions
