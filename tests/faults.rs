@@ -12,21 +12,12 @@ use common::{
     i64_of, is_about, is_type, new_cid, now_ms, register_user, str_of, Server, TestSocket,
 };
 use ephemera_load::client::{timed_text, Target};
-use reqwest::Method;
 use serde_json::Value;
 
 async fn panic_actor(server: &Server, kind: &str, id: &str) -> u16 {
     server
-        .admin_http()
-        .raw(
-            Method::POST,
-            &format!("/admin/faults/{kind}/{id}/panic"),
-            Some(server.admin_token()),
-            None,
-        )
+        .admin_post(&format!("/admin/faults/{kind}/{id}/panic"))
         .await
-        .expect("injecting a fault")
-        .status
 }
 
 /// Sends until acked, retrying `unavailable` with the same client_msg_id
@@ -200,15 +191,7 @@ async fn a_panicking_user_actor_is_replaced_and_its_devices_miss_nothing() {
             .count();
         assert_eq!(n, 1, "{id} delivered exactly once");
     }
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", server.admin_base()))
-        .bearer_auth(server.admin_token())
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = server.metrics_text().await;
     assert!(
         text.lines().any(
             |l| l.starts_with("ephemera_actor_restarts_total{kind=\"user\"}") && !l.ends_with(" 0")

@@ -15,16 +15,8 @@ use serde_json::{json, Value};
 
 async fn restart(server: &Server, kind: &str, id: &str) -> u16 {
     server
-        .admin_http()
-        .raw(
-            Method::POST,
-            &format!("/admin/actors/{kind}/{id}/restart"),
-            Some(server.admin_token()),
-            None,
-        )
+        .admin_post(&format!("/admin/actors/{kind}/{id}/restart"))
         .await
-        .expect("calling restart")
-        .status
 }
 
 /// A conversation restarted through the admin API while two devices talk:
@@ -437,15 +429,7 @@ async fn admin_cli_lists_restarts_and_reports() {
 
 /// Reads one sample of `/metrics`.
 async fn metric(server: &Server, series: &str) -> f64 {
-    let text = reqwest::Client::new()
-        .get(format!("{}/metrics", server.admin_base()))
-        .bearer_auth(server.admin_token())
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let text = server.metrics_text().await;
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)

@@ -261,6 +261,28 @@ impl Server {
         child.wait().expect("reaping the killed server");
     }
 
+    /// `POST` to an admin path with the admin token; the status.
+    pub async fn admin_post(&self, path: &str) -> u16 {
+        self.admin_http()
+            .raw(Method::POST, path, Some(&self.admin_token), None)
+            .await
+            .unwrap_or_else(|e| panic!("POST {path} on the admin listener: {e:#}"))
+            .status
+    }
+
+    /// The text of `/metrics` (with the admin token).
+    pub async fn metrics_text(&self) -> String {
+        reqwest::Client::new()
+            .get(format!("{}/metrics", self.admin_base()))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text")
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the server is running").id()
