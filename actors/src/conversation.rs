@@ -616,9 +616,15 @@ impl Conversation {
         // The answer does not depend on this actor living on: a restart
         // while the write is in flight must not turn a durable message into
         // an `unavailable`. Only the bookkeeping comes back to the actor.
+        let metrics = Arc::clone(&self.dir.metrics);
         actix::spawn(async move {
             let res = pending.await.unwrap_or(Err(CommitError::Failed));
             let committed = res.is_ok();
+            if committed {
+                // Counted before the ack leaves, so whoever sees the ack
+                // sees the count.
+                metrics.messages_sent.inc();
+            }
             let answer = match res {
                 Ok(()) => Ok(ack),
                 // A retry of an earlier message: the first ack, nothing new stored.
@@ -656,9 +662,7 @@ impl Handler<Posted> for Conversation {
         if msg.created {
             self.record_persisted = true;
         }
-        if msg.committed {
-            self.dir.metrics.messages_sent.inc();
-        } else {
+        if !msg.committed {
             // Nothing new was stored: no timer for it.
             self.timers.remove(&msg.deadline);
         }
