@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConvId, Id, MsgId, UserId};
 use crate::store::{
-    BurnReason, Event, MediaGrant, MediaRef, Millis, ReceiptState, StoredMessage, ViewPolicy,
+    BurnReason, Event, EventRecord, MediaGrant, MediaRef, Millis, ReceiptState, StoredMessage,
+    ViewPolicy,
 };
 
 /// A frame from a client, one variant per `type`.
@@ -358,8 +359,21 @@ pub fn render_event(cursor: u64, event: &Event, grant: Option<&MediaGrant>) -> S
         Event::Message(m) => {
             ServerFrame::Message(MessageView::of(m, Some(cursor), grant)).to_text()
         }
-        Event::Burned { msg, reason } => burned(cursor, *msg, *reason),
-        Event::Receipt {
+        // Everything else renders from its persisted form, exactly as a
+        // sync replays it.
+        other => render_record(cursor, &other.record(0).0)
+            .expect("only message events need their message to render"),
+    }
+}
+
+/// Renders a persisted inbox event that carries everything its frame needs
+/// (burns, receipts, screenshots); `None` for a message reference, whose
+/// frame needs the message itself.
+pub fn render_record(cursor: u64, record: &EventRecord) -> Option<String> {
+    Some(match *record {
+        EventRecord::Message { .. } => return None,
+        EventRecord::Burned { msg, reason } => burned(cursor, msg, reason),
+        EventRecord::Receipt {
             conv,
             msg,
             up_to_seq,
@@ -367,21 +381,21 @@ pub fn render_event(cursor: u64, event: &Event, grant: Option<&MediaGrant>) -> S
             by,
         } => ServerFrame::Receipt {
             cursor,
-            msg_id: *msg,
-            up_to_seq: *up_to_seq,
-            conversation_id: *conv,
-            state: *state,
-            by: *by,
+            msg_id: msg,
+            up_to_seq,
+            conversation_id: conv,
+            state,
+            by,
         }
         .to_text(),
-        Event::Screenshot { msg, by } => ServerFrame::Screenshot {
+        EventRecord::Screenshot { msg, by } => ServerFrame::Screenshot {
             cursor,
-            msg_id: *msg,
+            msg_id: msg,
             conversation_id: msg.conv,
-            by: *by,
+            by,
         }
         .to_text(),
-    }
+    })
 }
 
 /// A `burned` frame.

@@ -14,8 +14,8 @@ use actix_web_actors::ws;
 use crate::conversation::{self, Delivered, Post, Read, Screenshot, Typing, Unsend, View, Viewed};
 use crate::directory::Directory;
 use crate::frames::{
-    self, burned, error, parse_msg_id, salvage_ref, ClientFrame, ErrorCode, FrameError, MediaView,
-    MessageView, SendFrame, ServerFrame,
+    self, burned, error, parse_msg_id, render_record, salvage_ref, ClientFrame, ErrorCode,
+    FrameError, MediaView, MessageView, SendFrame, ServerFrame,
 };
 use crate::ids::{DeviceId, Id, MsgId, UserId};
 use crate::metrics::Kind;
@@ -532,34 +532,11 @@ pub fn replay(
                         burned(c, msg, reason)
                     }
                 },
-                EventRecord::Burned { msg, reason } => {
-                    if !burned_once.insert(msg) {
-                        continue;
-                    }
-                    burned(c, msg, reason)
-                }
-                EventRecord::Receipt {
-                    conv,
-                    msg,
-                    up_to_seq,
-                    state,
-                    by,
-                } => ServerFrame::Receipt {
-                    cursor: c,
-                    msg_id: msg,
-                    up_to_seq,
-                    conversation_id: conv,
-                    state,
-                    by,
-                }
-                .to_text(),
-                EventRecord::Screenshot { msg, by } => ServerFrame::Screenshot {
-                    cursor: c,
-                    msg_id: msg,
-                    conversation_id: msg.conv,
-                    by,
-                }
-                .to_text(),
+                EventRecord::Burned { msg, .. } if !burned_once.insert(msg) => continue,
+                other => match render_record(c, &other) {
+                    Some(frame) => frame,
+                    None => continue,
+                },
             };
             out.push(frame);
         }
