@@ -113,6 +113,12 @@ pub struct Settings {
     /// Most members of a group conversation [default: 256]
     #[arg(long, env = "EPHEMERA_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
+    /// Threads serving sockets and HTTP [default: 2]
+    #[arg(long, env = "EPHEMERA_SOCKET_THREADS")]
+    pub socket_threads: Option<usize>,
+    /// Threads running the conversation and user actors [default: 1]
+    #[arg(long, env = "EPHEMERA_ACTOR_THREADS")]
+    pub actor_threads: Option<usize>,
     /// Every storage file passes the expiry filter within this many seconds: the physical deletion window [default: 3600]
     #[arg(long, env = "EPHEMERA_DELETION_WINDOW_SECONDS")]
     pub deletion_window_seconds: Option<u64>,
@@ -166,6 +172,8 @@ impl Settings {
                 .heartbeat_timeout_seconds
                 .or(other.heartbeat_timeout_seconds),
             max_group_members: self.max_group_members.or(other.max_group_members),
+            socket_threads: self.socket_threads.or(other.socket_threads),
+            actor_threads: self.actor_threads.or(other.actor_threads),
             passivate_after_seconds: self
                 .passivate_after_seconds
                 .or(other.passivate_after_seconds),
@@ -219,6 +227,10 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Group size limit.
     pub max_group_members: usize,
+    /// Socket (HTTP worker) threads.
+    pub socket_threads: usize,
+    /// Actor threads.
+    pub actor_threads: usize,
     /// Idle time before a conversation actor passivates.
     pub passivate_after: Duration,
     /// Physical deletion window.
@@ -295,6 +307,8 @@ impl Config {
             token_ttl: Duration::from_secs(s.token_ttl_seconds.unwrap_or(2_592_000)),
             heartbeat_timeout: Duration::from_secs(s.heartbeat_timeout_seconds.unwrap_or(30)),
             max_group_members: s.max_group_members.unwrap_or(256),
+            socket_threads: s.socket_threads.unwrap_or(2).clamp(1, 64),
+            actor_threads: s.actor_threads.unwrap_or(1).clamp(1, 64),
             passivate_after: Duration::from_secs(s.passivate_after_seconds.unwrap_or(60).max(1)),
             deletion_window: Duration::from_secs(s.deletion_window_seconds.unwrap_or(3_600)),
             admin_token: s.admin_token.filter(|t| !t.is_empty()),

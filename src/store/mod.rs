@@ -224,12 +224,20 @@ pub struct RocksStore {
 /// `unavailable` instead of piling up.
 const WRITER_QUEUE: usize = 65_536;
 
+/// Memtable size per column family.
+const WRITE_BUFFER_BYTES: usize = 4 << 20;
+
 fn cf_options(cf: Cf, periodic_compaction: u64) -> Options {
     let mut o = Options::default();
     o.set_compaction_filter(filter::NAME, filter::filter);
     // Every file passes through the filter within this period, so expired
     // rows cannot sit forever in a file that nothing else compacts.
     o.set_periodic_compaction_seconds(periodic_compaction);
+    // Small memtables: every message inserts six keys, and a skiplist
+    // search through a 64 MiB memtable (the default) is a chain of cache
+    // misses; at 4 MiB the writer thread spent about a tenth less CPU per
+    // message under load, for more (cheap) flushes.
+    o.set_write_buffer_size(WRITE_BUFFER_BYTES);
     if matches!(cf, Cf::Dedup | Cf::Tokens | Cf::Messages) {
         // Point lookups (dedup on every send) mostly miss: a bloom filter
         // answers those without touching data blocks.
