@@ -381,12 +381,16 @@ impl Report {
         let mut line = |k: &str, v: String| {
             let _ = writeln!(out, "  {k:<28} {v}");
         };
+        let acked = (!self.idle.is_some()).then_some(self.counts.acked);
         if let Some(s) = &self.server {
             line(
                 "server CPU / RSS",
                 format!(
-                    "{:.0} % of a core avg ({:.1} CPU-s); RSS {:.0} → peak {:.0} MiB",
-                    s.avg_cpu_percent, s.cpu_seconds, s.rss_start_mb, s.rss_peak_mb
+                    "{:.0} % of a core avg ({}); RSS {:.0} → peak {:.0} MiB",
+                    s.avg_cpu_percent,
+                    cpu_split(s, acked),
+                    s.rss_start_mb,
+                    s.rss_peak_mb
                 ),
             );
         }
@@ -394,8 +398,10 @@ impl Report {
             line(
                 "generator CPU / RSS",
                 format!(
-                    "{:.0} % of a core avg ({:.1} CPU-s); RSS peak {:.0} MiB",
-                    g.avg_cpu_percent, g.cpu_seconds, g.rss_peak_mb
+                    "{:.0} % of a core avg ({}); RSS peak {:.0} MiB",
+                    g.avg_cpu_percent,
+                    cpu_split(g, acked),
+                    g.rss_peak_mb
                 ),
             );
         }
@@ -426,6 +432,23 @@ impl Report {
         }
         out
     }
+}
+
+/// "31.0 CPU-s, 48 % in the kernel, 129 µs per acked message": where a
+/// process's CPU went, and what one message cost it.
+fn cpu_split(p: &ProcSummary, acked: Option<u64>) -> String {
+    let mut s = format!("{:.1} CPU-s", p.cpu_seconds);
+    if p.cpu_seconds > 0.0 {
+        let _ = write!(
+            s,
+            ", {:.0} % in the kernel",
+            p.kernel_cpu_seconds / p.cpu_seconds * 100.0
+        );
+    }
+    if let Some(n) = acked.filter(|n| *n > 0) {
+        let _ = write!(s, ", {:.0} µs per acked message", p.cpu_seconds / n as f64 * 1e6);
+    }
+    s
 }
 
 #[cfg(test)]

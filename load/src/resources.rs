@@ -15,14 +15,29 @@ const USER_HZ: f64 = 100.0;
 
 /// `utime + stime` (ticks) from the text of `/proc/PID/stat`.
 pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    parse_stat_split(stat).map(|t| t.user + t.kernel)
+}
+
+/// CPU ticks of a process, split by where they were spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ticks {
+    /// `utime`: in the program.
+    pub user: u64,
+    /// `stime`: in the kernel on its behalf (syscalls, networking).
+    pub kernel: u64,
+}
+
+/// `utime` and `stime` (ticks) from the text of `/proc/PID/stat`.
+pub fn parse_stat_split(stat: &str) -> Option<Ticks> {
     // The command name (field 2) is in parentheses and may hold spaces or
     // parentheses itself: split after the LAST ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // rest starts at field 3 (state); utime is field 14, stime field 15.
-    let utime: u64 = fields.get(14 - 3)?.parse().ok()?;
-    let stime: u64 = fields.get(15 - 3)?.parse().ok()?;
-    Some(utime + stime)
+    Some(Ticks {
+        user: fields.get(14 - 3)?.parse().ok()?,
+        kernel: fields.get(15 - 3)?.parse().ok()?,
+    })
 }
 
 /// `VmRSS` in bytes from the text of `/proc/PID/status`.
@@ -52,9 +67,9 @@ pub struct ProcWatch {
     /// `/proc/PID` or `/proc/self`.
     dir: PathBuf,
     /// The first reading: when and how many ticks.
-    first: Option<(Instant, u64)>,
+    first: Option<(Instant, Ticks)>,
     /// The previous reading.
-    last: Option<(Instant, u64)>,
+    last: Option<(Instant, Ticks)>,
     /// Highest RSS seen.
     peak_rss: u64,
     /// RSS at the first reading.
@@ -88,10 +103,10 @@ impl ProcWatch {
         let now = Instant::now();
         let stat = std::fs::read_to_string(self.dir.join("stat")).ok()?;
         let status = std::fs::read_to_string(self.dir.join("status")).ok()?;
-        let ticks = parse_stat_ticks(&stat)?;
+        let ticks = parse_stat_split(&stat)?;
         let rss = parse_vmrss_bytes(&status)?;
         let cpu_percent = match self.last {
-            Some((at, before)) => percent(ticks.saturating_sub(before), now - at),
+            Some((at, before)) => percent(total(ticks).saturating_sub(total(before)), now - at),
             None => 0.0,
         };
         if self.first.is_none() {
@@ -110,13 +125,20 @@ impl ProcWatch {
     pub fn summary(&self) -> Option<ProcSummary> {
         let (first_at, first_ticks) = self.first?;
         let (last_at, last_ticks) = self.last?;
+        let used = total(last_ticks).saturating_sub(total(first_ticks));
         Some(ProcSummary {
-            cpu_seconds: (last_ticks - first_ticks) as f64 / USER_HZ,
-            avg_cpu_percent: percent(last_ticks - first_ticks, last_at - first_at),
+            cpu_seconds: used as f64 / USER_HZ,
+            kernel_cpu_seconds: last_ticks.kernel.saturating_sub(first_ticks.kernel) as f64
+                / USER_HZ,
+            avg_cpu_percent: percent(used, last_at - first_at),
             rss_start_mb: mb(self.first_rss),
             rss_peak_mb: mb(self.peak_rss),
         })
     }
+}
+
+fn total(t: Ticks) -> u64 {
+    t.user + t.kernel
 }
 
 fn percent(ticks: u64, over: std::time::Duration) -> f64 {
@@ -138,6 +160,9 @@ pub fn mb(bytes: u64) -> f64 {
 pub struct ProcSummary {
     /// CPU time used between the first and last reading, seconds.
     pub cpu_seconds: f64,
+    /// The part of it spent in the kernel (syscalls, loopback TCP), seconds.
+    #[serde(default)]
+    pub kernel_cpu_seconds: f64,
     /// That CPU time over the wall time, percent of one core.
     pub avg_cpu_percent: f64,
     /// RSS at the first reading, MiB.
@@ -281,6 +306,13 @@ mod tests {
         let stat = "1234 (my (odd) cmd) S 1 1234 1234 0 -1 4194560 100 0 0 0 \
                     250 70 0 0 20 0 8 0 5000 100000000 3000 18446744073709551615";
         assert_eq!(parse_stat_ticks(stat), Some(320));
+        assert_eq!(
+            parse_stat_split(stat),
+            Some(Ticks {
+                user: 250,
+                kernel: 70
+            })
+        );
         assert_eq!(parse_stat_ticks("garbage"), None);
     }
 
