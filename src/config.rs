@@ -113,6 +113,9 @@ pub struct Settings {
     /// Most members of a group conversation [default: 256]
     #[arg(long, env = "EPHEMERA_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
+    /// Sends accepted and not yet acked, server-wide; past it sends are refused with `unavailable` and retry_after_ms [default: 2048]
+    #[arg(long, env = "EPHEMERA_MAX_SENDS_IN_FLIGHT")]
+    pub max_sends_in_flight: Option<usize>,
     /// Threads serving sockets and HTTP [default: 2]
     #[arg(long, env = "EPHEMERA_SOCKET_THREADS")]
     pub socket_threads: Option<usize>,
@@ -173,6 +176,7 @@ impl Settings {
                 .or(other.heartbeat_timeout_seconds),
             max_group_members: self.max_group_members.or(other.max_group_members),
             socket_threads: self.socket_threads.or(other.socket_threads),
+            max_sends_in_flight: self.max_sends_in_flight.or(other.max_sends_in_flight),
             actor_threads: self.actor_threads.or(other.actor_threads),
             passivate_after_seconds: self
                 .passivate_after_seconds
@@ -227,6 +231,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Group size limit.
     pub max_group_members: usize,
+    /// Server-wide limit of sends in flight.
+    pub max_sends_in_flight: usize,
     /// Socket (HTTP worker) threads.
     pub socket_threads: usize,
     /// Actor threads.
@@ -307,6 +313,7 @@ impl Config {
             token_ttl: Duration::from_secs(s.token_ttl_seconds.unwrap_or(2_592_000)),
             heartbeat_timeout: Duration::from_secs(s.heartbeat_timeout_seconds.unwrap_or(30)),
             max_group_members: s.max_group_members.unwrap_or(256),
+            max_sends_in_flight: s.max_sends_in_flight.unwrap_or(2048).max(1),
             socket_threads: s.socket_threads.unwrap_or(2).clamp(1, 64),
             actor_threads: s.actor_threads.unwrap_or(1).clamp(1, 64),
             passivate_after: Duration::from_secs(s.passivate_after_seconds.unwrap_or(60).max(1)),

@@ -146,6 +146,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         frame_burst: cfg.frame_burst,
         heartbeat_timeout: cfg.heartbeat_timeout,
         passivate_after: cfg.passivate_after,
+        max_sends_in_flight: cfg.max_sends_in_flight,
     };
     // Bind the public port first: the embedded blob store's URLs need it.
     let listener = std::net::TcpListener::bind(cfg.listen)

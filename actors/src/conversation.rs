@@ -181,7 +181,7 @@ const NOT_MEMBER: FrameError =
 fn commit_error(e: CommitError) -> FrameError {
     match e {
         CommitError::Gone => NO_MESSAGE,
-        CommitError::Overloaded => FrameError::new(ErrorCode::Unavailable, "server busy, retry"),
+        CommitError::Overloaded => FrameError::busy(),
         CommitError::Duplicate(_) | CommitError::Failed => {
             FrameError::new(ErrorCode::Internal, "storage failure")
         }

@@ -45,6 +45,22 @@ pub struct Limits {
     pub heartbeat_timeout: Duration,
     /// A conversation actor idle this long stops (passivation).
     pub passivate_after: Duration,
+    /// Sends accepted and not yet answered, server-wide; past it a send is
+    /// refused at once with `unavailable` instead of queueing.
+    pub max_sends_in_flight: usize,
+}
+
+/// One send admitted under [`Limits::max_sends_in_flight`]; the slot is
+/// given back when this is dropped (when the send is answered, whatever
+/// the answer).
+pub struct SendPermit {
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for SendPermit {
+    fn drop(&mut self) {
+        self.metrics.sends_in_flight.dec();
+    }
 }
 
 struct UserEntry {
@@ -179,6 +195,21 @@ impl Directory {
             next_arbiter: AtomicUsize::new(0),
             users: RwLock::new(HashMap::new()),
             conversations: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for one more send in flight, or `None` when the server is at
+    /// its limit: the caller refuses the send (shedding load keeps the
+    /// latency of accepted sends and the server's memory bounded).
+    pub fn admit_send(&self) -> Option<SendPermit> {
+        let gauge = &self.metrics.sends_in_flight;
+        if gauge.inc() as usize >= self.limits.max_sends_in_flight {
+            gauge.dec();
+            self.metrics.sends_shed.inc();
+            return None;
+        }
+        Some(SendPermit {
+            metrics: Arc::clone(&self.metrics),
         })
     }
 

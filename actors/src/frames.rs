@@ -116,9 +116,13 @@ pub struct FrameError {
     pub code: ErrorCode,
     /// A human-readable reason (static, content-free).
     pub message: &'static str,
-    /// For `rate_limited`.
+    /// For `rate_limited`, and a hint on `unavailable` when busy.
     pub retry_after_ms: Option<u64>,
 }
+
+/// The `retry_after_ms` hint on a send refused because the server is at
+/// its limit of work in flight.
+const BUSY_RETRY_AFTER_MS: u64 = 100;
 
 impl FrameError {
     /// A refusal with a code and fixed message.
@@ -127,6 +131,15 @@ impl FrameError {
             code,
             message,
             retry_after_ms: None,
+        }
+    }
+
+    /// The server is at its limit of work in flight: `unavailable`, with a
+    /// hint of when to retry.
+    pub const fn busy() -> Self {
+        FrameError {
+            retry_after_ms: Some(BUSY_RETRY_AFTER_MS),
+            ..FrameError::new(ErrorCode::Unavailable, "server busy, retry")
         }
     }
 }

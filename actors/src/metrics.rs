@@ -31,6 +31,10 @@ pub struct Metrics {
     pub messages_sent: Counter,
     /// `message` frames pushed to devices.
     pub messages_delivered: Counter,
+    /// Sends refused with `unavailable` because too many were in flight.
+    pub sends_shed: Counter,
+    /// Sends accepted and not yet answered.
+    pub sends_in_flight: Gauge,
     /// From a `send` frame to its ack, seconds.
     pub ack_latency: Histogram,
     /// From a message's acceptance (`sent_at`) to its push to a device's socket, seconds.
@@ -62,6 +66,8 @@ impl Metrics {
             mailbox_depth: Family::default(),
             messages_sent: Counter::default(),
             messages_delivered: Counter::default(),
+            sends_shed: Counter::default(),
+            sends_in_flight: Gauge::default(),
             ack_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             burn_lag: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             delivery_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
@@ -94,6 +100,16 @@ impl Metrics {
             "messages_delivered",
             "Message frames pushed to devices",
             m.messages_delivered.clone(),
+        );
+        registry.register(
+            "sends_shed",
+            "Sends refused as unavailable because the server was at its in-flight limit",
+            m.sends_shed.clone(),
+        );
+        registry.register(
+            "sends_in_flight",
+            "Sends accepted and not yet answered",
+            m.sends_in_flight.clone(),
         );
         registry.register(
             "ack_latency_seconds",

@@ -320,6 +320,9 @@ impl Session {
             },
             (None, None) => unreachable!("check_send requires one of to and conversation_id"),
         };
+        let Some(permit) = self.dir.admit_send() else {
+            return Self::reply_error(ctx, &FrameError::busy(), Some(&client_msg_id));
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         // do_send: this socket's sends reach the conversation in order.
         self.dir.conversation(conv).do_send(Post {
@@ -342,7 +345,9 @@ impl Session {
         };
         let metrics = Arc::clone(&self.dir.metrics);
         Self::reply_later(ctx, async move {
-            Some(match fut.await {
+            let answer = fut.await;
+            drop(permit);
+            Some(match answer {
                 Ok(ack) => {
                     metrics
                         .ack_latency
