@@ -65,6 +65,8 @@ impl Drop for SendPermit {
 
 struct UserEntry {
     addr: Addr<User>,
+    /// Closes when the actor is gone.
+    alive: tokio::sync::watch::Receiver<()>,
     depth: Depth,
     /// When this actor was started, and the crashes in a row before it.
     started: std::time::Instant,
@@ -155,6 +157,8 @@ pub struct UserHandle {
     pub addr: Addr<User>,
     /// The user's send-rate bucket, shared by all their devices.
     pub send_bucket: Arc<Mutex<TokenBucket>>,
+    /// Closes when the actor is gone (a crash included).
+    pub alive: tokio::sync::watch::Receiver<()>,
 }
 
 /// Live actors by id, and the dependencies they are built with.
@@ -236,6 +240,7 @@ impl Directory {
                 return UserHandle {
                     addr: dead.addr.clone(),
                     send_bucket: Arc::clone(&dead.send_bucket),
+                    alive: dead.alive.clone(),
                 };
             }
             tracing::warn!(user = %user, streak, "user actor died; restarting it");
@@ -256,10 +261,12 @@ impl Directory {
                     .clone(),
             );
             let actor_depth = depth.clone();
+            let (alive_tx, alive) = tokio::sync::watch::channel(());
             UserEntry {
                 addr: actix::Supervisor::start_in_arbiter(self.arbiter(), move |_| {
-                    User::new(dir, user, actor_depth)
+                    User::new(dir, user, actor_depth, alive_tx)
                 }),
+                alive,
                 depth,
                 send_bucket: Arc::new(Mutex::new(TokenBucket::new(
                     self.limits.send_rate_per_second,
@@ -274,6 +281,7 @@ impl Directory {
         UserHandle {
             addr: entry.addr.clone(),
             send_bucket: Arc::clone(&entry.send_bucket),
+            alive: entry.alive.clone(),
         }
     }
 

@@ -78,7 +78,14 @@ pub struct Session {
     /// While a sync replays, live frames wait here so the device sees
     /// events in cursor order.
     sync_buffer: Option<Vec<(Option<u64>, Arc<str>)>>,
+    /// Dropped with this session (a crash included): its user actor waits
+    /// on it to forget the session.
+    alive: tokio::sync::watch::Sender<()>,
 }
+
+/// How soon a session retries attaching while its user actor is held back
+/// by crash-loop backoff.
+const REATTACH_AFTER: Duration = Duration::from_millis(250);
 
 impl Session {
     /// A session for an authenticated device.
@@ -97,6 +104,7 @@ impl Session {
             frame_bucket,
             last_heard: Instant::now(),
             sync_buffer: None,
+            alive: tokio::sync::watch::channel(()).0,
         }
     }
 
@@ -463,30 +471,38 @@ impl Session {
         );
     }
 
-    /// Attaches to the user's actor (a new one if it died).
+    /// Attaches to the user's actor (a new one if it died), and watches it:
+    /// if it dies (a crash), the session attaches to its replacement and
+    /// replays what this device may have missed meanwhile, so the device
+    /// sees nothing but a `synced` and loses nothing. Waiting costs nothing
+    /// while the actor lives (no polling).
     fn attach(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let handle = self.dir.attach_user(self.user);
+        let mut alive = handle.alive;
+        if alive.has_changed().is_err() {
+            // Dead, and not replaced yet (crash-loop backoff): try again.
+            ctx.run_later(REATTACH_AFTER, |act, ctx| act.reattach(ctx));
+            return;
+        }
         handle.addr.do_send(Attach {
             serial: self.serial,
             device: self.device,
             addr: ctx.address(),
+            alive: self.alive.subscribe(),
         });
         self.send_bucket = Some(handle.send_bucket);
         self.user_addr = Some(handle.addr);
+        let gone = async move { while alive.changed().await.is_ok() {} };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(gone).map(|(), act, ctx| {
+            tracing::warn!("user actor gone; attaching to its replacement");
+            act.reattach(ctx);
+        }));
     }
 
-    /// If the user actor died (a crash), attaches to its replacement and
-    /// replays what this device may have missed meanwhile: the device sees
-    /// nothing but a `synced`, and loses nothing.
-    fn watch_user(&self, ctx: &mut ws::WebsocketContext<Self>) {
-        ctx.run_interval(Duration::from_millis(250), |act, ctx| {
-            if act.user_addr.as_ref().is_some_and(|a| !a.connected()) {
-                tracing::warn!("user actor gone; attaching to its replacement");
-                act.attach(ctx);
-                let from = act.last_cursor;
-                act.on_sync(from, ctx);
-            }
-        });
+    fn reattach(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        self.attach(ctx);
+        let from = self.last_cursor;
+        self.on_sync(from, ctx);
     }
 
     fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -556,7 +572,6 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.attach(ctx);
-        self.watch_user(ctx);
         self.dir.metrics.connections.inc();
         self.dir
             .metrics

@@ -23,6 +23,8 @@ pub struct Attach {
     pub device: DeviceId,
     /// Where to push frames.
     pub addr: Addr<Session>,
+    /// Closes when the session is gone, even by a crash (no `Detach`).
+    pub alive: tokio::sync::watch::Receiver<()>,
 }
 
 /// A session of this user ended.
@@ -89,6 +91,11 @@ pub struct User {
     dir: Arc<Directory>,
     id: UserId,
     sessions: Vec<(u64, DeviceId, Addr<Session>)>,
+    /// Per session (by serial): closes when it is gone.
+    session_alive: Vec<(u64, tokio::sync::watch::Receiver<()>)>,
+    /// Dropped with this actor (a crash included): its sessions wait on it
+    /// to attach to a replacement.
+    _alive: tokio::sync::watch::Sender<()>,
     started_at: std::time::Instant,
     restarts: u64,
     /// The actor's span.
@@ -99,11 +106,18 @@ pub struct User {
 
 impl User {
     /// A user actor with no sessions yet.
-    pub fn new(dir: Arc<Directory>, id: UserId, depth: crate::Depth) -> Self {
+    pub fn new(
+        dir: Arc<Directory>,
+        id: UserId,
+        depth: crate::Depth,
+        alive: tokio::sync::watch::Sender<()>,
+    ) -> Self {
         User {
             dir,
             id,
             sessions: Vec::new(),
+            session_alive: Vec::new(),
+            _alive: alive,
             started_at: std::time::Instant::now(),
             restarts: 0,
             span: tracing::info_span!("user", user = %id),
@@ -155,15 +169,10 @@ impl Actor for User {
         // `stopped` runs before every supervised restart too: they pair up.
         self.dir.metrics.live_actors.get_or_create(&KIND).inc();
         tracing::debug!(user = %self.id, "user actor started");
-        // A session that died without detaching (a crash) is dropped here,
-        // so presence and retirement still happen.
-        ctx.run_interval(std::time::Duration::from_secs(1), |act, ctx| {
-            let before = act.sessions.len();
-            act.sessions.retain(|(_, _, addr)| addr.connected());
-            if act.sessions.len() < before {
-                act.leave_if_last(ctx);
-            }
-        });
+        // (Again after a supervised restart, which cancels the watches.)
+        for (serial, alive) in self.session_alive.clone() {
+            self.watch_session(serial, alive, ctx);
+        }
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -243,6 +252,8 @@ impl Handler<Attach> for User {
         let came_online = self.sessions.is_empty();
         let session = msg.addr.clone();
         self.sessions.push((msg.serial, msg.device, msg.addr));
+        self.session_alive.push((msg.serial, msg.alive.clone()));
+        self.watch_session(msg.serial, msg.alive, ctx);
         let store = Arc::clone(&self.dir.store);
         let id = self.id;
         let fut = blocking(move || contacts(&*store, id));
@@ -279,12 +290,33 @@ impl Handler<Detach> for User {
     fn handle(&mut self, msg: Detach, ctx: &mut Self::Context) {
         let span = self.span.clone();
         let _in = span.enter();
-        self.sessions.retain(|(s, _, _)| *s != msg.serial);
-        self.leave_if_last(ctx);
+        self.forget(msg.serial, ctx);
     }
 }
 
 impl User {
+    /// A session that dies without detaching (a crash) is dropped when its
+    /// `alive` channel closes, so presence and retirement still happen.
+    /// Waiting costs nothing while the session lives (no polling).
+    fn watch_session(
+        &self,
+        serial: u64,
+        mut alive: tokio::sync::watch::Receiver<()>,
+        ctx: &mut Context<Self>,
+    ) {
+        let closed = async move { while alive.changed().await.is_ok() {} };
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(closed).map(move |(), act, ctx| act.forget(serial, ctx)),
+        );
+    }
+
+    /// The session `serial` is gone.
+    fn forget(&mut self, serial: u64, ctx: &mut Context<Self>) {
+        self.sessions.retain(|(s, _, _)| *s != serial);
+        self.session_alive.retain(|(s, _)| *s != serial);
+        self.leave_if_last(ctx);
+    }
+
     /// When the last device has left: tell the contacts, then stop.
     fn leave_if_last(&mut self, ctx: &mut Context<Self>) {
         if !self.sessions.is_empty() || !self.dir.retire_user(self.id, &ctx.address()) {
