@@ -711,6 +711,27 @@ async fn offline_device_syncs_exactly_what_it_missed() {
     let mut b3 = TestSocket::connect(&server, &b3s, "bob-3 (new)").await;
     let everything = b3.sync(0).await;
     check("bob-3 from 0", &everything);
+
+    // A replay never silences the live stream: after syncing from a
+    // cursor far past the last event (a confused client), and after
+    // syncing everything, a new message is still pushed, exactly once.
+    let far = b3.sync(1_000_000_000).await;
+    assert!(far.events.is_empty(), "nothing past a far cursor: {:?}", far.events);
+    let ack = a1
+        .send_ok(timed_text(
+            &new_cid("after-sync"),
+            Target::User(&bob.user_id),
+            "after the syncs",
+            600,
+        ))
+        .await;
+    let id = str_of(&ack, "msg_id").to_owned();
+    for dev in [&mut b2, &mut b3] {
+        dev.expect_about("message", &id).await;
+        dev.assert_never(QUIET, "nothing", |_| false).await;
+        let copies = dev.seen().iter().filter(|f| is_about(f, "message", &id)).count();
+        assert_eq!(copies, 1, "{}: the new message exactly once", dev.label());
+    }
 }
 
 /// Logout closes the token's sockets with 4401 and the token gets 401;

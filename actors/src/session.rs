@@ -455,6 +455,13 @@ impl Session {
                                     ctx.text(&*text);
                                 }
                             }
+                            if last > after {
+                                // A cursor read from storage (not the
+                                // client's own `after`, which may be
+                                // anything): live pushes up to it are
+                                // duplicates of this replay.
+                                act.last_cursor = act.last_cursor.max(last);
+                            }
                         }
                         Err(_) => {
                             for (_, text) in buffered {
@@ -473,15 +480,16 @@ impl Session {
 
     /// Attaches to the user's actor (a new one if it died), and watches it:
     /// if it dies (a crash), the session attaches to its replacement and
-    /// replays what this device may have missed meanwhile, so the device
-    /// sees nothing but a `synced` and loses nothing. Waiting costs nothing
-    /// while the actor lives (no polling).
-    fn attach(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    /// replays what this device may have missed meanwhile (`resync`), so
+    /// the device sees nothing but a `synced` and loses nothing. Waiting
+    /// costs nothing while the actor lives (no polling).
+    fn attach(&mut self, ctx: &mut ws::WebsocketContext<Self>, resync: bool) {
         let handle = self.dir.attach_user(self.user);
         let mut alive = handle.alive;
         if alive.has_changed().is_err() {
-            // Dead, and not replaced yet (crash-loop backoff): try again.
-            ctx.run_later(REATTACH_AFTER, |act, ctx| act.reattach(ctx));
+            // Dead, and not replaced yet (still unwinding, or crash-loop
+            // backoff): try again shortly.
+            ctx.run_later(REATTACH_AFTER, move |act, ctx| act.attach(ctx, resync));
             return;
         }
         handle.addr.do_send(Attach {
@@ -495,14 +503,12 @@ impl Session {
         let gone = async move { while alive.changed().await.is_ok() {} };
         ctx.spawn(actix::fut::wrap_future::<_, Self>(gone).map(|(), act, ctx| {
             tracing::warn!("user actor gone; attaching to its replacement");
-            act.reattach(ctx);
+            act.attach(ctx, true);
         }));
-    }
-
-    fn reattach(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
-        self.attach(ctx);
-        let from = self.last_cursor;
-        self.on_sync(from, ctx);
+        if resync {
+            let from = self.last_cursor;
+            self.on_sync(from, ctx);
+        }
     }
 
     fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
@@ -571,7 +577,7 @@ impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.attach(ctx);
+        self.attach(ctx, false);
         self.dir.metrics.connections.inc();
         self.dir
             .metrics
@@ -635,7 +641,13 @@ impl Handler<Push> for Session {
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
         if let Some(c) = msg.cursor {
-            self.last_cursor = self.last_cursor.max(c);
+            // Events reach a session in cursor order, so one at or below
+            // the last cursor sent was already sent, by a replay that read
+            // it from storage before its live push got here.
+            if c <= self.last_cursor {
+                return;
+            }
+            self.last_cursor = c;
         }
         match &mut self.sync_buffer {
             Some(buf) => buf.push((msg.cursor, msg.text)),

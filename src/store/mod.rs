@@ -244,6 +244,12 @@ fn cf_options(cf: Cf, periodic_compaction: u64) -> Options {
         let mut t = BlockBasedOptions::default();
         t.set_bloom_filter(10.0, false);
         o.set_block_based_table_factory(&t);
+        // And in the memtables: the writer's dedup lookup on every send
+        // (6 % of server CPU in a perf profile) mostly misses, and a miss
+        // then skips the skiplist searches. The end-to-end gain was within
+        // run-to-run noise (158 -> 153 us of server CPU per message).
+        o.set_memtable_prefix_bloom_ratio(0.1);
+        o.set_memtable_whole_key_filtering(true);
     }
     o
 }
