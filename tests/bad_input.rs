@@ -405,9 +405,7 @@ async fn send_rate_limit_refuses_excess_and_loses_nothing_acked() {
     let allowed = 5 + (5.0 * burst.elapsed.as_secs_f64()).ceil() as usize + 1;
     println!(
         "{} acked, {} rate limited in {:?} (at most {allowed} allowed)",
-        burst.acked,
-        burst.refused,
-        burst.elapsed
+        burst.acked, burst.refused, burst.elapsed
     );
     assert!(
         burst.acked >= 5,
@@ -441,7 +439,10 @@ async fn sends_over_the_in_flight_limit_are_shed_and_nothing_acked_is_lost() {
     let burst = burst_of_sends(&server, 200, "unavailable").await;
     println!("{} acked, {} shed", burst.acked, burst.refused);
     assert!(burst.acked > 0, "sends are accepted one at a time");
-    assert!(burst.refused > 0, "200 pipelined sends must find the server busy");
+    assert!(
+        burst.refused > 0,
+        "200 pipelined sends must find the server busy"
+    );
     let metrics = server.metrics_text().await;
     let value = |name: &str| -> f64 {
         metrics
@@ -454,7 +455,11 @@ async fn sends_over_the_in_flight_limit_are_shed_and_nothing_acked_is_lost() {
         burst.refused as f64,
         "every refusal counted"
     );
-    assert_eq!(value("ephemera_sends_in_flight "), 0.0, "every slot given back");
+    assert_eq!(
+        value("ephemera_sends_in_flight "),
+        0.0,
+        "every slot given back"
+    );
 }
 
 /// What [`burst_of_sends`] saw.

@@ -716,7 +716,11 @@ async fn offline_device_syncs_exactly_what_it_missed() {
     // cursor far past the last event (a confused client), and after
     // syncing everything, a new message is still pushed, exactly once.
     let far = b3.sync(1_000_000_000).await;
-    assert!(far.events.is_empty(), "nothing past a far cursor: {:?}", far.events);
+    assert!(
+        far.events.is_empty(),
+        "nothing past a far cursor: {:?}",
+        far.events
+    );
     let ack = a1
         .send_ok(timed_text(
             &new_cid("after-sync"),
@@ -729,7 +733,11 @@ async fn offline_device_syncs_exactly_what_it_missed() {
     for dev in [&mut b2, &mut b3] {
         dev.expect_about("message", &id).await;
         dev.assert_never(QUIET, "nothing", |_| false).await;
-        let copies = dev.seen().iter().filter(|f| is_about(f, "message", &id)).count();
+        let copies = dev
+            .seen()
+            .iter()
+            .filter(|f| is_about(f, "message", &id))
+            .count();
         assert_eq!(copies, 1, "{}: the new message exactly once", dev.label());
     }
 }

@@ -501,10 +501,12 @@ impl Session {
         self.send_bucket = Some(handle.send_bucket);
         self.user_addr = Some(handle.addr);
         let gone = async move { while alive.changed().await.is_ok() {} };
-        ctx.spawn(actix::fut::wrap_future::<_, Self>(gone).map(|(), act, ctx| {
-            tracing::warn!("user actor gone; attaching to its replacement");
-            act.attach(ctx, true);
-        }));
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(gone).map(|(), act, ctx| {
+                tracing::warn!("user actor gone; attaching to its replacement");
+                act.attach(ctx, true);
+            }),
+        );
         if resync {
             let from = self.last_cursor;
             self.on_sync(from, ctx);

@@ -306,7 +306,8 @@ impl User {
     ) {
         let closed = async move { while alive.changed().await.is_ok() {} };
         ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(closed).map(move |(), act, ctx| act.forget(serial, ctx)),
+            actix::fut::wrap_future::<_, Self>(closed)
+                .map(move |(), act, ctx| act.forget(serial, ctx)),
         );
     }
 

@@ -446,7 +446,11 @@ fn cpu_split(p: &ProcSummary, acked: Option<u64>) -> String {
         );
     }
     if let Some(n) = acked.filter(|n| *n > 0) {
-        let _ = write!(s, ", {:.0} µs per acked message", p.cpu_seconds / n as f64 * 1e6);
+        let _ = write!(
+            s,
+            ", {:.0} µs per acked message",
+            p.cpu_seconds / n as f64 * 1e6
+        );
     }
     s
 }
