@@ -66,7 +66,7 @@ impl Drop for SendPermit {
 struct UserEntry {
     addr: Addr<User>,
     /// Closes when the actor is gone.
-    alive: tokio::sync::watch::Receiver<()>,
+    alive: crate::AliveWatch,
     depth: Depth,
     /// When this actor was started, and the crashes in a row before it.
     started: std::time::Instant,
@@ -158,7 +158,7 @@ pub struct UserHandle {
     /// The user's send-rate bucket, shared by all their devices.
     pub send_bucket: Arc<Mutex<TokenBucket>>,
     /// Closes when the actor is gone (a crash included).
-    pub alive: tokio::sync::watch::Receiver<()>,
+    pub alive: crate::AliveWatch,
 }
 
 /// Live actors by id, and the dependencies they are built with.
@@ -261,7 +261,8 @@ impl Directory {
                     .clone(),
             );
             let actor_depth = depth.clone();
-            let (alive_tx, alive) = tokio::sync::watch::channel(());
+            let alive_tx = crate::alive();
+            let alive = alive_tx.subscribe();
             UserEntry {
                 addr: actix::Supervisor::start_in_arbiter(self.arbiter(), move |_| {
                     User::new(dir, user, actor_depth, alive_tx)

@@ -26,6 +26,24 @@ pub mod store;
 pub mod sweeper;
 pub mod user;
 
+/// Held by an actor and dropped with it (a crash included): whoever holds
+/// one of its [`AliveWatch`]es learns that the actor is gone, without
+/// polling.
+pub type Alive = tokio::sync::watch::Sender<()>;
+
+/// The receiving side of an [`Alive`].
+pub type AliveWatch = tokio::sync::watch::Receiver<()>;
+
+/// A new [`Alive`].
+pub fn alive() -> Alive {
+    tokio::sync::watch::channel(()).0
+}
+
+/// Resolves when the [`Alive`] behind `watch` is dropped.
+pub async fn gone(mut watch: AliveWatch) {
+    while watch.changed().await.is_ok() {}
+}
+
 /// What an operator sees of a live actor: never content.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ActorSummary {

@@ -80,7 +80,7 @@ pub struct Session {
     sync_buffer: Option<Vec<(Option<u64>, Arc<str>)>>,
     /// Dropped with this session (a crash included): its user actor waits
     /// on it to forget the session.
-    alive: tokio::sync::watch::Sender<()>,
+    alive: crate::Alive,
 }
 
 /// How soon a session retries attaching while its user actor is held back
@@ -104,7 +104,7 @@ impl Session {
             frame_bucket,
             last_heard: Instant::now(),
             sync_buffer: None,
-            alive: tokio::sync::watch::channel(()).0,
+            alive: crate::alive(),
         }
     }
 
@@ -485,8 +485,7 @@ impl Session {
     /// costs nothing while the actor lives (no polling).
     fn attach(&mut self, ctx: &mut ws::WebsocketContext<Self>, resync: bool) {
         let handle = self.dir.attach_user(self.user);
-        let mut alive = handle.alive;
-        if alive.has_changed().is_err() {
+        if handle.alive.has_changed().is_err() {
             // Dead, and not replaced yet (still unwinding, or crash-loop
             // backoff): try again shortly.
             ctx.run_later(REATTACH_AFTER, move |act, ctx| act.attach(ctx, resync));
@@ -500,9 +499,8 @@ impl Session {
         });
         self.send_bucket = Some(handle.send_bucket);
         self.user_addr = Some(handle.addr);
-        let gone = async move { while alive.changed().await.is_ok() {} };
         ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(gone).map(|(), act, ctx| {
+            actix::fut::wrap_future::<_, Self>(crate::gone(handle.alive)).map(|(), act, ctx| {
                 tracing::warn!("user actor gone; attaching to its replacement");
                 act.attach(ctx, true);
             }),

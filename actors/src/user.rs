@@ -24,7 +24,7 @@ pub struct Attach {
     /// Where to push frames.
     pub addr: Addr<Session>,
     /// Closes when the session is gone, even by a crash (no `Detach`).
-    pub alive: tokio::sync::watch::Receiver<()>,
+    pub alive: crate::AliveWatch,
 }
 
 /// A session of this user ended.
@@ -72,7 +72,7 @@ impl Handler<CloseAll> for User {
     type Result = ();
 
     fn handle(&mut self, msg: CloseAll, _: &mut Self::Context) {
-        for (_, _, addr) in &self.sessions {
+        for Attached { addr, .. } in &self.sessions {
             addr.do_send(CloseSocket {
                 code: msg.code,
                 reason: msg.reason,
@@ -90,12 +90,10 @@ pub struct Restart;
 pub struct User {
     dir: Arc<Directory>,
     id: UserId,
-    sessions: Vec<(u64, DeviceId, Addr<Session>)>,
-    /// Per session (by serial): closes when it is gone.
-    session_alive: Vec<(u64, tokio::sync::watch::Receiver<()>)>,
+    sessions: Vec<Attached>,
     /// Dropped with this actor (a crash included): its sessions wait on it
     /// to attach to a replacement.
-    _alive: tokio::sync::watch::Sender<()>,
+    _alive: crate::Alive,
     started_at: std::time::Instant,
     restarts: u64,
     /// The actor's span.
@@ -104,19 +102,23 @@ pub struct User {
     depth: crate::Depth,
 }
 
+/// A session attached to a user actor.
+struct Attached {
+    /// The session's serial number on this node.
+    serial: u64,
+    device: DeviceId,
+    addr: Addr<Session>,
+    /// Closes when the session is gone.
+    alive: crate::AliveWatch,
+}
+
 impl User {
     /// A user actor with no sessions yet.
-    pub fn new(
-        dir: Arc<Directory>,
-        id: UserId,
-        depth: crate::Depth,
-        alive: tokio::sync::watch::Sender<()>,
-    ) -> Self {
+    pub fn new(dir: Arc<Directory>, id: UserId, depth: crate::Depth, alive: crate::Alive) -> Self {
         User {
             dir,
             id,
             sessions: Vec::new(),
-            session_alive: Vec::new(),
             _alive: alive,
             started_at: std::time::Instant::now(),
             restarts: 0,
@@ -126,7 +128,7 @@ impl User {
     }
 
     fn push(&self, cursor: Option<u64>, text: Arc<str>, except: Option<DeviceId>) {
-        for (_, device, addr) in &self.sessions {
+        for Attached { device, addr, .. } in &self.sessions {
             if Some(*device) != except {
                 addr.do_send(Push {
                     cursor,
@@ -170,7 +172,12 @@ impl Actor for User {
         self.dir.metrics.live_actors.get_or_create(&KIND).inc();
         tracing::debug!(user = %self.id, "user actor started");
         // (Again after a supervised restart, which cancels the watches.)
-        for (serial, alive) in self.session_alive.clone() {
+        let watches: Vec<_> = self
+            .sessions
+            .iter()
+            .map(|a| (a.serial, a.alive.clone()))
+            .collect();
+        for (serial, alive) in watches {
             self.watch_session(serial, alive, ctx);
         }
     }
@@ -251,9 +258,13 @@ impl Handler<Attach> for User {
         self.dir.attached(self.id);
         let came_online = self.sessions.is_empty();
         let session = msg.addr.clone();
-        self.sessions.push((msg.serial, msg.device, msg.addr));
-        self.session_alive.push((msg.serial, msg.alive.clone()));
-        self.watch_session(msg.serial, msg.alive, ctx);
+        self.watch_session(msg.serial, msg.alive.clone(), ctx);
+        self.sessions.push(Attached {
+            serial: msg.serial,
+            device: msg.device,
+            addr: msg.addr,
+            alive: msg.alive,
+        });
         let store = Arc::clone(&self.dir.store);
         let id = self.id;
         let fut = blocking(move || contacts(&*store, id));
@@ -298,23 +309,16 @@ impl User {
     /// A session that dies without detaching (a crash) is dropped when its
     /// `alive` channel closes, so presence and retirement still happen.
     /// Waiting costs nothing while the session lives (no polling).
-    fn watch_session(
-        &self,
-        serial: u64,
-        mut alive: tokio::sync::watch::Receiver<()>,
-        ctx: &mut Context<Self>,
-    ) {
-        let closed = async move { while alive.changed().await.is_ok() {} };
+    fn watch_session(&self, serial: u64, alive: crate::AliveWatch, ctx: &mut Context<Self>) {
         ctx.spawn(
-            actix::fut::wrap_future::<_, Self>(closed)
+            actix::fut::wrap_future::<_, Self>(crate::gone(alive))
                 .map(move |(), act, ctx| act.forget(serial, ctx)),
         );
     }
 
     /// The session `serial` is gone.
     fn forget(&mut self, serial: u64, ctx: &mut Context<Self>) {
-        self.sessions.retain(|(s, _, _)| *s != serial);
-        self.session_alive.retain(|(s, _)| *s != serial);
+        self.sessions.retain(|a| a.serial != serial);
         self.leave_if_last(ctx);
     }
 
@@ -379,7 +383,7 @@ impl Handler<Deliver> for User {
                 let n = self
                     .sessions
                     .iter()
-                    .filter(|(_, dev, _)| Some(*dev) != d.except_device)
+                    .filter(|a| Some(a.device) != d.except_device)
                     .count();
                 self.dir.metrics.messages_delivered.inc_by(n as u64);
             }
@@ -400,7 +404,7 @@ impl Handler<Revoke> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Revoke, _: &mut Self::Context) {
-        for (_, device, addr) in &self.sessions {
+        for Attached { device, addr, .. } in &self.sessions {
             if *device == msg.device {
                 addr.do_send(CloseSocket {
                     code: 4401,

@@ -381,7 +381,7 @@ impl Report {
         let mut line = |k: &str, v: String| {
             let _ = writeln!(out, "  {k:<28} {v}");
         };
-        let acked = (!self.idle.is_some()).then_some(self.counts.acked);
+        let acked = self.idle.is_none().then_some(self.counts.acked);
         if let Some(s) = &self.server {
             line(
                 "server CPU / RSS",

@@ -13,11 +13,6 @@ use serde::{Deserialize, Serialize};
 /// Clock ticks per second of `/proc/PID/stat` times.
 const USER_HZ: f64 = 100.0;
 
-/// `utime + stime` (ticks) from the text of `/proc/PID/stat`.
-pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    parse_stat_split(stat).map(|t| t.user + t.kernel)
-}
-
 /// CPU ticks of a process, split by where they were spent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Ticks {
@@ -25,6 +20,13 @@ pub struct Ticks {
     pub user: u64,
     /// `stime`: in the kernel on its behalf (syscalls, networking).
     pub kernel: u64,
+}
+
+impl Ticks {
+    /// Both together.
+    pub fn total(self) -> u64 {
+        self.user + self.kernel
+    }
 }
 
 /// `utime` and `stime` (ticks) from the text of `/proc/PID/stat`.
@@ -106,7 +108,7 @@ impl ProcWatch {
         let ticks = parse_stat_split(&stat)?;
         let rss = parse_vmrss_bytes(&status)?;
         let cpu_percent = match self.last {
-            Some((at, before)) => percent(total(ticks).saturating_sub(total(before)), now - at),
+            Some((at, before)) => percent(ticks.total().saturating_sub(before.total()), now - at),
             None => 0.0,
         };
         if self.first.is_none() {
@@ -125,7 +127,7 @@ impl ProcWatch {
     pub fn summary(&self) -> Option<ProcSummary> {
         let (first_at, first_ticks) = self.first?;
         let (last_at, last_ticks) = self.last?;
-        let used = total(last_ticks).saturating_sub(total(first_ticks));
+        let used = last_ticks.total().saturating_sub(first_ticks.total());
         Some(ProcSummary {
             cpu_seconds: used as f64 / USER_HZ,
             kernel_cpu_seconds: last_ticks.kernel.saturating_sub(first_ticks.kernel) as f64
@@ -135,10 +137,6 @@ impl ProcWatch {
             rss_peak_mb: mb(self.peak_rss),
         })
     }
-}
-
-fn total(t: Ticks) -> u64 {
-    t.user + t.kernel
 }
 
 fn percent(ticks: u64, over: std::time::Duration) -> f64 {
@@ -305,15 +303,16 @@ mod tests {
     fn stat_fields_are_read_after_the_command_name() {
         let stat = "1234 (my (odd) cmd) S 1 1234 1234 0 -1 4194560 100 0 0 0 \
                     250 70 0 0 20 0 8 0 5000 100000000 3000 18446744073709551615";
-        assert_eq!(parse_stat_ticks(stat), Some(320));
+        let ticks = parse_stat_split(stat).expect("a stat line");
         assert_eq!(
-            parse_stat_split(stat),
-            Some(Ticks {
+            ticks,
+            Ticks {
                 user: 250,
                 kernel: 70
-            })
+            }
         );
-        assert_eq!(parse_stat_ticks("garbage"), None);
+        assert_eq!(ticks.total(), 320);
+        assert_eq!(parse_stat_split("garbage"), None);
     }
 
     #[test]
