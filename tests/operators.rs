@@ -60,13 +60,35 @@ async fn restarting_a_conversation_loses_nothing() {
     let short_id = str_of(&short, "msg_id").to_owned();
     let short_expiry = i64_of(&short, "expires_at");
 
-    assert_eq!(
-        restart(&server, "conversation", &conv).await,
-        202,
-        "restart accepted"
-    );
-    // Sends right after the restart are answered and delivered.
+    // Frames still queued for the old actor when the restart lands are
+    // handled by it, not dropped: all of them are acked.
+    // (The sends stream while the restart request is in flight.)
+    let queued: Vec<String> = (0..300).map(|i| new_cid(&format!("queued{i}"))).collect();
+    let sends = async {
+        for (i, cid) in queued.iter().enumerate() {
+            a1.send(timed_text(
+                cid,
+                Target::Conversation(&conv),
+                &format!("queued {i}"),
+                600,
+            ))
+            .await;
+        }
+    };
+    let (status, ()) = tokio::join!(restart(&server, "conversation", &conv), sends);
+    assert_eq!(status, 202, "restart accepted");
     let mut after = Vec::new();
+    for cid in &queued {
+        let answer = a1
+            .expect("the queued send's answer", |f| {
+                (is_type(f, "ack") && f["client_msg_id"] == cid.as_str())
+                    || (is_type(f, "error") && f["ref"] == cid.as_str())
+            })
+            .await;
+        assert!(is_type(&answer, "ack"), "{cid} must be acked: {answer}");
+        after.push(str_of(&answer, "msg_id").to_owned());
+    }
+    // Sends right after the restart are answered and delivered.
     for i in 0..10 {
         let ack = a1
             .send_ok(timed_text(

@@ -169,6 +169,13 @@ pub struct Conversation {
     span: tracing::Span,
     /// Its mailbox depth (messages routed through the directory).
     depth: crate::Depth,
+    /// Dropped with this actor: a successor waits for that.
+    _alive: crate::Alive,
+    /// The actor this one replaces, if it may still be running.
+    predecessor: Option<crate::AliveWatch>,
+    /// Replaced by a successor: handles what is left in its mailbox, then
+    /// stops.
+    draining: bool,
 }
 
 const UNAVAILABLE: FrameError =
@@ -190,7 +197,14 @@ fn commit_error(e: CommitError) -> FrameError {
 
 impl Conversation {
     /// An actor for `id`; it loads its state when started.
-    pub fn new(dir: Arc<Directory>, id: ConvId, restarts: u64, depth: crate::Depth) -> Self {
+    pub fn new(
+        dir: Arc<Directory>,
+        id: ConvId,
+        restarts: u64,
+        depth: crate::Depth,
+        alive: crate::Alive,
+        predecessor: Option<crate::AliveWatch>,
+    ) -> Self {
         Conversation {
             dir,
             id,
@@ -207,7 +221,21 @@ impl Conversation {
             writes_in_flight: 0,
             span: tracing::info_span!("conversation", conversation = %id),
             depth,
+            _alive: alive,
+            predecessor,
+            draining: false,
         }
+    }
+
+    /// Once replaced, stops when every frame sent to it before the
+    /// replacement is handled (after any wait those frames started), so
+    /// none is dropped unanswered.
+    fn stop_when_drained(&self, ctx: &mut Context<Self>) {
+        ctx.wait(fut::ready(()).map(|(), act: &mut Self, ctx| {
+            if act.depth.get() == 0 {
+                ctx.stop();
+            }
+        }));
     }
 
     fn members(&self) -> &[UserId] {
@@ -358,6 +386,11 @@ impl Actor for Conversation {
         let id = self.id;
         let until = now_ms() + LOOKAHEAD_MS;
         self.watch_idle(ctx);
+        // A predecessor being replaced still handles the frames already in
+        // its mailbox: nothing here runs until it is gone.
+        if let Some(predecessor) = self.predecessor.take() {
+            ctx.wait(fut::wrap_future(crate::gone(predecessor)));
+        }
         // Nothing is handled before the state is loaded: membership, the
         // sequencer, and the timers of deadlines that are due soon.
         let load = move || {
@@ -396,10 +429,12 @@ impl Handler<Restart> for Conversation {
     type Result = ();
 
     fn handle(&mut self, _: Restart, ctx: &mut Self::Context) {
-        // A fresh actor takes over now; this one handles nothing more.
+        // A fresh actor takes over now: new frames go to it, and it waits
+        // until this one has handled those already queued here.
         tracing::info!(conversation = %self.id, "conversation actor restarting");
         self.dir.replace_conversation(self.id, &ctx.address());
-        ctx.stop();
+        self.draining = true;
+        self.stop_when_drained(ctx);
     }
 }
 
@@ -447,7 +482,11 @@ macro_rules! counted {
 
             fn handle(&mut self, msg: crate::Counted<$m>, ctx: &mut Self::Context) -> Self::Result {
                 self.depth.pop();
-                <Self as Handler<$m>>::handle(self, msg.0, ctx)
+                let answer = <Self as Handler<$m>>::handle(self, msg.0, ctx);
+                if self.draining {
+                    self.stop_when_drained(ctx);
+                }
+                answer
             }
         }
     )*};

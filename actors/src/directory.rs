@@ -80,6 +80,8 @@ struct UserEntry {
 /// A live conversation actor and how often its conversation was restarted.
 struct ConvEntry {
     addr: Addr<Conversation>,
+    /// Closes when the actor is gone: its successor waits for that.
+    alive: crate::AliveWatch,
     depth: Depth,
     restarts: u64,
     /// When this actor was started, and how many crashes in a row came
@@ -363,7 +365,8 @@ impl Directory {
                 (0, 0)
             }
         };
-        self.start_conversation(&mut convs, id, restarts);
+        let predecessor = convs.get(&id).map(|e| e.alive.clone());
+        self.start_conversation(&mut convs, id, restarts, predecessor);
         let e = convs.get_mut(&id).expect("just inserted");
         e.crash_streak = streak;
         e.handle()
@@ -374,6 +377,7 @@ impl Directory {
         convs: &mut HashMap<ConvId, ConvEntry>,
         id: ConvId,
         restarts: u64,
+        predecessor: Option<crate::AliveWatch>,
     ) {
         let dir = Arc::clone(self);
         let depth = Depth::new(
@@ -383,13 +387,16 @@ impl Directory {
                 .clone(),
         );
         let actor_depth = depth.clone();
+        let alive = crate::alive();
+        let watch = alive.subscribe();
         let addr = Conversation::start_in_arbiter(self.arbiter(), move |_| {
-            Conversation::new(dir, id, restarts, actor_depth)
+            Conversation::new(dir, id, restarts, actor_depth, alive, predecessor)
         });
         convs.insert(
             id,
             ConvEntry {
                 addr,
+                alive: watch,
                 depth,
                 restarts,
                 started: std::time::Instant::now(),
@@ -399,16 +406,17 @@ impl Directory {
     }
 
     /// Called by a conversation actor that is about to stop for a restart:
-    /// a fresh actor takes its place at once (it waits for the old one's
-    /// writes before loading state).
+    /// a fresh actor takes its place at once, so new frames go to it; it
+    /// handles nothing until the old one has handled what was already in
+    /// its mailbox, stopped, and had its writes committed.
     pub(crate) fn replace_conversation(self: &Arc<Self>, id: ConvId, old: &Addr<Conversation>) {
         let mut convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-        let restarts = match convs.get(&id) {
-            Some(e) if e.addr == *old => e.restarts + 1,
+        let (restarts, predecessor) = match convs.get(&id) {
+            Some(e) if e.addr == *old => (e.restarts + 1, e.alive.clone()),
             _ => return,
         };
         self.metrics.restarts.get_or_create(&CONVERSATION).inc();
-        self.start_conversation(&mut convs, id, restarts);
+        self.start_conversation(&mut convs, id, restarts, Some(predecessor));
     }
 
     /// Called by an idle conversation actor: forgets it if it is still the
