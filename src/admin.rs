@@ -55,7 +55,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/admin/faults/{kind}/{id}/panic",
         web::post().to(inject_panic),
-    );
+    )
+    .route("/admin/faults/writer", web::post().to(inject_writer_fault));
 }
 
 async fn healthz() -> HttpResponse {
@@ -199,4 +200,32 @@ async fn inject_panic(
     } else {
         Err(ApiError::NotFound("no such live actor"))
     }
+}
+
+/// Test-only (feature `faults`): what `POST /admin/faults/writer` arms.
+#[cfg(feature = "faults")]
+#[derive(serde::Deserialize)]
+struct WriterFault {
+    /// The writer waits this long before collecting its next batch.
+    #[serde(default)]
+    stall_ms: u64,
+    /// How many of the next batches fail.
+    #[serde(default)]
+    fail_batches: usize,
+}
+
+/// Test-only (feature `faults`): makes the storage writer stall and fail
+/// write batches.
+#[cfg(feature = "faults")]
+async fn inject_writer_fault(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    fault: web::Query<WriterFault>,
+) -> Result<HttpResponse, ApiError> {
+    state.check(&req)?;
+    state
+        .store
+        .writer_faults
+        .arm(fault.stall_ms, fault.fail_batches);
+    Ok(HttpResponse::Accepted().finish())
 }

@@ -92,6 +92,12 @@ pub struct Settings {
     /// Sends a user may save up above the rate [default: 400]
     #[arg(long, env = "EPHEMERA_SEND_BURST")]
     pub send_burst: Option<u32>,
+    /// `delivered`, `read`, `screenshot` and `unsend` frames a second per user, across devices (each stores an event) [default: 500]
+    #[arg(long, env = "EPHEMERA_EVENT_RATE_PER_SECOND")]
+    pub event_rate_per_second: Option<u32>,
+    /// Such frames a user may save up above the rate [default: 1000]
+    #[arg(long, env = "EPHEMERA_EVENT_BURST")]
+    pub event_burst: Option<u32>,
     /// Frames a second per socket, of every type [default: 1000]
     #[arg(long, env = "EPHEMERA_FRAME_RATE_PER_SECOND")]
     pub frame_rate_per_second: Option<u32>,
@@ -113,6 +119,12 @@ pub struct Settings {
     /// Most members of a group conversation [default: 256]
     #[arg(long, env = "EPHEMERA_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
+    /// Bytes of frames waiting to be written to one socket; a socket that falls this far behind is closed with 4408 and its device resumes by `sync` [default: 1048576]
+    #[arg(long, env = "EPHEMERA_MAX_OUTBOUND_BYTES")]
+    pub max_outbound_bytes: Option<usize>,
+    /// Frames waiting to be written to one socket; past it the socket is closed with 4408 [default: 4096]
+    #[arg(long, env = "EPHEMERA_MAX_OUTBOUND_FRAMES")]
+    pub max_outbound_frames: Option<usize>,
     /// Sends accepted and not yet acked, server-wide; past it sends are refused with `unavailable` and retry_after_ms [default: 2048]
     #[arg(long, env = "EPHEMERA_MAX_SENDS_IN_FLIGHT")]
     pub max_sends_in_flight: Option<usize>,
@@ -167,6 +179,8 @@ impl Settings {
             max_ttl_seconds: self.max_ttl_seconds.or(other.max_ttl_seconds),
             send_rate_per_second: self.send_rate_per_second.or(other.send_rate_per_second),
             send_burst: self.send_burst.or(other.send_burst),
+            event_rate_per_second: self.event_rate_per_second.or(other.event_rate_per_second),
+            event_burst: self.event_burst.or(other.event_burst),
             frame_rate_per_second: self.frame_rate_per_second.or(other.frame_rate_per_second),
             frame_burst: self.frame_burst.or(other.frame_burst),
             pbkdf2_iterations: self.pbkdf2_iterations.or(other.pbkdf2_iterations),
@@ -177,6 +191,8 @@ impl Settings {
             max_group_members: self.max_group_members.or(other.max_group_members),
             socket_threads: self.socket_threads.or(other.socket_threads),
             max_sends_in_flight: self.max_sends_in_flight.or(other.max_sends_in_flight),
+            max_outbound_bytes: self.max_outbound_bytes.or(other.max_outbound_bytes),
+            max_outbound_frames: self.max_outbound_frames.or(other.max_outbound_frames),
             actor_threads: self.actor_threads.or(other.actor_threads),
             passivate_after_seconds: self
                 .passivate_after_seconds
@@ -219,6 +235,10 @@ pub struct Config {
     pub send_rate_per_second: u32,
     /// Per-user send burst.
     pub send_burst: u32,
+    /// Per-user rate of other event-storing frames.
+    pub event_rate_per_second: u32,
+    /// Per-user burst of other event-storing frames.
+    pub event_burst: u32,
     /// Per-socket frame rate.
     pub frame_rate_per_second: u32,
     /// Per-socket frame burst.
@@ -233,6 +253,10 @@ pub struct Config {
     pub max_group_members: usize,
     /// Server-wide limit of sends in flight.
     pub max_sends_in_flight: usize,
+    /// Bytes queued for one socket before it is closed as too slow.
+    pub max_outbound_bytes: usize,
+    /// Frames queued for one socket before it is closed as too slow.
+    pub max_outbound_frames: usize,
     /// Socket (HTTP worker) threads.
     pub socket_threads: usize,
     /// Actor threads.
@@ -307,6 +331,8 @@ impl Config {
             max_ttl_seconds: s.max_ttl_seconds.unwrap_or(604_800),
             send_rate_per_second: s.send_rate_per_second.unwrap_or(200),
             send_burst: s.send_burst.unwrap_or(400),
+            event_rate_per_second: s.event_rate_per_second.unwrap_or(500),
+            event_burst: s.event_burst.unwrap_or(1_000),
             frame_rate_per_second: s.frame_rate_per_second.unwrap_or(1_000),
             frame_burst: s.frame_burst.unwrap_or(2_000),
             pbkdf2_iterations: s.pbkdf2_iterations.unwrap_or(600_000),
@@ -314,6 +340,8 @@ impl Config {
             heartbeat_timeout: Duration::from_secs(s.heartbeat_timeout_seconds.unwrap_or(30)),
             max_group_members: s.max_group_members.unwrap_or(256),
             max_sends_in_flight: s.max_sends_in_flight.unwrap_or(2048).max(1),
+            max_outbound_bytes: s.max_outbound_bytes.unwrap_or(1 << 20).max(1024),
+            max_outbound_frames: s.max_outbound_frames.unwrap_or(4096).max(16),
             socket_threads: s.socket_threads.unwrap_or(2).clamp(1, 64),
             actor_threads: s.actor_threads.unwrap_or(1).clamp(1, 64),
             passivate_after: Duration::from_secs(s.passivate_after_seconds.unwrap_or(60).max(1)),

@@ -142,11 +142,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_ttl_seconds: cfg.max_ttl_seconds,
         send_rate_per_second: cfg.send_rate_per_second,
         send_burst: cfg.send_burst,
+        event_rate_per_second: cfg.event_rate_per_second,
+        event_burst: cfg.event_burst,
         frame_rate_per_second: cfg.frame_rate_per_second,
         frame_burst: cfg.frame_burst,
         heartbeat_timeout: cfg.heartbeat_timeout,
         passivate_after: cfg.passivate_after,
         max_sends_in_flight: cfg.max_sends_in_flight,
+        max_outbound_bytes: cfg.max_outbound_bytes,
+        max_outbound_frames: cfg.max_outbound_frames,
     };
     // Bind the public port first: the embedded blob store's URLs need it.
     let listener = std::net::TcpListener::bind(cfg.listen)
@@ -196,6 +200,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     })
     .workers(cfg.socket_threads)
+    // Each connection's socket is noted, so one that stops reading can be
+    // cut (see `api::ws`).
+    .on_connect(api::ws::note_socket)
     // Frames are small and latency matters: no Nagle delay on the sockets.
     .tcp_nodelay(true)
     .listen(listener)

@@ -306,8 +306,10 @@ async fn metrics_parse_and_name_the_series() {
     let mut depths = (f64::NAN, f64::NAN);
     for _ in 0..40 {
         depths = (
-            metric(&server, "ephemera_mailbox_depth{kind=\"conversation\"}").await,
-            metric(&server, "ephemera_mailbox_depth{kind=\"user\"}").await,
+            server
+                .metric("ephemera_mailbox_depth{kind=\"conversation\"}")
+                .await,
+            server.metric("ephemera_mailbox_depth{kind=\"user\"}").await,
         );
         if depths == (0.0, 0.0) {
             break;
@@ -455,15 +457,6 @@ async fn admin_cli_lists_restarts_and_reports() {
 }
 
 /// Reads one sample of `/metrics`.
-async fn metric(server: &Server, series: &str) -> f64 {
-    let text = server.metrics_text().await;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
-}
 
 /// 100,000 conversations touched once passivate: the live-actor count falls
 /// back to (almost) nothing, and a message with a TTL in one of them still
@@ -518,7 +511,9 @@ async fn idle_conversations_passivate_and_still_burn_on_time() {
     }
     a1.ping().await;
     let rss_peak = server.rss_kib();
-    let live_peak = metric(&server, "ephemera_live_actors{kind=\"conversation\"}").await;
+    let live_peak = server
+        .metric("ephemera_live_actors{kind=\"conversation\"}")
+        .await;
     println!(
         "{N} conversations created and touched in {:?}; live conversation actors {live_peak}, server RSS {rss_peak} KiB",
         started.elapsed()
@@ -548,7 +543,9 @@ async fn idle_conversations_passivate_and_still_burn_on_time() {
     while std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
         rss_peak = rss_peak.max(server.rss_kib());
-        live = metric(&server, "ephemera_live_actors{kind=\"conversation\"}").await;
+        live = server
+            .metric("ephemera_live_actors{kind=\"conversation\"}")
+            .await;
         if live <= 10.0 {
             break;
         }

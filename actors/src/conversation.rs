@@ -157,8 +157,16 @@ pub struct Conversation {
     broken: bool,
     last_seq: u64,
     timers: BTreeSet<Deadline>,
+    /// Burns committed but not yet answered: a deadline handed over again
+    /// meanwhile (the sweeper re-arms overdue ones) is not burned twice.
+    burning: BTreeSet<Deadline>,
     armed: Option<(Millis, SpawnHandle)>,
     receipted: HashSet<(u64, UserId)>,
+    /// Screenshot notices already sent, per (seq, user): one each.
+    screenshotted: HashSet<(u64, UserId)>,
+    /// The furthest `read` stored per member since this actor started: a
+    /// `read` that does not move it forward writes nothing.
+    read_marks: std::collections::HashMap<UserId, u64>,
     started_at: std::time::Instant,
     restarts: u64,
     /// When a request last reached it (for passivation).
@@ -182,8 +190,10 @@ const UNAVAILABLE: FrameError =
     FrameError::new(ErrorCode::Unavailable, "conversation unavailable, retry");
 const NOT_FOUND: FrameError = FrameError::new(ErrorCode::NotFound, "no such conversation");
 const NO_MESSAGE: FrameError = FrameError::new(ErrorCode::NotFound, "no such message");
-const NOT_MEMBER: FrameError =
-    FrameError::new(ErrorCode::Forbidden, "not a member of this conversation");
+/// Someone else's conversation answers exactly as one that does not exist:
+/// 1:1 ids are derived from the two user ids, so a difference would tell
+/// anyone who talks to whom.
+const NOT_MEMBER: FrameError = NOT_FOUND;
 
 fn commit_error(e: CommitError) -> FrameError {
     match e {
@@ -213,8 +223,11 @@ impl Conversation {
             broken: false,
             last_seq: 0,
             timers: BTreeSet::new(),
+            burning: BTreeSet::new(),
             armed: None,
             receipted: HashSet::new(),
+            screenshotted: HashSet::new(),
+            read_marks: std::collections::HashMap::new(),
             started_at: std::time::Instant::now(),
             restarts,
             last_active: std::time::Instant::now(),
@@ -299,14 +312,19 @@ impl Conversation {
                 break;
             }
             self.timers.pop_first();
-            self.burn(d, BurnReason::Expired, ctx);
+            if self.burning.insert(d) {
+                self.burn(d, BurnReason::Expired, ctx);
+            }
         }
         self.rearm(ctx);
     }
 
     /// Removes a message's content, leaves a tombstone and tells every
     /// member's devices, in one transaction guarded on the message still
-    /// being there (so a message is burned once).
+    /// being there (so a message is burned once). A burn that fails (the
+    /// writer overloaded, a failed write) is retried here after
+    /// [`BURN_RETRY`]; the sweeper also hands overdue deadlines back, so
+    /// one survives this actor dying too.
     fn burn(&mut self, d: Deadline, reason: BurnReason, ctx: &mut Context<Self>) {
         let now = now_ms();
         let mut ops = vec![
@@ -330,22 +348,35 @@ impl Conversation {
                 match commit(&*store, txn).await {
                     // Burned elsewhere already (unsent): only the index entry is left.
                     Err(CommitError::Gone) => {
-                        let _ = commit(
+                        commit(
                             &*store,
                             Txn {
                                 guards: vec![],
                                 ops: vec![Op::DeleteDeadline(d)],
                             },
                         )
-                        .await;
+                        .await
                     }
-                    Err(e) => tracing::error!(error = %e, "burn failed; the sweeper retries it"),
-                    Ok(()) => metrics
-                        .burn_lag
-                        .observe(now_ms().saturating_sub(d.at) as f64 / 1000.0),
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        metrics
+                            .burn_lag
+                            .observe(now_ms().saturating_sub(d.at) as f64 / 1000.0);
+                        Ok(())
+                    }
                 }
             }
-            .into_actor(self),
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.burning.remove(&d);
+                if let Err(e) = res {
+                    tracing::warn!(error = %e, "burn failed; retrying");
+                    ctx.run_later(BURN_RETRY, move |act, ctx| {
+                        act.timers.insert(d);
+                        act.rearm(ctx);
+                    });
+                }
+            }),
         );
     }
 
@@ -371,6 +402,9 @@ impl Conversation {
     }
 }
 
+/// How soon a burn that failed is tried again.
+const BURN_RETRY: Duration = Duration::from_millis(100);
+
 /// Most deadlines armed at (re)start; the sweeper hands over the rest.
 const ARM_AT_START: usize = 100_000;
 
@@ -382,17 +416,31 @@ impl Actor for Conversation {
     }
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let store = Arc::clone(&self.dir.store);
-        let id = self.id;
-        let until = now_ms() + LOOKAHEAD_MS;
         self.watch_idle(ctx);
         // A predecessor being replaced still handles the frames already in
         // its mailbox: nothing here runs until it is gone.
         if let Some(predecessor) = self.predecessor.take() {
             ctx.wait(fut::wrap_future(crate::gone(predecessor)));
         }
-        // Nothing is handled before the state is loaded: membership, the
-        // sequencer, and the timers of deadlines that are due soon.
+        self.load(ctx, Duration::ZERO);
+    }
+}
+
+/// How long a conversation that could not load waits before it tries
+/// again, at first and at most (doubling in between).
+const RELOAD_FIRST: Duration = Duration::from_millis(100);
+const RELOAD_MAX: Duration = Duration::from_secs(10);
+
+impl Conversation {
+    /// Loads membership, the sequencer and the timers of deadlines due
+    /// soon; nothing is handled before. A load that fails leaves the actor
+    /// answering `unavailable` and is tried again with backoff (`waited`
+    /// is the last wait), so a storage hiccup does not break the
+    /// conversation for good.
+    fn load(&mut self, ctx: &mut Context<Self>, waited: Duration) {
+        let store = Arc::clone(&self.dir.store);
+        let id = self.id;
+        let until = now_ms() + LOOKAHEAD_MS;
         let load = move || {
             Ok((
                 store.conversation(id)?,
@@ -409,8 +457,9 @@ impl Actor for Conversation {
             let _ = commit(&*barrier, Txn::default()).await;
             blocking(load).await
         };
-        ctx.wait(load.into_actor(self).map(|res, act, ctx| match res {
+        ctx.wait(load.into_actor(self).map(move |res, act, ctx| match res {
             Ok((record, last_seq, deadlines)) => {
+                act.broken = false;
                 act.record_persisted = record.is_some();
                 act.record = record;
                 act.last_seq = last_seq;
@@ -418,8 +467,10 @@ impl Actor for Conversation {
                 act.rearm(ctx);
             }
             Err(_) => {
-                tracing::error!(conversation = %act.id, "could not load conversation");
+                let wait = (waited * 2).clamp(RELOAD_FIRST, RELOAD_MAX);
+                tracing::error!(conversation = %act.id, retry_in_ms = wait.as_millis() as u64, "could not load conversation");
                 act.broken = true;
+                ctx.run_later(wait, move |act, ctx| act.load(ctx, wait));
             }
         }));
     }
@@ -774,6 +825,13 @@ impl Handler<Read> for Conversation {
                 ))
             });
         }
+        // Read positions only move forward: repeating one stores nothing
+        // and tells nobody (a flood of `read` frames writes nothing).
+        let mark = self.read_marks.entry(msg.by).or_insert(0);
+        if msg.up_to_seq <= *mark {
+            return Box::pin(async { Ok(()) });
+        }
+        *mark = msg.up_to_seq;
         let mut ops = vec![Op::PutReadState {
             conv: self.id,
             user: msg.by,
@@ -817,6 +875,13 @@ impl Handler<Screenshot> for Conversation {
             Ok(f) => f,
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
+        // One notice per message and member: repeats write nothing.
+        if !self.screenshotted.insert((msg.msg.seq, msg.by)) {
+            return Box::pin(fut::ready(Ok(())));
+        }
+        if self.screenshotted.len() > RECEIPT_MEMORY {
+            self.screenshotted.clear();
+        }
         let store = Arc::clone(&self.dir.store);
         Box::pin(
             async move {

@@ -37,6 +37,10 @@ pub struct Limits {
     pub send_rate_per_second: u32,
     /// Sends a user may save up.
     pub send_burst: u32,
+    /// Other event-storing frames a second per user, across devices.
+    pub event_rate_per_second: u32,
+    /// Such frames a user may save up.
+    pub event_burst: u32,
     /// Frames a second per socket, of every type.
     pub frame_rate_per_second: u32,
     /// Frames a socket may save up.
@@ -48,6 +52,11 @@ pub struct Limits {
     /// Sends accepted and not yet answered, server-wide; past it a send is
     /// refused at once with `unavailable` instead of queueing.
     pub max_sends_in_flight: usize,
+    /// Bytes of frames queued for one socket; a socket that falls this far
+    /// behind its events is closed (4408) and its device resumes by `sync`.
+    pub max_outbound_bytes: usize,
+    /// Frames queued for one socket, likewise.
+    pub max_outbound_frames: usize,
 }
 
 /// One send admitted under [`Limits::max_sends_in_flight`]; the slot is
@@ -72,6 +81,7 @@ struct UserEntry {
     started: std::time::Instant,
     crash_streak: u32,
     send_bucket: Arc<Mutex<TokenBucket>>,
+    event_bucket: Arc<Mutex<TokenBucket>>,
     /// Sessions that got this entry but whose `Attach` is not yet handled;
     /// the actor may retire only when this is zero.
     attaching: usize,
@@ -159,6 +169,9 @@ pub struct UserHandle {
     pub addr: Addr<User>,
     /// The user's send-rate bucket, shared by all their devices.
     pub send_bucket: Arc<Mutex<TokenBucket>>,
+    /// The user's bucket for the other frames that store an event
+    /// (`delivered`, `read`, `screenshot`, `unsend`), shared likewise.
+    pub event_bucket: Arc<Mutex<TokenBucket>>,
     /// Closes when the actor is gone (a crash included).
     pub alive: crate::AliveWatch,
 }
@@ -242,6 +255,7 @@ impl Directory {
                 return UserHandle {
                     addr: dead.addr.clone(),
                     send_bucket: Arc::clone(&dead.send_bucket),
+                    event_bucket: Arc::clone(&dead.event_bucket),
                     alive: dead.alive.clone(),
                 };
             }
@@ -275,6 +289,10 @@ impl Directory {
                     self.limits.send_rate_per_second,
                     self.limits.send_burst,
                 ))),
+                event_bucket: Arc::new(Mutex::new(TokenBucket::new(
+                    self.limits.event_rate_per_second,
+                    self.limits.event_burst,
+                ))),
                 attaching: 0,
                 started: std::time::Instant::now(),
                 crash_streak: streak,
@@ -284,6 +302,7 @@ impl Directory {
         UserHandle {
             addr: entry.addr.clone(),
             send_bucket: Arc::clone(&entry.send_bucket),
+            event_bucket: Arc::clone(&entry.event_bucket),
             alive: entry.alive.clone(),
         }
     }

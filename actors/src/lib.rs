@@ -10,6 +10,7 @@
 //! - [`metrics`]: the Prometheus registry.
 //! - [`ratelimit`]: token buckets.
 //! - [`directory`]: live actors by id, lazy activation, the fanout.
+//! - [`outbox`]: the bound on what waits for one socket.
 //! - [`session`]: one actor per WebSocket.
 //! - [`user`]: one actor per online user; multi-device fanout, presence.
 //! - [`conversation`]: sequencer, persistence, receipts, TTL timers.
@@ -20,6 +21,7 @@ pub mod directory;
 pub mod frames;
 pub mod ids;
 pub mod metrics;
+pub mod outbox;
 pub mod ratelimit;
 pub mod session;
 pub mod store;

@@ -3,7 +3,7 @@
 //! that owns it, and writes frames to its socket. It holds no state that
 //! matters after it dies: everything a device missed comes back by `sync`.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use crate::frames::{
 };
 use crate::ids::{DeviceId, Id, MsgId, UserId};
 use crate::metrics::Kind;
+use crate::outbox::{Abort, Admit, Outbox};
 use crate::ratelimit::TokenBucket;
 use crate::store::{
     blocking, now_ms, BurnReason, EventRecord, MediaAccess, ReadError, Store, ViewPolicy,
@@ -30,8 +31,14 @@ static SERIAL: AtomicU64 = AtomicU64::new(1);
 /// How often the server pings a quiet socket.
 const PING_EVERY: Duration = Duration::from_secs(10);
 
-/// Events read from storage per batch while replaying a sync.
-const SYNC_BATCH: usize = 512;
+/// Events read from storage per page while replaying a sync. A page is
+/// written to the socket before the next is read, and the next is read
+/// only once the socket has taken the last one (see [`Session::on_sync`]).
+const SYNC_PAGE: usize = 128;
+
+/// Syncs a socket may queue behind the one replaying; past it a `sync` is
+/// refused with `rate_limited`.
+const MAX_QUEUED_SYNCS: usize = 4;
 
 /// A frame for this socket, from the user actor.
 #[derive(Message)]
@@ -48,6 +55,56 @@ pub struct Push {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Reply(pub String);
+
+/// Where frames for one socket go: its session, behind its [`Outbox`].
+#[derive(Clone)]
+pub struct SessionLink {
+    /// The session.
+    pub addr: Addr<Session>,
+    /// What waits for its socket.
+    pub outbox: Arc<Outbox>,
+}
+
+impl SessionLink {
+    /// Queues a live event for the socket, unless it has fallen too far
+    /// behind: then it is closed instead (4408) and its device resumes by
+    /// `sync`.
+    pub fn push(&self, cursor: Option<u64>, text: Arc<str>) {
+        if self.admit(text.len()) {
+            self.addr.do_send(Push { cursor, text });
+        }
+    }
+
+    /// Queues an answer to one of the socket's requests, likewise.
+    fn reply(&self, text: String) {
+        if self.admit(text.len()) {
+            self.addr.do_send(Reply(text));
+        }
+    }
+
+    fn admit(&self, len: usize) -> bool {
+        match self.outbox.admit(len) {
+            Admit::Queued => true,
+            Admit::Refused => false,
+            Admit::Overflowed => {
+                tracing::info!(
+                    queued_bytes = self.outbox.queued_bytes(),
+                    "socket fell too far behind; closing it"
+                );
+                self.addr.do_send(CloseSocket {
+                    code: crate::outbox::SLOW_CLOSE_CODE,
+                    reason: "too far behind: reconnect and sync",
+                });
+                let outbox = Arc::clone(&self.outbox);
+                actix::spawn(async move {
+                    tokio::time::sleep(crate::outbox::ABORT_AFTER).await;
+                    outbox.abort_if_stuck();
+                });
+                false
+            }
+        }
+    }
+}
 
 /// Close the socket with a code (4401 when the token was revoked).
 #[derive(Message)]
@@ -66,6 +123,8 @@ pub struct Session {
     device: DeviceId,
     serial: u64,
     send_bucket: Option<Arc<Mutex<TokenBucket>>>,
+    /// The user's bucket for other frames that store an event.
+    event_bucket: Option<Arc<Mutex<TokenBucket>>>,
     /// The user actor this socket is attached to.
     user_addr: Option<Addr<crate::user::User>>,
     /// The connection's span: every log line of this socket carries it.
@@ -75,9 +134,16 @@ pub struct Session {
     last_cursor: u64,
     frame_bucket: TokenBucket,
     last_heard: Instant,
-    /// While a sync replays, live frames wait here so the device sees
-    /// events in cursor order.
-    sync_buffer: Option<Vec<(Option<u64>, Arc<str>)>>,
+    /// The sync replaying now, if any: one at a time per socket.
+    replaying: Option<Replay>,
+    /// Syncs asked for while one replays (their `after`), in order.
+    queued_syncs: VecDeque<u64>,
+    /// What waits for this socket (see [`Outbox`]).
+    outbox: Arc<Outbox>,
+    /// A text message arriving in fragments, until its last one.
+    fragments: Option<Vec<u8>>,
+    /// When the token that opened this socket expires (Unix ms).
+    token_expires_at: Option<u64>,
     /// Dropped with this session (a crash included): its user actor waits
     /// on it to forget the session.
     alive: crate::Alive,
@@ -88,24 +154,41 @@ pub struct Session {
 const REATTACH_AFTER: Duration = Duration::from_millis(250);
 
 impl Session {
-    /// A session for an authenticated device.
-    pub fn new(dir: Arc<Directory>, user: UserId, device: DeviceId) -> Self {
+    /// A session for an authenticated device; `abort` cuts its connection
+    /// if it stops reading (see [`Outbox`]).
+    pub fn new(dir: Arc<Directory>, user: UserId, device: DeviceId, abort: Option<Abort>) -> Self {
         let frame_bucket =
             TokenBucket::new(dir.limits.frame_rate_per_second, dir.limits.frame_burst);
+        let outbox = Arc::new(Outbox::new(
+            dir.limits.max_outbound_bytes,
+            dir.limits.max_outbound_frames,
+            abort,
+        ));
         Session {
             dir,
             user,
             device,
             serial: SERIAL.fetch_add(1, Ordering::Relaxed),
             send_bucket: None,
+            event_bucket: None,
             user_addr: None,
             span: tracing::info_span!("connection", user = %user, device = %device),
             last_cursor: 0,
             frame_bucket,
             last_heard: Instant::now(),
-            sync_buffer: None,
+            replaying: None,
+            queued_syncs: VecDeque::new(),
+            outbox,
+            fragments: None,
+            token_expires_at: None,
             alive: crate::alive(),
         }
+    }
+
+    /// Closes the socket (4401) when its token expires.
+    pub fn token_expires_at(mut self, at: u64) -> Self {
+        self.token_expires_at = Some(at);
+        self
     }
 
     fn reply_error(
@@ -131,6 +214,22 @@ impl Session {
                 return Self::reply_error(ctx, &err, salvage_ref(text).as_deref());
             }
         };
+        let stores_event = matches!(
+            frame,
+            ClientFrame::Read { .. }
+                | ClientFrame::Delivered { .. }
+                | ClientFrame::Screenshot { .. }
+                | ClientFrame::Unsend { .. }
+        );
+        if stores_event {
+            if let Err(wait) = Self::take(&self.event_bucket) {
+                let err = FrameError {
+                    retry_after_ms: Some(wait),
+                    ..FrameError::new(ErrorCode::RateLimited, "too many receipts and notices")
+                };
+                return Self::reply_error(ctx, &err, salvage_ref(text).as_deref());
+            }
+        }
         match frame {
             ClientFrame::Ping => ctx.text(ServerFrame::Pong.to_text()),
             ClientFrame::Send(f) => self.on_send(f, ctx),
@@ -217,7 +316,7 @@ impl Session {
         M: Message<Result = Result<(), FrameError>> + Send + 'static,
         conversation::Conversation: Handler<crate::Counted<M>>,
     {
-        Self::reply_later(ctx, async move {
+        self.reply_later(ctx, async move {
             let err = match req.await {
                 Ok(Ok(())) => return None,
                 Ok(Err(e)) => e,
@@ -232,15 +331,33 @@ impl Session {
     /// futures are polled together: thousands in flight would cost
     /// quadratic time), and the frame comes back as a [`Reply`].
     fn reply_later(
+        &self,
         ctx: &mut ws::WebsocketContext<Self>,
         answer: impl std::future::Future<Output = Option<String>> + 'static,
     ) {
-        let me = ctx.address();
+        let me = self.link(ctx);
         actix::spawn(async move {
             if let Some(text) = answer.await {
-                me.do_send(Reply(text));
+                me.reply(text);
             }
         });
+    }
+
+    /// This session as the user actor and answers reach it.
+    fn link(&self, ctx: &ws::WebsocketContext<Self>) -> SessionLink {
+        SessionLink {
+            addr: ctx.address(),
+            outbox: Arc::clone(&self.outbox),
+        }
+    }
+
+    /// Takes a token from a per-user bucket (none yet: not attached, let
+    /// it pass).
+    fn take(bucket: &Option<Arc<Mutex<TokenBucket>>>) -> Result<(), u64> {
+        match bucket {
+            Some(b) => b.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            None => Ok(()),
+        }
     }
 
     fn check_send(
@@ -287,14 +404,11 @@ impl Session {
                 Id::parse(k).ok_or(FrameError::new(ErrorCode::NotFound, "no such media_key"))?,
             ),
         };
-        if let Some(bucket) = &self.send_bucket {
-            let taken = bucket.lock().unwrap_or_else(|p| p.into_inner()).take();
-            if let Err(wait) = taken {
-                return Err(FrameError {
-                    retry_after_ms: Some(wait),
-                    ..FrameError::new(ErrorCode::RateLimited, "sending too fast")
-                });
-            }
+        if let Err(wait) = Self::take(&self.send_bucket) {
+            return Err(FrameError {
+                retry_after_ms: Some(wait),
+                ..FrameError::new(ErrorCode::RateLimited, "sending too fast")
+            });
         }
         Ok((policy, burn_after, media_key))
     }
@@ -352,7 +466,7 @@ impl Session {
             )))
         };
         let metrics = Arc::clone(&self.dir.metrics);
-        Self::reply_later(ctx, async move {
+        self.reply_later(ctx, async move {
             let answer = fut.await;
             drop(permit);
             Some(match answer {
@@ -386,7 +500,7 @@ impl Session {
             .conversation(msg.conv)
             .send(View { msg, by: self.user });
         let media = Arc::clone(&self.dir.media);
-        Self::reply_later(ctx, async move {
+        self.reply_later(ctx, async move {
             let res = req.await;
             let burned = ServerFrame::ViewResult {
                 msg_id: msg,
@@ -432,50 +546,96 @@ impl Session {
         });
     }
 
+    /// Starts replaying the inbox after `after`, or queues the request
+    /// behind the replay in progress (one replays at a time per socket).
     fn on_sync(&mut self, after: u64, ctx: &mut ws::WebsocketContext<Self>) {
-        if self.sync_buffer.is_none() {
-            self.sync_buffer = Some(Vec::new());
+        if self.replaying.is_some() {
+            if self.queued_syncs.len() >= MAX_QUEUED_SYNCS {
+                let err = FrameError {
+                    retry_after_ms: Some(100),
+                    ..FrameError::new(ErrorCode::RateLimited, "too many syncs at once")
+                };
+                return Self::reply_error(ctx, &err, None);
+            }
+            self.queued_syncs.push_back(after);
+            return;
         }
+        self.replaying = Some(Replay {
+            after,
+            next: after,
+            newest_live: 0,
+            burned_once: HashSet::new(),
+        });
+        self.next_page(ctx);
+    }
+
+    /// Reads and writes the next page of the replay in progress. The
+    /// read's answer is handled when this actor next runs, which is when
+    /// its socket has taken what was written before (the HTTP layer stops
+    /// polling a connection whose output is backed up): a replay goes at
+    /// the pace of its reader and holds one page in memory.
+    fn next_page(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(r) = self.replaying.as_mut() else {
+            return;
+        };
         let store = Arc::clone(&self.dir.store);
         let media = Arc::clone(&self.dir.media);
         let user = self.user;
+        let from = r.next;
+        let mut burned_once = std::mem::take(&mut r.burned_once);
         ctx.spawn(
-            blocking(move || replay(&*store, &*media, user, after, now_ms()))
-                .into_actor(self)
-                .map(move |res, act, ctx| {
-                    let buffered = act.sync_buffer.take().unwrap_or_default();
-                    match res {
-                        Ok((frames, last)) => {
-                            for f in &frames {
-                                ctx.text(f.as_str());
-                            }
-                            ctx.text(ServerFrame::Synced { cursor: last }.to_text());
-                            for (cursor, text) in buffered {
-                                if cursor.is_none_or(|c| c > last) {
-                                    ctx.text(&*text);
-                                }
-                            }
-                            if last > after {
-                                // A cursor read from storage (not the
-                                // client's own `after`, which may be
-                                // anything): live pushes up to it are
-                                // duplicates of this replay.
-                                act.last_cursor = act.last_cursor.max(last);
-                            }
-                        }
-                        Err(_) => {
-                            for (_, text) in buffered {
-                                ctx.text(&*text);
-                            }
-                            Self::reply_error(
-                                ctx,
-                                &FrameError::new(ErrorCode::Internal, "sync failed, retry"),
-                                None,
-                            );
-                        }
+            blocking(move || {
+                let page = replay_page(&*store, &*media, user, from, now_ms(), &mut burned_once);
+                Ok((page, burned_once))
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let Some(r) = act.replaying.as_mut() else {
+                    return;
+                };
+                let page = match res {
+                    Ok((Ok(page), burned_once)) => {
+                        r.burned_once = burned_once;
+                        page
                     }
-                }),
+                    _ => {
+                        act.replaying = None;
+                        Self::reply_error(
+                            ctx,
+                            &FrameError::new(ErrorCode::Internal, "sync failed, retry"),
+                            None,
+                        );
+                        return act.next_sync(ctx);
+                    }
+                };
+                for f in &page.frames {
+                    ctx.text(f.as_str());
+                }
+                r.next = page.last;
+                // Events pushed live meanwhile were not sent: they are in
+                // storage, and the replay goes on until it has read them.
+                if page.scanned == SYNC_PAGE || (page.scanned > 0 && r.newest_live > page.last) {
+                    return act.next_page(ctx);
+                }
+                let Replay { after, next, .. } = *r;
+                act.replaying = None;
+                ctx.text(ServerFrame::Synced { cursor: next }.to_text());
+                if next > after {
+                    // A cursor read from storage (not the client's own
+                    // `after`, which may be anything): live pushes up to it
+                    // are duplicates of this replay.
+                    act.last_cursor = act.last_cursor.max(next);
+                }
+                act.next_sync(ctx);
+            }),
         );
+    }
+
+    /// Starts the next queued sync, if any.
+    fn next_sync(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(after) = self.queued_syncs.pop_front() {
+            self.on_sync(after, ctx);
+        }
     }
 
     /// Attaches to the user's actor (a new one if it died), and watches it:
@@ -494,10 +654,11 @@ impl Session {
         handle.addr.do_send(Attach {
             serial: self.serial,
             device: self.device,
-            addr: ctx.address(),
+            link: self.link(ctx),
             alive: self.alive.subscribe(),
         });
         self.send_bucket = Some(handle.send_bucket);
+        self.event_bucket = Some(handle.event_bucket);
         self.user_addr = Some(handle.addr);
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(crate::gone(handle.alive)).map(|(), act, ctx| {
@@ -508,6 +669,51 @@ impl Session {
         if resync {
             let from = self.last_cursor;
             self.on_sync(from, ctx);
+        }
+    }
+
+    /// Reassembles a text message sent in fragments (RFC 6455 5.4) and
+    /// handles it whole; the whole is held to the frame size limit.
+    fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        let (first, last, bytes) = match item {
+            actix_http::ws::Item::FirstText(b) => (true, false, b),
+            actix_http::ws::Item::Continue(b) => (false, false, b),
+            actix_http::ws::Item::Last(b) => (false, true, b),
+            actix_http::ws::Item::FirstBinary(_) => {
+                self.fragments = None;
+                return Self::reply_error(
+                    ctx,
+                    &FrameError::new(ErrorCode::BadFrame, "only text frames are accepted"),
+                    None,
+                );
+            }
+        };
+        if first {
+            self.fragments = Some(Vec::with_capacity(bytes.len()));
+        }
+        // Fragments of a binary message (refused above) are dropped.
+        let Some(buf) = self.fragments.as_mut() else {
+            return;
+        };
+        if buf.len() + bytes.len() > self.dir.limits.max_frame_bytes {
+            self.fragments = None;
+            ctx.close(Some(ws::CloseReason {
+                code: ws::CloseCode::Size,
+                description: Some("frame too large".into()),
+            }));
+            return ctx.stop();
+        }
+        buf.extend_from_slice(&bytes);
+        if !last {
+            return;
+        }
+        let whole = self.fragments.take().unwrap_or_default();
+        match std::str::from_utf8(&whole) {
+            Ok(text) => self.on_text(text, ctx),
+            Err(_) => {
+                ctx.close(Some(ws::CloseCode::Invalid.into()));
+                ctx.stop();
+            }
         }
     }
 
@@ -524,59 +730,91 @@ impl Session {
     }
 }
 
-/// Replays a user's inbox after `after`: every live event in cursor order,
-/// a message that has expired or been burned replaced by its `burned`
-/// (once per message). Returns the frames and the last cursor scanned.
-pub fn replay(
+/// A sync being replayed, page by page.
+struct Replay {
+    /// The cursor the client asked from.
+    after: u64,
+    /// Where the next page starts (the last cursor read so far).
+    next: u64,
+    /// The newest cursor pushed live while this replays.
+    newest_live: u64,
+    /// Messages already reported burned by this replay (once each).
+    burned_once: HashSet<MsgId>,
+}
+
+/// One page of a replay.
+pub struct Page {
+    /// The frames to write, in cursor order.
+    pub frames: Vec<String>,
+    /// The last cursor read (`from` if none).
+    pub last: u64,
+    /// How many inbox rows were read: fewer than a page means the end.
+    pub scanned: usize,
+}
+
+/// Reads one page of a user's inbox after `from`: every live event in
+/// cursor order, a message that has expired or been burned replaced by its
+/// `burned` (once per message across the pages of one replay, which
+/// `burned_once` remembers).
+pub fn replay_page(
     store: &dyn Store,
     media: &dyn MediaAccess,
     user: UserId,
-    after: u64,
+    from: u64,
     now: u64,
-) -> Result<(Vec<String>, u64), ReadError> {
-    let mut out = Vec::new();
-    let mut burned_once: HashSet<MsgId> = HashSet::new();
-    let mut cursor = after;
-    loop {
-        let batch = store.inbox_after(user, cursor, SYNC_BATCH)?;
-        let n = batch.len();
-        for (c, rec) in batch {
-            cursor = c;
-            let frame = match rec {
-                EventRecord::Message { msg } => match store.message(msg)? {
-                    Some(m) if m.expires_at > now => {
-                        let grant = match (&m.media, m.view_policy) {
-                            (Some(md), ViewPolicy::Timed) => media.grant(md, false, m.expires_at),
-                            _ => None,
-                        };
-                        ServerFrame::Message(MessageView::of(&m, Some(c), grant.as_ref())).to_text()
+    burned_once: &mut HashSet<MsgId>,
+) -> Result<Page, ReadError> {
+    let batch = store.inbox_after(user, from, SYNC_PAGE)?;
+    let mut page = Page {
+        frames: Vec::with_capacity(batch.len()),
+        last: from,
+        scanned: batch.len(),
+    };
+    for (c, rec) in batch {
+        page.last = c;
+        let frame = match rec {
+            EventRecord::Message { msg } => match store.message(msg)? {
+                Some(m) if m.expires_at > now => {
+                    let grant = match (&m.media, m.view_policy) {
+                        (Some(md), ViewPolicy::Timed) => media.grant(md, false, m.expires_at),
+                        _ => None,
+                    };
+                    ServerFrame::Message(MessageView::of(&m, Some(c), grant.as_ref())).to_text()
+                }
+                _ => {
+                    if !burned_once.insert(msg) {
+                        continue;
                     }
-                    _ => {
-                        if !burned_once.insert(msg) {
-                            continue;
-                        }
-                        let reason = store.tombstone(msg)?.unwrap_or(BurnReason::Expired);
-                        burned(c, msg, reason)
-                    }
-                },
-                EventRecord::Burned { msg, .. } if !burned_once.insert(msg) => continue,
-                other => match render_record(c, &other) {
-                    Some(frame) => frame,
-                    None => continue,
-                },
-            };
-            out.push(frame);
-        }
-        if n < SYNC_BATCH {
-            return Ok((out, cursor));
-        }
+                    let reason = store.tombstone(msg)?.unwrap_or(BurnReason::Expired);
+                    burned(c, msg, reason)
+                }
+            },
+            EventRecord::Burned { msg, .. } if !burned_once.insert(msg) => continue,
+            other => match render_record(c, &other) {
+                Some(frame) => frame,
+                None => continue,
+            },
+        };
+        page.frames.push(frame);
     }
+    Ok(page)
 }
 
 impl Actor for Session {
     type Context = ws::WebsocketContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(at) = self.token_expires_at {
+            let left = Duration::from_millis(at.saturating_sub(now_ms()));
+            ctx.run_later(left, |_, ctx| {
+                tracing::debug!("token expired; closing the socket");
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Other(4401),
+                    description: Some("token expired".into()),
+                }));
+                ctx.stop();
+            });
+        }
         self.attach(ctx, false);
         self.dir.metrics.connections.inc();
         self.dir
@@ -588,6 +826,7 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        self.outbox.finish();
         self.dir.metrics.connections.dec();
         self.dir
             .metrics
@@ -610,7 +849,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
         self.last_heard = Instant::now();
         match msg {
             Ok(ws::Message::Text(t)) => self.on_text(&t, ctx),
-            Ok(ws::Message::Binary(_)) | Ok(ws::Message::Continuation(_)) => Self::reply_error(
+            Ok(ws::Message::Continuation(item)) => self.on_fragment(item, ctx),
+            Ok(ws::Message::Binary(_)) => Self::reply_error(
                 ctx,
                 &FrameError::new(ErrorCode::BadFrame, "only text frames are accepted"),
                 None,
@@ -640,7 +880,14 @@ impl Handler<Push> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        self.outbox.release(msg.text.len());
         if let Some(c) = msg.cursor {
+            if let Some(r) = self.replaying.as_mut() {
+                // Stored before it was pushed: the replay reads it (and
+                // goes on until it has), in order.
+                r.newest_live = r.newest_live.max(c);
+                return;
+            }
             // Events reach a session in cursor order, so one at or below
             // the last cursor sent was already sent, by a replay that read
             // it from storage before its live push got here.
@@ -649,10 +896,7 @@ impl Handler<Push> for Session {
             }
             self.last_cursor = c;
         }
-        match &mut self.sync_buffer {
-            Some(buf) => buf.push((msg.cursor, msg.text)),
-            None => ctx.text(&*msg.text),
-        }
+        ctx.text(&*msg.text);
     }
 }
 
@@ -660,6 +904,7 @@ impl Handler<Reply> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Reply, ctx: &mut Self::Context) {
+        self.outbox.release(msg.0.len());
         ctx.text(msg.0);
     }
 }

@@ -1,10 +1,17 @@
 //! The `Sweeper`: reads the persistent deadline index and hands each
 //! deadline that is due soon to its conversation, which keeps a precise
 //! timer for it. This is what re-arms every deadline after a restart (the
-//! first scan starts from the beginning of the index) and what will wake
+//! first scan starts from the beginning of the index) and what wakes
 //! passivated conversations.
+//!
+//! A deadline leaves the index only in the transaction that burns its
+//! message, so one still there well past its time was lost on the way (an
+//! `Arm` dropped by an actor that crashed, a burn that failed and whose
+//! actor died before retrying it): every scan hands those over again.
+//! Burns are guarded on the message being present, so handing one over
+//! twice never burns twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +26,10 @@ use crate::store::{blocking, now_ms, Deadline, LOOKAHEAD_MS};
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// Deadlines read per scan step.
 const BATCH: usize = 10_000;
+/// A deadline this far past its time and still in the index is handed
+/// over again. Longer than a burn takes to commit (a few ms), so a burn in
+/// flight is rarely handed over twice (which would be harmless anyway).
+const OVERDUE_AFTER_MS: u64 = 1_000;
 
 /// The deadline scanner.
 pub struct Sweeper {
@@ -45,31 +56,44 @@ impl Sweeper {
         self.scanning = true;
         let store = Arc::clone(&self.dir.store);
         let after = self.watermark;
-        let until = now_ms() + LOOKAHEAD_MS;
+        let now = now_ms();
+        let until = now + LOOKAHEAD_MS;
+        let overdue_until = now.saturating_sub(OVERDUE_AFTER_MS);
         ctx.spawn(
-            blocking(move || store.deadlines(after, until, BATCH))
-                .into_actor(self)
-                .map(|res, act, ctx| {
-                    act.scanning = false;
-                    let Ok(found) = res else {
-                        tracing::error!("deadline scan failed; retrying");
-                        return;
-                    };
-                    let full = found.len() == BATCH;
-                    if let Some(last) = found.last() {
-                        act.watermark = Some(*last);
-                    }
-                    let mut by_conv: HashMap<ConvId, Vec<Deadline>> = HashMap::new();
-                    for d in found {
-                        by_conv.entry(d.msg.conv).or_default().push(d);
-                    }
-                    for (conv, list) in by_conv {
-                        act.dir.conversation(conv).do_send(Arm(list));
-                    }
-                    if full {
-                        act.scan(ctx);
-                    }
-                }),
+            blocking(move || {
+                let overdue = store.deadlines(None, overdue_until, BATCH)?;
+                Ok((overdue, store.deadlines(after, until, BATCH)?))
+            })
+            .into_actor(self)
+            .map(|res: Result<_, crate::store::ReadError>, act, ctx| {
+                act.scanning = false;
+                let Ok((overdue, found)) = res else {
+                    tracing::error!("deadline scan failed; retrying");
+                    return;
+                };
+                if !overdue.is_empty() {
+                    tracing::warn!(
+                        count = overdue.len(),
+                        "handing over overdue deadlines again"
+                    );
+                }
+                let full = found.len() == BATCH;
+                if let Some(last) = found.last() {
+                    act.watermark = Some(*last);
+                }
+                let mut by_conv: HashMap<ConvId, BTreeSet<Deadline>> = HashMap::new();
+                for d in overdue.into_iter().chain(found) {
+                    by_conv.entry(d.msg.conv).or_default().insert(d);
+                }
+                for (conv, list) in by_conv {
+                    act.dir
+                        .conversation(conv)
+                        .do_send(Arm(list.into_iter().collect()));
+                }
+                if full {
+                    act.scan(ctx);
+                }
+            }),
         );
     }
 }

@@ -10,7 +10,7 @@ use crate::directory::Directory;
 use crate::frames::{render_event, ServerFrame};
 use crate::ids::{DeviceId, UserId};
 use crate::metrics::Kind;
-use crate::session::{CloseSocket, Push, Session};
+use crate::session::{CloseSocket, SessionLink};
 use crate::store::{blocking, now_ms, Delivery, Event, ReadError, Store, ViewPolicy};
 
 /// A session of this user starts; it gets the user's live events from now.
@@ -22,7 +22,7 @@ pub struct Attach {
     /// Its device.
     pub device: DeviceId,
     /// Where to push frames.
-    pub addr: Addr<Session>,
+    pub link: SessionLink,
     /// Closes when the session is gone, even by a crash (no `Detach`).
     pub alive: crate::AliveWatch,
 }
@@ -72,8 +72,8 @@ impl Handler<CloseAll> for User {
     type Result = ();
 
     fn handle(&mut self, msg: CloseAll, _: &mut Self::Context) {
-        for Attached { addr, .. } in &self.sessions {
-            addr.do_send(CloseSocket {
+        for Attached { link, .. } in &self.sessions {
+            link.addr.do_send(CloseSocket {
                 code: msg.code,
                 reason: msg.reason,
             });
@@ -107,7 +107,7 @@ struct Attached {
     /// The session's serial number on this node.
     serial: u64,
     device: DeviceId,
-    addr: Addr<Session>,
+    link: SessionLink,
     /// Closes when the session is gone.
     alive: crate::AliveWatch,
 }
@@ -128,12 +128,9 @@ impl User {
     }
 
     fn push(&self, cursor: Option<u64>, text: Arc<str>, except: Option<DeviceId>) {
-        for Attached { device, addr, .. } in &self.sessions {
+        for Attached { device, link, .. } in &self.sessions {
             if Some(*device) != except {
-                addr.do_send(Push {
-                    cursor,
-                    text: Arc::clone(&text),
-                });
+                link.push(cursor, Arc::clone(&text));
             }
         }
     }
@@ -257,12 +254,12 @@ impl Handler<Attach> for User {
         let _in = span.enter();
         self.dir.attached(self.id);
         let came_online = self.sessions.is_empty();
-        let session = msg.addr.clone();
+        let session = msg.link.clone();
         self.watch_session(msg.serial, msg.alive.clone(), ctx);
         self.sessions.push(Attached {
             serial: msg.serial,
             device: msg.device,
-            addr: msg.addr,
+            link: msg.link,
             alive: msg.alive,
         });
         let store = Arc::clone(&self.dir.store);
@@ -285,10 +282,7 @@ impl Handler<Attach> for User {
                     );
                 }
                 if act.dir.is_online(c) {
-                    session.do_send(Push {
-                        cursor: None,
-                        text: presence_frame(c, true, None),
-                    });
+                    session.push(None, presence_frame(c, true, None));
                 }
             }
         }));
@@ -404,9 +398,9 @@ impl Handler<Revoke> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Revoke, _: &mut Self::Context) {
-        for Attached { device, addr, .. } in &self.sessions {
+        for Attached { device, link, .. } in &self.sessions {
             if *device == msg.device {
-                addr.do_send(CloseSocket {
+                link.addr.do_send(CloseSocket {
                     code: 4401,
                     reason: "session revoked",
                 });

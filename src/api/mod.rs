@@ -72,6 +72,8 @@ pub struct Authed {
     pub device: DeviceId,
     /// The raw token, to revoke it on logout.
     pub token: String,
+    /// When the token stops working (Unix ms): a socket it opened closes then.
+    pub expires_at: u64,
 }
 
 /// Resolves a token to its live login.
@@ -83,6 +85,7 @@ pub async fn authenticate(state: &AppState, token: String) -> Result<Authed, Api
             user: rec.user_id,
             device: rec.device_id,
             token,
+            expires_at: rec.expires_at,
         }),
         None => Err(ApiError::Unauthorized(
             "missing, invalid, expired or revoked token",

@@ -3,11 +3,13 @@
 //! upgrade and then close code 4401, which a browser can read (it cannot
 //! read the status of a refused upgrade).
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, StreamHandler};
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
+use ephemera_actors::outbox::Abort;
 use ephemera_actors::session::Session;
 use serde::Deserialize;
 
@@ -47,7 +49,8 @@ async fn upgrade(
     let max = state.config.max_frame_bytes;
     match authed {
         Some(a) => {
-            let session = Session::new(Arc::clone(&state.dir), a.user, a.device);
+            let session = Session::new(Arc::clone(&state.dir), a.user, a.device, abort(&req))
+                .token_expires_at(a.expires_at);
             ws::WsResponseBuilder::new(session, &req, stream)
                 .frame_size(max)
                 .start()
@@ -56,6 +59,41 @@ async fn upgrade(
             .frame_size(max)
             .start(),
     }
+}
+
+/// The descriptor of a connection's TCP socket, noted when it is accepted.
+#[derive(Clone, Copy)]
+struct ConnFd(RawFd);
+
+/// Notes each accepted connection's socket (for [`abort`]); passed to
+/// `HttpServer::on_connect`.
+pub fn note_socket(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        ext.insert(ConnFd(tcp.as_raw_fd()));
+    }
+}
+
+/// What cuts this request's connection: a shutdown of its TCP socket,
+/// through a duplicate descriptor of our own (so it can never reach
+/// another connection that reused the number). Used on a socket that
+/// stopped reading: the HTTP layer then sees the connection end and drops
+/// the session with everything queued for it.
+fn abort(req: &HttpRequest) -> Option<Abort> {
+    let fd = req.conn_data::<ConnFd>()?.0;
+    // SAFETY: `fd` is this live connection's socket (we are serving a
+    // request on it); F_DUPFD_CLOEXEC only reads it and returns a new
+    // descriptor that we own from here on.
+    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return None;
+    }
+    // SAFETY: `dup` was just returned by fcntl and nothing else owns it.
+    let own = unsafe { OwnedFd::from_raw_fd(dup) };
+    Some(Box::new(move || {
+        // SAFETY: `own` is an open descriptor we own; shutdown takes no
+        // memory. Dropping `own` afterwards closes our duplicate.
+        unsafe { libc::shutdown(own.as_raw_fd(), libc::SHUT_RDWR) };
+    }))
 }
 
 /// A socket whose token failed: closed with 4401 as soon as it opens.

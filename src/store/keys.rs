@@ -88,6 +88,11 @@ pub fn deadline(d: Deadline) -> [u8; 32] {
     k
 }
 
+/// `cursors`: user id.
+pub fn cursor(user: UserId) -> [u8; 16] {
+    user.0
+}
+
 /// `conversation_deadlines`: (conversation, at, seq): one conversation's
 /// deadlines in time order, so an actor that (re)starts arms only its own.
 pub fn conversation_deadline(d: Deadline) -> [u8; 32] {
@@ -190,6 +195,11 @@ mod tests {
         want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7]);
         assert_eq!(k.to_vec(), want);
         assert_eq!(decode_inbox_cursor(&k), Some(7));
+    }
+
+    #[test]
+    fn cursor_key_is_the_user_id() {
+        assert_eq!(cursor(B), [0xbb; 16]);
     }
 
     #[test]

@@ -112,13 +112,17 @@ pub enum Cf {
     Dedup,
     /// (at, conversation, seq) -> () : the deadline index.
     Deadlines,
-    /// (conversation, at, seq) -> () : the same index by conversation.
+    /// (conversation, at, seq) -> () : the same index by conversation,
+    /// written and deleted with its twin in the same batch.
     ConversationDeadlines,
+    /// user id -> last cursor handed out. Never expires: inbox rows do,
+    /// and cursors must stay strictly increasing across restarts.
+    Cursors,
 }
 
 impl Cf {
     /// Every column family, in the order they are opened.
-    pub const ALL: [Cf; 15] = [
+    pub const ALL: [Cf; 16] = [
         Cf::Accounts,
         Cf::Usernames,
         Cf::Tokens,
@@ -134,6 +138,7 @@ impl Cf {
         Cf::Dedup,
         Cf::Deadlines,
         Cf::ConversationDeadlines,
+        Cf::Cursors,
     ];
 
     /// The name on disk.
@@ -154,6 +159,7 @@ impl Cf {
             Cf::Dedup => "dedup",
             Cf::Deadlines => "deadlines",
             Cf::ConversationDeadlines => "conversation_deadlines",
+            Cf::Cursors => "cursors",
         }
     }
 }
@@ -218,6 +224,9 @@ pub struct RocksStore {
     /// Serialises account creation (username uniqueness).
     accounts_lock: Mutex<()>,
     durability: Durability,
+    /// Test-only: failures the writer injects on request.
+    #[cfg(feature = "faults")]
+    pub writer_faults: Arc<writer::WriterFaults>,
 }
 
 /// Bound of the writer's queue; past it, writes are refused with
@@ -286,6 +295,8 @@ impl RocksStore {
             writer: OnceLock::new(),
             accounts_lock: Mutex::new(()),
             durability,
+            #[cfg(feature = "faults")]
+            writer_faults: Default::default(),
         })
     }
 
@@ -304,6 +315,8 @@ impl RocksStore {
             fanout,
             metrics,
             self.durability == Durability::Fsync,
+            #[cfg(feature = "faults")]
+            Arc::clone(&self.writer_faults),
         );
         let _ = self.writer.set(tx);
     }

@@ -27,6 +27,43 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<(), CommitError>>,
 }
 
+/// Test-only (feature `faults`): makes the writer fail write batches, so
+/// tests can see what a failed write answers.
+#[cfg(feature = "faults")]
+#[derive(Default)]
+pub struct WriterFaults {
+    /// Before it collects its next group, the writer waits this long (so
+    /// the transactions queued meanwhile land in one batch).
+    stall_ms: std::sync::atomic::AtomicU64,
+    /// How many of the next batches fail as if the disk refused them.
+    fail_batches: std::sync::atomic::AtomicUsize,
+}
+
+#[cfg(feature = "faults")]
+impl WriterFaults {
+    /// Fails the next `batches` batches, after a stall of `stall_ms`.
+    pub fn arm(&self, stall_ms: u64, batches: usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.fail_batches.store(batches, SeqCst);
+        self.stall_ms.store(stall_ms, SeqCst);
+    }
+
+    fn take_stall(&self) -> Option<std::time::Duration> {
+        let ms = self.stall_ms.swap(0, std::sync::atomic::Ordering::SeqCst);
+        (ms > 0).then(|| std::time::Duration::from_millis(ms))
+    }
+
+    fn fail_this_batch(&self) -> bool {
+        self.fail_batches
+            .fetch_update(
+                std::sync::atomic::Ordering::SeqCst,
+                std::sync::atomic::Ordering::SeqCst,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+    }
+}
+
 /// Starts the writer thread.
 pub fn spawn(
     db: Arc<DB>,
@@ -35,6 +72,7 @@ pub fn spawn(
     fanout: Arc<dyn Fanout>,
     metrics: Arc<Metrics>,
     sync: bool,
+    #[cfg(feature = "faults")] faults: Arc<WriterFaults>,
 ) {
     let mut w = Writer {
         db,
@@ -43,6 +81,8 @@ pub fn spawn(
         metrics,
         heads: HashMap::new(),
         sync,
+        #[cfg(feature = "faults")]
+        faults,
     };
     std::thread::Builder::new()
         .name("ephemera-writer".into())
@@ -59,6 +99,8 @@ struct Writer {
     /// Last cursor given out per user (loaded from the inbox on first use).
     heads: HashMap<UserId, u64>,
     sync: bool,
+    #[cfg(feature = "faults")]
+    faults: Arc<WriterFaults>,
 }
 
 /// What the batch being built has already written, so guards see earlier
@@ -76,6 +118,10 @@ impl Writer {
     fn run(&mut self, mut rx: mpsc::Receiver<Job>) {
         let mut jobs = Vec::with_capacity(MAX_GROUP);
         while let Some(first) = rx.blocking_recv() {
+            #[cfg(feature = "faults")]
+            if let Some(stall) = self.faults.take_stall() {
+                std::thread::sleep(stall);
+            }
             jobs.push(first);
             while jobs.len() < MAX_GROUP {
                 match rx.try_recv() {
@@ -88,20 +134,34 @@ impl Writer {
         tracing::info!("writer stopped: every sender is gone");
     }
 
-    fn head(&self, overlay: &Overlay, user: UserId) -> Result<u64, rocksdb::Error> {
+    /// The last cursor handed out to `user`: the persisted head (which
+    /// never expires), or the newest inbox row for a database written
+    /// before heads were persisted, whichever is higher.
+    fn head(&self, overlay: &Overlay, user: UserId) -> Result<u64, StoreError> {
         if let Some(h) = overlay.heads.get(&user).or_else(|| self.heads.get(&user)) {
             return Ok(*h);
         }
+        let stored = match self
+            .db
+            .get_pinned_cf(cf_handle(&self.db, Cf::Cursors), keys::cursor(user))?
+        {
+            Some(v) => filter::split(&v)
+                .and_then(|(_, p)| <[u8; 8]>::try_from(p).ok())
+                .map(u64::from_be_bytes)
+                .ok_or(StoreError::Corrupt("cursors"))?,
+            None => 0,
+        };
         let top = keys::inbox(user, u64::MAX);
         let mut it = self.db.iterator_cf(
             cf_handle(&self.db, Cf::Inbox),
             IteratorMode::From(&top, Direction::Reverse),
         );
-        match it.next() {
-            Some(Ok((k, _))) if k[..16] == user.0 => Ok(keys::decode_inbox_cursor(&k).unwrap_or(0)),
-            Some(Err(e)) => Err(e),
-            _ => Ok(0),
-        }
+        let newest_row = match it.next() {
+            Some(Ok((k, _))) if k[..16] == user.0 => keys::decode_inbox_cursor(&k).unwrap_or(0),
+            Some(Err(e)) => return Err(e.into()),
+            _ => 0,
+        };
+        Ok(stored.max(newest_row))
     }
 
     fn media_record(
@@ -300,15 +360,24 @@ impl Writer {
                     );
                     overlay.dedup.insert(k, ack);
                 }
+                // The two indexes of deadlines change together: the global
+                // one wakes conversations, the per-conversation one re-arms
+                // an actor that (re)starts.
                 Op::PutDeadline(d) => {
+                    let none = filter::with_expiry(u64::MAX, &[]);
+                    b.put_cf(cf_handle(db, Cf::Deadlines), keys::deadline(d), &none);
                     b.put_cf(
-                        cf_handle(db, Cf::Deadlines),
-                        keys::deadline(d),
-                        filter::with_expiry(u64::MAX, &[]),
+                        cf_handle(db, Cf::ConversationDeadlines),
+                        keys::conversation_deadline(d),
+                        &none,
                     );
                 }
                 Op::DeleteDeadline(d) => {
-                    b.delete_cf(cf_handle(db, Cf::Deadlines), keys::deadline(d))
+                    b.delete_cf(cf_handle(db, Cf::Deadlines), keys::deadline(d));
+                    b.delete_cf(
+                        cf_handle(db, Cf::ConversationDeadlines),
+                        keys::conversation_deadline(d),
+                    );
                 }
                 Op::PutReadState {
                     conv,
@@ -368,7 +437,23 @@ impl Writer {
             });
             outcomes.push((reply, verdict));
         }
+        // Heads are persisted with the rows that use them, so a cursor is
+        // never handed out twice, even after every inbox row has expired.
+        for (user, head) in &overlay.heads {
+            batch.put_cf(
+                cf_handle(&self.db, Cf::Cursors),
+                keys::cursor(*user),
+                filter::with_expiry(u64::MAX, &head.to_be_bytes()),
+            );
+        }
+        #[cfg(feature = "faults")]
+        let injected = self.faults.fail_this_batch();
+        #[cfg(not(feature = "faults"))]
+        let injected = false;
         let written = if build_failed {
+            Err(None)
+        } else if injected {
+            tracing::warn!("injected fault: failing a write batch");
             Err(None)
         } else if batch.is_empty() {
             Ok(())
@@ -387,10 +472,13 @@ impl Writer {
             if let Some(e) = e {
                 tracing::error!(error = %e, "group commit failed");
             }
-            // Nothing of this batch is durable: every transaction that
-            // would have been in it fails.
-            for (reply, r) in outcomes {
-                let _ = reply.send(r.and(Err(CommitError::Failed)));
+            // Nothing of this batch is durable: every transaction in it
+            // fails, whatever its guards said. A guard's verdict may rest
+            // on an earlier transaction of this very batch (a duplicate
+            // `client_msg_id` answered with the first one's ack), and that
+            // transaction is not stored: a failed write never acks.
+            for (reply, _) in outcomes {
+                let _ = reply.send(Err(CommitError::Failed));
             }
             return;
         }

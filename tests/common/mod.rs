@@ -283,6 +283,19 @@ impl Server {
             .expect("the metrics text")
     }
 
+    /// The value of one series of `/metrics` (`name` or `name{labels}`),
+    /// 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)
+                    .filter(|rest| rest.starts_with(' '))
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or(0.0)
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("the server is running").id()
