@@ -116,6 +116,9 @@ pub struct Settings {
     /// A conversation actor idle this many seconds stops and frees its memory; its deadlines wake it [default: 60]
     #[arg(long, env = "EPHEMERA_PASSIVATE_AFTER_SECONDS")]
     pub passivate_after_seconds: Option<u64>,
+    /// Most groups one user can be in; creating a group with a member past it gets 422 [default: 1000]
+    #[arg(long, env = "EPHEMERA_MAX_GROUPS_PER_USER")]
+    pub max_groups_per_user: Option<usize>,
     /// Most members of a group conversation [default: 256]
     #[arg(long, env = "EPHEMERA_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
@@ -189,6 +192,7 @@ impl Settings {
                 .heartbeat_timeout_seconds
                 .or(other.heartbeat_timeout_seconds),
             max_group_members: self.max_group_members.or(other.max_group_members),
+            max_groups_per_user: self.max_groups_per_user.or(other.max_groups_per_user),
             socket_threads: self.socket_threads.or(other.socket_threads),
             max_sends_in_flight: self.max_sends_in_flight.or(other.max_sends_in_flight),
             max_outbound_bytes: self.max_outbound_bytes.or(other.max_outbound_bytes),
@@ -251,6 +255,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// Group size limit.
     pub max_group_members: usize,
+    /// Groups per user limit.
+    pub max_groups_per_user: usize,
     /// Server-wide limit of sends in flight.
     pub max_sends_in_flight: usize,
     /// Bytes queued for one socket before it is closed as too slow.
@@ -339,6 +345,7 @@ impl Config {
             token_ttl: Duration::from_secs(s.token_ttl_seconds.unwrap_or(2_592_000)),
             heartbeat_timeout: Duration::from_secs(s.heartbeat_timeout_seconds.unwrap_or(30)),
             max_group_members: s.max_group_members.unwrap_or(256),
+            max_groups_per_user: s.max_groups_per_user.unwrap_or(1_000).max(1),
             max_sends_in_flight: s.max_sends_in_flight.unwrap_or(2048).max(1),
             max_outbound_bytes: s.max_outbound_bytes.unwrap_or(1 << 20).max(1024),
             max_outbound_frames: s.max_outbound_frames.unwrap_or(4096).max(16),

@@ -590,3 +590,214 @@ async fn repeated_screenshots_and_reads_store_one_event() {
         .count();
     assert_eq!(stored, 2, "two events stored, not sixty");
 }
+
+/// `DELETE /api/v1/conversations/{id}/members/me`: the status.
+async fn leave_group(
+    http: &ephemera_load::client::Http,
+    session: &ephemera_load::client::Session,
+    conv: &str,
+) -> u16 {
+    http.raw(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/conversations/{conv}/members/me"),
+        Some(&session.token),
+        None,
+    )
+    .await
+    .expect("DELETE members/me")
+    .status
+}
+
+/// A member can leave a group: nothing more reaches them from it, it is no
+/// longer theirs (history 404, frames `not_found`), and the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_can_leave_a_group() {
+    let server = Server::start(&[]).await;
+    let http = server.http();
+    let alice = register_user(&http, "alice").await;
+    let bob = register_user(&http, "bob").await;
+    let carol = register_user(&http, "carol").await;
+    let (a, b, c) = (
+        alice.login(&http).await,
+        bob.login(&http).await,
+        carol.login(&http).await,
+    );
+    let group = http
+        .create_group(&c, &[&alice.user_id, &bob.user_id], None)
+        .await
+        .expect("carol's group");
+    let mut a1 = TestSocket::connect(&server, &a, "alice-1").await;
+    let mut b1 = TestSocket::connect(&server, &b, "bob-1").await;
+    let mut c1 = TestSocket::connect(&server, &c, "carol-1").await;
+    let before = c1
+        .send_ok(timed_text(
+            &new_cid("before"),
+            Target::Conversation(&group),
+            "before",
+            600,
+        ))
+        .await;
+    a1.expect_about("message", str_of(&before, "msg_id")).await;
+
+    assert_eq!(leave_group(&http, &a, &group).await, 204, "alice leaves");
+    let after = c1
+        .send_ok(timed_text(
+            &new_cid("after"),
+            Target::Conversation(&group),
+            "after",
+            600,
+        ))
+        .await;
+    let after_id = str_of(&after, "msg_id").to_owned();
+    b1.expect_about("message", &after_id).await;
+    a1.assert_never(QUIET_LONG, "the message sent after she left", |f| {
+        is_about(f, "message", &after_id)
+    })
+    .await;
+    let history = http
+        .raw(
+            reqwest::Method::GET,
+            &format!("/api/v1/conversations/{group}/messages"),
+            Some(&a.token),
+            None,
+        )
+        .await
+        .expect("GET history");
+    assert_eq!(history.status, 404, "no longer hers");
+    let err = a1
+        .send_expect_error(
+            timed_text(&new_cid("late"), Target::Conversation(&group), "late", 600),
+            None,
+        )
+        .await;
+    assert_eq!(str_of(&err, "code"), "not_found");
+    let listing = http
+        .raw(
+            reqwest::Method::GET,
+            "/api/v1/conversations",
+            Some(&a.token),
+            None,
+        )
+        .await
+        .expect("GET conversations");
+    let listed = listing.json.expect("a listing")["conversations"].to_string();
+    assert!(!listed.contains(&group), "not in her list: {listed}");
+    assert_eq!(leave_group(&http, &a, &group).await, 404, "leaving twice");
+    let direct = str_of(&before, "conversation_id").to_owned();
+    assert_eq!(direct, group);
+    let dm = b1
+        .send_ok(timed_text(
+            &new_cid("dm"),
+            Target::User(&carol.user_id),
+            "dm",
+            600,
+        ))
+        .await;
+    assert_eq!(
+        leave_group(&http, &b, str_of(&dm, "conversation_id")).await,
+        422,
+        "a direct conversation cannot be left"
+    );
+}
+
+const QUIET_LONG: Duration = Duration::from_millis(700);
+
+/// Nobody can be put in groups without bound: past the limit, creating a
+/// group with that member is refused, until they leave one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_per_user_are_bounded() {
+    let server = Server::start(&["--max-groups-per-user", "3"]).await;
+    let http = server.http();
+    let mallory = register_user(&http, "mallory").await;
+    let victim = register_user(&http, "victim").await;
+    let (m, v) = (mallory.login(&http).await, victim.login(&http).await);
+    let mut groups = Vec::new();
+    for _ in 0..3 {
+        groups.push(
+            http.create_group(&m, &[&victim.user_id], None)
+                .await
+                .expect("a group within the limit"),
+        );
+    }
+    let body = serde_json::json!({"members": [victim.user_id]}).to_string();
+    let refused = http
+        .raw(
+            reqwest::Method::POST,
+            "/api/v1/conversations",
+            Some(&m.token),
+            Some(&body),
+        )
+        .await
+        .expect("POST");
+    assert_eq!(refused.status, 422, "the fourth group is refused");
+    assert_eq!(leave_group(&http, &v, &groups[0]).await, 204);
+    // Mallory is in 3 groups too: the limit counts for everyone, so a
+    // third user creates the next one.
+    let carol = register_user(&http, "carol").await;
+    let c = carol.login(&http).await;
+    http.create_group(&c, &[&victim.user_id], None)
+        .await
+        .expect("room again after leaving one");
+}
+
+/// Presence goes only from someone who speaks in a conversation: a user
+/// added to a stranger's group reveals nothing until they send there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_goes_only_to_those_one_has_spoken_to() {
+    let server = Server::start(&[]).await;
+    let http = server.http();
+    let mallory = register_user(&http, "mallory").await;
+    let victim = register_user(&http, "victim").await;
+    let (m, v) = (mallory.login(&http).await, victim.login(&http).await);
+    let group = http
+        .create_group(&m, &[&victim.user_id], None)
+        .await
+        .expect("mallory's group");
+    let mut m1 = TestSocket::connect(&server, &m, "mallory-1").await;
+    let mut v1 = TestSocket::connect(&server, &v, "victim-1").await;
+    let about_victim =
+        |f: &Value| is_type(f, "presence") && f["user_id"] == victim.user_id.as_str();
+    m1.assert_never(QUIET_LONG, "the victim's presence", about_victim)
+        .await;
+    // Mallory created the group: the victim may see her.
+    v1.expect("mallory's presence", |f| {
+        is_type(f, "presence") && f["user_id"] == mallory.user_id.as_str()
+    })
+    .await;
+    // Once the victim speaks there, her presence is shared.
+    let ack = v1
+        .send_ok(timed_text(
+            &new_cid("hi"),
+            Target::Conversation(&group),
+            "hi",
+            600,
+        ))
+        .await;
+    m1.expect_about("message", str_of(&ack, "msg_id")).await;
+    v1.close().await;
+    m1.expect("the victim going offline", |f| {
+        about_victim(f) && f["status"] == "offline"
+    })
+    .await;
+}
+
+/// A frame naming a conversation that does not exist starts no actor: a
+/// stream of random ids costs nothing but the answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_conversation_ids_start_no_actor() {
+    let server = Server::start(&[]).await;
+    let http = server.http();
+    let alice = register_user(&http, "alice").await;
+    let mut a1 = TestSocket::connect(&server, &alice.login(&http).await, "alice-1").await;
+    let live = "ephemera_live_actors{kind=\"conversation\"}";
+    let before = server.metric(live).await;
+    for _ in 0..200 {
+        let id = common::random_hex(16);
+        a1.send(serde_json::json!({"type": "typing", "conversation_id": id, "is_typing": true}))
+            .await;
+        let err = a1.expect_type("error").await;
+        assert_eq!(str_of(&err, "code"), "not_found");
+    }
+    let after = server.metric(live).await;
+    assert_eq!(after, before, "no conversation actor was started");
+}

@@ -223,7 +223,8 @@ async fn typing_and_presence() {
     let b1s = bob.login(&http).await;
     let mut a1 = TestSocket::connect(&server, &a1s, "alice-1").await;
 
-    // A conversation first, so the two are contacts.
+    // A conversation both have spoken in, so each sees the other's
+    // presence (presence goes only from those who speak in a conversation).
     let ack = a1
         .send_ok(timed_text(
             &new_cid("intro"),
@@ -233,6 +234,19 @@ async fn typing_and_presence() {
         ))
         .await;
     let conv = str_of(&ack, "conversation_id").to_owned();
+    let mut b0 = TestSocket::connect(&server, &b1s, "bob-0").await;
+    b0.send_ok(timed_text(
+        &new_cid("reply"),
+        Target::User(&alice.user_id),
+        "hello",
+        600,
+    ))
+    .await;
+    b0.close().await;
+    a1.expect("presence offline of bob, who has now spoken", |f| {
+        is_type(f, "presence") && f["user_id"] == bob.user_id.as_str() && f["status"] == "offline"
+    })
+    .await;
 
     let mut b1 = TestSocket::connect(&server, &b1s, "bob-1").await;
     a1.expect("presence online of bob", |f| {

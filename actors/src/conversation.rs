@@ -135,6 +135,15 @@ pub enum Viewed {
     Burned,
 }
 
+/// A member leaves a group: it gets nothing more from it and no longer
+/// sees it.
+#[derive(Message)]
+#[rtype(result = "Result<(), FrameError>")]
+pub struct Leave {
+    /// The member.
+    pub user: UserId,
+}
+
 /// The operator restarts this actor (through its supervisor).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -188,7 +197,9 @@ pub struct Conversation {
 
 const UNAVAILABLE: FrameError =
     FrameError::new(ErrorCode::Unavailable, "conversation unavailable, retry");
-const NOT_FOUND: FrameError = FrameError::new(ErrorCode::NotFound, "no such conversation");
+/// The answer for a conversation that does not exist (or is someone else's).
+pub(crate) const NOT_FOUND: FrameError =
+    FrameError::new(ErrorCode::NotFound, "no such conversation");
 const NO_MESSAGE: FrameError = FrameError::new(ErrorCode::NotFound, "no such message");
 /// Someone else's conversation answers exactly as one that does not exist:
 /// 1:1 ids are derived from the two user ids, so a difference would tell
@@ -543,7 +554,7 @@ macro_rules! counted {
     )*};
 }
 
-counted!(Post, Delivered, Read, Screenshot, Unsend, Typing, View, Arm);
+counted!(Post, Delivered, Read, Screenshot, Unsend, Typing, View, Arm, Leave);
 
 impl Handler<crate::Summarize> for Conversation {
     type Result = actix::MessageResult<crate::Summarize>;
@@ -586,6 +597,7 @@ impl Handler<Post> for Conversation {
                                     members: vec![a, b],
                                     name: None,
                                     created_at: now_ms(),
+                                    speakers: Some(vec![msg.from]),
                                 });
                                 act.post(msg, ctx);
                             }
@@ -658,7 +670,16 @@ impl Conversation {
         };
         let mut ops = Vec::with_capacity(6 + self.members().len());
         let creating = !self.record_persisted;
-        if creating {
+        // The sender's first message makes it a speaker: its presence now
+        // goes to the other members.
+        let mut record_changed = creating;
+        if let Some(speakers) = self.record.as_mut().and_then(|r| r.speakers.as_mut()) {
+            if !speakers.contains(&msg.from) {
+                speakers.push(msg.from);
+                record_changed = true;
+            }
+        }
+        if record_changed {
             if let Some(r) = &self.record {
                 ops.push(Op::PutConversation(r.clone()));
             }
@@ -1192,6 +1213,54 @@ impl Handler<Typing> for Conversation {
             );
         }
         Ok(())
+    }
+}
+
+impl Handler<Leave> for Conversation {
+    type Result = ResponseActFuture<Self, Result<(), FrameError>>;
+
+    fn handle(&mut self, msg: Leave, _: &mut Self::Context) -> Self::Result {
+        self.last_active = std::time::Instant::now();
+        if let Err(e) = self.check_member(msg.user) {
+            return Box::pin(fut::ready(Err(e)));
+        }
+        let Some(mut rec) = self.record.clone() else {
+            return Box::pin(fut::ready(Err(NOT_FOUND)));
+        };
+        if rec.kind == ConvKind::Direct {
+            return Box::pin(fut::ready(Err(FrameError::new(
+                ErrorCode::Invalid,
+                "a direct conversation cannot be left",
+            ))));
+        }
+        rec.members.retain(|m| *m != msg.user);
+        if let Some(s) = rec.speakers.as_mut() {
+            s.retain(|m| *m != msg.user);
+        }
+        let txn = Txn {
+            guards: vec![],
+            ops: vec![
+                Op::PutConversation(rec.clone()),
+                Op::DeleteMembership {
+                    user: msg.user,
+                    conv: self.id,
+                },
+            ],
+        };
+        // In effect at once for the frames that follow (the writer applies
+        // transactions in order); undone if the write fails.
+        let before = self.record.replace(rec);
+        let store = Arc::clone(&self.dir.store);
+        Box::pin(
+            async move { commit(&*store, txn).await.map_err(commit_error) }
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    if res.is_err() {
+                        act.record = before;
+                    }
+                    res
+                }),
+        )
     }
 }
 

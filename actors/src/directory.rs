@@ -356,6 +356,27 @@ impl Directory {
         }
     }
 
+    /// A conversation's actor for a frame from `user`: the live actor (which
+    /// checks membership itself), or a new one only if `user` is a member
+    /// (one point read of the membership index). `None` for a conversation
+    /// that does not exist or is someone else's: a frame naming a random id
+    /// starts no actor.
+    pub fn member_conversation(self: &Arc<Self>, user: UserId, id: ConvId) -> Option<ConvHandle> {
+        {
+            let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(e) = convs.get(&id).filter(|e| e.addr.connected()) {
+                return Some(e.handle());
+            }
+        }
+        match self.store.is_member(user, id) {
+            Ok(true) => Some(self.conversation(id)),
+            Ok(false) => None,
+            // Let the actor answer (it loads, with backoff, and says
+            // `unavailable` meanwhile) rather than guess.
+            Err(_) => Some(self.conversation(id)),
+        }
+    }
+
     /// Finds or activates a conversation's actor. An actor that died (a
     /// crash) is replaced here: the directory is the conversations'
     /// supervisor.

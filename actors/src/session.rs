@@ -277,10 +277,10 @@ impl Session {
         conversation::Conversation: Handler<crate::Counted<M>>,
     {
         match parse_msg_id(&msg_id) {
-            Ok(msg) => {
-                let addr = self.dir.conversation(msg.conv);
-                self.answer(addr.send(make(msg)), Some(msg_id), ctx);
-            }
+            Ok(msg) => match self.conversation(msg.conv) {
+                Ok(addr) => self.answer(addr.send(make(msg)), Some(msg_id), ctx),
+                Err(e) => Self::reply_error(ctx, &e, Some(&msg_id)),
+            },
             Err(e) => Self::reply_error(ctx, &e, Some(&msg_id)),
         }
     }
@@ -297,13 +297,19 @@ impl Session {
         M: Message<Result = Result<(), FrameError>> + Send + 'static,
         conversation::Conversation: Handler<crate::Counted<M>>,
     {
-        match conversation::conversation_id(conv) {
-            Ok(id) => {
-                let addr = self.dir.conversation(id);
-                self.answer(addr.send(make(id)), reference, ctx);
-            }
+        match conversation::conversation_id(conv).and_then(|id| Ok((id, self.conversation(id)?))) {
+            Ok((id, addr)) => self.answer(addr.send(make(id)), reference, ctx),
             Err(e) => Self::reply_error(ctx, &e, reference.as_deref()),
         }
+    }
+
+    /// The actor of a conversation this user names in a frame; a
+    /// conversation that does not exist or is someone else's starts none
+    /// and gets the same answer either way.
+    fn conversation(&self, id: Id) -> Result<crate::directory::ConvHandle, FrameError> {
+        self.dir
+            .member_conversation(self.user, id)
+            .ok_or(conversation::NOT_FOUND)
     }
 
     /// Answers a routed frame: nothing on success, an error frame otherwise.
@@ -445,9 +451,18 @@ impl Session {
         let Some(permit) = self.dir.admit_send() else {
             return Self::reply_error(ctx, &FrameError::busy(), Some(&client_msg_id));
         };
+        // A direct conversation is created by its first message (the
+        // actor checks that the peer exists); any other must be ours.
+        let addr = match direct {
+            Some(_) => self.dir.conversation(conv),
+            None => match self.conversation(conv) {
+                Ok(addr) => addr,
+                Err(e) => return Self::reply_error(ctx, &e, Some(&client_msg_id)),
+            },
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         // do_send: this socket's sends reach the conversation in order.
-        self.dir.conversation(conv).do_send(Post {
+        addr.do_send(Post {
             reply,
             from: me,
             device: self.device,
@@ -495,10 +510,10 @@ impl Session {
             Ok(m) => m,
             Err(e) => return Self::reply_error(ctx, &e, Some(&msg_id)),
         };
-        let req = self
-            .dir
-            .conversation(msg.conv)
-            .send(View { msg, by: self.user });
+        let req = match self.conversation(msg.conv) {
+            Ok(addr) => addr.send(View { msg, by: self.user }),
+            Err(e) => return Self::reply_error(ctx, &e, Some(&msg_id)),
+        };
         let media = Arc::clone(&self.dir.media);
         self.reply_later(ctx, async move {
             let res = req.await;

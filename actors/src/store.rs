@@ -58,6 +58,18 @@ pub struct ConversationRecord {
     pub name: Option<String>,
     /// When it was created.
     pub created_at: Millis,
+    /// The members who have sent a message in it (or created it): only
+    /// their presence goes to the other members. `None` in records written
+    /// before this was kept: everyone counts then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speakers: Option<Vec<UserId>>,
+}
+
+impl ConversationRecord {
+    /// Whether `user`'s presence may go to the other members.
+    pub fn speaks(&self, user: UserId) -> bool {
+        self.speakers.as_ref().is_none_or(|s| s.contains(&user))
+    }
 }
 
 /// Whether content is pushed (`timed`) or opened once on demand (`once`).
@@ -317,6 +329,13 @@ pub enum Guard {
 pub enum Op {
     /// Create or replace a conversation (and index it under each member).
     PutConversation(ConversationRecord),
+    /// Remove a conversation from a member's index (the member left).
+    DeleteMembership {
+        /// The member.
+        user: UserId,
+        /// The conversation.
+        conv: ConvId,
+    },
     /// Record the highest seq handed out in a conversation.
     PutSeq {
         /// The conversation.
@@ -472,6 +491,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<(u64, EventRecord)>, ReadError>;
     /// The conversations a user belongs to.
     fn user_conversations(&self, user: UserId) -> Result<Vec<ConvId>, ReadError>;
+    /// Whether `user` is a member of `conv` (one point read).
+    fn is_member(&self, user: UserId, conv: ConvId) -> Result<bool, ReadError>;
+    /// How many groups `user` is in, counting at most to `stop_at`.
+    fn group_count(&self, user: UserId, stop_at: usize) -> Result<usize, ReadError>;
     /// The users who have viewed a message.
     fn viewers(&self, msg: MsgId) -> Result<Vec<UserId>, ReadError>;
     /// How far a member has read.

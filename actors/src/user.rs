@@ -136,16 +136,35 @@ impl User {
     }
 }
 
-/// The users who share a conversation with `user`.
-pub fn contacts(store: &dyn Store, user: UserId) -> Result<Vec<UserId>, ReadError> {
-    let mut out = Vec::new();
+/// Who sees whose presence, from one user's conversations. Presence goes
+/// only from a member who speaks in a conversation (sent a message in it,
+/// or created the group) to its other members: being added to a group, or
+/// sent a message, reveals nothing of a user until they answer.
+#[derive(Debug, Default)]
+pub struct Contacts {
+    /// Who gets this user's presence.
+    pub audience: Vec<UserId>,
+    /// Whose presence this user gets.
+    pub visible: Vec<UserId>,
+}
+
+/// The presence relations of `user`.
+pub fn contacts(store: &dyn Store, user: UserId) -> Result<Contacts, ReadError> {
+    let mut out = Contacts::default();
     for conv in store.user_conversations(user)? {
-        if let Some(rec) = store.conversation(conv)? {
-            out.extend(rec.members.into_iter().filter(|m| *m != user));
+        let Some(rec) = store.conversation(conv)? else {
+            continue;
+        };
+        let others = rec.members.iter().copied().filter(|m| *m != user);
+        if rec.speaks(user) {
+            out.audience.extend(others.clone());
         }
+        out.visible.extend(others.filter(|m| rec.speaks(*m)));
     }
-    out.sort();
-    out.dedup();
+    for list in [&mut out.audience, &mut out.visible] {
+        list.sort();
+        list.dedup();
+    }
     Ok(out)
 }
 
@@ -271,8 +290,8 @@ impl Handler<Attach> for User {
                 return;
             };
             let me_online = presence_frame(act.id, true, None);
-            for c in contacts {
-                if came_online {
+            if came_online {
+                for c in contacts.audience {
                     act.dir.tell_user(
                         c,
                         Ephemeral {
@@ -281,6 +300,8 @@ impl Handler<Attach> for User {
                         },
                     );
                 }
+            }
+            for c in contacts.visible {
                 if act.dir.is_online(c) {
                     session.push(None, presence_frame(c, true, None));
                 }
@@ -329,7 +350,7 @@ impl User {
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
             if let Ok(contacts) = res {
                 let frame = presence_frame(act.id, false, Some(last_seen));
-                for c in contacts {
+                for c in contacts.audience {
                     act.dir.tell_user(
                         c,
                         Ephemeral {

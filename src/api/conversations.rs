@@ -24,6 +24,7 @@ const MAX_UNREAD: usize = 1_000;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/conversations", web::post().to(create))
         .route("/conversations", web::get().to(list))
+        .route("/conversations/{id}/members/me", web::delete().to(leave))
         .route("/conversations/{id}/messages", web::get().to(history));
 }
 
@@ -63,24 +64,29 @@ async fn create(
     }
     let store = Arc::clone(&state.store);
     let check = ids.clone();
-    let all_exist = web::block(move || -> Result<bool, ApiError> {
+    let max_groups = state.config.max_groups_per_user;
+    web::block(move || -> Result<(), ApiError> {
         for id in check {
             if !store.user_exists(id)? {
-                return Ok(false);
+                return Err(ApiError::Invalid("members must be existing users"));
+            }
+            // Nobody can be put in groups without bound: each one costs
+            // its members' conversation list and presence.
+            if store.group_count(id, max_groups)? >= max_groups {
+                return Err(ApiError::Invalid("a member is in too many groups"));
             }
         }
-        Ok(true)
+        Ok(())
     })
     .await??;
-    if !all_exist {
-        return Err(ApiError::Invalid("members must be existing users"));
-    }
     let rec = ConversationRecord {
         id: Id::random(),
         kind: ConvKind::Group,
         members: ids,
         name,
         created_at: now_ms(),
+        // The creator chose to be here; the others speak when they send.
+        speakers: Some(vec![who.user]),
     };
     let conversation_id = rec.id;
     commit(
@@ -92,6 +98,27 @@ async fn create(
     )
     .await?;
     Ok(HttpResponse::Created().json(Created { conversation_id }))
+}
+
+/// `DELETE /conversations/{id}/members/me`: the caller leaves a group
+/// (204). Someone else's or an unknown conversation gets 404; a direct
+/// conversation cannot be left (422).
+async fn leave(
+    state: web::Data<AppState>,
+    who: Authed,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let conv = Id::parse(&path).ok_or(ApiError::NotFound("no such conversation"))?;
+    let dir = Arc::clone(&state.dir);
+    let user = who.user;
+    let handle = web::block(move || dir.member_conversation(user, conv))
+        .await?
+        .ok_or(ApiError::NotFound("no such conversation"))?;
+    handle
+        .send(ephemera_actors::conversation::Leave { user: who.user })
+        .await
+        .map_err(|_| ApiError::Unavailable)??;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 #[derive(Serialize)]

@@ -40,6 +40,22 @@ pub enum ApiError {
     Internal,
 }
 
+impl From<ephemera_actors::frames::FrameError> for ApiError {
+    /// An actor's answer to a request that came over HTTP.
+    fn from(e: ephemera_actors::frames::FrameError) -> Self {
+        use ephemera_actors::frames::ErrorCode as C;
+        match e.code {
+            C::BadFrame => ApiError::BadRequest(e.message),
+            C::Invalid => ApiError::Invalid(e.message),
+            C::Forbidden => ApiError::Forbidden(e.message),
+            C::NotFound => ApiError::NotFound(e.message),
+            C::TooLarge => ApiError::TooLarge(e.message),
+            C::RateLimited | C::Unavailable => ApiError::Unavailable,
+            C::Internal => ApiError::Internal,
+        }
+    }
+}
+
 impl ApiError {
     /// The status and the code of the error body.
     fn table(&self) -> (StatusCode, &'static str) {

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ephemera_actors::ids::{ConvId, DeviceId, MsgId, UserId};
 use ephemera_actors::store::{
-    now_ms, BurnReason, CommitError, ConversationRecord, Deadline, EventRecord, Fanout, Pending,
-    ReadError, Store, StoredMessage, Txn,
+    now_ms, BurnReason, CommitError, ConvKind, ConversationRecord, Deadline, EventRecord, Fanout,
+    Pending, ReadError, Store, StoredMessage, Txn,
 };
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
@@ -506,6 +506,14 @@ impl RocksStore {
     }
 }
 
+/// The byte a membership row holds: which kind of conversation it is.
+fn membership_kind(kind: ConvKind) -> u8 {
+    match kind {
+        ConvKind::Direct => 0,
+        ConvKind::Group => 1,
+    }
+}
+
 fn cf_handle(db: &DB, cf: Cf) -> &ColumnFamily {
     // Every family in `Cf::ALL` is opened (created if missing) in `open`.
     db.cf_handle(cf.name())
@@ -666,6 +674,41 @@ impl Store for RocksStore {
             }),
         )?;
         Ok(out)
+    }
+
+    fn is_member(&self, user: UserId, conv: ConvId) -> Result<bool, ReadError> {
+        read(
+            self.get_live(Cf::Memberships, &keys::membership(user, conv))
+                .map(|v| v.is_some()),
+        )
+    }
+
+    fn group_count(&self, user: UserId, stop_at: usize) -> Result<usize, ReadError> {
+        let mut n = 0;
+        let from = keys::membership(user, ephemera_actors::ids::Id([0; 16]));
+        read(
+            self.scan_prefix(Cf::Memberships, &from, 16, usize::MAX, |k, v| {
+                if n >= stop_at {
+                    return Ok(Step::Stop);
+                }
+                let (_, kind) = filter::split(v).ok_or(StoreError::Corrupt("memberships"))?;
+                let group = match kind {
+                    [k] => *k == membership_kind(ConvKind::Group),
+                    // Written before rows carried their kind: ask the record.
+                    _ => self
+                        .get_json::<ConversationRecord>(
+                            Cf::Conversations,
+                            &keys::conversation(keys::id_at(k, 16)),
+                        )?
+                        .is_some_and(|r| r.kind == ConvKind::Group),
+                };
+                if group {
+                    n += 1;
+                }
+                Ok(Step::Take)
+            }),
+        )?;
+        Ok(n)
     }
 
     fn viewers(&self, msg: MsgId) -> Result<Vec<UserId>, ReadError> {

@@ -280,11 +280,14 @@ impl Writer {
         for op in txn.ops {
             match op {
                 Op::PutConversation(rec) => {
+                    // The row says which kind of conversation it is, so a
+                    // user's groups can be counted without reading them.
+                    let kind = super::membership_kind(rec.kind);
                     for m in &rec.members {
                         b.put_cf(
                             cf_handle(db, Cf::Memberships),
                             keys::membership(*m, rec.id),
-                            filter::with_expiry(u64::MAX, &[]),
+                            filter::with_expiry(u64::MAX, &[kind]),
                         );
                     }
                     b.put_cf(
@@ -292,6 +295,9 @@ impl Writer {
                         keys::conversation(rec.id),
                         filter::with_expiry(u64::MAX, &json(&rec)),
                     );
+                }
+                Op::DeleteMembership { user, conv } => {
+                    b.delete_cf(cf_handle(db, Cf::Memberships), keys::membership(user, conv));
                 }
                 Op::PutSeq { conv, seq } => {
                     b.put_cf(
