@@ -189,6 +189,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         dir: Arc::clone(&dir),
         config: Arc::clone(&cfg),
         media,
+        group_counts: Default::default(),
     });
     let public = HttpServer::new(move || {
         let app = App::new()

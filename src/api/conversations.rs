@@ -28,6 +28,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/conversations/{id}/messages", web::get().to(history));
 }
 
+/// How many groups each user is in: counted from storage the first time a
+/// user is asked about (once per process), then kept up to date as groups
+/// are created and left here, so the bound costs no scan per group. Under
+/// concurrent creations the bound may be passed by the few in flight.
+#[derive(Default)]
+pub struct GroupCounts(std::sync::Mutex<std::collections::HashMap<UserId, usize>>);
+
+impl GroupCounts {
+    /// `user`'s count, read from storage (up to `stop_at`) if not known.
+    fn get(&self, store: &dyn Store, user: UserId, stop_at: usize) -> Result<usize, ApiError> {
+        if let Some(n) = self.lock().get(&user) {
+            return Ok(*n);
+        }
+        let n = store.group_count(user, stop_at)?;
+        Ok(*self.lock().entry(user).or_insert(n))
+    }
+
+    fn add(&self, user: UserId, joined: bool) {
+        if let Some(n) = self.lock().get_mut(&user) {
+            *n = if joined { *n + 1 } else { n.saturating_sub(1) };
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<UserId, usize>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 #[derive(Deserialize)]
 struct CreateGroup {
     members: Vec<String>,
@@ -62,23 +90,24 @@ async fn create(
     if ids.len() > state.config.max_group_members {
         return Err(ApiError::Invalid("too many members"));
     }
-    let store = Arc::clone(&state.store);
     let check = ids.clone();
     let max_groups = state.config.max_groups_per_user;
+    let st = state.clone();
     web::block(move || -> Result<(), ApiError> {
         for id in check {
-            if !store.user_exists(id)? {
+            if !st.store.user_exists(id)? {
                 return Err(ApiError::Invalid("members must be existing users"));
             }
             // Nobody can be put in groups without bound: each one costs
             // its members' conversation list and presence.
-            if store.group_count(id, max_groups)? >= max_groups {
+            if st.group_counts.get(&*st.store, id, max_groups)? >= max_groups {
                 return Err(ApiError::Invalid("a member is in too many groups"));
             }
         }
         Ok(())
     })
     .await??;
+    let members = ids.clone();
     let rec = ConversationRecord {
         id: Id::random(),
         kind: ConvKind::Group,
@@ -97,6 +126,9 @@ async fn create(
         },
     )
     .await?;
+    for m in members {
+        state.group_counts.add(m, true);
+    }
     Ok(HttpResponse::Created().json(Created { conversation_id }))
 }
 
@@ -118,6 +150,7 @@ async fn leave(
         .send(ephemera_actors::conversation::Leave { user: who.user })
         .await
         .map_err(|_| ApiError::Unavailable)??;
+    state.group_counts.add(who.user, false);
     Ok(HttpResponse::NoContent().finish())
 }
 

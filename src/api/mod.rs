@@ -29,6 +29,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Media keys and object storage.
     pub media: crate::media::service::MediaService,
+    /// How many groups each user is in, for `max_groups_per_user`.
+    pub group_counts: conversations::GroupCounts,
 }
 
 /// Mounts every route of the public listener.
