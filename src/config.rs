@@ -140,13 +140,25 @@ pub struct Settings {
     /// Every storage file passes the expiry filter within this many seconds: the physical deletion window [default: 3600]
     #[arg(long, env = "EPHEMERA_DELETION_WINDOW_SECONDS")]
     pub deletion_window_seconds: Option<u64>,
+    /// Upload URLs (POST /api/v1/media/upload-urls) a user may mint a second on average; over it: 429 with Retry-After [default: 10]
+    #[arg(long, env = "EPHEMERA_MEDIA_UPLOAD_RATE_PER_SECOND")]
+    pub media_upload_rate_per_second: Option<u32>,
+    /// Upload URLs a user may mint at once above the rate [default: 100]
+    #[arg(long, env = "EPHEMERA_MEDIA_UPLOAD_BURST")]
+    pub media_upload_burst: Option<u32>,
+    /// Uploads a user may have pending (minted, not yet used by a message, not yet ended: up to 75 minutes); over it: 429 with Retry-After [default: 64]
+    #[arg(long, env = "EPHEMERA_MEDIA_MAX_PENDING_UPLOADS")]
+    pub media_max_pending_uploads: Option<usize>,
+    /// Bytes a user's pending uploads may declare in total; over it: 429 with Retry-After, or 413 for one upload larger than this on its own [default: 1073741824]
+    #[arg(long, env = "EPHEMERA_MEDIA_MAX_PENDING_BYTES")]
+    pub media_max_pending_bytes: Option<u64>,
     /// Base URL clients use to reach the public listener, for the embedded blob store's presigned URLs [default: http://LISTEN]
     #[arg(long, env = "EPHEMERA_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// External S3-compatible endpoint (http://host:port) for media; unset: the embedded blob store in DATA_DIR/blobs
     #[arg(long, env = "EPHEMERA_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
-    /// Bucket for media [default: media]
+    /// Bucket for media; objects under m/ in it belong to this server alone (the sweep deletes those it has no record of) [default: media]
     #[arg(long, env = "EPHEMERA_S3_BUCKET")]
     pub s3_bucket: Option<String>,
     /// Region the S3 signatures are scoped to [default: us-east-1]
@@ -204,6 +216,16 @@ impl Settings {
             deletion_window_seconds: self
                 .deletion_window_seconds
                 .or(other.deletion_window_seconds),
+            media_upload_rate_per_second: self
+                .media_upload_rate_per_second
+                .or(other.media_upload_rate_per_second),
+            media_upload_burst: self.media_upload_burst.or(other.media_upload_burst),
+            media_max_pending_uploads: self
+                .media_max_pending_uploads
+                .or(other.media_max_pending_uploads),
+            media_max_pending_bytes: self
+                .media_max_pending_bytes
+                .or(other.media_max_pending_bytes),
             admin_token: self.admin_token.or(other.admin_token),
             public_url: self.public_url.or(other.public_url),
             s3_endpoint: self.s3_endpoint.or(other.s3_endpoint),
@@ -271,6 +293,8 @@ pub struct Config {
     pub passivate_after: Duration,
     /// Physical deletion window.
     pub deletion_window: Duration,
+    /// Per-user bounds on media uploads.
+    pub uploads: crate::media::quota::UploadLimits,
     /// Admin bearer token (never logged).
     pub admin_token: Option<String>,
     /// Public base URL, if set.
@@ -353,6 +377,12 @@ impl Config {
             actor_threads: s.actor_threads.unwrap_or(1).clamp(1, 64),
             passivate_after: Duration::from_secs(s.passivate_after_seconds.unwrap_or(60).max(1)),
             deletion_window: Duration::from_secs(s.deletion_window_seconds.unwrap_or(3_600)),
+            uploads: crate::media::quota::UploadLimits {
+                rate_per_second: s.media_upload_rate_per_second.unwrap_or(10),
+                burst: s.media_upload_burst.unwrap_or(100),
+                max_pending: s.media_max_pending_uploads.unwrap_or(64),
+                max_pending_bytes: s.media_max_pending_bytes.unwrap_or(1 << 30),
+            },
             admin_token: s.admin_token.filter(|t| !t.is_empty()),
             public_url: s.public_url.map(|u| u.trim_end_matches('/').to_owned()),
             s3_bucket: s.s3_bucket.unwrap_or_else(|| "media".into()),
@@ -389,6 +419,18 @@ impl Config {
         if c.max_group_members < 2 {
             return Err(ConfigError::Invalid("max_group_members must be at least 2"));
         }
+        let u = &c.uploads;
+        if u.rate_per_second == 0 || u.burst == 0 || u.max_pending == 0 {
+            return Err(ConfigError::Invalid(
+                "media_upload_rate_per_second, media_upload_burst and media_max_pending_uploads \
+                 must be at least 1",
+            ));
+        }
+        if u.max_pending_bytes < crate::media::service::SEAL_OVERHEAD {
+            return Err(ConfigError::Invalid(
+                "media_max_pending_bytes must be at least 28 (the smallest sealed file)",
+            ));
+        }
         if c.deletion_window.as_secs() == 0 {
             return Err(ConfigError::Invalid(
                 "deletion_window_seconds must be above 0",
@@ -420,6 +462,8 @@ mod tests {
         assert_eq!(c.send_burst, 9);
         assert_eq!(c.durability, Durability::Fsync);
         assert_eq!(c.max_ttl_seconds, 604_800);
+        assert_eq!(c.uploads.max_pending, 64);
+        assert_eq!(c.uploads.max_pending_bytes, 1 << 30);
     }
 
     #[test]
@@ -433,6 +477,14 @@ mod tests {
         ));
         let cli = Settings {
             pbkdf2_iterations: Some(10),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            Config::resolve(cli, None),
+            Err(ConfigError::Invalid(_))
+        ));
+        let cli = Settings {
+            media_max_pending_uploads: Some(0),
             ..Settings::default()
         };
         assert!(matches!(

@@ -160,8 +160,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{http_addr}"));
-    let (endpoint, credentials, blobs) = media_backend(&cfg, &public_url)?;
-    let media = MediaService::new(Arc::clone(&store), Arc::clone(&keys), endpoint, credentials);
+    let (endpoint, credentials, blobs) = media_backend(&cfg, &public_url, &store)?;
+    let media = MediaService::new(
+        Arc::clone(&store),
+        Arc::clone(&keys),
+        endpoint,
+        credentials,
+        cfg.uploads,
+    )
+    .context("counting pending uploads")?;
     media.start_sweeper();
 
     // Conversation and user actors run on their own thread(s). One is the
@@ -269,11 +276,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 /// Where media lives: the external S3 of the configuration, or the
 /// embedded blob store under DATA_DIR/blobs, served on the public listener
 /// at `/blobs` with credentials of its own (kept in DATA_DIR/blobs.secret so
-/// presigned URLs survive a restart).
+/// presigned URLs survive a restart), accepting only uploads that `store`
+/// holds open (see [`media::service::upload_gate`]).
 #[allow(clippy::type_complexity)]
 fn media_backend(
     cfg: &Config,
     public_url: &str,
+    store: &Arc<RocksStore>,
 ) -> anyhow::Result<(
     sigv4::Endpoint,
     sigv4::Credentials,
@@ -309,14 +318,15 @@ fn media_backend(
     let lookup_secret = secret.clone();
     let lookup: media::blobstore::KeyLookup =
         Arc::new(move |ak: &str| (ak == ACCESS_KEY).then(|| lookup_secret.clone()));
-    let store = media::blobstore::BlobStore::open(
+    let blobs = media::blobstore::BlobStore::open(
         cfg.data_dir.join("blobs"),
         &cfg.s3_bucket,
         region.clone(),
         lookup,
-        media::service::MAX_MEDIA_BYTES + media::service::SEAL_OVERHEAD,
+        media::service::MAX_MEDIA_BYTES,
     )
-    .context("opening the embedded blob store")?;
+    .context("opening the embedded blob store")?
+    .with_upload_gate(media::service::upload_gate(Arc::clone(store)));
     let endpoint = Endpoint::new(
         &format!("{public_url}/blobs"),
         &cfg.s3_bucket,
@@ -327,7 +337,7 @@ fn media_backend(
     Ok((
         endpoint,
         Credentials::new(ACCESS_KEY, secret),
-        Some(web::Data::new(store)),
+        Some(web::Data::new(blobs)),
     ))
 }
 

@@ -3,6 +3,9 @@
 //! GETs and decryption with the data key; the refusals of forged, expired
 //! and misused URLs; and key shredding: after unsend or expiry, the data
 //! key's bytes are in no file of the data directory and the blob is gone.
+//! Uploads are bounded: `bytes` is the sealed object's exact size and the
+//! put_url binds it, a put_url dies with its upload, per-user quotas and
+//! rates hold, and the sweep deletes orphaned blobs.
 //! All of it against the embedded blob store and, for the round trip and
 //! the refusals, against a third-party S3 server (`s3s-fs`).
 
@@ -15,13 +18,14 @@ use std::time::Duration;
 
 use common::media::{
     access_key_id, amz_date_unix_secs, assert_s3_refusal, blob_client, blob_request, media_send,
-    mint_upload, photo, query_param, seal_and_put, tamper_signature, url_expires_in,
-    url_valid_until_ms, with_access_key_id, BlobResponse, Upload,
+    mint_for_file, mint_upload, photo, put_chunked, query_param, request_upload, seal_and_put,
+    signed_headers, tamper_signature, url_expires_in, url_valid_until_ms, with_access_key_id,
+    BlobResponse, Upload,
 };
 use common::socket::{QUIET, WAIT};
 use common::{
-    i64_of, is_about, is_type, new_cid, now_ms, register_user, scan_files, sleep_until_ms, str_of,
-    u64_of, unknown_id_like, Server, TestSocket, TestUser,
+    i64_of, is_about, is_type, new_cid, now_ms, random_hex, register_and_login, register_user,
+    scan_files, sleep_until_ms, str_of, u64_of, unknown_id_like, Server, TestSocket, TestUser,
 };
 use ephemera_load::client::{Http, Session};
 use ephemera_load::crypto;
@@ -124,11 +128,12 @@ impl SentPhoto {
     }
 }
 
-/// Mint an upload as `session` and PUT a sealed photo of `size` bytes:
+/// Mint an upload as `session` for a photo of `size` bytes (declaring its
+/// sealed size, as PROTOCOL 4 says) and PUT it sealed:
 /// `(upload, plaintext, ciphertext)`.
 async fn upload_photo(s: &Scene, session: &Session, size: usize) -> (Upload, Vec<u8>, Vec<u8>) {
     let plain = photo(size);
-    let upload = mint_upload(&s.http, session, JPEG, size).await;
+    let upload = mint_for_file(&s.http, session, JPEG, size).await;
     check_put_url(s, &upload);
     let sealed = seal_and_put(&s.blobs, &upload, &plain).await;
     (upload, plain, sealed)
@@ -190,7 +195,6 @@ async fn send_timed_photo(s: &mut Scene, size: usize, ttl_seconds: u64) -> SentP
             &s.object_base,
             &m,
             &upload,
-            size,
             TIMED_URL_CAP_SECS,
             expires_at,
             &label,
@@ -206,14 +210,14 @@ async fn send_timed_photo(s: &mut Scene, size: usize, ttl_seconds: u64) -> SentP
     }
 }
 
-/// The fields of a delivered `media` object: the upload's key, type, size
-/// and data key, and a GET URL of the object valid at most `cap_secs` and
-/// never past the content's `expires_at`, that forbids caching.
+/// The fields of a delivered `media` object: the upload's key, type,
+/// declared size (the sealed object's) and data key, and a GET URL of the
+/// object valid at most `cap_secs` and never past the content's
+/// `expires_at`, that forbids caching.
 fn check_media(
     object_base: &str,
     media: &Value,
     upload: &Upload,
-    size: usize,
     cap_secs: u64,
     expires_at: i64,
     what: &str,
@@ -226,8 +230,8 @@ fn check_media(
     assert_eq!(str_of(media, "content_type"), JPEG, "{what}: {media}");
     assert_eq!(
         u64_of(media, "bytes"),
-        size as u64,
-        "{what}: declared size: {media}"
+        upload.bytes as u64,
+        "{what}: the declared size, that of the sealed object: {media}"
     );
     assert_eq!(
         str_of(media, "data_key"),
@@ -425,7 +429,6 @@ async fn expired_url_is_refused(s: &mut Scene, store: &str) {
         &s.object_base,
         &media,
         &upload,
-        plain.len(),
         ONCE_URL_CAP_SECS,
         expires_at,
         &format!("{store}: 2-second once-photo"),
@@ -574,7 +577,7 @@ async fn timed_photo_round_trip_on_the_embedded_store() {
     let mut s = scene(&server, embedded_base(&server)).await;
 
     // Sending before uploading: the object does not exist yet.
-    let early = mint_upload(&s.http, &s.alice_session, JPEG, 1000).await;
+    let early = mint_for_file(&s.http, &s.alice_session, JPEG, 1000).await;
     send_refused(
         &mut s.a1,
         media_send(
@@ -674,9 +677,12 @@ async fn timed_photo_round_trip_on_the_embedded_store() {
     )
     .await;
 
-    // An upload whose size is not the declared one.
-    let wrong = mint_upload(&s.http, &s.alice_session, JPEG, 1000).await;
-    seal_and_put(&s.blobs, &wrong, &photo(1001)).await;
+    // An upload whose size is not the declared one: the store refuses the
+    // PUT (the put_url signs the length), so the send finds no object.
+    let wrong = mint_for_file(&s.http, &s.alice_session, JPEG, 1000).await;
+    let sealed = crypto::seal(&wrong.data_key, &photo(1001)).expect("sealing");
+    let refused = blob_request(&s.blobs, Method::PUT, &wrong.put_url, Some(sealed)).await;
+    assert_s3_refusal(&refused, "a PUT of another size than declared");
     send_refused(
         &mut s.a1,
         media_send(
@@ -757,7 +763,6 @@ async fn view_once_photo_on_the_embedded_store() {
         &s.object_base,
         &media,
         &upload,
-        plain.len(),
         ONCE_URL_CAP_SECS,
         expires_at,
         "granted view",
@@ -916,6 +921,376 @@ async fn embedded_store_refuses_forged_and_expired_urls() {
 }
 
 // ---------------------------------------------------------------------------
+// The size of an upload, and the life of its put_url
+// ---------------------------------------------------------------------------
+
+/// PROTOCOL 4: `bytes` is the exact size of the object the client PUTs,
+/// the sealed file (plaintext + 28), and the put_url binds it (it signs
+/// `content-length`). A client that declares the sealed size uploads and
+/// sends; a PUT of any other length, or without a `Content-Length`, is
+/// refused by the store and leaves nothing; declaring the plaintext size
+/// (the server's old reading) gets the sealed upload refused.
+async fn the_put_url_binds_the_declared_size(
+    s: &mut Scene,
+    store: &str,
+    object_file: &dyn Fn(&str) -> PathBuf,
+) {
+    let plain = photo(5000);
+    let upload = mint_for_file(&s.http, &s.alice_session, JPEG, plain.len()).await;
+    assert_eq!(upload.bytes, plain.len() + crypto::OVERHEAD);
+    check_put_url(s, &upload);
+    let signed = signed_headers(&upload.put_url);
+    assert!(
+        signed.iter().any(|h| h == "content-length"),
+        "{store}: the put_url must sign content-length, signs {signed:?}"
+    );
+    let sealed = crypto::seal(&upload.data_key, &plain).expect("sealing");
+    assert_eq!(sealed.len(), upload.bytes);
+    let mut longer = sealed.clone();
+    longer.push(0);
+    let shorter = sealed[..sealed.len() - 1].to_vec();
+    for (what, body) in [
+        ("one byte more than declared", longer),
+        ("one byte less than declared", shorter),
+        ("an empty body", Vec::new()),
+    ] {
+        let response = blob_request(&s.blobs, Method::PUT, &upload.put_url, Some(body)).await;
+        let code = assert_s3_refusal(&response, &format!("{store}: a PUT of {what}"));
+        eprintln!("{store}: PUT of {what}: 403 {code}");
+    }
+    let chunked = put_chunked(&upload.put_url, &sealed).await;
+    assert!(
+        (400..500).contains(&chunked.status) && chunked.s3_error_code().is_some(),
+        "{store}: a chunked PUT (no Content-Length) must be refused with an S3 error: {}",
+        chunked.describe()
+    );
+    let file = object_file(&upload.media_key);
+    assert!(
+        !file.exists(),
+        "{store}: refused PUTs leave no object ({})",
+        file.display()
+    );
+    send_refused(
+        &mut s.a1,
+        media_send(
+            &new_cid("unput"),
+            &s.bob.user_id,
+            &upload.media_key,
+            "timed",
+            600,
+        ),
+        "invalid",
+        &format!("{store}: media_key whose PUTs were all refused"),
+    )
+    .await;
+
+    // The exact size: stored, sendable, delivered with `bytes` as declared.
+    let response = blob_request(&s.blobs, Method::PUT, &upload.put_url, Some(sealed.clone())).await;
+    assert_eq!(
+        response.status,
+        200,
+        "{store}: a PUT of exactly the declared size: {}",
+        response.describe()
+    );
+    let ack =
+        s.a1.send_ok(media_send(
+            &new_cid("exact"),
+            &s.bob.user_id,
+            &upload.media_key,
+            "timed",
+            600,
+        ))
+        .await;
+    let msg_id = str_of(&ack, "msg_id").to_owned();
+    let message = s.b1.expect_about("message", &msg_id).await;
+    let media = message
+        .get("media")
+        .unwrap_or_else(|| panic!("{store}: a timed media message carries `media`: {message}"))
+        .clone();
+    check_media(
+        &s.object_base,
+        &media,
+        &upload,
+        TIMED_URL_CAP_SECS,
+        i64_of(&ack, "expires_at"),
+        &format!("{store}: bytes = the sealed size"),
+    );
+    fetch_and_open(
+        &s.blobs,
+        &media,
+        &sealed,
+        &plain,
+        &format!("{store}: bytes = the sealed size"),
+    )
+    .await;
+
+    // The old reading, bytes = the plaintext size: the sealed file is 28
+    // bytes more than declared, and refused.
+    let old = mint_upload(&s.http, &s.alice_session, JPEG, plain.len()).await;
+    let sealed = crypto::seal(&old.data_key, &plain).expect("sealing");
+    let response = blob_request(&s.blobs, Method::PUT, &old.put_url, Some(sealed)).await;
+    assert_s3_refusal(
+        &response,
+        &format!("{store}: a sealed file PUT for a declared plaintext size"),
+    );
+    send_refused(
+        &mut s.a1,
+        media_send(
+            &new_cid("old"),
+            &s.bob.user_id,
+            &old.media_key,
+            "timed",
+            600,
+        ),
+        "invalid",
+        &format!("{store}: media declared with its plaintext size"),
+    )
+    .await;
+}
+
+/// On the embedded store: `bytes` is the sealed size and the put_url binds
+/// it; and the limits of `bytes` (a sealed object is at least 28 bytes and
+/// at most 100 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_bytes_is_the_sealed_size_on_the_embedded_store() {
+    let server = Server::start(&[]).await;
+    let mut s = scene(&server, embedded_base(&server)).await;
+    the_put_url_binds_the_declared_size(&mut s, "embedded store", &|key| {
+        embedded_blob_file(&server, key)
+    })
+    .await;
+    for (bytes, status) in [
+        (0, 422),
+        (27, 422),
+        (28, 200),
+        (104_857_600, 200),
+        (104_857_601, 413),
+    ] {
+        let answer = request_upload(&s.http, &s.bob_session, JPEG, bytes).await;
+        assert_eq!(
+            answer.status, status,
+            "upload-urls with bytes {bytes}: {answer:?}"
+        );
+    }
+}
+
+/// A put_url stays valid for 15 minutes, but once its upload is used by a
+/// message, or unsent, or expired, the embedded store refuses it and keeps
+/// nothing: a deleted blob does not come back, and a sent one cannot be
+/// replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_urls_die_with_their_upload_on_the_embedded_store() {
+    let server = Server::start(&[]).await;
+    let mut s = scene(&server, embedded_base(&server)).await;
+
+    // Used by a message: the object can no longer be replaced.
+    let sent = send_timed_photo(&mut s, 4000, 600).await;
+    let blob_file = embedded_blob_file(&server, &sent.upload.media_key);
+    let other = crypto::seal(&sent.upload.data_key, &photo(4000)).expect("sealing");
+    let response = blob_request(&s.blobs, Method::PUT, &sent.upload.put_url, Some(other)).await;
+    assert_s3_refusal(&response, "a PUT over media a message uses");
+    fetch_and_open(
+        &s.blobs,
+        &sent.media[0],
+        &sent.sealed,
+        &sent.plain,
+        "the sent photo after a refused overwrite",
+    )
+    .await;
+
+    // Unsent: the blob is deleted, and its put_url cannot bring it back.
+    s.a1.send(json!({ "type": "unsend", "msg_id": sent.msg_id }))
+        .await;
+    let unsent_at = now_ms();
+    for sock in [&mut s.a1, &mut s.b1, &mut s.b2] {
+        sock.expect_about("burned", &sent.msg_id).await;
+    }
+    wait_until_shredded(
+        &server,
+        &sent.upload,
+        &blob_file,
+        unsent_at + SHRED_WINDOW_MS,
+        "unsent timed photo",
+    )
+    .await;
+    assert!(
+        now_ms() + 5000 < url_valid_until_ms(&sent.upload.put_url),
+        "the put_url must still be valid for this to prove anything"
+    );
+    let response = blob_request(
+        &s.blobs,
+        Method::PUT,
+        &sent.upload.put_url,
+        Some(sent.sealed.clone()),
+    )
+    .await;
+    assert_s3_refusal(&response, "a PUT to the put_url of unsent media");
+    assert!(
+        !blob_file.exists(),
+        "a refused PUT after unsend must leave no blob ({})",
+        blob_file.display()
+    );
+
+    // Expired unviewed once-photo: the same.
+    let alice_session = s.alice_session.clone();
+    let (upload, _, sealed) = upload_photo(&s, &alice_session, 3000).await;
+    let ack =
+        s.a1.send_ok(media_send(
+            &new_cid("once2"),
+            &s.bob.user_id,
+            &upload.media_key,
+            "once",
+            2,
+        ))
+        .await;
+    let msg_id = str_of(&ack, "msg_id").to_owned();
+    s.b1.expect_within(WAIT + Duration::from_secs(2), "the burn at expiry", |f| {
+        is_about(f, "burned", &msg_id)
+    })
+    .await;
+    let blob_file = embedded_blob_file(&server, &upload.media_key);
+    wait_until_shredded(
+        &server,
+        &upload,
+        &blob_file,
+        i64_of(&ack, "expires_at") + SHRED_WINDOW_MS,
+        "expired once-photo",
+    )
+    .await;
+    let response = blob_request(&s.blobs, Method::PUT, &upload.put_url, Some(sealed)).await;
+    assert_s3_refusal(&response, "a PUT to the put_url of expired media");
+    assert!(
+        !blob_file.exists(),
+        "a refused PUT after expiry must leave no blob"
+    );
+}
+
+/// The media sweep also walks the blob store: a blob no media record
+/// knows (here written straight into the store's directory) is deleted
+/// within the shredding window, and a live upload not yet sent is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_deletes_orphaned_blobs_on_the_embedded_store() {
+    let server = Server::start(&[]).await;
+    let mut s = scene(&server, embedded_base(&server)).await;
+    let alice_session = s.alice_session.clone();
+    let (live, _, _) = upload_photo(&s, &alice_session, 2000).await;
+    let live_file = embedded_blob_file(&server, &live.media_key);
+    assert!(
+        live_file.exists(),
+        "the live upload is {}",
+        live_file.display()
+    );
+
+    let orphan_file = embedded_blob_file(&server, &random_hex(16));
+    std::fs::write(&orphan_file, photo(3000)).expect("planting an orphaned blob");
+    let planted = now_ms();
+    while orphan_file.exists() {
+        assert!(
+            now_ms() < planted + SHRED_WINDOW_MS,
+            "{} ms after it was planted, the orphaned blob {} is still there",
+            SHRED_WINDOW_MS,
+            orphan_file.display()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        live_file.exists(),
+        "the sweep must keep a live upload ({})",
+        live_file.display()
+    );
+    s.a1.send_ok(media_send(
+        &new_cid("live"),
+        &s.bob.user_id,
+        &live.media_key,
+        "timed",
+        600,
+    ))
+    .await;
+}
+
+/// A refusal of upload-urls for a quota: `429 rate_limited` with a
+/// `Retry-After` of at least a second.
+fn assert_quota_refusal(answer: &ephemera_load::client::RawResponse, what: &str) -> u64 {
+    assert_eq!(answer.status, 429, "{what}: {answer:?}");
+    assert_eq!(
+        answer.error_code(),
+        Some("rate_limited"),
+        "{what}: {answer:?}"
+    );
+    let wait = answer
+        .retry_after
+        .unwrap_or_else(|| panic!("{what}: a 429 carries Retry-After: {answer:?}"));
+    assert!(wait >= 1, "{what}: Retry-After {wait}");
+    wait
+}
+
+/// Per-user upload quotas. By default a user has at most 64 uploads
+/// pending (minted, neither sent nor ended) and 1 GiB of them; beyond,
+/// upload-urls answers `429` with `Retry-After`, and sending one frees its
+/// place. Upload URLs have a rate per user (set to 1/s, burst 3, here),
+/// and a single upload larger than the pending-bytes quota gets `413`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_quotas_per_user() {
+    let server = Server::start(&[]).await;
+    let mut s = scene(&server, embedded_base(&server)).await;
+    let mut pending = Vec::new();
+    for _ in 0..64 {
+        pending.push(mint_for_file(&s.http, &s.alice_session, JPEG, 100).await);
+    }
+    let answer = request_upload(&s.http, &s.alice_session, JPEG, 128).await;
+    assert_quota_refusal(&answer, "a 65th pending upload");
+    // Someone else's quota is their own.
+    mint_for_file(&s.http, &s.bob_session, JPEG, 100).await;
+    // Sending one frees its place.
+    seal_and_put(&s.blobs, &pending[0], &photo(100)).await;
+    s.a1.send_ok(media_send(
+        &new_cid("free"),
+        &s.bob.user_id,
+        &pending[0].media_key,
+        "timed",
+        600,
+    ))
+    .await;
+    mint_for_file(&s.http, &s.alice_session, JPEG, 100).await;
+
+    // Bytes: bob has 128 pending; ten more of 100 MiB fit in 1 GiB, an
+    // eleventh does not, a small one still does.
+    for _ in 0..10 {
+        mint_upload(&s.http, &s.bob_session, JPEG, 104_857_600).await;
+    }
+    let answer = request_upload(&s.http, &s.bob_session, JPEG, 104_857_600).await;
+    assert_quota_refusal(&answer, "1.1 GiB pending");
+    mint_upload(&s.http, &s.bob_session, JPEG, 1_000_000).await;
+    drop(server);
+
+    let server = Server::start(&[
+        "--media-upload-rate-per-second",
+        "1",
+        "--media-upload-burst",
+        "3",
+        "--media-max-pending-bytes",
+        "100000",
+    ])
+    .await;
+    let http = server.http();
+    let (_, carol) = register_and_login(&http, "carol").await;
+    let answer = request_upload(&http, &carol, JPEG, 100_001).await;
+    assert_eq!(
+        (answer.status, answer.error_code()),
+        (413, Some("too_large")),
+        "one upload over the pending-bytes quota can never fit: {answer:?}"
+    );
+    for _ in 0..3 {
+        mint_for_file(&http, &carol, JPEG, 100).await;
+    }
+    let answer = request_upload(&http, &carol, JPEG, 128).await;
+    let wait = assert_quota_refusal(&answer, "a 4th upload URL at 1/s, burst 3");
+    assert!(wait <= 1, "one token a second: Retry-After {wait}");
+    tokio::time::sleep(Duration::from_millis(wait * 1000 + 100)).await;
+    mint_for_file(&http, &carol, JPEG, 100).await;
+}
+
+// ---------------------------------------------------------------------------
 // Third-party S3: s3s-fs
 // ---------------------------------------------------------------------------
 
@@ -1059,7 +1434,7 @@ async fn third_party_s3_round_trip_and_refusals() {
     let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
 
     // Sending before uploading: the server's HEAD finds nothing.
-    let early = mint_upload(&s.http, &s.alice_session, JPEG, 1000).await;
+    let early = mint_for_file(&s.http, &s.alice_session, JPEG, 1000).await;
     check_put_url(&s, &early);
     send_refused(
         &mut s.a1,
@@ -1102,9 +1477,12 @@ async fn third_party_s3_round_trip_and_refusals() {
             i + 1
         );
     }
-    // A wrong size is caught through the third-party store's HEAD too.
-    let wrong = mint_upload(&s.http, &s.alice_session, JPEG, 1000).await;
-    seal_and_put(&s.blobs, &wrong, &photo(999)).await;
+    // A wrong size: s3s-fs refuses the PUT (the put_url signs the length),
+    // so the server's HEAD finds nothing.
+    let wrong = mint_for_file(&s.http, &s.alice_session, JPEG, 1000).await;
+    let sealed = crypto::seal(&wrong.data_key, &photo(999)).expect("sealing");
+    let refused = blob_request(&s.blobs, Method::PUT, &wrong.put_url, Some(sealed)).await;
+    assert_s3_refusal(&refused, "s3s-fs: a PUT of another size than declared");
     send_refused(
         &mut s.a1,
         media_send(
@@ -1117,6 +1495,12 @@ async fn third_party_s3_round_trip_and_refusals() {
         "invalid",
         "s3s-fs: an upload of another size than declared",
     )
+    .await;
+
+    // s3s-fs holds the put_url to its signed content-length as well.
+    the_put_url_binds_the_declared_size(&mut s, "s3s-fs", &|key| {
+        s3.object_file(&format!("m/{key}"))
+    })
     .await;
 
     let other = send_timed_photo(&mut s, 2000, 600).await;
@@ -1144,6 +1528,35 @@ async fn third_party_s3_round_trip_and_refusals() {
         "s3s-fs: GET of a deleted object with a still-valid URL: {}",
         gone.describe()
     );
+
+    // An external S3 cannot know the upload is over: the still-valid
+    // put_url recreates the object. The sweep's walk of the bucket finds
+    // it without a media record and deletes it.
+    let response = blob_request(
+        &s.blobs,
+        Method::PUT,
+        &sent.upload.put_url,
+        Some(sent.sealed.clone()),
+    )
+    .await;
+    assert_eq!(
+        response.status,
+        200,
+        "s3s-fs accepts a validly signed PUT: {}",
+        response.describe()
+    );
+    let recreated_at = now_ms();
+    assert!(object.exists(), "the PUT recreated {}", object.display());
+    while object.exists() {
+        assert!(
+            now_ms() < recreated_at + SHRED_WINDOW_MS,
+            "s3s-fs still holds the recreated orphan {} {SHRED_WINDOW_MS} ms later; server log \
+             tail:\n{}",
+            object.display(),
+            tail(&server.logs())
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn tail(text: &str) -> &str {

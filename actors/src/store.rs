@@ -113,7 +113,7 @@ pub struct MediaRef {
     pub id: Id,
     /// The type declared at upload.
     pub content_type: String,
-    /// The plaintext size declared at upload.
+    /// The size declared at upload: the stored (sealed) object's, in bytes.
     pub bytes: u64,
 }
 

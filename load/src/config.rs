@@ -373,8 +373,9 @@ impl LoadConfig {
         if self.body_bytes == 0 || self.body_bytes > 16 * 1024 {
             bail!("--body-bytes must be within 1..=16384");
         }
-        if self.media_bytes == 0 {
-            bail!("--media-bytes must be at least 1");
+        // PROTOCOL 4: the sealed object (plaintext + 28) is at most 100 MiB.
+        if self.media_bytes == 0 || crate::crypto::sealed_len(self.media_bytes) > 100 << 20 {
+            bail!("--media-bytes must be within 1..=104857572 (sealed, at most 100 MiB)");
         }
         if self.senders == 0 || self.media_concurrency == 0 || self.connect_concurrency == 0 {
             bail!("--senders, --media-concurrency and --connect-concurrency must be at least 1");

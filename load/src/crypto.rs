@@ -11,6 +11,13 @@ use ring::rand::{SecureRandom, SystemRandom};
 /// Bytes a sealed object has beyond its plaintext (nonce and tag).
 pub const OVERHEAD: usize = NONCE_LEN + 16;
 
+/// The size of the object [`seal`] makes of `plaintext_len` bytes: what a
+/// client declares as `bytes` in `POST /api/v1/media/upload-urls`
+/// (PROTOCOL 4: the exact size of the object it will `PUT`).
+pub const fn sealed_len(plaintext_len: usize) -> usize {
+    plaintext_len + OVERHEAD
+}
+
 /// Decodes a base64 `data_key` (32 bytes).
 pub fn data_key(b64: &str) -> Result<[u8; 32]> {
     let raw = base64::engine::general_purpose::STANDARD
@@ -63,6 +70,7 @@ mod tests {
         let k = [7u8; 32];
         let sealed = seal(&k, b"a photo").unwrap();
         assert_eq!(sealed.len(), 7 + OVERHEAD);
+        assert_eq!(sealed.len(), sealed_len(7));
         assert_eq!(open(&k, &sealed).unwrap(), b"a photo");
         let mut bad = sealed.clone();
         bad[NONCE_LEN] ^= 1;

@@ -638,9 +638,10 @@ impl Media {
     /// returns the media_key as a JSON literal, or a failure reason.
     async fn upload(&self, target: usize, token: &str) -> Result<String, String> {
         let http = &self.targets[target].http;
+        // PROTOCOL 4: `bytes` is the size of the object PUT, the sealed file.
         let body = format!(
             r#"{{"content_type":"image/jpeg","bytes":{}}}"#,
-            self.payload.len()
+            crypto::sealed_len(self.payload.len())
         );
         let answer = http
             .raw(

@@ -32,6 +32,14 @@ pub enum ApiError {
     /// Well-formed but invalid values.
     #[error("{0}")]
     Invalid(&'static str),
+    /// Over a rate or quota: `429` with `Retry-After` in whole seconds.
+    #[error("{message}")]
+    RateLimited {
+        /// What is exceeded (a fixed text).
+        message: &'static str,
+        /// When to try again, in seconds (at least 1).
+        retry_after_secs: u64,
+    },
     /// Overloaded or a dependency is down.
     #[error("service unavailable, retry")]
     Unavailable,
@@ -67,6 +75,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -91,7 +100,17 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (status, code) = self.table();
-        HttpResponse::build(status).json(Body {
+        let mut response = HttpResponse::build(status);
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            response.insert_header((
+                actix_web::http::header::RETRY_AFTER,
+                (*retry_after_secs).max(1).to_string(),
+            ));
+        }
+        response.json(Body {
             error: Inner {
                 code,
                 message: self.to_string(),

@@ -1,6 +1,14 @@
 //! Media (PROTOCOL 4): upload URLs and data keys. The client encrypts the
 //! file with the data key and PUTs the ciphertext to the presigned URL;
-//! object storage only ever holds ciphertext.
+//! object storage only ever holds ciphertext. `bytes` is the exact size of
+//! that ciphertext (the sealed file, plaintext + 28), which the URL binds.
+//!
+//! | refusal | status |
+//! |---|---|
+//! | `bytes` below 28 (no sealed file is smaller) | `422 invalid` |
+//! | `bytes` over 100 MiB, or over the user's pending-bytes quota on its own | `413 too_large` |
+//! | the user's pending uploads (count or bytes) are at their quota | `429 rate_limited`, `Retry-After`: when the oldest ends at the latest (sending one frees its place at once) |
+//! | the user is over the rate of upload URLs | `429 rate_limited`, `Retry-After` |
 
 use actix_web::{web, HttpResponse};
 use ephemera_actors::ids::Id;
@@ -8,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::{AppState, Authed};
-use crate::media::service::MAX_MEDIA_BYTES;
+use crate::media::quota::Refusal;
+use crate::media::service::{MintError, MAX_MEDIA_BYTES, SEAL_OVERHEAD};
 
 /// Mounts the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -54,15 +63,33 @@ async fn upload_urls(
     if !valid_content_type(&content_type) {
         return Err(ApiError::Invalid("content_type must be image/* or video/*"));
     }
-    if bytes < 1 {
-        return Err(ApiError::Invalid("bytes must be at least 1"));
+    if bytes < SEAL_OVERHEAD as i64 {
+        return Err(ApiError::Invalid(
+            "bytes is the size of the sealed file (plaintext + 28): at least 28",
+        ));
     }
     if bytes as u64 > MAX_MEDIA_BYTES {
-        return Err(ApiError::TooLarge("media is limited to 100 MiB"));
+        return Err(ApiError::TooLarge(
+            "media is limited to 100 MiB (the sealed file)",
+        ));
     }
     let media = state.media.clone();
-    let grant =
-        web::block(move || media.mint_upload(who.user, &content_type, bytes as u64)).await??;
+    let grant = web::block(move || media.mint_upload(who.user, &content_type, bytes as u64))
+        .await?
+        .map_err(|e| match e {
+            MintError::Store(e) => ApiError::from(e),
+            MintError::Quota(Refusal::TooLarge) => {
+                ApiError::TooLarge("media is larger than the quota of pending uploads")
+            }
+            MintError::Quota(Refusal::Pending(ms)) => ApiError::RateLimited {
+                message: "too many uploads pending: send or let some end first",
+                retry_after_secs: ms.div_ceil(1000),
+            },
+            MintError::Quota(Refusal::Rate(ms)) => ApiError::RateLimited {
+                message: "too many upload URLs; retry after the retry-after header",
+                retry_after_secs: ms.div_ceil(1000),
+            },
+        })?;
     Ok(HttpResponse::Ok().json(Minted {
         media_key: grant.media_key,
         put_url: grant.put_url,

@@ -9,6 +9,14 @@
 //! | `GET` | presigned | `200`, the object streamed; `Cache-Control` from the signed `response-cache-control`, else `no-store` |
 //! | `HEAD` | presigned or header-signed | `200` with `Content-Length` |
 //! | `DELETE` | presigned or header-signed | `204`, whether or not the object existed (as S3) |
+//! | `GET` on `<prefix>/<bucket>?list-type=2` | presigned or header-signed | `200`, S3's `ListObjectsV2` XML: keys in order, `prefix`, `start-after`, `continuation-token`, `max-keys` (at most 1000) |
+//!
+//! A `PUT` is bounded twice. A presigned URL that signs `content-length`
+//! (see [`sigv4::presign_with_headers`]) only verifies for a request that
+//! sends exactly that length, as on S3. And the store's owner may install
+//! an [`UploadGate`], asked before the body is read and again just before
+//! the object is committed: it closes keys that are not, or no longer,
+//! open for upload (`403`, nothing kept), and may demand an exact size.
 //!
 //! Authentication comes first: a request without a valid signature for
 //! exactly its method, bucket and key gets `403` before anything touches
@@ -76,6 +84,26 @@ const READ_CHUNK: usize = 128 * 1024;
 /// From access key id to secret access key: who may sign for the store.
 pub type KeyLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
+/// What the store's owner says about a `PUT` to an object key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Accept an object of exactly this many bytes, and no other.
+    Exactly(u64),
+    /// Accept any object within the store's limit.
+    Any,
+    /// Refuse: the key is not, or no longer, open for upload (`403`).
+    Closed,
+    /// The owner cannot tell now (its own storage failed): `503`.
+    Unknown,
+}
+
+/// Decides whether a `PUT` to an object key is accepted (see [`Admission`]).
+/// It may block: the store calls it off the event loop.
+pub type UploadGate = Arc<dyn Fn(&str) -> Admission + Send + Sync>;
+
+/// Most keys one `ListObjectsV2` answer holds (S3's limit too).
+pub const MAX_LIST_KEYS: usize = 1000;
+
 /// A [`KeyLookup`] over a fixed set of key pairs.
 pub fn static_keys(keys: impl IntoIterator<Item = sigv4::Credentials>) -> KeyLookup {
     let keys: HashMap<String, String> = keys
@@ -102,6 +130,9 @@ pub struct BlobStore {
     max_object_bytes: u64,
     /// Where the store is mounted: `""` or `/a/b` (default `/blobs`).
     prefix: String,
+    /// Who says which keys are open for upload, and at which size; `None`
+    /// accepts every validly signed `PUT`.
+    gate: Option<UploadGate>,
 }
 
 impl fmt::Debug for BlobStore {
@@ -112,6 +143,7 @@ impl fmt::Debug for BlobStore {
             .field("region", &self.region)
             .field("max_object_bytes", &self.max_object_bytes)
             .field("prefix", &self.prefix)
+            .field("gate", &self.gate.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -149,7 +181,17 @@ impl BlobStore {
             lookup,
             max_object_bytes,
             prefix: DEFAULT_PREFIX.to_owned(),
+            gate: None,
         })
+    }
+
+    /// The same store, asking `gate` about every `PUT` (see [`Admission`]):
+    /// once the signature is verified, before the body is read, and again
+    /// just before the object is committed, so an upload that stopped
+    /// being welcome while its body streamed is not kept either.
+    pub fn with_upload_gate(mut self, gate: UploadGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// The same store mounted at `prefix`: `""` (a listener of its own) or
@@ -259,10 +301,21 @@ pub enum BlobError {
     /// No object under that key (`GET`, `HEAD`): `404`.
     #[error("no such key")]
     NoSuchKey,
-    /// The body is larger than the store's limit: `400 EntityTooLarge`
-    /// (S3's status for it); nothing is kept.
+    /// The body is larger than the store's limit, or than the size the
+    /// [`UploadGate`] demands: `400 EntityTooLarge` (S3's status for it);
+    /// nothing is kept.
     #[error("object is larger than the limit")]
     EntityTooLarge,
+    /// The body is smaller than the size the [`UploadGate`] demands:
+    /// `400 EntityTooSmall`; nothing is kept.
+    #[error("object is smaller than required")]
+    EntityTooSmall,
+    /// The [`UploadGate`] closed the key: `403`; nothing is kept.
+    #[error("object is not open for upload")]
+    UploadClosed,
+    /// The [`UploadGate`] could not tell: `503`; nothing is kept.
+    #[error("upload gate unavailable")]
+    Unavailable,
     /// The client stopped sending mid-body: `400`; nothing is kept.
     #[error("request body ended early")]
     IncompleteBody,
@@ -312,6 +365,21 @@ impl BlobError {
                 StatusCode::BAD_REQUEST,
                 "EntityTooLarge",
                 "Your proposed upload exceeds the maximum allowed object size.",
+            ),
+            BlobError::EntityTooSmall => (
+                StatusCode::BAD_REQUEST,
+                "EntityTooSmall",
+                "Your proposed upload is smaller than the size this object must have.",
+            ),
+            BlobError::UploadClosed => (
+                StatusCode::FORBIDDEN,
+                "AccessDenied",
+                "This object is not open for upload.",
+            ),
+            BlobError::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "Please try again later.",
             ),
             BlobError::IncompleteBody => (
                 StatusCode::BAD_REQUEST,
@@ -373,19 +441,32 @@ async fn handle(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse,
     result
 }
 
-/// Authenticate, then find the object, then do what the method says.
+/// Authenticate, then find the object (or the bucket, for a listing),
+/// then do what the method says.
 async fn serve(
     store: &BlobStore,
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, BlobError> {
-    let verified = authenticate(store, req)?;
+    let (verified, header_signed) = authenticate(store, req)?;
     let below_prefix = verified
         .path
         .strip_prefix(store.prefix.as_str())
         .is_some_and(|rest| rest.starts_with('/'));
     if !below_prefix {
         return Err(BlobError::Misconfigured);
+    }
+    if let Some(bucket) = bucket_only(&verified.path, &store.prefix) {
+        if bucket != store.bucket {
+            return Err(BlobError::NoSuchBucket);
+        }
+        return match (req.method(), verified.param("list-type")) {
+            (&Method::GET, Some("2")) => list(store, &verified).await,
+            (&Method::GET, _) => Err(BlobError::InvalidArgument(
+                "only ListObjectsV2 (list-type=2) is served on a bucket",
+            )),
+            _ => Err(BlobError::MethodNotAllowed),
+        };
     }
     let (bucket, key) = verified
         .bucket_and_key(&store.prefix)
@@ -394,8 +475,12 @@ async fn serve(
         return Err(BlobError::NoSuchBucket);
     }
     let path = store.dir.join(object_file_name(key)?);
+    // Header signing is for the server's own bodiless requests on objects.
+    if header_signed && !matches!(*req.method(), Method::HEAD | Method::DELETE) {
+        return Err(BlobError::HeaderAuthNotAllowed);
+    }
     match *req.method() {
-        Method::PUT => put(store, req, payload, path).await,
+        Method::PUT => put(store, req, payload, key, path).await,
         Method::GET => read(&verified, path, false).await,
         Method::HEAD => read(&verified, path, true).await,
         Method::DELETE => delete(store.dir.clone(), path).await,
@@ -403,9 +488,18 @@ async fn serve(
     }
 }
 
-/// A presigned URL for any method, or header signing for `HEAD` and
-/// `DELETE` (the server's own requests, which have no body).
-fn authenticate(store: &BlobStore, req: &HttpRequest) -> Result<Verified, BlobError> {
+/// The bucket of a path naming a bucket only, `<prefix>/<bucket>` with or
+/// without a trailing `/`; `None` when it names an object (or nothing).
+fn bucket_only<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?.strip_prefix('/')?;
+    let bucket = rest.strip_suffix('/').unwrap_or(rest);
+    (!bucket.is_empty() && !bucket.contains('/')).then_some(bucket)
+}
+
+/// A presigned URL for any method, or header signing for `HEAD`, `DELETE`
+/// and the `GET` of a listing (the server's own requests, which have no
+/// body). Returns what was verified, and whether it was header-signed.
+fn authenticate(store: &BlobStore, req: &HttpRequest) -> Result<(Verified, bool), BlobError> {
     let method = req.method().as_str();
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let lookup = |id: &str| (store.lookup)(id);
@@ -418,20 +512,28 @@ fn authenticate(store: &BlobStore, req: &HttpRequest) -> Result<Verified, BlobEr
             )
             .into());
         }
-        let host = host_header(req).ok_or(SigError::Malformed("the Host header is missing"))?;
-        return Ok(sigv4::verify_presigned(
+        if host_header(req).is_none() {
+            return Err(SigError::Malformed("the Host header is missing").into());
+        }
+        // Headers the URL signs besides `host` (such as `content-length`)
+        // are read from the request: a missing one fails, another value
+        // fails the signature.
+        let verified = sigv4::verify_presigned_with(
             method,
             target,
-            &host,
+            |name| header_value(req, name),
             lookup,
             &store.region,
             now,
-        )?);
+        )?;
+        return Ok((verified, false));
     }
     if !has_authorization {
         return Err(BlobError::Unsigned);
     }
-    if !matches!(*req.method(), Method::HEAD | Method::DELETE) {
+    // A header-signed GET may only list (checked again once routed).
+    let listing = *req.method() == Method::GET && req.query_string().contains("list-type=");
+    if !(matches!(*req.method(), Method::HEAD | Method::DELETE) || listing) {
         return Err(BlobError::HeaderAuthNotAllowed);
     }
     let verified = sigv4::verify_header_signed(
@@ -446,9 +548,9 @@ fn authenticate(store: &BlobStore, req: &HttpRequest) -> Result<Verified, BlobEr
     if verified.payload_sha256 != sigv4::EMPTY_PAYLOAD_SHA256
         && verified.payload_sha256 != sigv4::UNSIGNED_PAYLOAD
     {
-        return Err(SigError::Malformed("HEAD and DELETE carry no payload").into());
+        return Err(SigError::Malformed("HEAD, DELETE and listings carry no payload").into());
     }
-    Ok(verified)
+    Ok((verified, true))
 }
 
 /// The `Host` header, or the URI's authority (HTTP/2 has no `Host`).
@@ -488,15 +590,39 @@ fn object_file_name(key: &str) -> Result<String, BlobError> {
     Ok(key.replace('/', "+"))
 }
 
-/// `PUT`: stream the body to a temporary file, then fsync and rename it
-/// into place, so a reader sees the whole old object or the whole new one.
+/// Asks the store's [`UploadGate`] about `key`, off the event loop.
+async fn admission(store: &BlobStore, key: &str) -> Admission {
+    let Some(gate) = store.gate.clone() else {
+        return Admission::Any;
+    };
+    let key = key.to_owned();
+    tokio::task::spawn_blocking(move || gate(&key))
+        .await
+        .unwrap_or(Admission::Unknown)
+}
+
+/// The exact size an [`Admission`] demands, or its refusal.
+fn required_size(admission: Admission) -> Result<Option<u64>, BlobError> {
+    match admission {
+        Admission::Exactly(n) => Ok(Some(n)),
+        Admission::Any => Ok(None),
+        Admission::Closed => Err(BlobError::UploadClosed),
+        Admission::Unknown => Err(BlobError::Unavailable),
+    }
+}
+
+/// `PUT`: ask the gate, stream the body to a temporary file, ask the gate
+/// again, then fsync and rename it into place, so a reader sees the whole
+/// old object or the whole new one.
 async fn put(
     store: &BlobStore,
     req: &HttpRequest,
     mut payload: web::Payload,
+    key: &str,
     target: PathBuf,
 ) -> Result<HttpResponse, BlobError> {
-    let max = store.max_object_bytes;
+    let required = required_size(admission(store, key).await)?;
+    let max = required.map_or(store.max_object_bytes, |n| n.min(store.max_object_bytes));
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -504,6 +630,11 @@ async fn put(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max) {
         return Err(BlobError::EntityTooLarge);
+    }
+    if let (Some(len), Some(n)) = (declared, required) {
+        if len < n {
+            return Err(BlobError::EntityTooSmall);
+        }
     }
     let dir = store.dir.clone();
     // Dropping `upload` on any early return below removes the temporary
@@ -523,12 +654,109 @@ async fn put(
             upload = blocking(move || upload.write(&data).map(|()| upload)).await?;
         }
     }
+    if required.is_some_and(|n| received < n) {
+        return Err(BlobError::EntityTooSmall);
+    }
+    let gate = store.gate.clone();
+    let key = key.to_owned();
     blocking(move || {
         upload.write(&batch)?;
-        upload.commit(&target)
+        upload.sync()?;
+        // Asked again: the upload may have been used, unsent or ended
+        // while its body streamed. (A reap racing the rename below can
+        // still leave a blob behind; the owner's sweep of orphans is what
+        // catches that.)
+        if let Some(gate) = gate {
+            match required_size(gate(&key)) {
+                Ok(n) if n.is_none_or(|n| n == received) => {}
+                Ok(_) => return Ok(Err(BlobError::EntityTooSmall)),
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+        upload.commit(&target).map(Ok)
+    })
+    .await??;
+    Ok(HttpResponse::Ok().finish())
+}
+
+/// `GET` on the bucket with `list-type=2`: S3's `ListObjectsV2`, keys in
+/// order, from after `start-after` or `continuation-token` (which is the
+/// last key of the previous page), at most `max-keys` (up to
+/// [`MAX_LIST_KEYS`]) of them, under `prefix`.
+async fn list(store: &BlobStore, verified: &Verified) -> Result<HttpResponse, BlobError> {
+    let prefix = verified.param("prefix").unwrap_or("").to_owned();
+    let token = verified.param("continuation-token").map(str::to_owned);
+    let after = [verified.param("start-after"), token.as_deref()]
+        .into_iter()
+        .flatten()
+        .max()
+        .map(str::to_owned);
+    let max_keys = match verified.param("max-keys") {
+        None => MAX_LIST_KEYS,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| BlobError::InvalidArgument("max-keys must be a number"))?
+            .min(MAX_LIST_KEYS),
+    };
+    let dir = store.dir.clone();
+    let list_prefix = prefix.clone();
+    let (objects, truncated) = blocking(move || {
+        let mut objects = Vec::new();
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            // Temporary files and anything not named by a key are not objects.
+            let Some(name) = name.to_str() else { continue };
+            let key = name.replace('+', "/");
+            if object_file_name(&key).ok().as_deref() != Some(name)
+                || !key.starts_with(&list_prefix)
+                || after.as_deref().is_some_and(|a| key.as_str() <= a)
+            {
+                continue;
+            }
+            let meta = entry.metadata()?;
+            if meta.is_file() {
+                objects.push((key, meta.len()));
+            }
+        }
+        objects.sort();
+        let truncated = objects.len() > max_keys;
+        objects.truncate(max_keys);
+        Ok((objects, truncated))
     })
     .await?;
-    Ok(HttpResponse::Ok().finish())
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+         <Name>{}</Name><Prefix>{}</Prefix><KeyCount>{}</KeyCount><MaxKeys>{max_keys}</MaxKeys>\
+         <IsTruncated>{truncated}</IsTruncated>",
+        xml_escape(&store.bucket),
+        xml_escape(&prefix),
+        objects.len(),
+    );
+    if let Some(token) = &token {
+        xml.push_str(&format!(
+            "<ContinuationToken>{}</ContinuationToken>",
+            xml_escape(token)
+        ));
+    }
+    for (key, size) in &objects {
+        xml.push_str(&format!(
+            "<Contents><Key>{}</Key><Size>{size}</Size></Contents>",
+            xml_escape(key)
+        ));
+    }
+    if let (true, Some((last, _))) = (truncated, objects.last()) {
+        xml.push_str(&format!(
+            "<NextContinuationToken>{}</NextContinuationToken>",
+            xml_escape(last)
+        ));
+    }
+    xml.push_str("</ListBucketResult>");
+    Ok(HttpResponse::Ok()
+        .content_type("application/xml")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(xml))
 }
 
 /// `GET` and `HEAD`: the object's length, and for `GET` its bytes.
@@ -687,10 +915,14 @@ impl Upload {
         self.file.write_all(data)
     }
 
-    /// Makes the bytes durable, then the name: fsync the file, rename it to
-    /// `target` (replacing any old object atomically), fsync the directory.
+    /// Makes the bytes durable (before [`Upload::commit`]).
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    /// Makes the name durable: rename the synced file to `target`
+    /// (replacing any old object atomically), fsync the directory.
     fn commit(mut self, target: &Path) -> io::Result<()> {
-        self.file.sync_all()?;
         fs::rename(&self.path, target)?;
         self.committed = true;
         sync_dir(&self.dir)
@@ -751,8 +983,12 @@ mod tests {
     }
 
     async fn start(max_object_bytes: u64, prefix: &str) -> Server {
+        start_gated(max_object_bytes, prefix, None).await
+    }
+
+    async fn start_gated(max_object_bytes: u64, prefix: &str, gate: Option<UploadGate>) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let store = BlobStore::open(
+        let mut store = BlobStore::open(
             dir.path(),
             "media",
             Region::new(REGION),
@@ -762,6 +998,9 @@ mod tests {
         .unwrap()
         .with_prefix(prefix)
         .unwrap();
+        if let Some(gate) = gate {
+            store = store.with_upload_gate(gate);
+        }
         let store = web::Data::new(store);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -1333,6 +1572,213 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(r.status(), 403);
+        s.stop().await;
+    }
+
+    /// A gate that says `Exactly(5)` for `open/*`, `Any` for `any/*`,
+    /// `Unknown` for `down/*` and `Closed` for everything else.
+    fn test_gate() -> UploadGate {
+        Arc::new(|key: &str| {
+            if key.starts_with("open/") {
+                Admission::Exactly(5)
+            } else if key.starts_with("any/") {
+                Admission::Any
+            } else if key.starts_with("down/") {
+                Admission::Unknown
+            } else {
+                Admission::Closed
+            }
+        })
+    }
+
+    #[actix_web::test]
+    async fn the_upload_gate_closes_keys_and_demands_sizes() {
+        let s = start_gated(1024, DEFAULT_PREFIX, Some(test_gate())).await;
+        let put =
+            |key: &str, body: &'static str| s.client.put(s.url("PUT", key, &[])).body(body).send();
+        assert_eq!(put("open/a", "12345").await.unwrap().status(), 200);
+        assert_eq!(put("any/a", "anything").await.unwrap().status(), 200);
+        let cases = [
+            ("closed/a", "12345", 403, "AccessDenied"),
+            ("open/b", "123456", 400, "EntityTooLarge"),
+            ("open/b", "1234", 400, "EntityTooSmall"),
+            ("open/b", "", 400, "EntityTooSmall"),
+            ("down/a", "12345", 503, "ServiceUnavailable"),
+        ];
+        for (key, body, status, code) in cases {
+            let r = put(key, body).await.unwrap();
+            assert_eq!(refusal(r).await, (status, code.into()), "{key} {body:?}");
+        }
+        // Chunked (no Content-Length): the size is counted as it streams.
+        let chunked = |key: &str, body: &str| {
+            let url = s.url("PUT", key, &[]);
+            let head = format!(
+                "PUT {} HTTP/1.1\r\nHost: {{host}}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                target(&url)
+            );
+            let body = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+            (head, body)
+        };
+        let (head, body) = chunked("open/c", "1234");
+        let (status, answer) = s.raw(&head, body.as_bytes()).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (400, "EntityTooSmall".into())
+        );
+        let (head, body) = chunked("open/c", "123456");
+        let (status, answer) = s.raw(&head, body.as_bytes()).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (400, "EntityTooLarge".into())
+        );
+        let (head, body) = chunked("open/c", "12345");
+        assert_eq!(s.raw(&head, body.as_bytes()).await.0, 200);
+        // Reading is not gated.
+        let r = s
+            .client
+            .get(s.url("GET", "open/a", &[]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "12345");
+        assert_eq!(s.files(), ["any+a", "open+a", "open+c"]);
+        s.stop().await;
+    }
+
+    #[actix_web::test]
+    async fn a_signed_content_length_binds_the_put() {
+        let s = start(1 << 20, DEFAULT_PREFIX).await;
+        let url = sigv4::presign_with_headers(
+            "PUT",
+            &s.endpoint,
+            "m/sized",
+            &creds(),
+            SystemTime::now(),
+            60,
+            &[],
+            &[("content-length", "5")],
+        )
+        .unwrap();
+        for body in ["1234", "123456"] {
+            let r = s.client.put(&url).body(body).send().await.unwrap();
+            assert_eq!(
+                refusal(r).await,
+                (403, "SignatureDoesNotMatch".into()),
+                "{body:?}"
+            );
+        }
+        // An empty body goes without a Content-Length: the signed header
+        // is missing.
+        let r = s.client.put(&url).body("").send().await.unwrap();
+        assert_eq!(
+            refusal(r).await,
+            (403, "AuthorizationQueryParametersError".into())
+        );
+        // Chunked: the signed header is missing altogether.
+        let head = format!(
+            "PUT {} HTTP/1.1\r\nHost: {{host}}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            target(&url)
+        );
+        let (status, answer) = s.raw(&head, b"5\r\n12345\r\n0\r\n\r\n").await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (403, "AuthorizationQueryParametersError".into())
+        );
+        assert!(s.files().is_empty());
+        let r = s.client.put(&url).body("12345").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(s.files(), ["m+sized"]);
+        s.stop().await;
+    }
+
+    /// Keys of a `ListObjectsV2` answer, and its continuation token.
+    fn listed(xml: &str) -> (Vec<String>, Option<String>) {
+        let field = |text: &str, tag: &str| -> Vec<String> {
+            text.split(&format!("<{tag}>"))
+                .skip(1)
+                .filter_map(|rest| rest.split_once(&format!("</{tag}>")))
+                .map(|(v, _)| v.to_owned())
+                .collect()
+        };
+        let token = field(xml, "NextContinuationToken").pop();
+        (field(xml, "Key"), token)
+    }
+
+    #[actix_web::test]
+    async fn objects_are_listed_in_pages() {
+        let s = start(1 << 20, DEFAULT_PREFIX).await;
+        for key in ["m/b", "m/a", "m/c", "x/other"] {
+            let r = s
+                .client
+                .put(s.url("PUT", key, &[]))
+                .body(key.to_owned())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        // A half-written upload is no object.
+        fs::write(s.store.dir.join("~tmp-0123"), b"half").unwrap();
+        let bucket_url = |query: &[(&str, &str)]| s.endpoint.bucket_url(query);
+        let list = |query: Vec<(&'static str, String)>| {
+            let query: Vec<(&str, &str)> = query.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let url = bucket_url(&query);
+            let headers = sign_request_headers(
+                "GET",
+                &url,
+                &creds(),
+                &Region::new(REGION),
+                SystemTime::now(),
+                sigv4::UNSIGNED_PAYLOAD,
+            )
+            .unwrap();
+            let mut request = s.client.get(&url);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            async move {
+                let r = request.send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                listed(&r.text().await.unwrap())
+            }
+        };
+        let all = list(vec![("list-type", "2".into())]).await;
+        assert_eq!(
+            all,
+            (
+                vec!["m/a".into(), "m/b".into(), "m/c".into(), "x/other".into()],
+                None
+            )
+        );
+        let first = list(vec![
+            ("list-type", "2".into()),
+            ("prefix", "m/".into()),
+            ("max-keys", "2".into()),
+        ])
+        .await;
+        assert_eq!(
+            first,
+            (vec!["m/a".into(), "m/b".into()], Some("m/b".into()))
+        );
+        let rest = list(vec![
+            ("list-type", "2".into()),
+            ("prefix", "m/".into()),
+            ("max-keys", "2".into()),
+            ("continuation-token", "m/b".into()),
+        ])
+        .await;
+        assert_eq!(rest, (vec!["m/c".into()], None));
+        // Unsigned: refused.
+        let plain = bucket_url(&[("list-type", "2")]);
+        let r = s.client.get(&plain).send().await.unwrap();
+        assert_eq!(refusal(r).await, (403, "AccessDenied".into()));
+        // Header signing still opens no object to GET.
+        let r = s
+            .signed(reqwest::Method::GET, "m/a", &creds())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refusal(r).await, (403, "AccessDenied".into()));
         s.stop().await;
     }
 

@@ -9,13 +9,17 @@
 //! - `blobstore`: the embedded S3-compatible endpoint on local disk, as
 //!   actix-web handlers that accept exactly those signatures.
 //! - `service`: upload URLs and data keys, claiming an upload for a
-//!   message, GET grants, shredding and the blob sweeper.
+//!   message, GET grants, shredding and the blob sweeper (which also
+//!   deletes orphaned blobs), and the embedded store's upload gate.
+//! - `quota`: per-user bounds on pending uploads and the rate of upload
+//!   URLs.
 
 // The signer and the embedded store are complete S3 surfaces (accessors,
 // alternative mountings) of which the server uses a part; their own tests
 // use the rest.
 #[allow(dead_code)]
 pub mod blobstore;
+pub mod quota;
 pub mod service;
 #[allow(dead_code)]
 pub mod sigv4;

@@ -3,12 +3,16 @@
 //! Three jobs, all pure functions with the time passed in (never read from a
 //! clock), so AWS's published examples reproduce byte for byte:
 //! - [`presign`]: a presigned URL (query-string authentication) with which a
-//!   client `PUT`s or `GET`s one object and nothing else.
+//!   client `PUT`s or `GET`s one object and nothing else;
+//!   [`presign_with_headers`] also signs request headers the client must
+//!   send as signed, such as `content-length`, which binds a `PUT` to one
+//!   size.
 //! - [`sign_request_headers`]: the `Authorization` and `x-amz-*` headers of
 //!   a request the server sends itself (`HEAD`, `DELETE`), to the embedded
 //!   blob store or to any S3-compatible service alike.
-//! - [`verify_presigned`] and [`verify_header_signed`]: what the embedded
-//!   blob store runs on every request.
+//! - [`verify_presigned`] (with [`verify_presigned_with`] for URLs that
+//!   sign headers besides `host`) and [`verify_header_signed`]: what the
+//!   embedded blob store runs on every request.
 //!
 //! S3's canonical form: the path is URI-encoded once per segment (S3 does
 //! not double-encode, unlike the other AWS services) with `/` kept; query
@@ -204,6 +208,27 @@ impl Endpoint {
         ))
     }
 
+    /// The unsigned URL of the bucket itself with `query` (names and
+    /// values are encoded here), to sign with [`sign_request_headers`] for
+    /// a server-side `GET` that lists objects (S3's `ListObjectsV2`:
+    /// `list-type=2`, `prefix`, `continuation-token`...).
+    pub fn bucket_url(&self, query: &[(&str, &str)]) -> String {
+        let mut path = self.prefix.clone();
+        if self.addressing == Addressing::Path {
+            path.push('/');
+            path.push_str(&uri_encode(self.bucket.as_bytes(), false));
+        } else {
+            path.push('/');
+        }
+        let pairs: Vec<(String, String)> = query
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        let query = canonical_query(&pairs);
+        let separator = if query.is_empty() { "" } else { "?" };
+        format!("{}://{}{path}{separator}{query}", self.scheme, self.host())
+    }
+
     /// The canonical (encoded) path of object `key`.
     fn object_path(&self, key: &str) -> Result<String, SigError> {
         if key.is_empty() {
@@ -305,9 +330,21 @@ pub struct Verified {
     /// The payload hash the signature covers: [`UNSIGNED_PAYLOAD`] for a
     /// presigned URL, the `x-amz-content-sha256` header otherwise.
     pub payload_sha256: String,
+    /// The signed headers with the values the signature covers (as
+    /// received, so as sent by the client), `host` included: what a
+    /// verifier may rely on, such as `content-length`.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Verified {
+    /// The value of signed header `name` (lowercase), if it was signed.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The value of signed query parameter `name` (first one if repeated).
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
@@ -340,6 +377,35 @@ pub fn presign(
     expires_in_secs: u64,
     extra_query: &[(&str, &str)],
 ) -> Result<String, SigError> {
+    presign_with_headers(
+        method,
+        endpoint,
+        key,
+        credentials,
+        now,
+        expires_in_secs,
+        extra_query,
+        &[],
+    )
+}
+
+/// [`presign`] that also signs `headers` (lowercase names, such as
+/// `("content-length", "1028")`): the URL then works only for a request
+/// that sends each of them with exactly that value. Listed in
+/// `X-Amz-SignedHeaders`, they are enforced by S3 and by every verifier
+/// that follows SigV4, the embedded store included. `host` is always
+/// signed and may not be given.
+#[allow(clippy::too_many_arguments)] // `presign` plus one list.
+pub fn presign_with_headers(
+    method: &str,
+    endpoint: &Endpoint,
+    key: &str,
+    credentials: &Credentials,
+    now: SystemTime,
+    expires_in_secs: u64,
+    extra_query: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> Result<String, SigError> {
     check_method(method)?;
     check_access_key_id(&credentials.access_key_id)?;
     if !(1..=MAX_EXPIRES_SECS).contains(&expires_in_secs) {
@@ -352,6 +418,23 @@ pub fn presign(
     let amz_date = format_amz_date(unix_secs(now));
     let scope = credential_scope(&amz_date, &endpoint.region);
 
+    let mut signed: Vec<(String, String)> = vec![("host".to_owned(), host.clone())];
+    for (name, value) in headers {
+        if !is_header_name(name) || *name == "authorization" {
+            return Err(SigError::InvalidInput("signed header name is not allowed"));
+        }
+        if signed.iter().any(|(n, _)| n == name) {
+            return Err(SigError::InvalidInput("header given twice"));
+        }
+        signed.push(((*name).to_owned(), (*value).to_owned()));
+    }
+    signed.sort();
+    let signed_names = signed
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(";");
+
     let mut query: Vec<(String, String)> = vec![
         (Q_ALGORITHM.into(), ALGORITHM.into()),
         (
@@ -360,7 +443,7 @@ pub fn presign(
         ),
         (Q_DATE.into(), amz_date.clone()),
         (Q_EXPIRES.into(), expires_in_secs.to_string()),
-        (Q_SIGNED_HEADERS.into(), "host".into()),
+        (Q_SIGNED_HEADERS.into(), signed_names.clone()),
     ];
     for (name, value) in extra_query {
         if is_auth_param(name) || query.iter().any(|(n, _)| n == name) {
@@ -371,13 +454,12 @@ pub fn presign(
         query.push(((*name).into(), (*value).into()));
     }
     let canonical_query = canonical_query(&query);
-    let headers = [("host".to_owned(), host.clone())];
     let request = canonical_request(
         method,
         &path,
         &canonical_query,
-        &headers,
-        "host",
+        &signed,
+        &signed_names,
         UNSIGNED_PAYLOAD,
     );
     let signature = sign(credentials, &amz_date, &endpoint.region, &scope, &request);
@@ -499,7 +581,8 @@ pub fn has_query_auth(query: &str) -> bool {
 /// signed), the credential scope (date of `X-Amz-Date`, `region`, `s3`,
 /// `aws4_request`), the time (not expired at `now`, not signed further ahead
 /// than [`MAX_CLOCK_SKEW_SECS`]), the key, then the signature in constant
-/// time. Only `host` may be signed besides the query.
+/// time. Only `host` may be signed besides the query; see
+/// [`verify_presigned_with`] for URLs that sign other headers.
 pub fn verify_presigned<F>(
     method: &str,
     path_and_query: &str,
@@ -509,6 +592,28 @@ pub fn verify_presigned<F>(
     now: SystemTime,
 ) -> Result<Verified, SigError>
 where
+    F: Fn(&str) -> Option<String>,
+{
+    let header = |name: &str| (name == "host").then(|| host_header.to_owned());
+    verify_presigned_with(method, path_and_query, header, lookup, region, now)
+}
+
+/// [`verify_presigned`] for a URL that may sign request headers besides
+/// `host` (see [`presign_with_headers`]): `header(name)` returns a request
+/// header by lowercase name (values of a repeated header joined with `,`),
+/// `host` included. A signed header the request lacks is refused as
+/// malformed; one it sends with another value fails the signature. The
+/// signed headers and their values are in [`Verified::headers`].
+pub fn verify_presigned_with<H, F>(
+    method: &str,
+    path_and_query: &str,
+    header: H,
+    lookup: F,
+    region: &Region,
+    now: SystemTime,
+) -> Result<Verified, SigError>
+where
+    H: Fn(&str) -> Option<String>,
     F: Fn(&str) -> Option<String>,
 {
     let (raw_path, raw_query) = split_target(path_and_query)?;
@@ -567,14 +672,13 @@ where
         ));
     }
     let expires = parse_expires(&expires)?;
-    let header = |name: &str| (name == "host").then(|| host_header.to_owned());
     let presented = Presented {
         credential: &credential,
         signed_headers: &signed_headers,
         signature: &signature,
         amz_date: &date,
     };
-    let (access_key_id, signed_at, valid_until) = check(
+    let (access_key_id, signed_at, valid_until, headers) = check(
         method,
         &canonical_uri,
         &canonical_query(&signed_pairs),
@@ -593,6 +697,7 @@ where
         signed_at,
         valid_until,
         payload_sha256: UNSIGNED_PAYLOAD.into(),
+        headers,
     })
 }
 
@@ -645,7 +750,7 @@ where
         signature,
         amz_date: &date,
     };
-    let (access_key_id, signed_at, valid_until) = check(
+    let (access_key_id, signed_at, valid_until, headers) = check(
         method,
         &canonical_uri,
         &canonical_query(&params),
@@ -664,6 +769,7 @@ where
         signed_at,
         valid_until,
         payload_sha256: payload,
+        headers,
     })
 }
 
@@ -684,8 +790,14 @@ enum Window {
     Skew,
 }
 
+/// What [`check`] vouches for: the access key id, when the signature was
+/// made and until when it is valid, and the signed headers with their
+/// values.
+type Checked = (String, u64, u64, Vec<(String, String)>);
+
 /// The checks common to both transports, in the order documented on
-/// [`verify_presigned`]. Returns the access key id and the validity.
+/// [`verify_presigned`]. Returns the access key id, the validity and the
+/// signed headers with their values.
 #[allow(clippy::too_many_arguments)] // Private: one call per transport.
 fn check(
     method: &str,
@@ -698,7 +810,7 @@ fn check(
     lookup: &dyn Fn(&str) -> Option<String>,
     region: &Region,
     now: u64,
-) -> Result<(String, u64, u64), SigError> {
+) -> Result<Checked, SigError> {
     let signed_at = parse_amz_date(presented.amz_date).ok_or(SigError::Malformed(
         "X-Amz-Date is not a valid YYYYMMDDTHHMMSSZ",
     ))?;
@@ -781,7 +893,7 @@ fn check(
     let key = signing_key(&secret, scope_date, region.as_str(), SERVICE);
     // `hmac::verify` compares in constant time.
     hmac::verify(&key, string_to_sign.as_bytes(), &tag).map_err(|_| SigError::SignatureMismatch)?;
-    Ok((key_id.to_owned(), signed_at, valid_until))
+    Ok((key_id.to_owned(), signed_at, valid_until, headers))
 }
 
 /// Credential, signed headers and signature of an `Authorization` header:
@@ -1725,6 +1837,97 @@ mod tests {
             at(NOW),
         );
         assert_eq!(r, Err(SigError::SignatureMismatch));
+    }
+
+    #[test]
+    fn bucket_urls() {
+        assert_eq!(
+            endpoint().bucket_url(&[("prefix", "m/"), ("list-type", "2")]),
+            "http://127.0.0.1:8080/blobs/media?list-type=2&prefix=m%2F"
+        );
+        let virtual_host = Endpoint::new(
+            "https://s3.amazonaws.com",
+            "examplebucket",
+            us_east_1(),
+            Addressing::VirtualHost,
+        )
+        .unwrap();
+        assert_eq!(
+            virtual_host.bucket_url(&[("continuation-token", "a+b/c=")]),
+            "https://examplebucket.s3.amazonaws.com/?continuation-token=a%2Bb%2Fc%3D"
+        );
+        assert_eq!(
+            virtual_host.bucket_url(&[]),
+            "https://examplebucket.s3.amazonaws.com/"
+        );
+    }
+
+    /// A URL that signs `content-length` works for exactly that length:
+    /// another one fails the signature, none at all is malformed.
+    #[test]
+    fn signed_content_length_binds_the_size() {
+        let url = presign_with_headers(
+            "PUT",
+            &endpoint(),
+            "m/k",
+            &creds(),
+            at(NOW),
+            900,
+            &[],
+            &[("content-length", "1028")],
+        )
+        .unwrap();
+        let t = target(&url);
+        assert!(
+            t.contains("X-Amz-SignedHeaders=content-length%3Bhost&"),
+            "{t}"
+        );
+        let with_length = |len: Option<&'static str>| {
+            move |name: &str| match name {
+                "host" => Some(HOST.to_owned()),
+                "content-length" => len.map(str::to_owned),
+                _ => None,
+            }
+        };
+        let verify_len = |len| {
+            verify_presigned_with(
+                "PUT",
+                &t,
+                with_length(len),
+                lookup,
+                &Region::new("eph-1"),
+                at(NOW + 10),
+            )
+        };
+        let verified = verify_len(Some("1028")).unwrap();
+        assert_eq!(verified.header("content-length"), Some("1028"));
+        assert_eq!(verified.header("host"), Some(HOST));
+        assert_eq!(verify_len(Some("1029")), Err(SigError::SignatureMismatch));
+        assert_eq!(verify_len(Some("0")), Err(SigError::SignatureMismatch));
+        assert!(matches!(verify_len(None), Err(SigError::Malformed(_))));
+        // The host-only verifier cannot supply it: refused, never accepted.
+        assert!(matches!(
+            verify("PUT", &t),
+            Err(SigError::Malformed("a signed header is missing"))
+        ));
+        // Without it signed, any length goes, as before.
+        let plain = presigned("PUT", "m/k", 900, &[]);
+        assert!(plain.contains("X-Amz-SignedHeaders=host&"), "{plain}");
+        assert_eq!(verify("PUT", &plain).unwrap().header("host"), Some(HOST));
+        // Names must be lowercase, not repeat `host`, not be authorization.
+        for bad in ["Content-Length", "host", "authorization", ""] {
+            let r = presign_with_headers(
+                "PUT",
+                &endpoint(),
+                "k",
+                &creds(),
+                at(NOW),
+                60,
+                &[],
+                &[(bad, "1")],
+            );
+            assert!(matches!(r, Err(SigError::InvalidInput(_))), "{bad:?}");
+        }
     }
 
     #[test]

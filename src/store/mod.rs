@@ -183,14 +183,18 @@ pub struct AccountRecord {
 
 /// A media object, from its upload URL until its blob is deleted. Its row
 /// never expires by itself (`u64::MAX` header): the media sweeper deletes
-/// it after deleting the blob, so no blob is ever orphaned.
+/// it after deleting the blob, so a blob does not outlive its record. One
+/// that does anyway (a `PUT` racing that deletion, or a late `PUT` an
+/// external S3 cannot refuse) is an orphan, and the sweep's walk of the
+/// bucket deletes it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MediaRecord {
     /// Who uploaded it.
     pub owner: UserId,
     /// Declared type.
     pub content_type: String,
-    /// Declared plaintext size.
+    /// Declared size: the exact size of the stored object, the sealed file
+    /// (plaintext + 28; PROTOCOL 4). The `put_url` signs it.
     pub bytes: u64,
     /// When the upload URL was minted.
     pub created_at: u64,
@@ -440,6 +444,26 @@ impl RocksStore {
             }
         }
         Ok(n)
+    }
+
+    /// Every media record (a scan: for counting pending uploads at start).
+    pub fn media_records(
+        &self,
+    ) -> Result<Vec<(ephemera_actors::ids::Id, MediaRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(Cf::Media), IteratorMode::Start) {
+            let (k, v) = item?;
+            let Some((_, p)) = filter::split(&v) else {
+                continue;
+            };
+            let Ok(rec) = serde_json::from_slice::<MediaRecord>(p) else {
+                continue;
+            };
+            if k.len() == 16 {
+                out.push((keys::id_at(&k, 0), rec));
+            }
+        }
+        Ok(out)
     }
 
     /// Media records whose life is over.

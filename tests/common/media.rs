@@ -28,26 +28,57 @@ pub struct Upload {
     pub data_key_b64: String,
     /// The data key's 32 raw bytes.
     pub data_key: [u8; 32],
+    /// The declared `bytes`: the exact size of the object to `PUT`.
+    pub bytes: usize,
 }
 
-/// `POST /api/v1/media/upload-urls {"content_type","bytes"}` as `session`;
-/// asserts `200`, `cipher == "AES-256-GCM"` and a 32-byte data key.
+/// `POST /api/v1/media/upload-urls` for a file of `plaintext_len` bytes,
+/// declaring as PROTOCOL 4 says the size of the sealed object
+/// (`plaintext_len + 28`); see [`mint_upload`].
+pub async fn mint_for_file(
+    http: &Http,
+    session: &Session,
+    content_type: &str,
+    plaintext_len: usize,
+) -> Upload {
+    mint_upload(
+        http,
+        session,
+        content_type,
+        crypto::sealed_len(plaintext_len),
+    )
+    .await
+}
+
+/// `POST /api/v1/media/upload-urls {"content_type","bytes"}` as `session`
+/// and its raw answer (status, JSON, headers checked against the schema).
+pub async fn request_upload(
+    http: &Http,
+    session: &Session,
+    content_type: &str,
+    bytes: u64,
+) -> ephemera_load::client::RawResponse {
+    let body = json!({ "content_type": content_type, "bytes": bytes }).to_string();
+    http.raw(
+        Method::POST,
+        "/api/v1/media/upload-urls",
+        Some(&session.token),
+        Some(&body),
+    )
+    .await
+    .expect("calling POST /api/v1/media/upload-urls")
+}
+
+/// `POST /api/v1/media/upload-urls {"content_type","bytes"}` as `session`,
+/// `bytes` being the exact size of the object to `PUT`; asserts `200`,
+/// `cipher == "AES-256-GCM"` and a 32-byte data key.
 pub async fn mint_upload(
     http: &Http,
     session: &Session,
     content_type: &str,
     bytes: usize,
 ) -> Upload {
-    let body = json!({ "content_type": content_type, "bytes": bytes }).to_string();
-    let response = http
-        .raw(
-            Method::POST,
-            "/api/v1/media/upload-urls",
-            Some(&session.token),
-            Some(&body),
-        )
-        .await
-        .expect("calling POST /api/v1/media/upload-urls");
+    let response = request_upload(http, session, content_type, bytes as u64).await;
     assert_eq!(
         response.status, 200,
         "upload-urls for {content_type} ({bytes} bytes) must answer 200, got {response:?}"
@@ -72,6 +103,7 @@ pub async fn mint_upload(
             .unwrap_or_else(|| panic!("upload-urls answer has no expires_in: {json}")),
         data_key_b64,
         data_key,
+        bytes,
     }
 }
 
@@ -365,4 +397,59 @@ pub fn amz_date_unix_secs(date: &str) -> i64 {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     days * 86_400 + hh * 3600 + mm * 60 + ss
+}
+
+/// The signed header names of a presigned URL (`X-Amz-SignedHeaders`,
+/// decoded): `["content-length", "host"]` for a `put_url`.
+pub fn signed_headers(url: &str) -> Vec<String> {
+    let raw = query_param(url, "X-Amz-SignedHeaders")
+        .unwrap_or_else(|| panic!("presigned URL without X-Amz-SignedHeaders: {url}"));
+    raw.replace("%3B", ";")
+        .replace("%3b", ";")
+        .split(';')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A `PUT` of `body` to `url` (plain `http://`) with
+/// `Transfer-Encoding: chunked`, so without a `Content-Length`: one raw
+/// HTTP/1.1 exchange, since a `reqwest` body of known size always gets one.
+pub async fn put_chunked(url: &str, body: &[u8]) -> BlobResponse {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("put_chunked speaks plain http only: {url}"));
+    let slash = rest.find('/').expect("a URL with a path");
+    let (authority, target) = rest.split_at(slash);
+    let mut socket = tokio::net::TcpStream::connect(authority)
+        .await
+        .unwrap_or_else(|err| panic!("connecting to {authority}: {err}"));
+    let mut request = format!(
+        "PUT {target} HTTP/1.1\r\nHost: {authority}\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n{:x}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request.extend_from_slice(b"\r\n0\r\n\r\n");
+    // The server may answer and close before reading the whole body.
+    let _ = socket.write_all(&request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(BLOB_TIMEOUT, socket.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in the answer to a chunked PUT: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let cache_control = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("cache-control")
+            .then(|| value.trim().to_owned())
+    });
+    BlobResponse {
+        status,
+        cache_control,
+        body: body.as_bytes().to_vec(),
+    }
 }
