@@ -194,8 +194,18 @@ async fn cursors_stay_increasing_after_rows_expire_and_a_restart() {
             .await
             .unwrap();
     }
-    let before = rec.0.lock().unwrap().iter().map(|(_, c)| *c).max();
-    assert_eq!(before, Some(3));
+    // The fanout runs just after the answers: wait for it.
+    let cursors = |rec: &Recorder, n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let seen: Vec<u64> = rec.0.lock().unwrap().iter().map(|(_, c)| *c).collect();
+            if seen.len() >= n || std::time::Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    assert_eq!(cursors(&rec, 3), vec![1, 2, 3]);
     std::thread::sleep(std::time::Duration::from_millis(5));
     store.flush_and_compact().unwrap();
     assert!(
@@ -209,8 +219,11 @@ async fn cursors_stay_increasing_after_rows_expire_and_a_restart() {
     commit(&store, notify(user, message(conv, 4, "long", 600_000)))
         .await
         .unwrap();
-    let after: Vec<u64> = rec.0.lock().unwrap().iter().map(|(_, c)| *c).collect();
-    assert_eq!(after, vec![4], "the cursor after the restart follows 3");
+    assert_eq!(
+        cursors(&rec, 1),
+        vec![4],
+        "the cursor after the restart follows 3"
+    );
 }
 
 /// The per-conversation deadline index is kept with its twin: what a
