@@ -31,6 +31,8 @@ struct Ledger {
     late: Vec<(String, i64)>,
     /// The receiving device's last cursor.
     cursor: u64,
+    /// Every cursor it has seen (a replay may overlap what came live).
+    seen: std::collections::HashSet<u64>,
     /// Frames read, events seen again (at or below the cursor), sends
     /// made, kills.
     frames: usize,
@@ -41,8 +43,8 @@ struct Ledger {
 
 impl Ledger {
     /// Records a frame the receiving device read at `at` (Unix ms), as a
-    /// client does: an event at or below the last cursor it saw is one it
-    /// already has (a replay overlapping the live stream), and is skipped.
+    /// client does: an event whose cursor it has seen already (a replay
+    /// overlapping the live stream) is skipped.
     fn receive(&mut self, frame: &Value, at: i64) {
         self.frames += 1;
         let Some(c) = frame.get("cursor").and_then(Value::as_u64) else {
@@ -52,11 +54,11 @@ impl Ledger {
             self.cursor = self.cursor.max(c);
             return;
         }
-        if c <= self.cursor {
+        if !self.seen.insert(c) {
             self.resent += 1;
             return;
         }
-        self.cursor = c;
+        self.cursor = self.cursor.max(c);
         if is_type(frame, "message") {
             let id = str_of(frame, "msg_id").to_owned();
             let expires_at = frame["expires_at"].as_i64().expect("expires_at");

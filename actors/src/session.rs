@@ -629,7 +629,10 @@ impl Session {
                 r.next = page.last;
                 // Events pushed live meanwhile were not sent: they are in
                 // storage, and the replay goes on until it has read them.
-                if page.scanned == SYNC_PAGE || (page.scanned > 0 && r.newest_live > page.last) {
+                // (A page may come back empty while an event pushed during
+                // its read is already stored: read again then, or that
+                // event would reach this device neither live nor replayed.)
+                if page.scanned == SYNC_PAGE || r.newest_live > page.last {
                     return act.next_page(ctx);
                 }
                 let Replay { after, next, .. } = *r;

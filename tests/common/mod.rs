@@ -34,6 +34,7 @@ use reqwest::Method;
 use serde_json::Value;
 use tempfile::TempDir;
 
+#[allow(unused_imports)] // not every test binary opens sockets this way
 pub use socket::TestSocket;
 
 /// How long a server may take to print its ready line.
