@@ -26,6 +26,13 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --release --workspace --features ephemera/faults -- --test-threads 2 2>&1 | tee "$log" || status=$?
+# The HTTP API against its schema, on a live server (counted as one test).
+if scripts/schemathesis.sh "$CARGO_TARGET_DIR/release/ephemera" 2>&1 | tee -a "$log"; then
+  echo "test result: ok. 1 passed; 0 failed; (schemathesis against schema/openapi.json)" | tee -a "$log"
+else
+  status=1
+  echo "test result: FAILED. 0 passed; 1 failed; (schemathesis against schema/openapi.json)" | tee -a "$log"
+fi
 # One closing line for the whole suite (cargo prints one per test binary,
 # the last of which may be a binary without tests).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;/) p += $i; if ($(i+1) ~ /^failed;/) f += $i } }

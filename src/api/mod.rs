@@ -11,7 +11,7 @@ use std::future::{ready, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use ephemera_actors::directory::Directory;
 use ephemera_actors::ids::{DeviceId, UserId};
 
@@ -47,7 +47,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(accounts::configure)
             .configure(conversations::configure)
             .configure(media::configure)
-            .configure(ws::configure),
+            .configure(ws::configure)
+            // An unknown path gets the error envelope, like every answer.
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(error::ApiError::NotFound("no such resource"))
+            })),
     );
 }
 

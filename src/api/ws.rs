@@ -59,6 +59,8 @@ async fn upgrade(
             .frame_size(max)
             .start(),
     }
+    // Not a WebSocket handshake: the error envelope, like every answer.
+    .map_err(|_| ApiError::BadRequest("a WebSocket upgrade request is required").into())
 }
 
 /// The descriptor of a connection's TCP socket, noted when it is accepted.
