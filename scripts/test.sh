@@ -25,7 +25,7 @@ cargo build --release --workspace --all-targets --features ephemera/faults
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --release --workspace --features ephemera/faults -- --test-threads 2 2>&1 | tee "$log" || status=$?
+cargo test --release --workspace --no-fail-fast --features ephemera/faults -- --test-threads 2 2>&1 | tee "$log" || status=$?
 # The HTTP API against its schema, on a live server (counted as one test).
 if scripts/schemathesis.sh "$CARGO_TARGET_DIR/release/ephemera" 2>&1 | tee -a "$log"; then
   echo "test result: ok. 1 passed; 0 failed; (schemathesis against schema/openapi.json)" | tee -a "$log"

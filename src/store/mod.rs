@@ -225,12 +225,34 @@ pub struct RocksStore {
     keys: Arc<KeyStore>,
     write_opts: WriteOptions,
     writer: OnceLock<mpsc::Sender<writer::Job>>,
+    /// The writer thread, joined when the store is dropped.
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Serialises account creation (username uniqueness).
     accounts_lock: Mutex<()>,
     durability: Durability,
     /// Test-only: failures the writer injects on request.
     #[cfg(feature = "faults")]
     pub writer_faults: Arc<writer::WriterFaults>,
+}
+
+impl Drop for RocksStore {
+    /// Closes the writer's queue and waits for the writer to finish what
+    /// it holds and let go of the database, so the database closes here
+    /// and not on a thread racing the process's exit (RocksDB aborts when
+    /// its mutexes are torn down under a closing database).
+    fn drop(&mut self) {
+        drop(self.writer.take());
+        let thread = self
+            .writer_thread
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = thread {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+    }
 }
 
 /// Bound of the writer's queue; past it, writes are refused with
@@ -298,6 +320,7 @@ impl RocksStore {
             write_opts,
             writer: OnceLock::new(),
             accounts_lock: Mutex::new(()),
+            writer_thread: Mutex::new(None),
             durability,
             #[cfg(feature = "faults")]
             writer_faults: Default::default(),
@@ -312,7 +335,7 @@ impl RocksStore {
     ) {
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let db = Arc::clone(&self.db);
-        writer::spawn(
+        let thread = writer::spawn(
             db,
             Arc::clone(&self.keys),
             rx,
@@ -323,6 +346,7 @@ impl RocksStore {
             Arc::clone(&self.writer_faults),
         );
         let _ = self.writer.set(tx);
+        *self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {

@@ -64,7 +64,7 @@ impl WriterFaults {
     }
 }
 
-/// Starts the writer thread.
+/// Starts the writer thread; it ends when every sender of `rx` is gone.
 pub fn spawn(
     db: Arc<DB>,
     keys: Arc<KeyStore>,
@@ -73,7 +73,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     sync: bool,
     #[cfg(feature = "faults")] faults: Arc<WriterFaults>,
-) {
+) -> std::thread::JoinHandle<()> {
     let mut w = Writer {
         db,
         keys,
@@ -87,7 +87,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("ephemera-writer".into())
         .spawn(move || w.run(rx))
-        .expect("the writer thread starts");
+        .expect("the writer thread starts")
 }
 
 struct Writer {
