@@ -171,6 +171,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         limits,
         arbiters.iter().map(|a| a.handle()).collect(),
     );
+    let logins = api::login_limits::LoginGuard::new(&cfg, Arc::clone(&metrics));
     store.start_writer(
         Arc::clone(&dir) as Arc<dyn ephemera_actors::store::Fanout>,
         metrics,
@@ -185,6 +186,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         dir: Arc::clone(&dir),
         config: Arc::clone(&cfg),
         media,
+        logins,
     });
     let public = HttpServer::new(move || {
         let app = App::new()

@@ -1,7 +1,7 @@
 //! The API's errors and the one table that maps them to HTTP statuses and
 //! error codes. Messages are fixed texts: never content, keys or tokens.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use ephemera_actors::store::{CommitError, ReadError};
 use serde::Serialize;
@@ -32,7 +32,11 @@ pub enum ApiError {
     /// Well-formed but invalid values.
     #[error("{0}")]
     Invalid(&'static str),
-    /// Overloaded or a dependency is down.
+    /// Too many attempts from this address or for this account; the number
+    /// is the seconds to wait (the `Retry-After`, at least 1).
+    #[error("too many attempts, retry after the Retry-After header")]
+    RateLimited(u64),
+    /// Overloaded or a dependency is down (answered with `Retry-After: 1`).
     #[error("service unavailable, retry")]
     Unavailable,
     /// A server fault (the detail is in the server log).
@@ -51,6 +55,7 @@ impl ApiError {
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -75,7 +80,17 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (status, code) = self.table();
-        HttpResponse::build(status).json(Body {
+        let mut response = HttpResponse::build(status);
+        match self {
+            ApiError::RateLimited(secs) => {
+                response.insert_header((header::RETRY_AFTER, (*secs).max(1)));
+            }
+            ApiError::Unavailable => {
+                response.insert_header((header::RETRY_AFTER, 1u64));
+            }
+            _ => {}
+        }
+        response.json(Body {
             error: Inner {
                 code,
                 message: self.to_string(),

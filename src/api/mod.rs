@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod conversations;
 pub mod error;
+pub mod login_limits;
 pub mod media;
 pub mod ws;
 
@@ -29,6 +30,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Media keys and object storage.
     pub media: crate::media::service::MediaService,
+    /// Rate limits and the hashing pool of the password calls.
+    pub logins: login_limits::LoginGuard,
 }
 
 /// Mounts every route of the public listener.
