@@ -42,6 +42,19 @@ pub fn verify_password(password: &str, salt: &[u8], hash: &[u8], iterations: u32
     pbkdf2::verify(ALGORITHM, n, salt, password.as_bytes(), hash).is_ok()
 }
 
+/// Spends what a [`verify_password`] at `iterations` spends, for a login
+/// whose username does not exist: the same derivation against a fixed salt
+/// and hash, whose outcome is ignored, so the answer takes as long as a
+/// wrong password for an account that does exist. Always `false`.
+pub fn verify_unknown_user(password: &str, iterations: u32) -> bool {
+    /// No account has this salt; the hash is not a derivation of anything,
+    /// and the verification's result is thrown away regardless.
+    const SALT: [u8; 16] = *b"ephemera:no-user";
+    const HASH: [u8; 32] = [0; 32];
+    let _ = verify_password(password, &SALT, &HASH, iterations);
+    false
+}
+
 /// A new bearer token: 256 random bits, URL-safe base64 without padding.
 pub fn new_token() -> String {
     let mut b = [0u8; 32];
@@ -70,6 +83,13 @@ mod tests {
         ));
         let h2 = hash_password("correct horse", 1_000);
         assert_ne!(h.salt, h2.salt, "every hash has its own salt");
+    }
+
+    #[test]
+    fn an_unknown_user_never_verifies() {
+        for password in ["", "correct horse", "\u{1f600}"] {
+            assert!(!verify_unknown_user(password, 1_000));
+        }
     }
 
     #[test]

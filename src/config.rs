@@ -107,6 +107,27 @@ pub struct Settings {
     /// PBKDF2-HMAC-SHA256 iterations for new passwords (at least 1000; lower only for tests) [default: 600000]
     #[arg(long, env = "EPHEMERA_PBKDF2_ITERATIONS")]
     pub pbkdf2_iterations: Option<u32>,
+    /// Logins and registrations a second per client address (the TCP peer; IPv6 per /64); over it they get 429 with Retry-After, before any password hashing [default: 10]
+    #[arg(long, env = "EPHEMERA_LOGIN_ADDRESS_RATE_PER_SECOND")]
+    pub login_address_rate_per_second: Option<u32>,
+    /// Logins and registrations a client address may save up above its rate [default: 20]
+    #[arg(long, env = "EPHEMERA_LOGIN_ADDRESS_BURST")]
+    pub login_address_burst: Option<u32>,
+    /// Logins and registrations a minute per username, from any address: the password-guessing limit (unknown usernames alike) [default: 5]
+    #[arg(long, env = "EPHEMERA_LOGIN_ACCOUNT_RATE_PER_MINUTE")]
+    pub login_account_rate_per_minute: Option<u32>,
+    /// Logins and registrations a username may save up above its rate [default: 10]
+    #[arg(long, env = "EPHEMERA_LOGIN_ACCOUNT_BURST")]
+    pub login_account_burst: Option<u32>,
+    /// Client addresses, and usernames, whose login budgets are tracked at most (each); past it the idle, then the least recently used, are forgotten [default: 100000]
+    #[arg(long, env = "EPHEMERA_LOGIN_LIMIT_ENTRIES")]
+    pub login_limit_entries: Option<usize>,
+    /// Password hashes computed at once, on their own threads [default: half the cores, at least 1]
+    #[arg(long, env = "EPHEMERA_KDF_THREADS")]
+    pub kdf_threads: Option<usize>,
+    /// Logins and registrations waiting for a hashing thread; past it they get 503 at once [default: 16]
+    #[arg(long, env = "EPHEMERA_KDF_QUEUE")]
+    pub kdf_queue: Option<usize>,
     /// Lifetime of a login token in seconds [default: 2592000]
     #[arg(long, env = "EPHEMERA_TOKEN_TTL_SECONDS")]
     pub token_ttl_seconds: Option<u64>,
@@ -199,6 +220,17 @@ impl Settings {
             frame_rate_per_second: self.frame_rate_per_second.or(other.frame_rate_per_second),
             frame_burst: self.frame_burst.or(other.frame_burst),
             pbkdf2_iterations: self.pbkdf2_iterations.or(other.pbkdf2_iterations),
+            login_address_rate_per_second: self
+                .login_address_rate_per_second
+                .or(other.login_address_rate_per_second),
+            login_address_burst: self.login_address_burst.or(other.login_address_burst),
+            login_account_rate_per_minute: self
+                .login_account_rate_per_minute
+                .or(other.login_account_rate_per_minute),
+            login_account_burst: self.login_account_burst.or(other.login_account_burst),
+            login_limit_entries: self.login_limit_entries.or(other.login_limit_entries),
+            kdf_threads: self.kdf_threads.or(other.kdf_threads),
+            kdf_queue: self.kdf_queue.or(other.kdf_queue),
             token_ttl_seconds: self.token_ttl_seconds.or(other.token_ttl_seconds),
             heartbeat_timeout_seconds: self
                 .heartbeat_timeout_seconds
@@ -271,6 +303,20 @@ pub struct Config {
     pub frame_burst: u32,
     /// PBKDF2 iterations.
     pub pbkdf2_iterations: u32,
+    /// Password calls a second per client address.
+    pub login_address_rate_per_second: u32,
+    /// Password calls a client address may save up.
+    pub login_address_burst: u32,
+    /// Password calls a minute per username.
+    pub login_account_rate_per_minute: u32,
+    /// Password calls a username may save up.
+    pub login_account_burst: u32,
+    /// Addresses (and usernames) tracked at most, each.
+    pub login_limit_entries: usize,
+    /// Password hashes at once.
+    pub kdf_threads: usize,
+    /// Password calls waiting for a hashing thread at most.
+    pub kdf_queue: usize,
     /// Token lifetime.
     pub token_ttl: Duration,
     /// Heartbeat timeout.
@@ -366,6 +412,19 @@ impl Config {
             frame_rate_per_second: s.frame_rate_per_second.unwrap_or(1_000),
             frame_burst: s.frame_burst.unwrap_or(2_000),
             pbkdf2_iterations: s.pbkdf2_iterations.unwrap_or(600_000),
+            login_address_rate_per_second: s.login_address_rate_per_second.unwrap_or(10).max(1),
+            login_address_burst: s.login_address_burst.unwrap_or(20).max(1),
+            login_account_rate_per_minute: s.login_account_rate_per_minute.unwrap_or(5).max(1),
+            login_account_burst: s.login_account_burst.unwrap_or(10).max(1),
+            login_limit_entries: s.login_limit_entries.unwrap_or(100_000).max(1),
+            // Half the cores: a login flood then leaves the other half to
+            // sockets and actors (a hash is about 0.3 s of a core at the
+            // default iterations).
+            kdf_threads: s
+                .kdf_threads
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() / 2))
+                .clamp(1, 256),
+            kdf_queue: s.kdf_queue.unwrap_or(16),
             token_ttl: Duration::from_secs(s.token_ttl_seconds.unwrap_or(2_592_000)),
             heartbeat_timeout: Duration::from_secs(s.heartbeat_timeout_seconds.unwrap_or(30)),
             max_group_members: s.max_group_members.unwrap_or(256),
@@ -464,6 +523,31 @@ mod tests {
         assert_eq!(c.max_ttl_seconds, 604_800);
         assert_eq!(c.uploads.max_pending, 64);
         assert_eq!(c.uploads.max_pending_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn login_limits_have_defaults_and_read_the_file() {
+        let c = Config::resolve(Settings::default(), None).unwrap();
+        assert_eq!(
+            (c.login_address_rate_per_second, c.login_address_burst),
+            (10, 20)
+        );
+        assert_eq!(
+            (c.login_account_rate_per_minute, c.login_account_burst),
+            (5, 10)
+        );
+        assert_eq!((c.login_limit_entries, c.kdf_queue), (100_000, 16));
+        assert!(c.kdf_threads >= 1);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.toml");
+        std::fs::write(
+            &path,
+            "login_account_rate_per_minute = 3\nkdf_threads = 0\nkdf_queue = 0\n",
+        )
+        .unwrap();
+        let c = Config::resolve(Settings::default(), Some(&path)).unwrap();
+        assert_eq!(c.login_account_rate_per_minute, 3);
+        assert_eq!((c.kdf_threads, c.kdf_queue), (1, 0));
     }
 
     #[test]

@@ -182,6 +182,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         limits,
         arbiters.iter().map(|a| a.handle()).collect(),
     );
+    let logins = api::login_limits::LoginGuard::new(&cfg, Arc::clone(&metrics));
     store.start_writer(
         Arc::clone(&dir) as Arc<dyn ephemera_actors::store::Fanout>,
         metrics,
@@ -197,6 +198,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         config: Arc::clone(&cfg),
         media,
         group_counts: Default::default(),
+        logins,
     });
     let public = HttpServer::new(move || {
         let app = App::new()

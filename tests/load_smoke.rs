@@ -22,6 +22,11 @@ async fn a_short_open_loop_run_loses_and_duplicates_nothing() {
         "100000",
         "--frame-burst",
         "100000",
+        // Every user registers and logs in from this one address.
+        "--login-address-rate-per-second",
+        "100000",
+        "--login-address-burst",
+        "100000",
     ])
     .await;
 

@@ -20,7 +20,7 @@ use common::media::{
     access_key_id, amz_date_unix_secs, assert_s3_refusal, blob_client, blob_request, media_send,
     mint_for_file, mint_upload, photo, put_chunked, query_param, request_upload, seal_and_put,
     signed_headers, tamper_signature, url_expires_in, url_valid_until_ms, with_access_key_id,
-    BlobResponse, Upload,
+    with_query_param, BlobResponse, Upload,
 };
 use common::socket::{QUIET, WAIT};
 use common::{
@@ -45,6 +45,9 @@ const ONCE_URL_CAP_SECS: u64 = 60;
 
 /// The content type every photo here is declared with.
 const JPEG: &str = "image/jpeg";
+
+/// SHA-256 of the empty body, the payload hash of a header-signed `HEAD`.
+const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 /// Bucket of the third-party S3 server.
 const S3_BUCKET: &str = "ephemera-media";
@@ -918,6 +921,101 @@ async fn embedded_store_refuses_forged_and_expired_urls() {
     let second = send_timed_photo(&mut s, 2500, 600).await;
     forged_urls_are_refused(&s, &first, &second, "embedded store").await;
     expired_url_is_refused(&mut s, "embedded store").await;
+}
+
+/// Multibyte characters in SigV4 values, on an unauthenticated request,
+/// get an S3 XML `403` from the embedded store, never a dropped connection
+/// or a `500`; the store keeps serving. (`202é112T000000Z` is 16 bytes with
+/// `T` and `Z` in place, so it gets past the length check to the field
+/// slicing, which once panicked on the `é`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multibyte_sigv4_values_get_an_s3_error() {
+    let server = Server::start(&[]).await;
+    let http = server.http();
+    let alice = register_user(&http, "alice").await;
+    let session = alice.login(&http).await;
+    let plain = photo(1000);
+    let upload = mint_upload(&http, &session, JPEG, plain.len() + crypto::OVERHEAD).await;
+    let blobs = blob_client();
+    let put = upload.put_url.as_str();
+    let junk = photo(plain.len() + crypto::OVERHEAD);
+    let cases: Vec<(&str, Method, String, Option<Vec<u8>>)> = vec![
+        (
+            "PUT with a 16-byte X-Amz-Date holding a two-byte character",
+            Method::PUT,
+            with_query_param(put, "X-Amz-Date", "202%C3%A9112T000000Z"),
+            Some(junk.clone()),
+        ),
+        (
+            "GET with a 16-byte X-Amz-Date holding a three-byte character",
+            Method::GET,
+            with_query_param(put, "X-Amz-Date", "20250%E2%82%AC5T120000Z"),
+            None,
+        ),
+        (
+            "GET with X-Amz-Date 2026年11月29日T000000Z",
+            Method::GET,
+            with_query_param(
+                put,
+                "X-Amz-Date",
+                "2026%E5%B9%B411%E6%9C%8829%E6%97%A5T000000Z",
+            ),
+            None,
+        ),
+        (
+            "PUT with a multibyte X-Amz-Credential and X-Amz-Expires",
+            Method::PUT,
+            with_query_param(
+                &with_query_param(put, "X-Amz-Credential", "%C3%A9%2F2025%C3%A9"),
+                "X-Amz-Expires",
+                "6%C3%A90",
+            ),
+            Some(junk.clone()),
+        ),
+    ];
+    for (what, method, url, body) in cases {
+        let response = blob_request(&blobs, method, &url, body).await;
+        let code = assert_s3_refusal(&response, what);
+        eprintln!("{what}: 403 {code}");
+    }
+
+    // A header-signed HEAD whose x-amz-date header is raw UTF-8 (obs-text).
+    let object = put.split_once('?').map_or(put, |(path, _)| path);
+    let response = blobs
+        .head(object)
+        .header(
+            "x-amz-date",
+            reqwest::header::HeaderValue::from_bytes("202\u{e9}112T000000Z".as_bytes())
+                .expect("obs-text is a valid header value"),
+        )
+        .header("x-amz-content-sha256", EMPTY_SHA256)
+        .header(
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential={}/20250615/us-east-1/s3/aws4_request, \
+                 SignedHeaders=host;x-amz-date, Signature={}",
+                access_key_id(put),
+                "0".repeat(64)
+            ),
+        )
+        .send()
+        .await
+        .expect("a HEAD with a multibyte x-amz-date gets an answer");
+    assert_eq!(
+        response.status().as_u16(),
+        403,
+        "a HEAD with a multibyte x-amz-date header must be refused with 403"
+    );
+
+    // The store still serves: the genuine put_url works.
+    let sealed = crypto::seal(&upload.data_key, &plain).expect("sealing");
+    let stored = blob_request(&blobs, Method::PUT, put, Some(sealed)).await;
+    assert_eq!(
+        stored.status,
+        200,
+        "genuine PUT after the refusals: {}",
+        stored.describe()
+    );
 }
 
 // ---------------------------------------------------------------------------

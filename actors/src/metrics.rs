@@ -16,6 +16,14 @@ pub struct Kind {
     pub kind: &'static str,
 }
 
+/// Why a password call was refused, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    /// `address`, `account` (over a rate limit) or `overloaded` (the
+    /// hashing pool and its queue were full).
+    pub reason: &'static str,
+}
+
 /// Every metric of the server.
 pub struct Metrics {
     registry: Registry,
@@ -35,6 +43,8 @@ pub struct Metrics {
     pub sends_shed: Counter,
     /// Sends accepted and not yet answered.
     pub sends_in_flight: Gauge,
+    /// Logins and registrations refused, by reason.
+    pub login_refusals: Family<Reason, Counter>,
     /// From a `send` frame to its ack, seconds.
     pub ack_latency: Histogram,
     /// From a message's acceptance (`sent_at`) to its push to a device's socket, seconds.
@@ -68,6 +78,7 @@ impl Metrics {
             messages_delivered: Counter::default(),
             sends_shed: Counter::default(),
             sends_in_flight: Gauge::default(),
+            login_refusals: Family::default(),
             ack_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             burn_lag: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
             delivery_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
@@ -110,6 +121,11 @@ impl Metrics {
             "sends_in_flight",
             "Sends accepted and not yet answered",
             m.sends_in_flight.clone(),
+        );
+        registry.register(
+            "login_refusals",
+            "Logins and registrations refused: over the address or account rate limit, or the password hashing pool full",
+            m.login_refusals.clone(),
         );
         registry.register(
             "ack_latency_seconds",

@@ -12,6 +12,7 @@
 //! never quoted, and answer bodies are never echoed.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -260,10 +261,22 @@ impl fmt::Debug for Http {
 impl Http {
     /// A client for the server at `base`, e.g. `http://127.0.0.1:8080`.
     pub fn new(base: impl Into<String>) -> Result<Http> {
+        Http::build(base, None)
+    }
+
+    /// [`Http::new`] whose connections leave from `local` (such as
+    /// `127.0.0.2`: Linux answers on all of 127.0.0.0/8), so one process can
+    /// act as several client addresses.
+    pub fn new_from(base: impl Into<String>, local: IpAddr) -> Result<Http> {
+        Http::build(base, Some(local))
+    }
+
+    fn build(base: impl Into<String>, local: Option<IpAddr>) -> Result<Http> {
         let client = reqwest::Client::builder()
             // Tests and load runs talk to local servers; a proxy from the
             // environment would only get in the way.
             .no_proxy()
+            .local_address(local)
             .timeout(HTTP_TIMEOUT)
             .build()
             .context("building the HTTP client")?;

@@ -1,9 +1,11 @@
 //! Accounts and sessions (PROTOCOL 1): register, log in (each login is a
 //! new device), log out (the token dies at once and its sockets close).
+//! Registering and logging in hash a password: both pass the rate limits
+//! and the bounded hashing pool of [`super::login_limits`] first.
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use ephemera_actors::ids::Id;
 use ephemera_actors::store::now_ms;
 use ephemera_actors::user::Revoke;
@@ -55,6 +57,7 @@ fn valid_password(p: &str) -> bool {
 
 async fn register(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     let Credentials {
@@ -66,31 +69,37 @@ async fn register(
     if !valid_password(&password) {
         return Err(ApiError::Invalid("password must be 8 to 128 characters"));
     }
+    state
+        .logins
+        .admit(req.peer_addr().map(|a| a.ip()), &username)?;
     let store = Arc::clone(&state.store);
     let iterations = state.config.pbkdf2_iterations;
     let name = username.clone();
-    let user_id = web::block(move || {
-        let h = auth::hash_password(&password, iterations);
-        let rec = AccountRecord {
-            user_id: Id::random(),
-            username: name,
-            salt: h.salt,
-            hash: h.hash,
-            iterations: h.iterations,
-            created_at: now_ms(),
-        };
-        store.create_account(&rec).map(|()| rec.user_id)
-    })
-    .await?
-    .map_err(|e| match ApiError::from(e) {
-        ApiError::Conflict(_) => ApiError::Conflict("username is taken"),
-        other => other,
-    })?;
+    let user_id = state
+        .logins
+        .hash(move || {
+            let h = auth::hash_password(&password, iterations);
+            let rec = AccountRecord {
+                user_id: Id::random(),
+                username: name,
+                salt: h.salt,
+                hash: h.hash,
+                iterations: h.iterations,
+                created_at: now_ms(),
+            };
+            store.create_account(&rec).map(|()| rec.user_id)
+        })
+        .await?
+        .map_err(|e| match ApiError::from(e) {
+            ApiError::Conflict(_) => ApiError::Conflict("username is taken"),
+            other => other,
+        })?;
     Ok(HttpResponse::Created().json(Registered { user_id, username }))
 }
 
 async fn login(
     state: web::Data<AppState>,
+    req: HttpRequest,
     body: web::Json<Credentials>,
 ) -> Result<HttpResponse, ApiError> {
     let Credentials {
@@ -103,38 +112,43 @@ async fn login(
             "device_name must be at most 64 characters",
         ));
     }
+    state
+        .logins
+        .admit(req.peer_addr().map(|a| a.ip()), &username)?;
     let store = Arc::clone(&state.store);
     let ttl = state.config.token_ttl;
     let iterations = state.config.pbkdf2_iterations;
-    let out = web::block(
-        move || -> Result<Option<LoggedIn>, crate::store::StoreError> {
-            let Some(acc) = store.account_by_username(&username)? else {
-                // Spend the same time as a real check, so timing does not tell
-                // which usernames exist.
-                let _ = auth::hash_password(&password, iterations);
-                return Ok(None);
-            };
-            if !auth::verify_password(&password, &acc.salt, &acc.hash, acc.iterations) {
-                return Ok(None);
-            }
-            let token = auth::new_token();
-            let expires_at = now_ms() + ttl.as_millis() as u64;
-            let rec = TokenRecord {
-                user_id: acc.user_id,
-                device_id: Id::random(),
-                expires_at,
-                device_name,
-            };
-            store.put_token(&token, &rec)?;
-            Ok(Some(LoggedIn {
-                token,
-                user_id: rec.user_id,
-                device_id: rec.device_id,
-                expires_at,
-            }))
-        },
-    )
-    .await??;
+    let out = state
+        .logins
+        .hash(
+            move || -> Result<Option<LoggedIn>, crate::store::StoreError> {
+                let Some(acc) = store.account_by_username(&username)? else {
+                    // The same verification as for a wrong password, so timing
+                    // does not tell which usernames exist.
+                    auth::verify_unknown_user(&password, iterations);
+                    return Ok(None);
+                };
+                if !auth::verify_password(&password, &acc.salt, &acc.hash, acc.iterations) {
+                    return Ok(None);
+                }
+                let token = auth::new_token();
+                let expires_at = now_ms() + ttl.as_millis() as u64;
+                let rec = TokenRecord {
+                    user_id: acc.user_id,
+                    device_id: Id::random(),
+                    expires_at,
+                    device_name,
+                };
+                store.put_token(&token, &rec)?;
+                Ok(Some(LoggedIn {
+                    token,
+                    user_id: rec.user_id,
+                    device_id: rec.device_id,
+                    expires_at,
+                }))
+            },
+        )
+        .await??;
     match out {
         Some(l) => Ok(HttpResponse::Created().json(l)),
         None => Err(ApiError::Unauthorized("bad username or password")),

@@ -1,7 +1,7 @@
 //! The API's errors and the one table that maps them to HTTP statuses and
 //! error codes. Messages are fixed texts: never content, keys or tokens.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use ephemera_actors::store::{CommitError, ReadError};
 use serde::Serialize;
@@ -40,7 +40,7 @@ pub enum ApiError {
         /// When to try again, in seconds (at least 1).
         retry_after_secs: u64,
     },
-    /// Overloaded or a dependency is down.
+    /// Overloaded or a dependency is down (answered with `Retry-After: 1`).
     #[error("service unavailable, retry")]
     Unavailable,
     /// A server fault (the detail is in the server log).
@@ -101,14 +101,16 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let (status, code) = self.table();
         let mut response = HttpResponse::build(status);
-        if let ApiError::RateLimited {
-            retry_after_secs, ..
-        } = self
-        {
-            response.insert_header((
-                actix_web::http::header::RETRY_AFTER,
-                (*retry_after_secs).max(1).to_string(),
-            ));
+        match self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                response.insert_header((header::RETRY_AFTER, (*retry_after_secs).max(1)));
+            }
+            ApiError::Unavailable => {
+                response.insert_header((header::RETRY_AFTER, 1u64));
+            }
+            _ => {}
         }
         response.json(Body {
             error: Inner {

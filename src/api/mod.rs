@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod conversations;
 pub mod error;
+pub mod login_limits;
 pub mod media;
 pub mod ws;
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub media: crate::media::service::MediaService,
     /// How many groups each user is in, for `max_groups_per_user`.
     pub group_counts: conversations::GroupCounts,
+    /// Rate limits and the hashing pool of the password calls.
+    pub logins: login_limits::LoginGuard,
 }
 
 /// Mounts every route of the public listener.

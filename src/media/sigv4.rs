@@ -825,7 +825,9 @@ fn check(
     if key_id.is_empty() {
         return Err(SigError::Malformed("credential has no access key id"));
     }
-    if scope_date != &presented.amz_date[..8] {
+    // `get`, not an index: the date is checked ASCII above, but a slice of
+    // request input should not depend on that to be safe.
+    if Some(scope_date) != presented.amz_date.get(..8) {
         return Err(SigError::ScopeMismatch(
             "credential date is not the date of X-Amz-Date",
         ));
@@ -1341,17 +1343,19 @@ fn format_amz_date(secs: u64) -> String {
 }
 
 /// The Unix time of a `YYYYMMDDTHHMMSSZ`, if it is one (and a real date).
+///
+/// The value comes from a request, so it is read as bytes: slicing the
+/// `&str` at the field offsets would panic when a multibyte character
+/// straddles one (`202é112T000000Z` is 16 bytes with `T` and `Z` in place).
 fn parse_amz_date(s: &str) -> Option<u64> {
     let b = s.as_bytes();
     if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
     let digits = |range: std::ops::Range<usize>| -> Option<u64> {
-        let part = &s[range];
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())
-            .flatten()
+        b[range].iter().try_fold(0u64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+        })
     };
     let (y, m, d) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
     let (hh, mm, ss) = (digits(9..11)?, digits(11..13)?, digits(13..15)?);
@@ -2134,6 +2138,74 @@ mod tests {
             "+0130524T000000Z",
         ] {
             assert_eq!(parse_amz_date(bad), None, "{bad}");
+        }
+    }
+
+    /// 16-byte `X-Amz-Date`s with a multibyte character at every position
+    /// (so one straddles each field boundary the parser looks at), keeping
+    /// `T` at byte 8 and `Z` at byte 15 wherever the character leaves them.
+    fn multibyte_dates() -> Vec<String> {
+        let mut out = Vec::new();
+        for ch in ["\u{e9}", "\u{20ac}", "\u{1f600}"] {
+            for at in 0..16 {
+                let mut bytes = b"20250615T120000Z".to_vec();
+                if at + ch.len() > bytes.len() {
+                    continue;
+                }
+                bytes.splice(at..at + ch.len(), ch.bytes());
+                if let Ok(date) = String::from_utf8(bytes) {
+                    out.push(date);
+                }
+            }
+        }
+        out.push("2026\u{5e74}11\u{6708}29\u{65e5}T000000Z".to_owned());
+        out.push("202\u{e9}112T000000Z".to_owned());
+        out
+    }
+
+    #[test]
+    fn multibyte_dates_are_refused_not_panicked_on() {
+        let dates = multibyte_dates();
+        assert!(dates.iter().any(|d| d.len() == 16 && !d.is_ascii()));
+        for date in &dates {
+            assert_eq!(parse_amz_date(date), None, "{date:?}");
+        }
+        // Through both verifiers, as the blob store calls them with a
+        // percent-decoded query value or a header value.
+        let t = presigned("GET", "k", 60, &[]);
+        for date in &dates {
+            let encoded = uri_encode(date.as_bytes(), false);
+            let r = verify("GET", &with_param(&t, "X-Amz-Date", &encoded));
+            assert!(matches!(r, Err(SigError::Malformed(_))), "{date:?}: {r:?}");
+        }
+        let url = endpoint().object_url("m/abc").unwrap();
+        let region = Region::new("eph-1");
+        let headers = sign_request_headers(
+            "DELETE",
+            &url,
+            &creds(),
+            &region,
+            at(NOW),
+            EMPTY_PAYLOAD_SHA256,
+        )
+        .unwrap();
+        for date in &dates {
+            let get = |name: &str| match name {
+                "x-amz-date" => Some(date.clone()),
+                _ => headers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, v)| v.clone()),
+            };
+            let r = verify_header_signed(
+                "DELETE",
+                "/blobs/media/m/abc",
+                get,
+                lookup,
+                &region,
+                at(NOW),
+            );
+            assert!(matches!(r, Err(SigError::Malformed(_))), "{date:?}: {r:?}");
         }
     }
 }

@@ -145,9 +145,12 @@ impl Server {
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(["--pbkdf2-iterations", "1000"])
-            .args(&self.extra_args);
+            .arg(&self.data_dir);
+        // Cheap password hashing unless the test chose its own count.
+        if !self.extra_args.iter().any(|a| a == "--pbkdf2-iterations") {
+            command.args(["--pbkdf2-iterations", "1000"]);
+        }
+        command.args(&self.extra_args);
         // Only our flags configure the server, never the developer's shell.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("EPHEMERA_") {
@@ -240,6 +243,14 @@ impl Server {
     /// against `schema/openapi.json`.
     pub fn http(&self) -> Http {
         Http::new(self.http_base())
+            .expect("building an HTTP client")
+            .with_observer(Arc::new(schema::assert_http_response))
+    }
+
+    /// [`Server::http`] whose connections leave from `local` (such as
+    /// `127.0.0.2`), to act as another client address.
+    pub fn http_from(&self, local: std::net::IpAddr) -> Http {
+        Http::new_from(self.http_base(), local)
             .expect("building an HTTP client")
             .with_observer(Arc::new(schema::assert_http_response))
     }
