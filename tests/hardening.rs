@@ -280,7 +280,16 @@ async fn devices_that_stop_reading_are_closed_and_others_get_everything() {
     // 5.7 MB for each device: more than the kernel's send buffer of a
     // loopback socket takes (up to 4 MB), so the rest waits in the server.
     const MESSAGES: usize = 360;
-    let server = Server::start(&["--max-outbound-bytes", "262144"]).await;
+    // (bob logs in 21 times: one device each)
+    let server = Server::start(&[
+        "--max-outbound-bytes",
+        "262144",
+        "--login-account-burst",
+        "100",
+        "--login-address-burst",
+        "100",
+    ])
+    .await;
     let http = server.http();
     let alice = register_user(&http, "alice").await;
     let bob = register_user(&http, "bob").await;
