@@ -4,6 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+# tests/media.rs puts s3s-fs behind stunnel, with a certificate it makes
+# with the openssl CLI, to test an external S3 over https.
+apt_install stunnel4 openssl
 
 # tests/media.rs checks our presigned URLs against a third-party S3 server,
 # s3s-fs, which it finds on PATH or in ~/.cargo/bin. Install the pinned

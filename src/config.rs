@@ -36,7 +36,7 @@ pub enum S3Addressing {
 /// An external S3-compatible store.
 #[derive(Clone)]
 pub struct S3Config {
-    /// `http://host:port`.
+    /// `http://host:port` or `https://host:port`.
     pub endpoint: String,
     /// Signature region.
     pub region: String,
@@ -46,6 +46,9 @@ pub struct S3Config {
     pub access_key_id: String,
     /// Secret (never logged: `Debug` hides it).
     pub secret_access_key: String,
+    /// A PEM file of root certificates trusted for an `https` endpoint
+    /// besides the system's (a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -54,6 +57,7 @@ impl std::fmt::Debug for S3Config {
             .field("endpoint", &self.endpoint)
             .field("region", &self.region)
             .field("addressing", &self.addressing)
+            .field("ca_file", &self.ca_file)
             .finish_non_exhaustive()
     }
 }
@@ -176,7 +180,7 @@ pub struct Settings {
     /// Base URL clients use to reach the public listener, for the embedded blob store's presigned URLs [default: http://LISTEN]
     #[arg(long, env = "EPHEMERA_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// External S3-compatible endpoint (http://host:port) for media; unset: the embedded blob store in DATA_DIR/blobs
+    /// External S3-compatible endpoint (http://host:port, or https:// verified with rustls) for media; unset: the embedded blob store in DATA_DIR/blobs
     #[arg(long, env = "EPHEMERA_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
     /// Bucket for media; objects under m/ in it belong to this server alone (the sweep deletes those it has no record of) [default: media]
@@ -188,6 +192,9 @@ pub struct Settings {
     /// `path` (http://host/bucket/key) or `virtual-host` (http://bucket.host/key) addressing [default: path]
     #[arg(long, env = "EPHEMERA_S3_ADDRESSING", value_enum)]
     pub s3_addressing: Option<S3Addressing>,
+    /// PEM file of root certificates trusted for an https s3_endpoint besides the system's (a private CA)
+    #[arg(long, env = "EPHEMERA_S3_CA_FILE")]
+    pub s3_ca_file: Option<PathBuf>,
     /// Access key id for the external S3
     #[arg(long, env = "EPHEMERA_S3_ACCESS_KEY_ID")]
     pub s3_access_key_id: Option<String>,
@@ -264,6 +271,7 @@ impl Settings {
             s3_bucket: self.s3_bucket.or(other.s3_bucket),
             s3_region: self.s3_region.or(other.s3_region),
             s3_addressing: self.s3_addressing.or(other.s3_addressing),
+            s3_ca_file: self.s3_ca_file.or(other.s3_ca_file),
             s3_access_key_id: self.s3_access_key_id.or(other.s3_access_key_id),
             s3_secret_access_key: self.s3_secret_access_key.or(other.s3_secret_access_key),
         }
@@ -451,6 +459,7 @@ impl Config {
                     endpoint: endpoint.trim_end_matches('/').to_owned(),
                     region: s.s3_region.unwrap_or_else(|| "us-east-1".into()),
                     addressing: s.s3_addressing.unwrap_or(S3Addressing::Path),
+                    ca_file: s.s3_ca_file,
                     access_key_id: s
                         .s3_access_key_id
                         .ok_or(ConfigError::Invalid("s3_endpoint needs s3_access_key_id"))?,

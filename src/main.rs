@@ -161,12 +161,23 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("http://{http_addr}"));
     let (endpoint, credentials, blobs) = media_backend(&cfg, &public_url, &store)?;
+    let roots = match cfg.s3.as_ref().and_then(|s3| s3.ca_file.as_ref()) {
+        None => Vec::new(),
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading s3_ca_file {}", path.display()))?;
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+                anyhow::anyhow!("s3_ca_file {} holds no PEM certificate", path.display())
+            })?
+        }
+    };
     let media = MediaService::new(
         Arc::clone(&store),
         Arc::clone(&keys),
         endpoint,
         credentials,
         cfg.uploads,
+        roots,
     )
     .context("counting pending uploads")?;
     media.start_sweeper();

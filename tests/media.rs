@@ -1671,3 +1671,177 @@ fn amz_dates_convert() {
     assert_eq!(amz_date_unix_secs("20000301T000001Z"), 951_868_801);
     assert_eq!(amz_date_unix_secs("20240229T235959Z"), 1_709_251_199);
 }
+
+/// A TLS terminator (stunnel, from Debian's packages) in front of s3s-fs,
+/// with a certificate for 127.0.0.1 made for the test by the openssl CLI;
+/// killed on drop.
+struct Stunnel {
+    child: Child,
+    /// Keeps the certificate, key and configuration.
+    dir: tempfile::TempDir,
+    /// `https://127.0.0.1:<port>`.
+    endpoint: String,
+}
+
+impl Stunnel {
+    async fn start(backend: &S3sFs) -> Stunnel {
+        let dir = tempfile::Builder::new()
+            .prefix("ephemera-tls-")
+            .tempdir()
+            .expect("a temp dir for the certificate");
+        // A CA of the test's own, and a certificate for 127.0.0.1 it signs.
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(
+            path("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("writing the certificate extensions");
+        let steps: [Vec<String>; 3] = [
+            "req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=ephemera-test-ca -keyout ca.key -out ca.pem",
+            "req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr",
+            "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile leaf.ext -out cert.pem",
+        ]
+        .map(|s| s.split(' ').map(str::to_owned).collect());
+        for args in steps {
+            let made = Command::new("openssl")
+                .args(&args)
+                .current_dir(dir.path())
+                .output()
+                .expect("running openssl (scripts/test.sh installs it)");
+            assert!(
+                made.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
+        let (cert, key) = (path("cert.pem"), path("key.pem"));
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("finding a free port")
+            .port();
+        let conf = dir.path().join("stunnel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{port}\nconnect = {}\ncert = {}\nkey = {}\n",
+                backend.endpoint.trim_start_matches("http://"),
+                cert.display(),
+                key.display()
+            ),
+        )
+        .expect("writing the stunnel configuration");
+        let child = Command::new("stunnel4")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting stunnel4 (scripts/test.sh installs it)");
+        let deadline = now_ms() + 10_000;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(now_ms() < deadline, "stunnel did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Stunnel {
+            child,
+            dir,
+            endpoint: format!("https://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The CA that signed the endpoint's certificate.
+    fn cert(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A client of the test's own that trusts the certificate.
+    fn client(&self) -> reqwest::Client {
+        let pem = std::fs::read(self.cert()).expect("reading the certificate");
+        reqwest::Client::builder()
+            .no_proxy()
+            .tls_certs_merge(reqwest::Certificate::from_pem_bundle(&pem).expect("a PEM"))
+            .build()
+            .expect("a client trusting the test's certificate")
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// External S3 over https: the server verifies the endpoint's certificate
+/// (trusted through `--s3-ca-file`) and a photo makes the whole round trip;
+/// without the certificate trusted, the server cannot reach the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_s3_over_https() {
+    let s3 = S3sFs::start().await;
+    let tls = Stunnel::start(&s3).await;
+    let cert = tls.cert().display().to_string();
+    let args = [
+        "--s3-endpoint",
+        &tls.endpoint,
+        "--s3-bucket",
+        S3_BUCKET,
+        "--s3-region",
+        "us-east-1",
+        "--s3-addressing",
+        "path",
+        "--s3-access-key-id",
+        S3_ACCESS_KEY,
+        "--s3-ca-file",
+        &cert,
+    ];
+    let server =
+        Server::start_with_env(&args, &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)]).await;
+    let mut s = scene(&server, format!("{}/{S3_BUCKET}", tls.endpoint)).await;
+    s.blobs = tls.client();
+    let sent = send_timed_photo(&mut s, 50_000, 600).await;
+    let object = s3.object_file(&format!("m/{}", sent.upload.media_key));
+    let stored = std::fs::read(&object).expect("s3s-fs holds the object");
+    assert!(
+        stored == sent.sealed,
+        "the ciphertext went through TLS intact"
+    );
+    for (i, media) in sent.media.iter().enumerate() {
+        fetch_and_open(
+            &s.blobs,
+            media,
+            &sent.sealed,
+            &sent.plain,
+            &format!("https: bob-{}", i + 1),
+        )
+        .await;
+    }
+
+    // The same store without its certificate trusted: the server's HEAD
+    // at send fails, so the send is refused, not trusted blindly.
+    let untrusted = Server::start_with_env(
+        &args[..args.len() - 2],
+        &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)],
+    )
+    .await;
+    let mut u = scene(&untrusted, format!("{}/{S3_BUCKET}", tls.endpoint)).await;
+    u.blobs = tls.client();
+    let upload = mint_for_file(&u.http, &u.alice_session, JPEG, 1000).await;
+    seal_and_put(&u.blobs, &upload, &photo(1000)).await;
+    let frame = media_send(
+        &new_cid("untrusted"),
+        &u.bob.user_id,
+        &upload.media_key,
+        "timed",
+        600,
+    );
+    u.a1.send(frame.clone()).await;
+    let answer =
+        u.a1.expect("an answer to the send", |f| {
+            f["client_msg_id"] == frame["client_msg_id"] || f["ref"] == frame["client_msg_id"]
+        })
+        .await;
+    assert!(
+        is_type(&answer, "error"),
+        "a store whose certificate is not trusted is not used: {answer}"
+    );
+}

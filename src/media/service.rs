@@ -138,11 +138,15 @@ impl MediaService {
         endpoint: Endpoint,
         credentials: Credentials,
         limits: UploadLimits,
+        extra_roots: Vec<reqwest::Certificate>,
     ) -> Result<Self, StoreError> {
+        // https endpoints are verified against the system's roots and
+        // `extra_roots` (rustls).
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .tls_certs_merge(extra_roots)
             .build()
-            .expect("an HTTP client without TLS always builds");
+            .expect("an HTTP client with valid roots always builds");
         let quota = UploadQuota::new(limits);
         let now = now_ms();
         for (id, rec) in store.media_records()? {
