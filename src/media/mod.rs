@@ -13,12 +13,16 @@
 //!   deletes orphaned blobs), and the embedded store's upload gate.
 //! - `quota`: per-user bounds on pending uploads and the rate of upload
 //!   URLs.
+//! - `fuzzing` (tests only): the bodies of the `sigv4` and `blobstore`
+//!   fuzz targets in `fuzz/`, and their stable smoke tests.
 
 // The signer and the embedded store are complete S3 surfaces (accessors,
 // alternative mountings) of which the server uses a part; their own tests
 // use the rest.
 #[allow(dead_code)]
 pub mod blobstore;
+#[cfg(test)]
+mod fuzzing;
 pub mod quota;
 pub mod service;
 #[allow(dead_code)]
