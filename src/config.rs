@@ -141,6 +141,9 @@ pub struct Settings {
     /// A conversation actor idle this many seconds stops and frees its memory; its deadlines wake it [default: 60]
     #[arg(long, env = "EPHEMERA_PASSIVATE_AFTER_SECONDS")]
     pub passivate_after_seconds: Option<u64>,
+    /// Most open sockets from one client address (an IPv6 address by its /64); past it an upgrade gets 429 [default: 1000]
+    #[arg(long, env = "EPHEMERA_MAX_SOCKETS_PER_ADDRESS")]
+    pub max_sockets_per_address: Option<usize>,
     /// Most groups one user can be in; creating a group with a member past it gets 422 [default: 1000]
     #[arg(long, env = "EPHEMERA_MAX_GROUPS_PER_USER")]
     pub max_groups_per_user: Option<usize>,
@@ -244,6 +247,9 @@ impl Settings {
                 .or(other.heartbeat_timeout_seconds),
             max_group_members: self.max_group_members.or(other.max_group_members),
             max_groups_per_user: self.max_groups_per_user.or(other.max_groups_per_user),
+            max_sockets_per_address: self
+                .max_sockets_per_address
+                .or(other.max_sockets_per_address),
             socket_threads: self.socket_threads.or(other.socket_threads),
             max_sends_in_flight: self.max_sends_in_flight.or(other.max_sends_in_flight),
             max_outbound_bytes: self.max_outbound_bytes.or(other.max_outbound_bytes),
@@ -333,6 +339,8 @@ pub struct Config {
     pub max_group_members: usize,
     /// Groups per user limit.
     pub max_groups_per_user: usize,
+    /// Open sockets per client address.
+    pub max_sockets_per_address: usize,
     /// Server-wide limit of sends in flight.
     pub max_sends_in_flight: usize,
     /// Bytes queued for one socket before it is closed as too slow.
@@ -437,6 +445,7 @@ impl Config {
             heartbeat_timeout: Duration::from_secs(s.heartbeat_timeout_seconds.unwrap_or(30)),
             max_group_members: s.max_group_members.unwrap_or(256),
             max_groups_per_user: s.max_groups_per_user.unwrap_or(1_000).max(1),
+            max_sockets_per_address: s.max_sockets_per_address.unwrap_or(1_000).max(1),
             max_sends_in_flight: s.max_sends_in_flight.unwrap_or(2048).max(1),
             max_outbound_bytes: s.max_outbound_bytes.unwrap_or(1 << 20).max(1024),
             max_outbound_frames: s.max_outbound_frames.unwrap_or(4096).max(16),

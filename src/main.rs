@@ -210,6 +210,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         media,
         group_counts: Default::default(),
         logins,
+        sockets: Default::default(),
     });
     let public = HttpServer::new(move || {
         let app = App::new()

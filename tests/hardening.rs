@@ -810,3 +810,36 @@ async fn random_conversation_ids_start_no_actor() {
     let after = server.metric(live).await;
     assert_eq!(after, before, "no conversation actor was started");
 }
+
+/// A flood of sockets from one address is refused past the bound (429
+/// before the upgrade), and a place comes back when a socket closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_per_address_are_bounded() {
+    let server = Server::start(&["--max-sockets-per-address", "3"]).await;
+    let http = server.http();
+    let alice = register_user(&http, "alice").await;
+    let session = alice.login(&http).await;
+    let mut open = Vec::new();
+    for i in 0..3 {
+        open.push(TestSocket::connect(&server, &session, &format!("alice-{i}")).await);
+    }
+    let refused = ephemera_load::client::Socket::connect(&server.ws_url(), &session.token).await;
+    let err = refused.err().expect("the fourth socket is refused");
+    assert!(
+        format!("{err:#}").contains("429"),
+        "refused with 429: {err:#}"
+    );
+    open.pop().expect("a socket").close().await;
+    // Its place comes back once the server has let it go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match ephemera_load::client::Socket::connect(&server.ws_url(), &session.token).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("a socket after one closed: {e:#}"),
+        }
+    }
+}

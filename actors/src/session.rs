@@ -144,6 +144,9 @@ pub struct Session {
     fragments: Option<Vec<u8>>,
     /// When the token that opened this socket expires (Unix ms).
     token_expires_at: Option<u64>,
+    /// Whatever the server holds for as long as the socket is open (its
+    /// place in the per-address count), dropped with the session.
+    _held: Option<Box<dyn std::any::Any>>,
     /// Dropped with this session (a crash included): its user actor waits
     /// on it to forget the session.
     alive: crate::Alive,
@@ -181,8 +184,15 @@ impl Session {
             outbox,
             fragments: None,
             token_expires_at: None,
+            _held: None,
             alive: crate::alive(),
         }
+    }
+
+    /// Holds `held` for as long as the socket is open.
+    pub fn holding(mut self, held: Box<dyn std::any::Any>) -> Self {
+        self._held = Some(held);
+        self
     }
 
     /// Closes the socket (4401) when its token expires.

@@ -113,7 +113,7 @@ impl LoginGuard {
 /// The budget key of a client address: IPv4 as is (IPv4-mapped IPv6
 /// included); IPv6 by its /64, since one host is routinely given a whole
 /// /64 and would otherwise have 2^64 budgets.
-fn address_key(peer: Option<IpAddr>) -> IpAddr {
+pub fn address_key(peer: Option<IpAddr>) -> IpAddr {
     match peer {
         None => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         Some(IpAddr::V4(v4)) => IpAddr::V4(v4),

@@ -34,6 +34,8 @@ pub struct AppState {
     pub group_counts: conversations::GroupCounts,
     /// Rate limits and the hashing pool of the password calls.
     pub logins: login_limits::LoginGuard,
+    /// Open sockets per client address.
+    pub sockets: ws::SocketsPerAddress,
 }
 
 /// Mounts every route of the public listener.

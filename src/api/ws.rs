@@ -47,20 +47,74 @@ async fn upgrade(
         None => None,
     };
     let max = state.config.max_frame_bytes;
+    let peer = super::login_limits::address_key(req.peer_addr().map(|a| a.ip()));
+    let Some(slot) = state
+        .sockets
+        .take(peer, state.config.max_sockets_per_address)
+    else {
+        return Err(ApiError::RateLimited {
+            message: "too many sockets from this address",
+            retry_after_secs: 1,
+        }
+        .into());
+    };
     match authed {
         Some(a) => {
             let session = Session::new(Arc::clone(&state.dir), a.user, a.device, abort(&req))
-                .token_expires_at(a.expires_at);
+                .token_expires_at(a.expires_at)
+                .holding(Box::new(slot));
             ws::WsResponseBuilder::new(session, &req, stream)
                 .frame_size(max)
                 .start()
         }
-        None => ws::WsResponseBuilder::new(Refuse, &req, stream)
+        None => ws::WsResponseBuilder::new(Refuse(slot), &req, stream)
             .frame_size(max)
             .start(),
     }
     // Not a WebSocket handshake: the error envelope, like every answer.
     .map_err(|_| ApiError::BadRequest("a WebSocket upgrade request is required").into())
+}
+
+/// Open sockets per client address (an IPv6 address by its /64), against
+/// `max_sockets_per_address`: a flood of connections from one address is
+/// refused (429) before it costs a session each.
+#[derive(Default)]
+pub struct SocketsPerAddress(
+    Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+);
+
+/// One open socket's place in [`SocketsPerAddress`], given back on drop.
+struct SocketSlot {
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    key: std::net::IpAddr,
+}
+
+impl SocketsPerAddress {
+    /// A place for one more socket from `key`, unless it holds `max` already.
+    fn take(&self, key: std::net::IpAddr, max: usize) -> Option<SocketSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SocketSlot {
+            counts: Arc::clone(&self.0),
+            key,
+        })
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// The descriptor of a connection's TCP socket, noted when it is accepted.
@@ -99,7 +153,7 @@ fn abort(req: &HttpRequest) -> Option<Abort> {
 }
 
 /// A socket whose token failed: closed with 4401 as soon as it opens.
-struct Refuse;
+struct Refuse(#[allow(dead_code)] SocketSlot);
 
 impl Actor for Refuse {
     type Context = ws::WebsocketContext<Self>;
