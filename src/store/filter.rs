@@ -90,35 +90,7 @@ mod tests {
             b"short".to_vec(),
             vec![],
         ];
-        let mut state = 0x1234_5678_9abc_def1u64;
-        let mut rand = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for seed in &seeds {
-            fuzz_check(seed);
-        }
-        for _ in 0..20_000 {
-            let mut v = seeds[rand() as usize % seeds.len()].clone();
-            for _ in 0..1 + rand() % 3 {
-                let at = if v.is_empty() {
-                    0
-                } else {
-                    rand() as usize % v.len()
-                };
-                match rand() % 3 {
-                    0 if !v.is_empty() => v[at] = rand() as u8,
-                    1 => v.insert(at, rand() as u8),
-                    _ if !v.is_empty() => {
-                        v.remove(at);
-                    }
-                    _ => {}
-                }
-            }
-            fuzz_check(&v);
-        }
+        crate::store::tests::byte_mutations(&seeds, 20_000, 0x1234_5678_9abc_def1u64, fuzz_check);
     }
 
     fn removed(d: Decision) -> bool {

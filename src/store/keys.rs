@@ -251,35 +251,7 @@ mod tests {
             vec![0; 33],
             vec![],
         ];
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut rand = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        for seed in &seeds {
-            fuzz_check(seed);
-        }
-        for _ in 0..20_000 {
-            let mut k = seeds[rand() as usize % seeds.len()].clone();
-            for _ in 0..1 + rand() % 3 {
-                let at = if k.is_empty() {
-                    0
-                } else {
-                    rand() as usize % k.len()
-                };
-                match rand() % 3 {
-                    0 if !k.is_empty() => k[at] = rand() as u8,
-                    1 => k.insert(at, rand() as u8),
-                    _ if !k.is_empty() => {
-                        k.remove(at);
-                    }
-                    _ => {}
-                }
-            }
-            fuzz_check(&k);
-        }
+        crate::store::tests::byte_mutations(&seeds, 20_000, 0x2545_f491_4f6c_dd1du64, fuzz_check);
     }
 
     const A: Id = Id([0xaa; 16]);

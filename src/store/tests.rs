@@ -12,6 +12,45 @@ use super::RocksStore;
 use crate::config::Durability;
 use crate::keystore::KeyStore;
 
+/// A deterministic stand-in for the fuzzer, for the stable suite: each
+/// seed, then `count` mutations of them (1 to 3 bytes replaced, inserted or
+/// deleted), drawn by xorshift from `state`.
+pub(super) fn byte_mutations(
+    seeds: &[Vec<u8>],
+    count: usize,
+    mut state: u64,
+    check: impl Fn(&[u8]),
+) {
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for seed in seeds {
+        check(seed);
+    }
+    for _ in 0..count {
+        let mut v = seeds[rand() as usize % seeds.len()].clone();
+        for _ in 0..1 + rand() % 3 {
+            let at = if v.is_empty() {
+                0
+            } else {
+                rand() as usize % v.len()
+            };
+            match rand() % 3 {
+                0 if !v.is_empty() => v[at] = rand() as u8,
+                1 => v.insert(at, rand() as u8),
+                _ if !v.is_empty() => {
+                    v.remove(at);
+                }
+                _ => {}
+            }
+        }
+        check(&v);
+    }
+}
+
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(UserId, u64)>>);
 
