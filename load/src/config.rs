@@ -120,6 +120,13 @@ pub struct Options {
     /// --duration seconds instead of sending messages.
     #[arg(long)]
     pub idle_connections: Option<u64>,
+    /// Extra devices that never read: this many more logins (round-robin
+    /// over the users), each socket opened with a 4 KiB receive buffer and
+    /// never read from, so the server's per-socket outbound bound is what
+    /// stands between them and its memory. The report counts how the
+    /// server ended each. Their users' traffic is the run's own.
+    #[arg(long)]
+    pub stalled_devices: Option<u64>,
     /// Local addresses to connect from, comma separated (e.g.
     /// 127.0.0.1,127.0.0.2), to get past the ephemeral-port limit.
     #[arg(long, value_delimiter = ',')]
@@ -181,6 +188,7 @@ impl Options {
             report: pick(self.report, file.report),
             chart: pick(self.chart, file.chart),
             idle_connections: pick(self.idle_connections, file.idle_connections),
+            stalled_devices: pick(self.stalled_devices, file.stalled_devices),
             source_ips: list(self.source_ips, file.source_ips),
             connect_concurrency: pick(self.connect_concurrency, file.connect_concurrency),
             object_stores: list(self.object_stores, file.object_stores),
@@ -237,6 +245,7 @@ impl Options {
         set!(d.drain, self.drain);
         d.server_pid = self.server_pid;
         d.idle_connections = self.idle_connections;
+        set!(d.stalled_devices, self.stalled_devices);
         d.source_ips = self.source_ips;
         set!(d.connect_concurrency, self.connect_concurrency);
         d.object_stores = self.object_stores;
@@ -283,6 +292,8 @@ pub struct LoadConfig {
     pub server_pid: Option<u32>,
     /// Idle mode: sockets to open and hold.
     pub idle_connections: Option<u64>,
+    /// Extra devices that never read (message runs).
+    pub stalled_devices: u64,
     /// Local addresses to connect from (empty: let the kernel choose).
     pub source_ips: Vec<IpAddr>,
     /// Handshakes and logins in flight at most.
@@ -317,6 +328,7 @@ impl LoadConfig {
             drain: 5.0,
             server_pid: None,
             idle_connections: None,
+            stalled_devices: 0,
             source_ips: Vec::new(),
             connect_concurrency: 64,
             object_stores: Vec::new(),

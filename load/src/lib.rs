@@ -36,4 +36,5 @@ pub mod report;
 pub mod resources;
 pub mod run;
 pub mod schedule;
+mod stalled;
 pub mod stats;

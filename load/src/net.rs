@@ -80,12 +80,30 @@ pub async fn connect(
     source: Option<IpAddr>,
     config: WebSocketConfig,
 ) -> Result<Ws> {
+    connect_with(target, token, source, config, None).await
+}
+
+/// [`connect`], with the kernel's receive buffer set to `recv_buffer`
+/// bytes before the handshake (a small one makes a socket that stops
+/// reading push back on the server at once).
+pub async fn connect_with(
+    target: &Target,
+    token: &str,
+    source: Option<IpAddr>,
+    config: WebSocketConfig,
+    recv_buffer: Option<u32>,
+) -> Result<Ws> {
     let attempt = async {
         let socket = match target.addr {
             SocketAddr::V4(_) => TcpSocket::new_v4(),
             SocketAddr::V6(_) => TcpSocket::new_v6(),
         }
         .map_err(|e| anyhow!("socket: {e}"))?;
+        if let Some(size) = recv_buffer {
+            socket
+                .set_recv_buffer_size(size)
+                .map_err(|e| anyhow!("receive buffer: {}", e.kind()))?;
+        }
         if let Some(ip) = source {
             socket
                 .bind(SocketAddr::new(ip, 0))

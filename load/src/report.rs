@@ -163,6 +163,20 @@ pub struct IdleReport {
     pub server_kib_per_socket: Option<f64>,
 }
 
+/// Devices that never read (`--stalled-devices`), and how the server ended
+/// each.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StalledReport {
+    /// Stalled sockets opened.
+    pub requested: u64,
+    /// How each ended, read after the run: `close <code>`, `cut` (no close
+    /// frame), `open` (still open).
+    pub endings: BTreeMap<String, u64>,
+    /// Frames that were still waiting in the sockets when they were read
+    /// out at the end (what the kernel and the server had buffered).
+    pub frames_read_at_end: u64,
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -202,6 +216,9 @@ pub struct Report {
     pub series: Vec<SeriesPoint>,
     /// Idle-mode results.
     pub idle: Option<IdleReport>,
+    /// Stalled devices, with `--stalled-devices`.
+    #[serde(default)]
+    pub stalled: Option<StalledReport>,
 }
 
 impl Report {
@@ -308,6 +325,21 @@ impl Report {
                     .join(", ")
             };
             line("errors by code", errors);
+            if let Some(st) = &self.stalled {
+                let endings = st
+                    .endings
+                    .iter()
+                    .map(|(k, v)| format!("{k}: {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                line(
+                    "stalled devices",
+                    format!(
+                        "{} ({endings}; {} frames waiting at the end)",
+                        st.requested, st.frames_read_at_end
+                    ),
+                );
+            }
             for (code, message) in &c.error_messages {
                 line(&format!("  first {code}"), message.clone());
             }

@@ -45,6 +45,7 @@ use crate::net::{self, Target, Ws};
 use crate::report::{Counts, Latencies, Report, SeriesPoint, SideTraffic};
 use crate::resources::{mb, MachineSummary, ProcWatch, SystemWatch};
 use crate::schedule::{chance, hash_str, Plan, Schedule};
+use crate::stalled::Stalled;
 use crate::stats::{AckInfo, Arrival, Latency, Tracker};
 
 /// Frames a device's outgoing queue holds.
@@ -206,7 +207,7 @@ fn file_account(
 
 /// Call `f` again after a `429`/`503` (honouring `Retry-After`), up to
 /// five times.
-async fn retrying<T, F, Fut>(mut f: F) -> Result<T>
+pub(crate) async fn retrying<T, F, Fut>(mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
@@ -972,6 +973,7 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
     let targets = targets(cfg).await?;
     let accounts = sign_in(cfg, &targets).await?;
     let sockets = open_sockets(cfg, &targets, &accounts).await?;
+    let stalled = Stalled::open(cfg, &targets, &accounts).await?;
 
     let schedule = Schedule::new(cfg.profile);
     let plan = Plan {
@@ -1126,6 +1128,7 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
     .await;
     device_tasks.abort_all();
     progress.finish_and_clear();
+    let stalled = (cfg.stalled_devices > 0).then_some(stalled.finish().await);
 
     // Account.
     let accounting = shared.tracker.finish(finished_ms);
@@ -1223,5 +1226,6 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
         unsupported,
         series: ticked.series,
         idle: None,
+        stalled,
     })
 }
