@@ -33,8 +33,12 @@ const MEDIA: u8 = b'm';
 /// Data keys, and sealing with them.
 pub struct KeyStore {
     db: DB,
-    /// Body keys by bucket end, kept in memory while alive (dropped at purge).
-    bodies: Mutex<HashMap<u64, [u8; 32]>>,
+    /// Body keys by bucket end, expanded for AES (the key schedule is built
+    /// once per bucket, not per message), kept in memory while alive
+    /// (dropped at purge).
+    bodies: Mutex<HashMap<u64, Arc<LessSafeKey>>>,
+    /// Where nonces come from.
+    nonces: Mutex<NoncePool>,
     /// When the last purge pass completed (Unix ms).
     last_purge: std::sync::atomic::AtomicU64,
 }
@@ -58,6 +62,36 @@ pub fn bucket_of(expires_at: u64) -> u64 {
     expires_at.div_ceil(BUCKET_MS).saturating_mul(BUCKET_MS)
 }
 
+/// Nonces drawn from the OS's random source a block at a time: a fresh
+/// random nonce per sealed body without a `getrandom` call per message.
+/// Each byte is handed out once.
+struct NoncePool {
+    block: [u8; NONCE_LEN * 256],
+    used: usize,
+}
+
+impl NoncePool {
+    fn new() -> Self {
+        NoncePool {
+            block: [0; NONCE_LEN * 256],
+            used: NONCE_LEN * 256,
+        }
+    }
+
+    fn next(&mut self) -> [u8; NONCE_LEN] {
+        if self.used + NONCE_LEN > self.block.len() {
+            random_bytes(&mut self.block);
+            self.used = 0;
+        }
+        let mut nonce = [0u8; NONCE_LEN];
+        let taken = &mut self.block[self.used..self.used + NONCE_LEN];
+        nonce.copy_from_slice(taken);
+        taken.fill(0);
+        self.used += NONCE_LEN;
+        nonce
+    }
+}
+
 fn aead(key: &[u8; 32]) -> LessSafeKey {
     // A 32-byte key is always a valid AES-256 key.
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"))
@@ -76,6 +110,7 @@ impl KeyStore {
         Ok(KeyStore {
             db: DB::open(&opts, dir)?,
             bodies: Mutex::new(HashMap::new()),
+            nonces: Mutex::new(NoncePool::new()),
             last_purge: std::sync::atomic::AtomicU64::new(now_ms()),
         })
     }
@@ -89,10 +124,10 @@ impl KeyStore {
     }
 
     /// The body key of the bucket ending at `end`, created if needed.
-    fn body_key_for(&self, end: u64) -> Result<[u8; 32], StoreError> {
+    fn body_key_for(&self, end: u64) -> Result<Arc<LessSafeKey>, StoreError> {
         let mut cache = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(k) = cache.get(&end) {
-            return Ok(*k);
+            return Ok(Arc::clone(k));
         }
         let key = match self.db.get(body_key(end))? {
             Some(v) => match filter::split(&v) {
@@ -107,7 +142,8 @@ impl KeyStore {
                 k
             }
         };
-        cache.insert(end, key);
+        let key = Arc::new(aead(&key));
+        cache.insert(end, Arc::clone(&key));
         Ok(key)
     }
 
@@ -122,20 +158,19 @@ impl KeyStore {
     ) -> Result<Vec<u8>, StoreError> {
         let end = bucket_of(expires_at);
         let key = self.body_key_for(end)?;
-        let mut nonce = [0u8; NONCE_LEN];
-        random_bytes(&mut nonce);
+        let nonce = self.nonces.lock().unwrap_or_else(|p| p.into_inner()).next();
         let mut out = Vec::with_capacity(8 + NONCE_LEN + plaintext.len() + 16);
         out.extend_from_slice(&end.to_be_bytes());
         out.extend_from_slice(&nonce);
-        let mut buf = plaintext.to_vec();
-        aead(&key)
-            .seal_in_place_append_tag(
+        out.extend_from_slice(plaintext);
+        let tag = key
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                &mut buf,
+                &mut out[8 + NONCE_LEN..],
             )
             .map_err(|_| StoreError::Corrupt("seal"))?;
-        out.extend_from_slice(&buf);
+        out.extend_from_slice(tag.as_ref());
         Ok(out)
     }
 
@@ -151,21 +186,19 @@ impl KeyStore {
         }
         let key = {
             let cache = self.bodies.lock().unwrap_or_else(|p| p.into_inner());
-            cache.get(&end).copied()
+            cache.get(&end).cloned()
         };
         let key = match key {
             Some(k) => k,
             None => {
                 let v = self.db.get(body_key(end)).ok()??;
                 let (_, k) = filter::split(&v)?;
-                k.try_into().ok()?
+                Arc::new(aead(k.try_into().ok()?))
             }
         };
         let nonce = Nonce::try_assume_unique_for_key(&sealed[8..8 + NONCE_LEN]).ok()?;
         let mut buf = sealed[8 + NONCE_LEN..].to_vec();
-        let plain = aead(&key)
-            .open_in_place(nonce, Aad::from(aad), &mut buf)
-            .ok()?;
+        let plain = key.open_in_place(nonce, Aad::from(aad), &mut buf).ok()?;
         Some(plain.to_vec())
     }
 
@@ -281,6 +314,30 @@ mod tests {
         assert_eq!(bucket_of(1), BUCKET_MS);
         assert_eq!(bucket_of(BUCKET_MS), BUCKET_MS);
         assert_eq!(bucket_of(BUCKET_MS + 1), 2 * BUCKET_MS);
+    }
+
+    #[test]
+    fn nonces_never_repeat_across_refills() {
+        let mut pool = NoncePool::new();
+        let n = 256 * 4 + 7;
+        let seen: std::collections::HashSet<[u8; NONCE_LEN]> =
+            (0..n).map(|_| pool.next()).collect();
+        assert_eq!(seen.len(), n, "every nonce is fresh");
+        assert!(!seen.contains(&[0u8; NONCE_LEN]), "no wiped bytes reused");
+    }
+
+    #[test]
+    fn one_body_sealed_twice_differs_and_both_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::open(dir.path()).unwrap();
+        let exp = now_ms() + 60_000;
+        let a = ks.seal_body(exp, b"row", b"same body").unwrap();
+        let b = ks.seal_body(exp, b"row", b"same body").unwrap();
+        assert_ne!(a[8..8 + NONCE_LEN], b[8..8 + NONCE_LEN], "fresh nonces");
+        assert_ne!(a, b);
+        assert_eq!(ks.open_body(b"row", &a).unwrap(), b"same body");
+        assert_eq!(ks.open_body(b"row", &b).unwrap(), b"same body");
+        assert!(ks.open_body(b"other row", &a).is_none(), "bound to its row");
     }
 
     #[test]
