@@ -306,7 +306,12 @@ async fn stalled_devices_cannot_park_megabytes_in_the_kernel() {
 async fn stalled_devices_are_closed(messages: usize, flags: &[&str]) {
     const STALLED: usize = 20;
     // (bob logs in 21 times: one device each)
-    let mut args = vec!["--login-account-burst", "100", "--login-address-burst", "100"];
+    let mut args = vec![
+        "--login-account-burst",
+        "100",
+        "--login-address-burst",
+        "100",
+    ];
     args.extend_from_slice(flags);
     let server = Server::start(&args).await;
     let http = server.http();

@@ -41,7 +41,7 @@ const RECEIPT_MEMORY: usize = 65_536;
 #[rtype(result = "()")]
 pub struct Post {
     /// Where the ack (or the refusal) goes.
-    pub reply: tokio::sync::oneshot::Sender<Result<AckRecord, FrameError>>,
+    pub reply: crate::session::AckTo,
     /// The sender.
     pub from: UserId,
     /// The sending device (it gets the ack, not the message).
@@ -602,13 +602,13 @@ impl Handler<Post> for Conversation {
                                 act.post(msg, ctx);
                             }
                             Ok(false) => {
-                                let _ = msg.reply.send(Err(FrameError::new(
+                                msg.reply.answer(Err(FrameError::new(
                                     ErrorCode::NotFound,
                                     "no such user",
                                 )));
                             }
                             Err(_) => {
-                                let _ = msg.reply.send(Err(FrameError::new(
+                                msg.reply.answer(Err(FrameError::new(
                                     ErrorCode::Internal,
                                     "storage failure",
                                 )));
@@ -626,7 +626,7 @@ impl Conversation {
     /// The mailbox waits while the media is looked up, so sends keep order.
     fn post(&mut self, msg: Post, ctx: &mut Context<Self>) {
         if let Err(e) = self.check_member(msg.from) {
-            let _ = msg.reply.send(Err(e));
+            msg.reply.answer(Err(e));
             return;
         }
         let Some(media) = msg.media_key else {
@@ -636,7 +636,7 @@ impl Conversation {
         ctx.wait(claim.into_actor(self).map(move |res, act, ctx| match res {
             Ok(m) => act.post_resolved(msg, Some(m), ctx),
             Err(e) => {
-                let _ = msg.reply.send(Err(e));
+                msg.reply.answer(Err(e));
             }
         }));
     }
@@ -718,18 +718,17 @@ impl Conversation {
             guards.push(Guard::MediaUnbound(m.id));
         }
         let txn = Txn { guards, ops };
-        let pending = self.dir.store.submit(txn);
         self.writes_in_flight += 1;
         self.timers.insert(deadline);
         self.rearm(ctx);
         let reply = msg.reply;
         let me = ctx.address();
-        // The answer does not depend on this actor living on: a restart
-        // while the write is in flight must not turn a durable message into
-        // an `unavailable`. Only the bookkeeping comes back to the actor.
+        // The answer goes from the writer's thread straight to the socket,
+        // and does not depend on this actor living on: a restart while the
+        // write is in flight must not turn a durable message into an
+        // `unavailable`. Only the bookkeeping comes back to the actor.
         let metrics = Arc::clone(&self.dir.metrics);
-        actix::spawn(async move {
-            let res = pending.await.unwrap_or(Err(CommitError::Failed));
+        let done = move |res: Result<(), CommitError>| {
             let committed = res.is_ok();
             if committed {
                 // Counted before the ack leaves, so whoever sees the ack
@@ -751,8 +750,9 @@ impl Conversation {
                 committed,
                 created: creating && committed,
             });
-            let _ = reply.send(answer);
-        });
+            reply.answer(answer);
+        };
+        self.dir.store.submit_then(txn, Box::new(done));
     }
 }
 

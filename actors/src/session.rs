@@ -106,6 +106,60 @@ impl SessionLink {
     }
 }
 
+/// Where the answer to one `send` goes: straight to the sending socket,
+/// rendered by whoever has the outcome (the writer's thread, once the
+/// message is durable), with no task or channel in between. It holds the
+/// send's admission slot until then. Dropped unanswered (the conversation
+/// went down with the send in its mailbox), it answers `unavailable`.
+pub struct AckTo {
+    link: SessionLink,
+    client_msg_id: String,
+    received: Instant,
+    metrics: Arc<crate::metrics::Metrics>,
+    permit: Option<crate::directory::SendPermit>,
+}
+
+impl AckTo {
+    /// Sends the ack, or the error, to the socket.
+    pub fn answer(mut self, outcome: Result<crate::store::AckRecord, FrameError>) {
+        self.send(outcome);
+    }
+
+    fn send(&mut self, outcome: Result<crate::store::AckRecord, FrameError>) {
+        if self.permit.take().is_none() {
+            return; // answered already
+        }
+        let text = match outcome {
+            Ok(ack) => {
+                self.metrics
+                    .ack_latency
+                    .observe(self.received.elapsed().as_secs_f64());
+                ServerFrame::Ack {
+                    client_msg_id: &ack.client_msg_id,
+                    msg_id: ack.msg_id,
+                    conversation_id: ack.msg_id.conv,
+                    seq: ack.msg_id.seq,
+                    state: "sent",
+                    sent_at: ack.sent_at,
+                    expires_at: ack.expires_at,
+                }
+                .to_text()
+            }
+            Err(e) => error(&e, Some(&self.client_msg_id)),
+        };
+        self.link.reply(text);
+    }
+}
+
+impl Drop for AckTo {
+    fn drop(&mut self) {
+        self.send(Err(FrameError::new(
+            ErrorCode::Unavailable,
+            "conversation restarting, retry",
+        )));
+    }
+}
+
 /// Close the socket with a code (4401 when the token was revoked).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -470,7 +524,13 @@ impl Session {
                 Err(e) => return Self::reply_error(ctx, &e, Some(&client_msg_id)),
             },
         };
-        let (reply, answer) = tokio::sync::oneshot::channel();
+        let reply = AckTo {
+            link: self.link(ctx),
+            client_msg_id,
+            received,
+            metrics: Arc::clone(&self.dir.metrics),
+            permit: Some(permit),
+        };
         // do_send: this socket's sends reach the conversation in order.
         addr.do_send(Post {
             reply,
@@ -483,35 +543,6 @@ impl Session {
             view_policy,
             ttl_seconds: f.ttl_seconds as u64,
             burn_after_view_seconds,
-        });
-        let fut = async move {
-            answer.await.unwrap_or(Err(FrameError::new(
-                ErrorCode::Unavailable,
-                "conversation restarting, retry",
-            )))
-        };
-        let metrics = Arc::clone(&self.dir.metrics);
-        self.reply_later(ctx, async move {
-            let answer = fut.await;
-            drop(permit);
-            Some(match answer {
-                Ok(ack) => {
-                    metrics
-                        .ack_latency
-                        .observe(received.elapsed().as_secs_f64());
-                    ServerFrame::Ack {
-                        client_msg_id: &ack.client_msg_id,
-                        msg_id: ack.msg_id,
-                        conversation_id: ack.msg_id.conv,
-                        seq: ack.msg_id.seq,
-                        state: "sent",
-                        sent_at: ack.sent_at,
-                        expires_at: ack.expires_at,
-                    }
-                    .to_text()
-                }
-                Err(e) => error(&e, Some(&client_msg_id)),
-            })
         });
     }
 

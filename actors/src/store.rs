@@ -459,6 +459,9 @@ pub trait Fanout: Send + Sync + 'static {
     fn deliver(&self, user: UserId, events: Vec<Delivery>);
 }
 
+/// What runs with a submitted transaction's outcome.
+pub type Done = Box<dyn FnOnce(Result<(), CommitError>) + Send>;
+
 /// The future answer of a submitted transaction.
 pub type Pending = tokio::sync::oneshot::Receiver<Result<(), CommitError>>;
 
@@ -513,8 +516,23 @@ pub trait Store: Send + Sync + 'static {
         until: Millis,
         limit: usize,
     ) -> Result<Vec<Deadline>, ReadError>;
-    /// Hands a transaction to the group-commit writer.
-    fn submit(&self, txn: Txn) -> Pending;
+    /// Hands a transaction to the group-commit writer; `done` runs with its
+    /// outcome on the writer's thread, as soon as the batch is durable (or
+    /// failed), so it must be quick: hand results on, do not work there.
+    fn submit_then(&self, txn: Txn, done: Done);
+
+    /// Hands a transaction to the group-commit writer; the answer comes
+    /// back through the returned channel.
+    fn submit(&self, txn: Txn) -> Pending {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.submit_then(
+            txn,
+            Box::new(move |r| {
+                let _ = reply.send(r);
+            }),
+        );
+        rx
+    }
 }
 
 /// Runs a blocking storage call on the blocking pool, off the event loops.

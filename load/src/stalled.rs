@@ -47,8 +47,8 @@ impl Stalled {
             let user = (i % u64::from(cfg.users)) as u32;
             let target = targets[accounts[user as usize].target].clone();
             let username = cfg.username(user);
-            let source =
-                (!cfg.source_ips.is_empty()).then(|| cfg.source_ips[i as usize % cfg.source_ips.len()]);
+            let source = (!cfg.source_ips.is_empty())
+                .then(|| cfg.source_ips[i as usize % cfg.source_ips.len()]);
             set.spawn(async move {
                 let _permit = permit;
                 let name = format!("stalled-{i}");

@@ -12,15 +12,15 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use ephemera_actors::ids::{ConvId, DeviceId, MsgId, UserId};
 use ephemera_actors::store::{
-    now_ms, BurnReason, CommitError, ConvKind, ConversationRecord, Deadline, EventRecord, Fanout,
-    Pending, ReadError, Store, StoredMessage, Txn,
+    now_ms, BurnReason, CommitError, ConvKind, ConversationRecord, Deadline, Done, EventRecord,
+    Fanout, ReadError, Store, StoredMessage, Txn,
 };
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
     CompactOptions, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::config::Durability;
 use crate::keystore::KeyStore;
@@ -835,20 +835,17 @@ impl Store for RocksStore {
         Ok(out)
     }
 
-    fn submit(&self, txn: Txn) -> Pending {
-        let (reply, rx) = oneshot::channel();
+    fn submit_then(&self, txn: Txn, done: Done) {
         let Some(tx) = self.writer.get() else {
-            let _ = reply.send(Err(CommitError::Failed));
-            return rx;
+            return done(Err(CommitError::Failed));
         };
-        if let Err(e) = tx.try_send(writer::Job { txn, reply }) {
+        if let Err(e) = tx.try_send(writer::Job { txn, done }) {
             let (job, err) = match e {
                 mpsc::error::TrySendError::Full(j) => (j, CommitError::Overloaded),
                 mpsc::error::TrySendError::Closed(j) => (j, CommitError::Failed),
             };
-            let _ = job.reply.send(Err(err));
+            (job.done)(Err(err));
         }
-        rx
     }
 }
 

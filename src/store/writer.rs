@@ -8,9 +8,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ephemera_actors::ids::UserId;
-use ephemera_actors::store::{AckRecord, CommitError, Delivery, Fanout, Guard, Op, Txn};
+use ephemera_actors::store::{AckRecord, CommitError, Delivery, Done, Fanout, Guard, Op, Txn};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::{cf_handle, filter, json, keys, Cf, MessageRow, StoreError};
 use crate::keystore::KeyStore;
@@ -19,12 +19,12 @@ use ephemera_actors::metrics::Metrics;
 /// Most transactions in one write batch.
 const MAX_GROUP: usize = 2_048;
 
-/// A transaction and where its answer goes.
+/// A transaction and what runs with its outcome.
 pub struct Job {
     /// The transaction.
     pub txn: Txn,
-    /// Its answer.
-    pub reply: oneshot::Sender<Result<(), CommitError>>,
+    /// Runs on this thread once the outcome is known.
+    pub done: Done,
 }
 
 /// Test-only (feature `faults`): makes the writer fail write batches, so
@@ -427,11 +427,10 @@ impl Writer {
         let mut batch = WriteBatch::default();
         let mut overlay = Overlay::default();
         let mut deliveries = Vec::new();
-        let mut outcomes: Vec<(oneshot::Sender<_>, Result<(), CommitError>)> =
-            Vec::with_capacity(jobs.len());
+        let mut outcomes: Vec<(Done, Result<(), CommitError>)> = Vec::with_capacity(jobs.len());
         let mut build_failed = false;
         for job in jobs.drain(..) {
-            let Job { txn, reply } = job;
+            let Job { txn, done } = job;
             let verdict = txn.guards.iter().try_for_each(|g| self.check(&overlay, g));
             let verdict = verdict.and_then(|()| {
                 self.apply(&mut batch, &mut overlay, txn, &mut deliveries)
@@ -441,7 +440,7 @@ impl Writer {
                         CommitError::Failed
                     })
             });
-            outcomes.push((reply, verdict));
+            outcomes.push((done, verdict));
         }
         // Heads are persisted with the rows that use them, so a cursor is
         // never handed out twice, even after every inbox row has expired.
@@ -483,14 +482,14 @@ impl Writer {
             // on an earlier transaction of this very batch (a duplicate
             // `client_msg_id` answered with the first one's ack), and that
             // transaction is not stored: a failed write never acks.
-            for (reply, _) in outcomes {
-                let _ = reply.send(Err(CommitError::Failed));
+            for (done, _) in outcomes {
+                done(Err(CommitError::Failed));
             }
             return;
         }
         self.heads.extend(overlay.heads);
-        for (reply, r) in outcomes {
-            let _ = reply.send(r);
+        for (done, r) in outcomes {
+            done(r);
         }
         // Group per user, keeping cursor order.
         let mut by_user: HashMap<UserId, Vec<Delivery>> = HashMap::new();
