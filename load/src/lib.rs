@@ -25,9 +25,17 @@
 //! * [`resources`]: CPU and RSS of a process from `/proc`.
 //! * [`report`]: the report, its per-second series and the summary table.
 //! * [`chart`]: the SVG chart of throughput and latency, drawn by hand.
+//! * [`compare`]: the server against the bare relay, a markdown table of
+//!   paired reports (`scripts/bench.sh`).
+//!
+//! Binaries: `ephemera-load` (`src/main.rs`); `ephemera-relay`, a benchmark
+//! control speaking the subset of the protocol a message run uses on the
+//! server's stack without persistence; `ephemera-compare`, the table of
+//! [`compare`] from report files.
 
 pub mod chart;
 pub mod client;
+pub mod compare;
 pub mod config;
 pub mod crypto;
 pub mod idle;
