@@ -35,12 +35,6 @@ use ephemera_actors::sweeper::Sweeper;
 use ring::digest;
 
 use config::{Config, Settings};
-
-/// mimalloc: a send allocates and frees dozens of small objects across
-/// threads (frames, rows, mailbox envelopes); measured against the system
-/// allocator in the README's Performance section.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use media::service::MediaService;
 use media::sigv4;
 use store::RocksStore;
