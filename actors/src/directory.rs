@@ -19,7 +19,7 @@ const CONVERSATION: Kind = Kind {
 };
 use crate::ratelimit::TokenBucket;
 use crate::store::{Delivery, Fanout, MediaAccess, Store};
-use crate::user::{Deliver, User};
+use crate::user::User;
 use crate::{conversation, user, Counted, Depth};
 
 /// The limits the actors enforce, from the server's configuration.
@@ -74,6 +74,8 @@ impl Drop for SendPermit {
 
 struct UserEntry {
     addr: Addr<User>,
+    /// The actor's sessions, for the writer's fanout.
+    sessions: crate::user::Sessions,
     /// Closes when the actor is gone.
     alive: crate::AliveWatch,
     depth: Depth,
@@ -279,10 +281,13 @@ impl Directory {
             let actor_depth = depth.clone();
             let alive_tx = crate::alive();
             let alive = alive_tx.subscribe();
+            let sessions = crate::user::Sessions::default();
+            let actor_sessions = Arc::clone(&sessions);
             UserEntry {
                 addr: actix::Supervisor::start_in_arbiter(self.arbiter(), move |_| {
-                    User::new(dir, user, actor_depth, alive_tx)
+                    User::new(dir, user, actor_sessions, actor_depth, alive_tx)
                 }),
+                sessions,
                 alive,
                 depth,
                 send_bucket: Arc::new(Mutex::new(TokenBucket::new(
@@ -605,7 +610,15 @@ impl Directory {
 
 impl Fanout for Directory {
     fn deliver(&self, user: UserId, events: Vec<Delivery>) {
-        self.tell_user(user, Deliver(events));
+        let sessions = self
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+            .map(|e| Arc::clone(&e.sessions));
+        if let Some(sessions) = sessions {
+            crate::user::deliver(self, &sessions, events);
+        }
     }
 }
 

@@ -35,11 +35,6 @@ pub struct Detach {
     pub serial: u64,
 }
 
-/// Committed inbox events, in cursor order, from the storage writer.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Deliver(pub Vec<Delivery>);
-
 /// A frame with no cursor (typing, presence) for every device but one.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -72,7 +67,7 @@ impl Handler<CloseAll> for User {
     type Result = ();
 
     fn handle(&mut self, msg: CloseAll, _: &mut Self::Context) {
-        for Attached { link, .. } in &self.sessions {
+        for Attached { link, .. } in self.sessions().iter() {
             link.addr.do_send(CloseSocket {
                 code: msg.code,
                 reason: msg.reason,
@@ -90,7 +85,9 @@ pub struct Restart;
 pub struct User {
     dir: Arc<Directory>,
     id: UserId,
-    sessions: Vec<Attached>,
+    /// Its sessions, shared with the directory: committed events go from
+    /// the storage writer straight to them ([`deliver`]).
+    sessions: Sessions,
     /// Dropped with this actor (a crash included): its sessions wait on it
     /// to attach to a replacement.
     _alive: crate::Alive,
@@ -102,8 +99,12 @@ pub struct User {
     depth: crate::Depth,
 }
 
+/// A user's attached sessions. The user actor adds and removes them; the
+/// storage writer reads them to push committed events.
+pub type Sessions = Arc<std::sync::Mutex<Vec<Attached>>>;
+
 /// A session attached to a user actor.
-struct Attached {
+pub struct Attached {
     /// The session's serial number on this node.
     serial: u64,
     device: DeviceId,
@@ -114,11 +115,17 @@ struct Attached {
 
 impl User {
     /// A user actor with no sessions yet.
-    pub fn new(dir: Arc<Directory>, id: UserId, depth: crate::Depth, alive: crate::Alive) -> Self {
+    pub fn new(
+        dir: Arc<Directory>,
+        id: UserId,
+        sessions: Sessions,
+        depth: crate::Depth,
+        alive: crate::Alive,
+    ) -> Self {
         User {
             dir,
             id,
-            sessions: Vec::new(),
+            sessions,
             _alive: alive,
             started_at: std::time::Instant::now(),
             restarts: 0,
@@ -127,12 +134,12 @@ impl User {
         }
     }
 
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Vec<Attached>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn push(&self, cursor: Option<u64>, text: Arc<str>, except: Option<DeviceId>) {
-        for Attached { device, link, .. } in &self.sessions {
-            if Some(*device) != except {
-                link.push(cursor, Arc::clone(&text));
-            }
-        }
+        push(&self.sessions(), cursor, text, except);
     }
 }
 
@@ -189,7 +196,7 @@ impl Actor for User {
         tracing::debug!(user = %self.id, "user actor started");
         // (Again after a supervised restart, which cancels the watches.)
         let watches: Vec<_> = self
-            .sessions
+            .sessions()
             .iter()
             .map(|a| (a.serial, a.alive.clone()))
             .collect();
@@ -247,7 +254,7 @@ macro_rules! counted {
     )*};
 }
 
-counted!(Deliver, Ephemeral, Revoke, Detach);
+counted!(Ephemeral, Revoke, Detach);
 
 impl Handler<crate::Summarize> for User {
     type Result = actix::MessageResult<crate::Summarize>;
@@ -258,7 +265,7 @@ impl Handler<crate::Summarize> for User {
             id: self.id.to_string(),
             timers_armed: 0,
             mailbox_depth: self.depth.get(),
-            attached: self.sessions.len(),
+            attached: self.sessions().len(),
             uptime_seconds: self.started_at.elapsed().as_secs(),
             restarts: self.restarts,
         })
@@ -272,10 +279,10 @@ impl Handler<Attach> for User {
         let span = self.span.clone();
         let _in = span.enter();
         self.dir.attached(self.id);
-        let came_online = self.sessions.is_empty();
+        let came_online = self.sessions().is_empty();
         let session = msg.link.clone();
         self.watch_session(msg.serial, msg.alive.clone(), ctx);
-        self.sessions.push(Attached {
+        self.sessions().push(Attached {
             serial: msg.serial,
             device: msg.device,
             link: msg.link,
@@ -333,13 +340,13 @@ impl User {
 
     /// The session `serial` is gone.
     fn forget(&mut self, serial: u64, ctx: &mut Context<Self>) {
-        self.sessions.retain(|a| a.serial != serial);
+        self.sessions().retain(|a| a.serial != serial);
         self.leave_if_last(ctx);
     }
 
     /// When the last device has left: tell the contacts, then stop.
     fn leave_if_last(&mut self, ctx: &mut Context<Self>) {
-        if !self.sessions.is_empty() || !self.dir.retire_user(self.id, &ctx.address()) {
+        if !self.sessions().is_empty() || !self.dir.retire_user(self.id, &ctx.address()) {
             return;
         }
         // The last device left: tell the contacts, then stop.
@@ -365,44 +372,50 @@ impl User {
     }
 }
 
-impl Handler<Deliver> for User {
-    type Result = ();
+/// Pushes committed events, in cursor order, to every session of a user
+/// (but the device an event excludes): rendered once per user and shared
+/// by its devices. Runs on the storage writer's thread, with no hop
+/// through the user actor. Logical expiry holds on this path too: a
+/// message is never pushed after its time.
+pub fn deliver(dir: &Directory, sessions: &Sessions, events: Vec<Delivery>) {
+    let sessions = sessions.lock().unwrap_or_else(|p| p.into_inner());
+    if sessions.is_empty() {
+        return;
+    }
+    let now = now_ms();
+    for d in events {
+        if let Event::Message(m) = &d.event {
+            if m.expires_at <= now {
+                continue;
+            }
+        }
+        let grant = match &d.event {
+            Event::Message(m) if m.view_policy == ViewPolicy::Timed => m
+                .media
+                .as_ref()
+                .and_then(|md| dir.media.grant(md, false, m.expires_at)),
+            _ => None,
+        };
+        let text: Arc<str> = render_event(d.cursor, &d.event, grant.as_ref()).into();
+        if let Event::Message(m) = &d.event {
+            dir.metrics
+                .delivery_latency
+                .observe(now.saturating_sub(m.sent_at) as f64 / 1000.0);
+            let n = sessions
+                .iter()
+                .filter(|a| Some(a.device) != d.except_device)
+                .count();
+            dir.metrics.messages_delivered.inc_by(n as u64);
+        }
+        push(&sessions, Some(d.cursor), text, d.except_device);
+    }
+}
 
-    fn handle(&mut self, msg: Deliver, _: &mut Self::Context) {
-        let span = self.span.clone();
-        let _in = span.enter();
-        let now = now_ms();
-        for d in msg.0 {
-            // Logical expiry on the live path too: a message queued behind a
-            // slow mailbox is never pushed after its time.
-            if let Event::Message(m) = &d.event {
-                if m.expires_at <= now {
-                    continue;
-                }
-            }
-            let grant = match &d.event {
-                Event::Message(m) if m.view_policy == ViewPolicy::Timed => m
-                    .media
-                    .as_ref()
-                    .and_then(|md| self.dir.media.grant(md, false, m.expires_at)),
-                _ => None,
-            };
-            let text: Arc<str> = render_event(d.cursor, &d.event, grant.as_ref()).into();
-            if let Event::Message(m) = &d.event {
-                self.dir
-                    .metrics
-                    .delivery_latency
-                    .observe(now.saturating_sub(m.sent_at) as f64 / 1000.0);
-            }
-            if matches!(d.event, Event::Message(_)) {
-                let n = self
-                    .sessions
-                    .iter()
-                    .filter(|a| Some(a.device) != d.except_device)
-                    .count();
-                self.dir.metrics.messages_delivered.inc_by(n as u64);
-            }
-            self.push(Some(d.cursor), text, d.except_device);
+/// One frame to every session but `except`'s.
+fn push(sessions: &[Attached], cursor: Option<u64>, text: Arc<str>, except: Option<DeviceId>) {
+    for Attached { device, link, .. } in sessions {
+        if Some(*device) != except {
+            link.push(cursor, Arc::clone(&text));
         }
     }
 }
@@ -419,7 +432,7 @@ impl Handler<Revoke> for User {
     type Result = ();
 
     fn handle(&mut self, msg: Revoke, _: &mut Self::Context) {
-        for Attached { device, link, .. } in &self.sessions {
+        for Attached { device, link, .. } in self.sessions().iter() {
             if *device == msg.device {
                 link.addr.do_send(CloseSocket {
                     code: 4401,
