@@ -180,8 +180,9 @@ pub struct Conversation {
     restarts: u64,
     /// When a request last reached it (for passivation).
     last_active: std::time::Instant,
-    /// Posts submitted and not yet answered by the writer.
-    writes_in_flight: usize,
+    /// Posts submitted and not yet answered by the writer (counted down on
+    /// the writer's thread, so a committed post needs no message back).
+    writes_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// The actor's span.
     span: tracing::Span,
     /// Its mailbox depth (messages routed through the directory).
@@ -242,7 +243,7 @@ impl Conversation {
             started_at: std::time::Instant::now(),
             restarts,
             last_active: std::time::Instant::now(),
-            writes_in_flight: 0,
+            writes_in_flight: Arc::default(),
             span: tracing::info_span!("conversation", conversation = %id),
             depth,
             _alive: alive,
@@ -515,7 +516,10 @@ impl Conversation {
                     .is_some_and(|d| d.at <= now_ms() + LOOKAHEAD_MS);
                 if act.last_active.elapsed() >= after
                     && !soon
-                    && act.writes_in_flight == 0
+                    && act
+                        .writes_in_flight
+                        .load(std::sync::atomic::Ordering::Acquire)
+                        == 0
                     && act.dir.passivate(act.id, &ctx.address())
                 {
                     tracing::debug!(conversation = %act.id, "passivated");
@@ -718,7 +722,8 @@ impl Conversation {
             guards.push(Guard::MediaUnbound(m.id));
         }
         let txn = Txn { guards, ops };
-        self.writes_in_flight += 1;
+        let in_flight = Arc::clone(&self.writes_in_flight);
+        in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.timers.insert(deadline);
         self.rearm(ctx);
         let reply = msg.reply;
@@ -745,11 +750,16 @@ impl Conversation {
                 )),
                 Err(e) => Err(commit_error(e)),
             };
-            me.do_send(Posted {
-                deadline,
-                committed,
-                created: creating && committed,
-            });
+            // The actor hears back only when there is bookkeeping to do: a
+            // conversation just created, or a timer for nothing stored.
+            if creating || !committed {
+                me.do_send(Posted {
+                    deadline,
+                    committed,
+                    created: creating && committed,
+                });
+            }
+            in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
             reply.answer(answer);
         };
         self.dir.store.submit_then(txn, Box::new(done));
@@ -769,7 +779,6 @@ impl Handler<Posted> for Conversation {
     type Result = ();
 
     fn handle(&mut self, msg: Posted, _: &mut Self::Context) {
-        self.writes_in_flight = self.writes_in_flight.saturating_sub(1);
         if msg.created {
             self.record_persisted = true;
         }
