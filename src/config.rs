@@ -150,10 +150,10 @@ pub struct Settings {
     /// Most members of a group conversation [default: 256]
     #[arg(long, env = "EPHEMERA_MAX_GROUP_MEMBERS")]
     pub max_group_members: Option<usize>,
-    /// Bytes of frames waiting to be written to one socket; a socket that falls this far behind is closed with 4408 and its device resumes by `sync` [default: 1048576]
+    /// Bytes of frames waiting to be written to one socket; a socket that falls this far behind is closed with 4408 and its device resumes by `sync` [default: 262144]
     #[arg(long, env = "EPHEMERA_MAX_OUTBOUND_BYTES")]
     pub max_outbound_bytes: Option<usize>,
-    /// Frames waiting to be written to one socket; past it the socket is closed with 4408 [default: 4096]
+    /// Frames waiting to be written to one socket; past it the socket is closed with 4408 [default: 1024]
     #[arg(long, env = "EPHEMERA_MAX_OUTBOUND_FRAMES")]
     pub max_outbound_frames: Option<usize>,
     /// Sends accepted and not yet acked, server-wide; past it sends are refused with `unavailable` and retry_after_ms [default: 2048]
@@ -447,8 +447,8 @@ impl Config {
             max_groups_per_user: s.max_groups_per_user.unwrap_or(1_000).max(1),
             max_sockets_per_address: s.max_sockets_per_address.unwrap_or(1_000).max(1),
             max_sends_in_flight: s.max_sends_in_flight.unwrap_or(2048).max(1),
-            max_outbound_bytes: s.max_outbound_bytes.unwrap_or(1 << 20).max(1024),
-            max_outbound_frames: s.max_outbound_frames.unwrap_or(4096).max(16),
+            max_outbound_bytes: s.max_outbound_bytes.unwrap_or(256 << 10).max(1024),
+            max_outbound_frames: s.max_outbound_frames.unwrap_or(1024).max(16),
             socket_threads: s.socket_threads.unwrap_or(2).clamp(1, 64),
             actor_threads: s.actor_threads.unwrap_or(1).clamp(1, 64),
             passivate_after: Duration::from_secs(s.passivate_after_seconds.unwrap_or(60).max(1)),
