@@ -17,6 +17,8 @@
 #   USERS=1000                users (500 pairs), one device each
 #   OUT=load/results/bench-<date>
 #   DURABILITY=wal|fsync      the server's --durability (default: its own)
+#   TTL=3600                  ttl_seconds of every message; 10-30 makes every
+#                             message expire during the run (burns measured)
 #   SERVER_LISTEN=127.0.0.1:8180 ADMIN_LISTEN=127.0.0.1:9180
 #   RELAY_LISTEN=127.0.0.1:8181
 #   SKIP_BUILD=1              use the binaries already built
@@ -74,7 +76,7 @@ stop() {
 load() {
   local status=0
   "$bin/ephemera-load" --url "$3" --users "$USERS" --register --prefix b \
-    --rate "$2" --duration "$DURATION" --server-pid "$pid" --quiet \
+    --rate "$2" --duration "$DURATION" --ttl "${TTL:-3600}" --server-pid "$pid" --quiet \
     --report "$OUT/$1-$2.json" >"$OUT/$1-$2.txt" 2>&1 || status=$?
   # 2: the run finished but verification failed; the summary shows it.
   if [ "$status" -ne 0 ] && [ "$status" -ne 2 ]; then
@@ -113,7 +115,7 @@ done
   echo
   echo "$(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty'),"
   echo "$(nproc) cores; $USERS users (one device each, pairs), ${DURATION} s per run,"
-  echo "durability ${DURABILITY:-wal (default)}; relay and server runs interleaved per rate."
+  echo "durability ${DURABILITY:-wal (default)}, ttl ${TTL:-3600} s; relay and server runs interleaved per rate."
   echo
   "$bin/ephemera-compare" "${pairs[@]}"
 } >"$OUT/summary.md"

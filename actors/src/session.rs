@@ -63,6 +63,10 @@ pub struct SessionLink {
     pub addr: Addr<Session>,
     /// What waits for its socket.
     pub outbox: Arc<Outbox>,
+    /// The session's thread: the cut of a socket that fell behind is timed
+    /// there, whichever thread noticed (the storage writer's has no
+    /// runtime of its own).
+    pub arbiter: actix::ArbiterHandle,
 }
 
 impl SessionLink {
@@ -96,7 +100,7 @@ impl SessionLink {
                     reason: "too far behind: reconnect and sync",
                 });
                 let outbox = Arc::clone(&self.outbox);
-                actix::spawn(async move {
+                self.arbiter.spawn(async move {
                     tokio::time::sleep(crate::outbox::ABORT_AFTER).await;
                     outbox.abort_if_stuck();
                 });
@@ -418,6 +422,7 @@ impl Session {
         SessionLink {
             addr: ctx.address(),
             outbox: Arc::clone(&self.outbox),
+            arbiter: actix::Arbiter::current(),
         }
     }
 
