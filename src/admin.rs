@@ -120,7 +120,7 @@ async fn gather(state: &AdminState) -> Result<Deletion, ApiError> {
 async fn metrics(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     state.check(&req)?;
     let d = gather(&state).await?;
-    let m = &state.dir.metrics;
+    let m = &state.dir.deps().metrics;
     m.expired_backlog.set(d.logical_backlog as i64);
     m.key_purge_age_seconds.set(d.key_purge_age_seconds as i64);
     m.blobs_pending_deletion

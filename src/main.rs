@@ -29,7 +29,7 @@ use actix::{Actor, Arbiter};
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ephemera_actors::directory::{Directory, Limits};
+use ephemera_actors::directory::{Deps, Directory, Limits};
 use ephemera_actors::store::{MediaAccess, Store};
 use ephemera_actors::sweeper::Sweeper;
 use ring::digest;
@@ -186,13 +186,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // measured best on 2 cores: every hop between actors is then a local
     // mailbox, and fewer threads mean fewer cross-thread wake-ups.
     let arbiters: Vec<Arbiter> = (0..cfg.actor_threads).map(|_| Arbiter::new()).collect();
-    let dir = Directory::new(
-        Arc::clone(&store) as Arc<dyn Store>,
-        Arc::new(media.clone()) as Arc<dyn MediaAccess>,
-        metrics.clone(),
+    let deps = Arc::new(Deps {
+        store: Arc::clone(&store) as Arc<dyn Store>,
+        media: Arc::new(media.clone()) as Arc<dyn MediaAccess>,
+        metrics: metrics.clone(),
         limits,
-        arbiters.iter().map(|a| a.handle()).collect(),
-    );
+    });
+    let dir = Directory::new(deps, arbiters.iter().map(|a| a.handle()).collect());
     let logins = api::login_limits::LoginGuard::new(&cfg, Arc::clone(&metrics));
     store.start_writer(
         Arc::clone(&dir) as Arc<dyn ephemera_actors::store::Fanout>,
@@ -364,7 +364,8 @@ async fn supervise_sweeper(dir: Arc<Directory>) {
         tick.tick().await;
         if !sweeper.connected() {
             tracing::error!("the sweeper died; restarting it");
-            dir.metrics
+            dir.deps()
+                .metrics
                 .restarts
                 .get_or_create(&ephemera_actors::metrics::Kind { kind: "sweeper" })
                 .inc();

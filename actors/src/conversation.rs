@@ -14,17 +14,13 @@ use futures_util::future::Either;
 use crate::directory::Directory;
 use crate::frames::{ErrorCode, FrameError, ServerFrame};
 use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
+use crate::send::Post;
 use crate::store::LOOKAHEAD_MS;
 use crate::store::{
-    blocking, commit, now_ms, AckRecord, BurnReason, CommitError, ConvKind, ConversationRecord,
-    Deadline, Event, Guard, MediaRef, Millis, Op, ReceiptState, StoredMessage, Txn, ViewPolicy,
-    EVENT_RETENTION_MS,
+    blocking, commit, now_ms, BurnReason, CommitError, ConvKind, ConversationRecord, Deadline,
+    Event, Guard, Millis, Op, ReceiptState, StoredMessage, Txn, ViewPolicy, EVENT_RETENTION_MS,
 };
 use crate::user::Ephemeral;
-
-/// How long a `client_msg_id` is remembered at least, so a client that
-/// retries after a long outage still gets its first ack.
-const DEDUP_MIN_MS: Millis = 86_400_000;
 
 /// How long a view-once media key and blob outlive the burn: the winning
 /// device's GET URL is valid this long.
@@ -33,35 +29,6 @@ const ONCE_FUSE_MS: Millis = 60_000;
 /// The delivered-receipt memory is cleared past this size (a repeated
 /// receipt after that only costs one more event).
 const RECEIPT_MEMORY: usize = 65_536;
-
-/// A validated `send`. Sent with `do_send`, so a socket's sends reach the
-/// conversation in the order the device sent them; the answer comes back
-/// through `reply`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Post {
-    /// Where the ack (or the refusal) goes.
-    pub reply: crate::session::AckTo,
-    /// The sender.
-    pub from: UserId,
-    /// The sending device (it gets the ack, not the message).
-    pub device: DeviceId,
-    /// The idempotency key.
-    pub client_msg_id: String,
-    /// For a first direct message: the pair, so the conversation can be
-    /// created.
-    pub direct: Option<(UserId, UserId)>,
-    /// Text content.
-    pub body: Option<String>,
-    /// Media content: the id of an uploaded object.
-    pub media_key: Option<Id>,
-    /// Timed or once.
-    pub view_policy: ViewPolicy,
-    /// Lifetime.
-    pub ttl_seconds: u64,
-    /// Burn this long after the first view.
-    pub burn_after_view_seconds: Option<u64>,
-}
 
 /// A device of `by` received message `msg`.
 #[derive(Message)]
@@ -156,44 +123,45 @@ pub struct Arm(pub Vec<Deadline>);
 
 /// One conversation's actor.
 pub struct Conversation {
-    dir: Arc<Directory>,
-    id: ConvId,
+    pub(crate) dir: Arc<Directory>,
+    pub(crate) deps: Arc<crate::directory::Deps>,
+    pub(crate) id: ConvId,
     /// `None` until loaded, or for a direct conversation before its first message.
-    record: Option<ConversationRecord>,
+    pub(crate) record: Option<ConversationRecord>,
     /// Whether `record` is known to be in storage.
-    record_persisted: bool,
+    pub(crate) record_persisted: bool,
     /// Whether loading failed (every request then gets `unavailable`).
-    broken: bool,
-    last_seq: u64,
-    timers: BTreeSet<Deadline>,
+    pub(crate) broken: bool,
+    pub(crate) last_seq: u64,
+    pub(crate) timers: BTreeSet<Deadline>,
     /// Burns committed but not yet answered: a deadline handed over again
     /// meanwhile (the sweeper re-arms overdue ones) is not burned twice.
-    burning: BTreeSet<Deadline>,
-    armed: Option<(Millis, SpawnHandle)>,
-    receipted: HashSet<(u64, UserId)>,
+    pub(crate) burning: BTreeSet<Deadline>,
+    pub(crate) armed: Option<(Millis, SpawnHandle)>,
+    pub(crate) receipted: HashSet<(u64, UserId)>,
     /// Screenshot notices already sent, per (seq, user): one each.
-    screenshotted: HashSet<(u64, UserId)>,
+    pub(crate) screenshotted: HashSet<(u64, UserId)>,
     /// The furthest `read` stored per member since this actor started: a
     /// `read` that does not move it forward writes nothing.
-    read_marks: std::collections::HashMap<UserId, u64>,
-    started_at: std::time::Instant,
-    restarts: u64,
+    pub(crate) read_marks: std::collections::HashMap<UserId, u64>,
+    pub(crate) started_at: std::time::Instant,
+    pub(crate) restarts: u64,
     /// When a request last reached it (for passivation).
-    last_active: std::time::Instant,
+    pub(crate) last_active: std::time::Instant,
     /// Posts submitted and not yet answered by the writer (counted down on
     /// the writer's thread, so a committed post needs no message back).
-    writes_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) writes_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// The actor's span.
-    span: tracing::Span,
+    pub(crate) span: tracing::Span,
     /// Its mailbox depth (messages routed through the directory).
-    depth: crate::Depth,
+    pub(crate) depth: crate::Depth,
     /// Dropped with this actor: a successor waits for that.
-    _alive: crate::Alive,
+    pub(crate) _alive: crate::Alive,
     /// The actor this one replaces, if it may still be running.
-    predecessor: Option<crate::AliveWatch>,
+    pub(crate) predecessor: Option<crate::AliveWatch>,
     /// Replaced by a successor: handles what is left in its mailbox, then
     /// stops.
-    draining: bool,
+    pub(crate) draining: bool,
 }
 
 const UNAVAILABLE: FrameError =
@@ -207,7 +175,7 @@ const NO_MESSAGE: FrameError = FrameError::new(ErrorCode::NotFound, "no such mes
 /// anyone who talks to whom.
 const NOT_MEMBER: FrameError = NOT_FOUND;
 
-fn commit_error(e: CommitError) -> FrameError {
+pub(crate) fn commit_error(e: CommitError) -> FrameError {
     match e {
         CommitError::Gone => NO_MESSAGE,
         CommitError::Overloaded => FrameError::busy(),
@@ -228,6 +196,7 @@ impl Conversation {
         predecessor: Option<crate::AliveWatch>,
     ) -> Self {
         Conversation {
+            deps: Arc::clone(dir.deps()),
             dir,
             id,
             record: None,
@@ -263,7 +232,7 @@ impl Conversation {
         }));
     }
 
-    fn members(&self) -> &[UserId] {
+    pub(crate) fn members(&self) -> &[UserId] {
         self.record
             .as_ref()
             .map(|r| r.members.as_slice())
@@ -271,7 +240,7 @@ impl Conversation {
     }
 
     /// Checks that the conversation exists and `user` is in it.
-    fn check_member(&self, user: UserId) -> Result<(), FrameError> {
+    pub(crate) fn check_member(&self, user: UserId) -> Result<(), FrameError> {
         if self.broken {
             return Err(UNAVAILABLE);
         }
@@ -293,7 +262,7 @@ impl Conversation {
     }
 
     /// Keeps a timer for the earliest deadline.
-    fn rearm(&mut self, ctx: &mut Context<Self>) {
+    pub(crate) fn rearm(&mut self, ctx: &mut Context<Self>) {
         let Some(first) = self.timers.first().copied() else {
             if let Some((_, h)) = self.armed.take() {
                 ctx.cancel_future(h);
@@ -353,8 +322,8 @@ impl Conversation {
             guards: vec![Guard::MessagePresent(d.msg)],
             ops,
         };
-        let store = Arc::clone(&self.dir.store);
-        let metrics = Arc::clone(&self.dir.metrics);
+        let store = Arc::clone(&self.deps.store);
+        let metrics = Arc::clone(&self.deps.metrics);
         ctx.spawn(
             async move {
                 match commit(&*store, txn).await {
@@ -403,7 +372,7 @@ impl Conversation {
         if msg.conv != self.id || msg.seq == 0 || msg.seq > self.last_seq {
             return Err(NO_MESSAGE);
         }
-        let store = Arc::clone(&self.dir.store);
+        let store = Arc::clone(&self.deps.store);
         Ok(async move {
             match blocking(move || store.message(msg)).await {
                 Ok(Some(m)) if m.expires_at > now_ms() => Ok(m),
@@ -450,7 +419,7 @@ impl Conversation {
     /// is the last wait), so a storage hiccup does not break the
     /// conversation for good.
     fn load(&mut self, ctx: &mut Context<Self>, waited: Duration) {
-        let store = Arc::clone(&self.dir.store);
+        let store = Arc::clone(&self.deps.store);
         let id = self.id;
         let until = now_ms() + LOOKAHEAD_MS;
         let load = move || {
@@ -464,7 +433,7 @@ impl Conversation {
         // have writes queued: the writer is first-in first-out, so once an
         // empty transaction comes back they are all in, and `last_seq` and
         // the deadlines read below are complete.
-        let barrier = Arc::clone(&self.dir.store);
+        let barrier = Arc::clone(&self.deps.store);
         let load = async move {
             let _ = commit(&*barrier, Txn::default()).await;
             blocking(load).await
@@ -506,7 +475,7 @@ impl Conversation {
     /// no deadline due soon and no write in flight; its deadlines live on
     /// in the persistent index and wake a new actor when due.
     fn watch_idle(&mut self, ctx: &mut Context<Self>) {
-        let after = self.dir.limits.passivate_after;
+        let after = self.deps.limits.passivate_after;
         ctx.run_interval(
             (after / 2).max(std::time::Duration::from_millis(100)),
             move |act, ctx| {
@@ -576,219 +545,6 @@ impl Handler<crate::Summarize> for Conversation {
     }
 }
 
-impl Handler<Post> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: Post, ctx: &mut Self::Context) {
-        let span = self.span.clone();
-        let _in = span.enter();
-        self.last_active = std::time::Instant::now();
-        match (self.record.is_none() && !self.broken, msg.direct) {
-            (true, Some((a, b))) => {
-                // The first message of a direct conversation creates it, if
-                // the other user exists. The mailbox waits meanwhile, so
-                // later sends keep their order.
-                let peer = if a == msg.from { b } else { a };
-                let store = Arc::clone(&self.dir.store);
-                ctx.wait(
-                    blocking(move || store.user_exists(peer))
-                        .into_actor(self)
-                        .map(move |res, act, ctx| match res {
-                            Ok(true) => {
-                                act.record = Some(ConversationRecord {
-                                    id: act.id,
-                                    kind: ConvKind::Direct,
-                                    members: vec![a, b],
-                                    name: None,
-                                    created_at: now_ms(),
-                                    speakers: Some(vec![msg.from]),
-                                });
-                                act.post(msg, ctx);
-                            }
-                            Ok(false) => {
-                                msg.reply.answer(Err(FrameError::new(
-                                    ErrorCode::NotFound,
-                                    "no such user",
-                                )));
-                            }
-                            Err(_) => {
-                                msg.reply.answer(Err(FrameError::new(
-                                    ErrorCode::Internal,
-                                    "storage failure",
-                                )));
-                            }
-                        }),
-                );
-            }
-            _ => self.post(msg, ctx),
-        }
-    }
-}
-
-impl Conversation {
-    /// Checks membership and resolves the media object, if any, then posts.
-    /// The mailbox waits while the media is looked up, so sends keep order.
-    fn post(&mut self, msg: Post, ctx: &mut Context<Self>) {
-        if let Err(e) = self.check_member(msg.from) {
-            msg.reply.answer(Err(e));
-            return;
-        }
-        let Some(media) = msg.media_key else {
-            return self.post_resolved(msg, None, ctx);
-        };
-        let claim = self.dir.media.claimable(media, msg.from);
-        ctx.wait(claim.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(m) => act.post_resolved(msg, Some(m), ctx),
-            Err(e) => {
-                msg.reply.answer(Err(e));
-            }
-        }));
-    }
-
-    /// Sequences, persists and fans out one message; answers through `reply`.
-    fn post_resolved(&mut self, msg: Post, media: Option<MediaRef>, ctx: &mut Context<Self>) {
-        self.last_seq += 1;
-        let seq = self.last_seq;
-        let sent_at = now_ms();
-        let expires_at = sent_at + msg.ttl_seconds * 1000;
-        let id = MsgId { conv: self.id, seq };
-        let stored = Arc::new(StoredMessage {
-            id,
-            from: msg.from,
-            sent_at,
-            expires_at,
-            view_policy: msg.view_policy,
-            body: msg.body,
-            media: media.clone(),
-            burn_after_view_seconds: msg.burn_after_view_seconds,
-        });
-        let ack = AckRecord {
-            client_msg_id: msg.client_msg_id.clone(),
-            msg_id: id,
-            sent_at,
-            expires_at,
-        };
-        let deadline = Deadline {
-            at: expires_at,
-            msg: id,
-        };
-        let mut ops = Vec::with_capacity(6 + self.members().len());
-        let creating = !self.record_persisted;
-        // The sender's first message makes it a speaker: its presence now
-        // goes to the other members.
-        let mut record_changed = creating;
-        if let Some(speakers) = self.record.as_mut().and_then(|r| r.speakers.as_mut()) {
-            if !speakers.contains(&msg.from) {
-                speakers.push(msg.from);
-                record_changed = true;
-            }
-        }
-        if record_changed {
-            if let Some(r) = &self.record {
-                ops.push(Op::PutConversation(r.clone()));
-            }
-        }
-        ops.push(Op::PutMessage(Arc::clone(&stored)));
-        ops.push(Op::PutSeq { conv: self.id, seq });
-        ops.push(Op::PutDedup {
-            user: msg.from,
-            ack: ack.clone(),
-            until: expires_at.max(sent_at + DEDUP_MIN_MS),
-        });
-        ops.push(Op::PutDeadline(deadline));
-        if let Some(m) = &media {
-            ops.push(Op::BindMedia {
-                media: m.id,
-                msg: id,
-                until: expires_at,
-            });
-        }
-        let event = Event::Message(stored);
-        for m in self.members() {
-            let except_device = (*m == msg.from).then_some(msg.device);
-            ops.push(Op::Notify {
-                user: *m,
-                event: event.clone(),
-                except_device,
-            });
-        }
-        // The dedup guard comes first: a retried send gets its first ack
-        // even though its media object is now bound.
-        let mut guards = vec![Guard::DedupAbsent {
-            user: msg.from,
-            client_msg_id: msg.client_msg_id,
-        }];
-        if let Some(m) = &media {
-            guards.push(Guard::MediaUnbound(m.id));
-        }
-        let txn = Txn { guards, ops };
-        let in_flight = Arc::clone(&self.writes_in_flight);
-        in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        self.timers.insert(deadline);
-        self.rearm(ctx);
-        let reply = msg.reply;
-        let me = ctx.address();
-        // The answer goes from the writer's thread straight to the socket,
-        // and does not depend on this actor living on: a restart while the
-        // write is in flight must not turn a durable message into an
-        // `unavailable`. Only the bookkeeping comes back to the actor.
-        let metrics = Arc::clone(&self.dir.metrics);
-        let done = move |res: Result<(), CommitError>| {
-            let committed = res.is_ok();
-            if committed {
-                // Counted before the ack leaves, so whoever sees the ack
-                // sees the count.
-                metrics.messages_sent.inc();
-            }
-            let answer = match res {
-                Ok(()) => Ok(ack),
-                // A retry of an earlier message: the first ack, nothing new stored.
-                Err(CommitError::Duplicate(first)) => Ok(first),
-                Err(CommitError::Gone) if media.is_some() => Err(FrameError::new(
-                    ErrorCode::Invalid,
-                    "media_key is already used by another message",
-                )),
-                Err(e) => Err(commit_error(e)),
-            };
-            // The actor hears back only when there is bookkeeping to do: a
-            // conversation just created, or a timer for nothing stored.
-            if creating || !committed {
-                me.do_send(Posted {
-                    deadline,
-                    committed,
-                    created: creating && committed,
-                });
-            }
-            in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-            reply.answer(answer);
-        };
-        self.dir.store.submit_then(txn, Box::new(done));
-    }
-}
-
-/// The outcome of a post's write, for the actor's bookkeeping.
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Posted {
-    deadline: Deadline,
-    committed: bool,
-    created: bool,
-}
-
-impl Handler<Posted> for Conversation {
-    type Result = ();
-
-    fn handle(&mut self, msg: Posted, _: &mut Self::Context) {
-        if msg.created {
-            self.record_persisted = true;
-        }
-        if !msg.committed {
-            // Nothing new was stored: no timer for it.
-            self.timers.remove(&msg.deadline);
-        }
-    }
-}
-
 impl Handler<Delivered> for Conversation {
     type Result = ResponseActFuture<Self, Result<(), FrameError>>;
 
@@ -799,7 +555,7 @@ impl Handler<Delivered> for Conversation {
             Err(e) => return Box::pin(fut::ready(Err(e))),
         };
         Box::pin(read.into_actor(self).then(move |res, act, _| {
-            let store = Arc::clone(&act.dir.store);
+            let store = Arc::clone(&act.deps.store);
             let mut txn = Txn::default();
             match res {
                 Ok(m) if m.from != msg.by && act.receipted.insert((msg.msg.seq, msg.by)) => {
@@ -881,7 +637,7 @@ impl Handler<Read> for Conversation {
                 except_device: None,
             });
         }
-        let store = Arc::clone(&self.dir.store);
+        let store = Arc::clone(&self.deps.store);
         Box::pin(async move {
             commit(
                 &*store,
@@ -912,7 +668,7 @@ impl Handler<Screenshot> for Conversation {
         if self.screenshotted.len() > RECEIPT_MEMORY {
             self.screenshotted.clear();
         }
-        let store = Arc::clone(&self.dir.store);
+        let store = Arc::clone(&self.deps.store);
         Box::pin(
             async move {
                 let m = read.await?;
@@ -991,8 +747,8 @@ impl Handler<Unsend> for Conversation {
                 guards: vec![Guard::MessagePresent(m.id)],
                 ops,
             };
-            let store = Arc::clone(&act.dir.store);
-            let media = Arc::clone(&act.dir.media);
+            let store = Arc::clone(&act.deps.store);
+            let media = Arc::clone(&act.deps.media);
             let unsent_media = m.media.clone();
             Either::Right(
                 async move {
@@ -1041,7 +797,7 @@ impl Conversation {
         if msg.msg.conv != self.id || msg.msg.seq == 0 || msg.msg.seq > self.last_seq {
             return Box::pin(fut::ready(Err(NO_MESSAGE)));
         }
-        let store = Arc::clone(&self.dir.store);
+        let store = Arc::clone(&self.deps.store);
         let id = msg.msg;
         let read = blocking(move || Ok((store.message(id)?, store.viewers(id)?)));
         Box::pin(read.into_actor(self).then(move |res, act, ctx| {
@@ -1085,8 +841,8 @@ impl Conversation {
                         (false, true) => Some((md, granted.expires_at.saturating_sub(now))),
                         _ => None,
                     });
-            let store = Arc::clone(&act.dir.store);
-            let media = Arc::clone(&act.dir.media);
+            let store = Arc::clone(&act.deps.store);
+            let media = Arc::clone(&act.deps.media);
             Either::Right(
                 async move {
                     match commit(&*store, txn).await {
@@ -1259,7 +1015,7 @@ impl Handler<Leave> for Conversation {
         // In effect at once for the frames that follow (the writer applies
         // transactions in order); undone if the write fails.
         let before = self.record.replace(rec);
-        let store = Arc::clone(&self.dir.store);
+        let store = Arc::clone(&self.deps.store);
         Box::pin(
             async move { commit(&*store, txn).await.map_err(commit_error) }
                 .into_actor(self)

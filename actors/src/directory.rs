@@ -178,8 +178,10 @@ pub struct UserHandle {
     pub alive: crate::AliveWatch,
 }
 
-/// Live actors by id, and the dependencies they are built with.
-pub struct Directory {
+/// What every actor is built with: one struct, handed to each actor when
+/// it starts (an actor keeps its own `Arc<Deps>` beside the directory,
+/// which it uses only to find other actors).
+pub struct Deps {
     /// Storage.
     pub store: Arc<dyn Store>,
     /// Media keys and object storage.
@@ -188,6 +190,11 @@ pub struct Directory {
     pub metrics: Arc<Metrics>,
     /// Limits.
     pub limits: Limits,
+}
+
+/// Live actors by id, and the dependencies they are built with.
+pub struct Directory {
+    deps: Arc<Deps>,
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
     users: RwLock<HashMap<UserId, UserEntry>>,
@@ -195,23 +202,14 @@ pub struct Directory {
 }
 
 impl Directory {
-    /// A directory whose actors run on `arbiters`.
-    pub fn new(
-        store: Arc<dyn Store>,
-        media: Arc<dyn MediaAccess>,
-        metrics: Arc<Metrics>,
-        limits: Limits,
-        arbiters: Vec<ArbiterHandle>,
-    ) -> Arc<Self> {
+    /// A directory whose actors run on `arbiters`, built with `deps`.
+    pub fn new(deps: Arc<Deps>, arbiters: Vec<ArbiterHandle>) -> Arc<Self> {
         assert!(
             !arbiters.is_empty(),
             "the directory needs at least one arbiter"
         );
         Arc::new(Directory {
-            store,
-            media,
-            metrics,
-            limits,
+            deps,
             arbiters,
             next_arbiter: AtomicUsize::new(0),
             users: RwLock::new(HashMap::new()),
@@ -219,18 +217,23 @@ impl Directory {
         })
     }
 
+    /// The dependencies the actors are built with.
+    pub fn deps(&self) -> &Arc<Deps> {
+        &self.deps
+    }
+
     /// A slot for one more send in flight, or `None` when the server is at
     /// its limit: the caller refuses the send (shedding load keeps the
     /// latency of accepted sends and the server's memory bounded).
     pub fn admit_send(&self) -> Option<SendPermit> {
-        let gauge = &self.metrics.sends_in_flight;
-        if gauge.inc() as usize >= self.limits.max_sends_in_flight {
+        let gauge = &self.deps.metrics.sends_in_flight;
+        if gauge.inc() as usize >= self.deps.limits.max_sends_in_flight {
             gauge.dec();
-            self.metrics.sends_shed.inc();
+            self.deps.metrics.sends_shed.inc();
             return None;
         }
         Some(SendPermit {
-            metrics: Arc::clone(&self.metrics),
+            metrics: Arc::clone(&self.deps.metrics),
         })
     }
 
@@ -262,7 +265,8 @@ impl Directory {
                 };
             }
             tracing::warn!(user = %user, streak, "user actor died; restarting it");
-            self.metrics
+            self.deps
+                .metrics
                 .restarts
                 .get_or_create(&Kind { kind: "user" })
                 .inc();
@@ -273,7 +277,8 @@ impl Directory {
         let entry = users.entry(user).or_insert_with(|| {
             let dir = Arc::clone(self);
             let depth = Depth::new(
-                self.metrics
+                self.deps
+                    .metrics
                     .mailbox_depth
                     .get_or_create(&Kind { kind: "user" })
                     .clone(),
@@ -291,12 +296,12 @@ impl Directory {
                 alive,
                 depth,
                 send_bucket: Arc::new(Mutex::new(TokenBucket::new(
-                    self.limits.send_rate_per_second,
-                    self.limits.send_burst,
+                    self.deps.limits.send_rate_per_second,
+                    self.deps.limits.send_burst,
                 ))),
                 event_bucket: Arc::new(Mutex::new(TokenBucket::new(
-                    self.limits.event_rate_per_second,
-                    self.limits.event_burst,
+                    self.deps.limits.event_rate_per_second,
+                    self.deps.limits.event_burst,
                 ))),
                 attaching: 0,
                 started: std::time::Instant::now(),
@@ -373,7 +378,7 @@ impl Directory {
                 return Some(e.handle());
             }
         }
-        match self.store.is_member(user, id) {
+        match self.deps.store.is_member(user, id) {
             Ok(true) => Some(self.conversation(id)),
             Ok(false) => None,
             // Let the actor answer (it loads, with backoff, and says
@@ -402,11 +407,19 @@ impl Directory {
                     return e.handle();
                 }
                 tracing::warn!(conversation = %id, streak, "conversation actor died; restarting it");
-                self.metrics.restarts.get_or_create(&CONVERSATION).inc();
+                self.deps
+                    .metrics
+                    .restarts
+                    .get_or_create(&CONVERSATION)
+                    .inc();
                 (e.restarts + 1, streak)
             }
             None => {
-                self.metrics.live_actors.get_or_create(&CONVERSATION).inc();
+                self.deps
+                    .metrics
+                    .live_actors
+                    .get_or_create(&CONVERSATION)
+                    .inc();
                 (0, 0)
             }
         };
@@ -426,7 +439,8 @@ impl Directory {
     ) {
         let dir = Arc::clone(self);
         let depth = Depth::new(
-            self.metrics
+            self.deps
+                .metrics
                 .mailbox_depth
                 .get_or_create(&CONVERSATION)
                 .clone(),
@@ -460,7 +474,11 @@ impl Directory {
             Some(e) if e.addr == *old => (e.restarts + 1, e.alive.clone()),
             _ => return,
         };
-        self.metrics.restarts.get_or_create(&CONVERSATION).inc();
+        self.deps
+            .metrics
+            .restarts
+            .get_or_create(&CONVERSATION)
+            .inc();
         self.start_conversation(&mut convs, id, restarts, Some(predecessor));
     }
 
@@ -477,7 +495,11 @@ impl Directory {
                     let keep = convs.len() * 2;
                     convs.shrink_to(keep);
                 }
-                self.metrics.live_actors.get_or_create(&CONVERSATION).dec();
+                self.deps
+                    .metrics
+                    .live_actors
+                    .get_or_create(&CONVERSATION)
+                    .dec();
                 true
             }
             _ => false,
@@ -609,16 +631,19 @@ impl Directory {
 }
 
 impl Fanout for Directory {
-    fn deliver(&self, user: UserId, events: Vec<Delivery>) {
-        let sessions = self
-            .users
+    fn deliver(&self, batch: Vec<(UserId, Vec<Delivery>)>) {
+        crate::send::deliver(self, batch);
+    }
+}
+
+impl Directory {
+    /// The sessions of a user whose actor is live, for the fanout.
+    pub(crate) fn sessions_of(&self, user: UserId) -> Option<crate::user::Sessions> {
+        self.users
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&user)
-            .map(|e| Arc::clone(&e.sessions));
-        if let Some(sessions) = sessions {
-            crate::user::deliver(self, &sessions, events);
-        }
+            .map(|e| Arc::clone(&e.sessions))
     }
 }
 

@@ -11,6 +11,7 @@
 //! - [`ratelimit`]: token buckets.
 //! - [`directory`]: live actors by id, lazy activation, the fanout.
 //! - [`outbox`]: the bound on what waits for one socket.
+//! - [`send`]: one `send` from the frame to the ack and the fanout.
 //! - [`session`]: one actor per WebSocket.
 //! - [`user`]: one actor per online user; multi-device fanout, presence.
 //! - [`conversation`]: sequencer, persistence, receipts, TTL timers.
@@ -23,6 +24,7 @@ pub mod ids;
 pub mod metrics;
 pub mod outbox;
 pub mod ratelimit;
+pub mod send;
 pub mod session;
 pub mod store;
 pub mod sweeper;

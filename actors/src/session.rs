@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web_actors::ws;
 
-use crate::conversation::{self, Delivered, Post, Read, Screenshot, Typing, Unsend, View, Viewed};
+use crate::conversation::{self, Delivered, Read, Screenshot, Typing, Unsend, View, Viewed};
 use crate::directory::Directory;
 use crate::frames::{
-    self, burned, error, parse_msg_id, render_record, salvage_ref, ClientFrame, ErrorCode,
-    FrameError, MediaView, MessageView, SendFrame, ServerFrame,
+    burned, error, parse_msg_id, render_record, salvage_ref, ClientFrame, ErrorCode, FrameError,
+    MediaView, MessageView, ServerFrame,
 };
 use crate::ids::{DeviceId, Id, MsgId, UserId};
 use crate::metrics::Kind;
@@ -80,7 +80,7 @@ impl SessionLink {
     }
 
     /// Queues an answer to one of the socket's requests, likewise.
-    fn reply(&self, text: String) {
+    pub(crate) fn reply(&self, text: String) {
         if self.admit(text.len()) {
             self.addr.do_send(Reply(text));
         }
@@ -110,60 +110,6 @@ impl SessionLink {
     }
 }
 
-/// Where the answer to one `send` goes: straight to the sending socket,
-/// rendered by whoever has the outcome (the writer's thread, once the
-/// message is durable), with no task or channel in between. It holds the
-/// send's admission slot until then. Dropped unanswered (the conversation
-/// went down with the send in its mailbox), it answers `unavailable`.
-pub struct AckTo {
-    link: SessionLink,
-    client_msg_id: String,
-    received: Instant,
-    metrics: Arc<crate::metrics::Metrics>,
-    permit: Option<crate::directory::SendPermit>,
-}
-
-impl AckTo {
-    /// Sends the ack, or the error, to the socket.
-    pub fn answer(mut self, outcome: Result<crate::store::AckRecord, FrameError>) {
-        self.send(outcome);
-    }
-
-    fn send(&mut self, outcome: Result<crate::store::AckRecord, FrameError>) {
-        if self.permit.take().is_none() {
-            return; // answered already
-        }
-        let text = match outcome {
-            Ok(ack) => {
-                self.metrics
-                    .ack_latency
-                    .observe(self.received.elapsed().as_secs_f64());
-                ServerFrame::Ack {
-                    client_msg_id: &ack.client_msg_id,
-                    msg_id: ack.msg_id,
-                    conversation_id: ack.msg_id.conv,
-                    seq: ack.msg_id.seq,
-                    state: "sent",
-                    sent_at: ack.sent_at,
-                    expires_at: ack.expires_at,
-                }
-                .to_text()
-            }
-            Err(e) => error(&e, Some(&self.client_msg_id)),
-        };
-        self.link.reply(text);
-    }
-}
-
-impl Drop for AckTo {
-    fn drop(&mut self) {
-        self.send(Err(FrameError::new(
-            ErrorCode::Unavailable,
-            "conversation restarting, retry",
-        )));
-    }
-}
-
 /// Close the socket with a code (4401 when the token was revoked).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -176,11 +122,12 @@ pub struct CloseSocket {
 
 /// One WebSocket of one device.
 pub struct Session {
-    dir: Arc<Directory>,
-    user: UserId,
-    device: DeviceId,
+    pub(crate) dir: Arc<Directory>,
+    pub(crate) deps: Arc<crate::directory::Deps>,
+    pub(crate) user: UserId,
+    pub(crate) device: DeviceId,
     serial: u64,
-    send_bucket: Option<Arc<Mutex<TokenBucket>>>,
+    pub(crate) send_bucket: Option<Arc<Mutex<TokenBucket>>>,
     /// The user's bucket for other frames that store an event.
     event_bucket: Option<Arc<Mutex<TokenBucket>>>,
     /// The user actor this socket is attached to.
@@ -218,14 +165,17 @@ impl Session {
     /// A session for an authenticated device; `abort` cuts its connection
     /// if it stops reading (see [`Outbox`]).
     pub fn new(dir: Arc<Directory>, user: UserId, device: DeviceId, abort: Option<Abort>) -> Self {
-        let frame_bucket =
-            TokenBucket::new(dir.limits.frame_rate_per_second, dir.limits.frame_burst);
+        let frame_bucket = TokenBucket::new(
+            dir.deps().limits.frame_rate_per_second,
+            dir.deps().limits.frame_burst,
+        );
         let outbox = Arc::new(Outbox::new(
-            dir.limits.max_outbound_bytes,
-            dir.limits.max_outbound_frames,
+            dir.deps().limits.max_outbound_bytes,
+            dir.deps().limits.max_outbound_frames,
             abort,
         ));
         Session {
+            deps: Arc::clone(dir.deps()),
             dir,
             user,
             device,
@@ -259,7 +209,7 @@ impl Session {
         self
     }
 
-    fn reply_error(
+    pub(crate) fn reply_error(
         ctx: &mut ws::WebsocketContext<Self>,
         err: &FrameError,
         reference: Option<&str>,
@@ -374,7 +324,7 @@ impl Session {
     /// The actor of a conversation this user names in a frame; a
     /// conversation that does not exist or is someone else's starts none
     /// and gets the same answer either way.
-    fn conversation(&self, id: Id) -> Result<crate::directory::ConvHandle, FrameError> {
+    pub(crate) fn conversation(&self, id: Id) -> Result<crate::directory::ConvHandle, FrameError> {
         self.dir
             .member_conversation(self.user, id)
             .ok_or(conversation::NOT_FOUND)
@@ -418,7 +368,7 @@ impl Session {
     }
 
     /// This session as the user actor and answers reach it.
-    fn link(&self, ctx: &ws::WebsocketContext<Self>) -> SessionLink {
+    pub(crate) fn link(&self, ctx: &ws::WebsocketContext<Self>) -> SessionLink {
         SessionLink {
             addr: ctx.address(),
             outbox: Arc::clone(&self.outbox),
@@ -428,127 +378,11 @@ impl Session {
 
     /// Takes a token from a per-user bucket (none yet: not attached, let
     /// it pass).
-    fn take(bucket: &Option<Arc<Mutex<TokenBucket>>>) -> Result<(), u64> {
+    pub(crate) fn take(bucket: &Option<Arc<Mutex<TokenBucket>>>) -> Result<(), u64> {
         match bucket {
             Some(b) => b.lock().unwrap_or_else(|p| p.into_inner()).take(),
             None => Ok(()),
         }
-    }
-
-    fn check_send(
-        &mut self,
-        f: &SendFrame,
-    ) -> Result<(ViewPolicy, Option<u64>, Option<Id>), FrameError> {
-        let limits = &self.dir.limits;
-        let invalid = |m| Err(FrameError::new(ErrorCode::Invalid, m));
-        if f.client_msg_id.is_empty() || f.client_msg_id.chars().count() > 128 {
-            return invalid("client_msg_id must be 1 to 128 characters");
-        }
-        let policy = match f.view_policy.as_str() {
-            "timed" => ViewPolicy::Timed,
-            "once" => ViewPolicy::Once,
-            _ => return invalid("view_policy must be \"once\" or \"timed\""),
-        };
-        if f.ttl_seconds < limits.min_ttl_seconds as i64
-            || f.ttl_seconds > limits.max_ttl_seconds as i64
-        {
-            return invalid("ttl_seconds is out of range");
-        }
-        let burn_after = match f.burn_after_view_seconds {
-            None => None,
-            Some(s) if s >= 1 && s <= limits.max_ttl_seconds as i64 => Some(s as u64),
-            Some(_) => return invalid("burn_after_view_seconds is out of range"),
-        };
-        if f.to.is_some() == f.conversation_id.is_some() {
-            return invalid("exactly one of to and conversation_id is required");
-        }
-        if f.body.is_some() == f.media_key.is_some() {
-            return invalid("exactly one of body and media_key is required");
-        }
-        if let Some(body) = &f.body {
-            if body.len() > limits.max_body_bytes {
-                return Err(FrameError::new(
-                    ErrorCode::TooLarge,
-                    "body is over the size limit",
-                ));
-            }
-        }
-        let media_key = match &f.media_key {
-            None => None,
-            Some(k) => Some(
-                Id::parse(k).ok_or(FrameError::new(ErrorCode::NotFound, "no such media_key"))?,
-            ),
-        };
-        if let Err(wait) = Self::take(&self.send_bucket) {
-            return Err(FrameError {
-                retry_after_ms: Some(wait),
-                ..FrameError::new(ErrorCode::RateLimited, "sending too fast")
-            });
-        }
-        Ok((policy, burn_after, media_key))
-    }
-
-    fn on_send(&mut self, f: SendFrame, ctx: &mut ws::WebsocketContext<Self>) {
-        let received = Instant::now();
-        let (view_policy, burn_after_view_seconds, media_key) = match self.check_send(&f) {
-            Ok(v) => v,
-            Err(e) => return Self::reply_error(ctx, &e, Some(&f.client_msg_id)),
-        };
-        let me = self.user;
-        let client_msg_id = f.client_msg_id.clone();
-        let (conv, direct) = match (f.to, f.conversation_id) {
-            (Some(to), _) => match frames::parse_id(&to) {
-                Ok(peer) if peer == me => {
-                    let e = FrameError::new(
-                        ErrorCode::Invalid,
-                        "cannot send a direct message to oneself",
-                    );
-                    return Self::reply_error(ctx, &e, Some(&client_msg_id));
-                }
-                Ok(peer) => (Id::direct(me, peer), Some((me, peer))),
-                Err(_) => {
-                    let e = FrameError::new(ErrorCode::NotFound, "no such user");
-                    return Self::reply_error(ctx, &e, Some(&client_msg_id));
-                }
-            },
-            (None, Some(c)) => match conversation::conversation_id(&c) {
-                Ok(id) => (id, None),
-                Err(e) => return Self::reply_error(ctx, &e, Some(&client_msg_id)),
-            },
-            (None, None) => unreachable!("check_send requires one of to and conversation_id"),
-        };
-        let Some(permit) = self.dir.admit_send() else {
-            return Self::reply_error(ctx, &FrameError::busy(), Some(&client_msg_id));
-        };
-        // A direct conversation is created by its first message (the
-        // actor checks that the peer exists); any other must be ours.
-        let addr = match direct {
-            Some(_) => self.dir.conversation(conv),
-            None => match self.conversation(conv) {
-                Ok(addr) => addr,
-                Err(e) => return Self::reply_error(ctx, &e, Some(&client_msg_id)),
-            },
-        };
-        let reply = AckTo {
-            link: self.link(ctx),
-            client_msg_id,
-            received,
-            metrics: Arc::clone(&self.dir.metrics),
-            permit: Some(permit),
-        };
-        // do_send: this socket's sends reach the conversation in order.
-        addr.do_send(Post {
-            reply,
-            from: me,
-            device: self.device,
-            client_msg_id: f.client_msg_id,
-            direct,
-            body: f.body,
-            media_key,
-            view_policy,
-            ttl_seconds: f.ttl_seconds as u64,
-            burn_after_view_seconds,
-        });
     }
 
     fn on_view(&mut self, msg_id: String, ctx: &mut ws::WebsocketContext<Self>) {
@@ -560,7 +394,7 @@ impl Session {
             Ok(addr) => addr.send(View { msg, by: self.user }),
             Err(e) => return Self::reply_error(ctx, &e, Some(&msg_id)),
         };
-        let media = Arc::clone(&self.dir.media);
+        let media = Arc::clone(&self.deps.media);
         self.reply_later(ctx, async move {
             let res = req.await;
             let burned = ServerFrame::ViewResult {
@@ -639,8 +473,8 @@ impl Session {
         let Some(r) = self.replaying.as_mut() else {
             return;
         };
-        let store = Arc::clone(&self.dir.store);
-        let media = Arc::clone(&self.dir.media);
+        let store = Arc::clone(&self.deps.store);
+        let media = Arc::clone(&self.deps.media);
         let user = self.user;
         let from = r.next;
         let mut burned_once = std::mem::take(&mut r.burned_once);
@@ -759,7 +593,7 @@ impl Session {
         let Some(buf) = self.fragments.as_mut() else {
             return;
         };
-        if buf.len() + bytes.len() > self.dir.limits.max_frame_bytes {
+        if buf.len() + bytes.len() > self.deps.limits.max_frame_bytes {
             self.fragments = None;
             ctx.close(Some(ws::CloseReason {
                 code: ws::CloseCode::Size,
@@ -782,7 +616,7 @@ impl Session {
     }
 
     fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
-        let timeout = self.dir.limits.heartbeat_timeout;
+        let timeout = self.deps.limits.heartbeat_timeout;
         ctx.run_interval(PING_EVERY.min(timeout), move |act, ctx| {
             if act.last_heard.elapsed() > timeout {
                 tracing::debug!("socket silent past the heartbeat timeout; closing");
@@ -880,8 +714,8 @@ impl Actor for Session {
             });
         }
         self.attach(ctx, false);
-        self.dir.metrics.connections.inc();
-        self.dir
+        self.deps.metrics.connections.inc();
+        self.deps
             .metrics
             .live_actors
             .get_or_create(&Kind { kind: "session" })
@@ -891,8 +725,8 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.outbox.finish();
-        self.dir.metrics.connections.dec();
-        self.dir
+        self.deps.metrics.connections.dec();
+        self.deps
             .metrics
             .live_actors
             .get_or_create(&Kind { kind: "session" })

@@ -455,8 +455,9 @@ pub struct Delivery {
 
 /// Where the writer hands committed events, in cursor order per user.
 pub trait Fanout: Send + Sync + 'static {
-    /// Delivers events of one user, in cursor order.
-    fn deliver(&self, user: UserId, events: Vec<Delivery>);
+    /// Delivers one committed batch: per user, their events in cursor
+    /// order (an event shared by several users is one `Arc`).
+    fn deliver(&self, batch: Vec<(UserId, Vec<Delivery>)>);
 }
 
 /// What runs with a submitted transaction's outcome.

@@ -34,6 +34,7 @@ const OVERDUE_AFTER_MS: u64 = 1_000;
 /// The deadline scanner.
 pub struct Sweeper {
     dir: Arc<Directory>,
+    deps: Arc<crate::directory::Deps>,
     /// The last deadline handed out; the next scan starts after it.
     watermark: Option<Deadline>,
     scanning: bool,
@@ -43,6 +44,7 @@ impl Sweeper {
     /// A sweeper that starts from the beginning of the index.
     pub fn new(dir: Arc<Directory>) -> Self {
         Sweeper {
+            deps: Arc::clone(dir.deps()),
             dir,
             watermark: None,
             scanning: false,
@@ -54,7 +56,7 @@ impl Sweeper {
             return;
         }
         self.scanning = true;
-        let store = Arc::clone(&self.dir.store);
+        let store = Arc::clone(&self.deps.store);
         let after = self.watermark;
         let now = now_ms();
         let until = now + LOOKAHEAD_MS;

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use crate::directory::Directory;
-use crate::frames::{render_event, ServerFrame};
+use crate::frames::ServerFrame;
 use crate::ids::{DeviceId, UserId};
 use crate::metrics::Kind;
 use crate::session::{CloseSocket, SessionLink};
-use crate::store::{blocking, now_ms, Delivery, Event, ReadError, Store, ViewPolicy};
+use crate::store::{blocking, now_ms, ReadError, Store};
 
 /// A session of this user starts; it gets the user's live events from now.
 #[derive(Message)]
@@ -84,6 +84,7 @@ pub struct Restart;
 /// One user's actor.
 pub struct User {
     dir: Arc<Directory>,
+    deps: Arc<crate::directory::Deps>,
     id: UserId,
     /// Its sessions, shared with the directory: committed events go from
     /// the storage writer straight to them ([`deliver`]).
@@ -106,11 +107,11 @@ pub type Sessions = Arc<std::sync::Mutex<Vec<Attached>>>;
 /// A session attached to a user actor.
 pub struct Attached {
     /// The session's serial number on this node.
-    serial: u64,
-    device: DeviceId,
-    link: SessionLink,
+    pub(crate) serial: u64,
+    pub(crate) device: DeviceId,
+    pub(crate) link: SessionLink,
     /// Closes when the session is gone.
-    alive: crate::AliveWatch,
+    pub(crate) alive: crate::AliveWatch,
 }
 
 impl User {
@@ -123,6 +124,7 @@ impl User {
         alive: crate::Alive,
     ) -> Self {
         User {
+            deps: Arc::clone(dir.deps()),
             dir,
             id,
             sessions,
@@ -192,7 +194,7 @@ impl Actor for User {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.started_at = std::time::Instant::now();
         // `stopped` runs before every supervised restart too: they pair up.
-        self.dir.metrics.live_actors.get_or_create(&KIND).inc();
+        self.deps.metrics.live_actors.get_or_create(&KIND).inc();
         tracing::debug!(user = %self.id, "user actor started");
         // (Again after a supervised restart, which cancels the watches.)
         let watches: Vec<_> = self
@@ -206,7 +208,7 @@ impl Actor for User {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
-        self.dir.metrics.live_actors.get_or_create(&KIND).dec();
+        self.deps.metrics.live_actors.get_or_create(&KIND).dec();
     }
 }
 
@@ -217,7 +219,7 @@ impl actix::Supervised for User {
         // The sessions are live sockets, not state: they stay attached and
         // keep receiving; everything else is rebuilt.
         self.restarts += 1;
-        self.dir.metrics.restarts.get_or_create(&KIND).inc();
+        self.deps.metrics.restarts.get_or_create(&KIND).inc();
         tracing::info!(user = %self.id, "user actor restarting");
     }
 }
@@ -288,7 +290,7 @@ impl Handler<Attach> for User {
             link: msg.link,
             alive: msg.alive,
         });
-        let store = Arc::clone(&self.dir.store);
+        let store = Arc::clone(&self.deps.store);
         let id = self.id;
         let fut = blocking(move || contacts(&*store, id));
         ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
@@ -350,7 +352,7 @@ impl User {
             return;
         }
         // The last device left: tell the contacts, then stop.
-        let store = Arc::clone(&self.dir.store);
+        let store = Arc::clone(&self.deps.store);
         let id = self.id;
         let last_seen = now_ms();
         let fut = blocking(move || contacts(&*store, id));
@@ -372,52 +374,21 @@ impl User {
     }
 }
 
-/// Pushes committed events, in cursor order, to every session of a user
-/// (but the device an event excludes): rendered once per user and shared
-/// by its devices. Runs on the storage writer's thread, with no hop
-/// through the user actor. Logical expiry holds on this path too: a
-/// message is never pushed after its time.
-pub fn deliver(dir: &Directory, sessions: &Sessions, events: Vec<Delivery>) {
-    let sessions = sessions.lock().unwrap_or_else(|p| p.into_inner());
-    if sessions.is_empty() {
-        return;
-    }
-    let now = now_ms();
-    for d in events {
-        if let Event::Message(m) = &d.event {
-            if m.expires_at <= now {
-                continue;
-            }
-        }
-        let grant = match &d.event {
-            Event::Message(m) if m.view_policy == ViewPolicy::Timed => m
-                .media
-                .as_ref()
-                .and_then(|md| dir.media.grant(md, false, m.expires_at)),
-            _ => None,
-        };
-        let text: Arc<str> = render_event(d.cursor, &d.event, grant.as_ref()).into();
-        if let Event::Message(m) = &d.event {
-            dir.metrics
-                .delivery_latency
-                .observe(now.saturating_sub(m.sent_at) as f64 / 1000.0);
-            let n = sessions
-                .iter()
-                .filter(|a| Some(a.device) != d.except_device)
-                .count();
-            dir.metrics.messages_delivered.inc_by(n as u64);
-        }
-        push(&sessions, Some(d.cursor), text, d.except_device);
-    }
-}
-
 /// One frame to every session but `except`'s.
-fn push(sessions: &[Attached], cursor: Option<u64>, text: Arc<str>, except: Option<DeviceId>) {
+pub(crate) fn push(
+    sessions: &[Attached],
+    cursor: Option<u64>,
+    text: Arc<str>,
+    except: Option<DeviceId>,
+) -> usize {
+    let mut pushed = 0;
     for Attached { device, link, .. } in sessions {
         if Some(*device) != except {
             link.push(cursor, Arc::clone(&text));
+            pushed += 1;
         }
     }
+    pushed
 }
 
 impl Handler<Ephemeral> for User {

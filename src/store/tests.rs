@@ -55,9 +55,11 @@ pub(super) fn byte_mutations(
 struct Recorder(Mutex<Vec<(UserId, u64)>>);
 
 impl Fanout for Recorder {
-    fn deliver(&self, user: UserId, events: Vec<Delivery>) {
+    fn deliver(&self, batch: Vec<(UserId, Vec<Delivery>)>) {
         let mut v = self.0.lock().unwrap();
-        v.extend(events.into_iter().map(|d| (user, d.cursor)));
+        for (user, events) in batch {
+            v.extend(events.into_iter().map(|d| (user, d.cursor)));
+        }
     }
 }
 

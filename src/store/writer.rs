@@ -496,8 +496,6 @@ impl Writer {
         for (u, d) in deliveries {
             by_user.entry(u).or_default().push(d);
         }
-        for (u, list) in by_user {
-            self.fanout.deliver(u, list);
-        }
+        self.fanout.deliver(by_user.into_iter().collect());
     }
 }
