@@ -35,7 +35,9 @@ ADMIN_LISTEN="${ADMIN_LISTEN:-127.0.0.1:9180}"
 RELAY_LISTEN="${RELAY_LISTEN:-127.0.0.1:8181}"
 
 if [ -z "${SKIP_BUILD:-}" ]; then
-  cargo build --release -p ephemera -p ephemera-load
+  # The test command's build (scripts/test.sh): the same features, so the
+  # same artifacts serve both and nothing is compiled twice.
+  cargo build --release --workspace --all-targets --features ephemera/faults
 fi
 bin="$CARGO_TARGET_DIR/release"
 mkdir -p "$OUT"
