@@ -104,7 +104,7 @@ for rate in $RATES; do
     --send-rate-per-second 1000000 --send-burst 1000000 \
     --frame-rate-per-second 1000000 --frame-burst 1000000 \
     --login-address-rate-per-second 1000000 --login-address-burst 1000000 \
-    --max-sockets-per-address 1000000 >"$work/server" 2>"$work/server.err" &
+    --max-sockets-per-address 1000000 --kdf-queue 1000000 >"$work/server" 2>"$work/server.err" &
   pid=$!
   wait_ready "$work/server" EPHEMERA_READY
   load ephemera "$rate" "http://$SERVER_LISTEN"
