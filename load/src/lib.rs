@@ -24,7 +24,7 @@
 //! * [`idle`]: the idle-connections run.
 //! * [`resources`]: CPU and RSS of a process from `/proc`.
 //! * [`report`]: the report, its per-second series and the summary table.
-//! * [`chart`]: the SVG chart of throughput and latency, drawn by hand.
+//! * [`chart`]: the SVG chart of throughput and latency (plotters).
 //! * [`compare`]: the server against the bare relay, a markdown table of
 //!   paired reports (`scripts/bench.sh`).
 //!
