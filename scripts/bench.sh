@@ -19,6 +19,15 @@
 #   DURABILITY=wal|fsync      the server's --durability (default: its own)
 #   TTL=3600                  ttl_seconds of every message; 10-30 makes every
 #                             message expire during the run (burns measured)
+#   GROUP=N                   group mode (ephemera-load --group-size N, N at
+#                             most 256): the users split into groups of N,
+#                             each created by its first member, every send to
+#                             the sender's group; the relay makes groups too,
+#                             so both runs stay paired. Each message makes
+#                             N-1 frames: pick RATES in the hundreds (256
+#                             users, GROUP=256, RATES="100 200": 25,500 and
+#                             51,000 frames/s). summary.md adds a table per
+#                             delivered frame.
 #   SERVER_LISTEN=127.0.0.1:8180 ADMIN_LISTEN=127.0.0.1:9180
 #   RELAY_LISTEN=127.0.0.1:8181
 #   SKIP_BUILD=1              use the binaries already built
@@ -79,14 +88,17 @@ load() {
   local status=0
   "$bin/ephemera-load" --url "$3" --users "$USERS" --register --prefix b \
     --rate "$2" --duration "$DURATION" --ttl "${TTL:-3600}" --server-pid "$pid" --quiet \
+    ${GROUP:+--group-size "$GROUP"} \
     --report "$OUT/$1-$2.json" >"$OUT/$1-$2.txt" 2>&1 || status=$?
   # 2: the run finished but verification failed; the summary shows it.
   if [ "$status" -ne 0 ] && [ "$status" -ne 2 ]; then
     echo "bench: ephemera-load failed against $1 at $2 msg/s:"; cat "$OUT/$1-$2.txt"; exit 1
   fi
-  grep -E "acked rate|LOST|server CPU|generator CPU" "$OUT/$1-$2.txt" | sed "s/^/  $1 $2: /"
+  grep -E "acked rate|delivered frames|LOST|server CPU|generator CPU" "$OUT/$1-$2.txt" | sed "s/^/  $1 $2: /"
 }
 
+shape="pairs"
+[ -z "${GROUP:-}" ] || shape="in groups of $GROUP"
 pairs=()
 for rate in $RATES; do
   echo "== $rate msg/s: relay"
@@ -116,7 +128,7 @@ done
   echo "# Ephemera against the bare relay"
   echo
   echo "$(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD)$(git diff --quiet || echo '+dirty'),"
-  echo "$(nproc) cores; $USERS users (one device each, pairs), ${DURATION} s per run,"
+  echo "$(nproc) cores; $USERS users (one device each, $shape), ${DURATION} s per run,"
   echo "durability ${DURABILITY:-wal (default)}, ttl ${TTL:-3600} s; relay and server runs interleaved per rate."
   echo
   "$bin/ephemera-compare" "${pairs[@]}"

@@ -1,12 +1,13 @@
 //! The server against the bare relay (`ephemera-relay`): a markdown table
 //! of run [`Report`]s taken in pairs at the same offered rate, with each
 //! process's CPU per acked message and the ratio of the server's to the
-//! relay's. `scripts/bench.sh` writes it as `summary.md` through the
+//! relay's. Group runs (`--group-size`) get a second table, per delivered
+//! frame. `scripts/bench.sh` writes it as `summary.md` through the
 //! `ephemera-compare` binary.
 
 use std::fmt::Write as _;
 
-use crate::report::Report;
+use crate::report::{cpu_us_per, Report};
 use crate::resources::ProcSummary;
 
 /// Two runs at the same offered rate: the relay's and the server's.
@@ -21,8 +22,7 @@ pub struct Pair {
 /// CPU microseconds per acked message of `process` (user + kernel over the
 /// run), or `None` without a reading or without acks.
 pub fn us_per_msg(process: Option<&ProcSummary>, acked: u64) -> Option<f64> {
-    let p = process?;
-    (acked > 0).then(|| p.cpu_seconds / acked as f64 * 1e6)
+    cpu_us_per(process, acked)
 }
 
 /// The rate a run was asked to offer (`config.profile.rate`), else the rate
@@ -127,6 +127,12 @@ pub fn markdown(pairs: &[Pair]) -> String {
             other(server),
         );
     }
+    if pairs
+        .iter()
+        .any(|p| p.relay.group.is_some() || p.server.group.is_some())
+    {
+        fanout(&mut out, pairs);
+    }
     let _ = writeln!(
         out,
         "\nCPU per message: user + kernel time of the process over the run (from \
@@ -137,6 +143,57 @@ pub fn markdown(pairs: &[Pair]) -> String {
          large figure means the run was disturbed."
     );
     out
+}
+
+/// The fanout table of group runs: delivered frames, their latency and
+/// the CPU each cost, per pair.
+fn fanout(out: &mut String, pairs: &[Pair]) {
+    let _ = writeln!(
+        out,
+        "\nGroup fanout, per delivered frame (one `message` frame at one device):\n\n\
+         | offered msg/s | group size | frames per message | delivered frames/s relay / ephemera \
+         | frame latency p50 / p99 ms, relay | frame latency p50 / p99 ms, ephemera \
+         | server CPU µs/frame, relay | server CPU µs/frame, ephemera | ratio ephemera / relay \
+         | generator CPU µs/frame, relay run / ephemera run |"
+    );
+    let _ = writeln!(out, "|{}", "---|".repeat(10));
+    let cell = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1}"));
+    for Pair { relay, server } in pairs {
+        let group = |r: &Report| r.group.clone().unwrap_or_default();
+        let (rg, sg) = (group(relay), group(server));
+        let frames = |r: &Report| r.counts.device_deliveries;
+        let (rs, ss) = (
+            cpu_us_per(relay.server.as_ref(), frames(relay)),
+            cpu_us_per(server.server.as_ref(), frames(server)),
+        );
+        let ratio = match (rs, ss) {
+            (Some(r), Some(s)) if r > 0.0 => format!("**{:.2}**", s / r),
+            _ => "–".to_owned(),
+        };
+        let latency = |r: &Report| {
+            let f = &r.latency.frame;
+            format!("{:.1} / {:.1}", f.p50_ms, f.p99_ms)
+        };
+        let size = if rg.size == sg.size {
+            sg.size.to_string()
+        } else {
+            format!("{} / {} (MISMATCH)", rg.size, sg.size)
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {size} | {:.1} | {} / {} | {} | {} | {} | {} | {ratio} | {} / {} |",
+            thousands(asked_rate(server)),
+            sg.frames_per_message,
+            thousands(rg.delivered_frame_rate),
+            thousands(sg.delivered_frame_rate),
+            latency(relay),
+            latency(server),
+            cell(rs),
+            cell(ss),
+            cell(cpu_us_per(relay.generator.as_ref(), frames(relay))),
+            cell(cpu_us_per(server.generator.as_ref(), frames(server))),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +242,47 @@ mod tests {
             "{row}"
         );
         assert!(row.contains("| 20 / 30 | ok / ok | 3 / 3 |"), "{row}");
+    }
+
+    #[test]
+    fn group_runs_add_the_per_frame_table() {
+        let group = |r: &mut Report| {
+            r.counts.device_deliveries = r.counts.acked * 255;
+            r.latency.frame.p50_ms = 2.0;
+            r.latency.frame.p99_ms = 9.5;
+            r.group = Some(crate::report::GroupReport {
+                size: 256,
+                groups: 1,
+                frames_per_message: 255.0,
+                delivered_frame_rate: r.counts.device_deliveries as f64 / 10.0,
+                ..Default::default()
+            });
+        };
+        // 2,000 messages, 510,000 frames: relay 1.02 s (2 µs/frame),
+        // server 5.1 s (10 µs/frame).
+        let (mut relay, mut server) = (run(200.0, 2000, 1.02, 0.51), run(200.0, 2000, 5.1, 0.51));
+        group(&mut relay);
+        group(&mut server);
+        let table = markdown(&[Pair { relay, server }]);
+        assert!(table.contains("Group fanout"), "{table}");
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("| 200 | 256 |"))
+            .unwrap_or_else(|| panic!("{table}"));
+        assert!(
+            row.contains("| 255.0 | 51,000 / 51,000 | 2.0 / 9.5 | 2.0 / 9.5 |"),
+            "{row}"
+        );
+        assert!(
+            row.contains("| 2.0 | 10.0 | **5.00** | 1.0 / 1.0 |"),
+            "{row}"
+        );
+        // Pair runs print no fanout table.
+        let plain = markdown(&[Pair {
+            relay: run(200.0, 10, 1.0, 1.0),
+            server: run(200.0, 10, 1.0, 1.0),
+        }]);
+        assert!(!plain.contains("Group fanout"), "{plain}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::{Pairing, RateProfile, Shares};
+use crate::schedule::{Groups, Pairing, RateProfile, Shares};
 
 /// The password of every account the generator registers or logs in as.
 pub const PASSWORD: &str = "ephemera-load-password";
@@ -48,6 +48,13 @@ pub struct Options {
     /// Who talks to whom: xor (i with i^1) or ring (i to i+1) [default: xor].
     #[arg(long, value_enum)]
     pub pairing: Option<Pairing>,
+    /// Group mode: split the users into groups of this many (2..=256; the
+    /// last group takes the remainder, which must not be 1), each created
+    /// by its first member with POST /api/v1/conversations; every send goes
+    /// to the sender's group and every other member's devices must get it
+    /// (--pairing is unused) [default: off, 1:1 pairs].
+    #[arg(long, value_name = "N")]
+    pub group_size: Option<u32>,
     /// Offered rate, messages per second over all users [default: 100].
     #[arg(long)]
     pub rate: Option<f64>,
@@ -165,6 +172,7 @@ impl Options {
             register: self.register || file.register,
             prefix: pick(self.prefix, file.prefix),
             pairing: pick(self.pairing, file.pairing),
+            group_size: pick(self.group_size, file.group_size),
             rate: pick(self.rate, file.rate),
             duration: pick(self.duration, file.duration),
             ramp: pick(self.ramp, file.ramp),
@@ -224,6 +232,7 @@ impl Options {
         d.register = self.register;
         set!(d.prefix, self.prefix);
         set!(d.pairing, self.pairing);
+        d.group_size = self.group_size;
         set!(d.profile.rate, self.rate);
         set!(d.profile.duration, self.duration);
         set!(d.profile.ramp, self.ramp);
@@ -268,8 +277,10 @@ pub struct LoadConfig {
     pub register: bool,
     /// Username prefix.
     pub prefix: String,
-    /// Who talks to whom.
+    /// Who talks to whom (1:1 runs).
     pub pairing: Pairing,
+    /// Group mode: members per group; `None` for 1:1 pairs.
+    pub group_size: Option<u32>,
     /// Offered load over time.
     pub profile: RateProfile,
     /// The traffic mix.
@@ -314,6 +325,7 @@ impl LoadConfig {
             register: false,
             prefix: "load".into(),
             pairing: Pairing::Xor,
+            group_size: None,
             profile: RateProfile::flat(100.0, 10.0),
             shares: Shares {
                 view: 1.0,
@@ -354,6 +366,14 @@ impl LoadConfig {
         }
         if !(1..=32).contains(&self.devices) {
             bail!("--devices must be within 1..=32");
+        }
+        if let Some(groups) = self.groups() {
+            if self.idle_connections.is_some() {
+                bail!("--group-size is for message runs, not --idle-connections");
+            }
+            groups
+                .validate()
+                .map_err(|e| anyhow::anyhow!("--group-size: {e}"))?;
         }
         let max_index = self.users.saturating_sub(1).to_string();
         let longest = self.prefix.len() + 1 + max_index.len();
@@ -401,6 +421,14 @@ impl LoadConfig {
     /// The username of user `i`.
     pub fn username(&self, i: u32) -> String {
         format!("{}_{i}", self.prefix)
+    }
+
+    /// How the users split into groups, in group mode.
+    pub fn groups(&self) -> Option<Groups> {
+        self.group_size.map(|size| Groups {
+            users: self.users,
+            size,
+        })
     }
 }
 
@@ -459,5 +487,36 @@ mod tests {
             "127.0.0.1,127.0.0.2",
         ]);
         assert_eq!(ips.resolve().unwrap().source_ips.len(), 2);
+    }
+
+    #[test]
+    fn group_size_is_checked_against_the_users() {
+        let ok = Options::parse_from([
+            "x",
+            "--url",
+            "http://h:1",
+            "--users",
+            "256",
+            "--group-size",
+            "256",
+        ]);
+        let cfg = ok.resolve().unwrap();
+        assert_eq!(cfg.groups().map(|g| g.count()), Some(1));
+        assert_eq!(LoadConfig::new(vec![]).groups(), None);
+        let file: Options = toml::from_str("group_size = 8\nusers = 24").unwrap();
+        let cfg = Options::parse_from(["x", "--url", "http://h:1"])
+            .over(file)
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.groups().map(|g| g.count()), Some(3));
+        for bad in [
+            ["--users", "300", "--group-size", "300"],
+            ["--users", "17", "--group-size", "8"],
+            ["--users", "10", "--group-size", "1"],
+            ["--users", "10", "--group-size", "20"],
+        ] {
+            let o = Options::parse_from(["x", "--url", "http://h:1"].into_iter().chain(bad));
+            assert!(o.resolve().is_err(), "{bad:?}");
+        }
     }
 }

@@ -15,16 +15,17 @@
 //! * [`config`]: the flags and TOML profile of a run ([`config::Options`]),
 //!   resolved into a [`config::LoadConfig`].
 //! * [`schedule`]: the open-loop clock (due time of message `k` under a
-//!   ramp and a peak) and the plan of who sends what to whom.
+//!   ramp and a peak) and the plan of who sends what to whom: 1:1 pairs,
+//!   or groups of up to 256 (`--group-size`).
 //! * [`stats`]: HdrHistogram latencies and the exactly-once ledger that
-//!   counts deliveries, duplicates and losses.
+//!   counts deliveries, duplicates and losses per (message, device).
 //! * [`net`]: server targets and device sockets bound to a source address.
-//! * [`run`]: a message run end to end (sign-in, sockets, sender lanes,
-//!   readers, drain, report).
+//! * [`run`]: a message run end to end (sign-in, groups, sockets, sender
+//!   lanes, readers, drain, report).
 //! * [`idle`]: the idle-connections run.
 //! * [`resources`]: CPU and RSS of a process from `/proc`.
 //! * [`report`]: the report, its per-second series and the summary table.
-//! * [`chart`]: the SVG chart of throughput and latency, drawn by hand.
+//! * [`chart`]: the SVG chart of throughput and latency (plotters).
 //! * [`compare`]: the server against the bare relay, a markdown table of
 //!   paired reports (`scripts/bench.sh`).
 //!

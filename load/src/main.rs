@@ -68,8 +68,8 @@ async fn main_inner() -> Result<bool> {
                 cfg.devices
             )
         };
-        std::fs::write(&path, chart::svg(&title, &report.series))
-            .with_context(|| format!("writing {}", path.display()))?;
+        let svg = chart::svg(&title, &report.series).context("drawing the chart")?;
+        std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
         println!("  chart written to {}", path.display());
     }
     Ok(report.idle.is_some() || report.verified())

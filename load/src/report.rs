@@ -23,6 +23,10 @@ pub struct SeriesPoint {
     pub acked: u64,
     /// Messages that reached their last device in this second.
     pub delivered: u64,
+    /// `message` frames that were a first arrival at a device in this
+    /// second (the fanout: 255 per message in a group of 256).
+    #[serde(default)]
+    pub frames: u64,
     /// Error frames received in this second.
     pub errors: u64,
     /// Median ack latency of the acks of this second, ms.
@@ -33,6 +37,9 @@ pub struct SeriesPoint {
     pub delivery_p50_ms: f64,
     /// p99 delivery latency of the deliveries of this second, ms.
     pub delivery_p99_ms: f64,
+    /// p99 latency of the frames of this second (due → arrival), ms.
+    #[serde(default)]
+    pub frame_p99_ms: f64,
     /// Server RSS at the end of the second, MiB (with `--server-pid`).
     pub server_rss_mb: Option<f64>,
     /// Server CPU in the second, percent of one core.
@@ -129,6 +136,10 @@ pub struct Latencies {
     pub ack: LatencySummary,
     /// Due time → arrival at the last device that had to receive it.
     pub delivery: LatencySummary,
+    /// Due time → arrival, per frame: every first arrival of a message at
+    /// a device (in a group, one per member's device).
+    #[serde(default)]
+    pub frame: LatencySummary,
     /// Due time → handed to the socket: how far behind schedule the
     /// generator itself was.
     pub send_lag: LatencySummary,
@@ -177,6 +188,37 @@ pub struct StalledReport {
     pub frames_read_at_end: u64,
 }
 
+/// A group run (`--group-size`): the fanout, and what one delivered frame
+/// cost next to what one message cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupReport {
+    /// Members per group (the last group may have fewer).
+    pub size: u32,
+    /// Groups created, one conversation each.
+    pub groups: u32,
+    /// Seconds creating them took.
+    pub create_seconds: f64,
+    /// `message` frames each acked message had to make, on average: every
+    /// device of every other member and the sender's other devices.
+    pub frames_per_message: f64,
+    /// Delivered frames (first arrivals at a device) over the send window,
+    /// per second.
+    pub delivered_frame_rate: f64,
+    /// Server CPU per acked message, µs (with `--server-pid`).
+    pub server_cpu_us_per_message: Option<f64>,
+    /// Server CPU per delivered frame, µs (with `--server-pid`).
+    pub server_cpu_us_per_frame: Option<f64>,
+    /// This generator's CPU per delivered frame, µs.
+    pub generator_cpu_us_per_frame: Option<f64>,
+}
+
+/// CPU microseconds per event of `process` (user + kernel over the run),
+/// or `None` without a reading or without events.
+pub fn cpu_us_per(process: Option<&ProcSummary>, events: u64) -> Option<f64> {
+    let p = process?;
+    (events > 0).then(|| p.cpu_seconds / events as f64 * 1e6)
+}
+
 /// Everything a run measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
@@ -219,6 +261,9 @@ pub struct Report {
     /// Stalled devices, with `--stalled-devices`.
     #[serde(default)]
     pub stalled: Option<StalledReport>,
+    /// Group mode, with `--group-size`.
+    #[serde(default)]
+    pub group: Option<GroupReport>,
 }
 
 impl Report {
@@ -288,6 +333,22 @@ impl Report {
                     c.delivered, c.device_deliveries
                 ),
             );
+            if let Some(g) = &self.group {
+                line(
+                    "groups",
+                    format!(
+                        "{} of {} members (created in {:.1} s)",
+                        g.groups, g.size, g.create_seconds
+                    ),
+                );
+                line(
+                    "delivered frames",
+                    format!(
+                        "{} ({:.0} frames/s; {:.1} per acked message)",
+                        c.device_deliveries, g.delivered_frame_rate, g.frames_per_message
+                    ),
+                );
+            }
             line(
                 "LOST",
                 format!(
@@ -351,10 +412,11 @@ impl Report {
             for (name, l) in [
                 ("ack", &self.latency.ack),
                 ("delivery", &self.latency.delivery),
+                ("frame", &self.latency.frame),
                 ("send lag", &self.latency.send_lag),
                 ("upload", &self.latency.upload),
             ] {
-                if l.count == 0 && name == "upload" {
+                if l.count == 0 && (name == "upload" || name == "frame") {
                     continue;
                 }
                 let _ = writeln!(
@@ -425,6 +487,20 @@ impl Report {
                     s.rss_peak_mb
                 ),
             );
+        }
+        if let Some(g) = &self.group {
+            let us = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1} µs"));
+            if self.server.is_some() {
+                line(
+                    "server CPU per msg / frame",
+                    format!(
+                        "{} per acked message, {} per delivered frame",
+                        us(g.server_cpu_us_per_message),
+                        us(g.server_cpu_us_per_frame)
+                    ),
+                );
+            }
+            line("generator CPU per frame", us(g.generator_cpu_us_per_frame));
         }
         if let Some(g) = &self.generator {
             line(
@@ -507,5 +583,52 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back.counts.lost, 3);
+    }
+
+    #[test]
+    fn a_group_run_shows_frames_and_their_cost() {
+        let mut r = Report {
+            mode: "messages".into(),
+            server: Some(ProcSummary {
+                cpu_seconds: 3.0,
+                kernel_cpu_seconds: 1.0,
+                avg_cpu_percent: 10.0,
+                rss_start_mb: 1.0,
+                rss_peak_mb: 2.0,
+            }),
+            group: Some(GroupReport {
+                size: 256,
+                groups: 1,
+                frames_per_message: 255.0,
+                delivered_frame_rate: 25_500.0,
+                server_cpu_us_per_message: None,
+                server_cpu_us_per_frame: Some(3.9),
+                ..GroupReport::default()
+            }),
+            ..Report::default()
+        };
+        r.counts.device_deliveries = 765_000;
+        r.latency.frame.count = 765_000;
+        r.latency.frame.p99_ms = 12.5;
+        let table = r.summary_table();
+        assert!(table.contains("1 of 256 members"), "{table}");
+        assert!(
+            table.contains("765000 (25500 frames/s; 255.0 per acked message)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("– per acked message, 3.9 µs per delivered frame"),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .any(|l| l.trim_start().starts_with("frame") && l.contains("12.50")),
+            "{table}"
+        );
+        // Reports written before group mode still read.
+        let old = include_str!("../results/bench-20261129/ephemera-5000.json");
+        let old: Report = serde_json::from_str(old).unwrap();
+        assert!(old.group.is_none() && old.series[0].frames == 0);
     }
 }

@@ -1,15 +1,18 @@
-//! A message run, end to end: sign the users in, open every device's
-//! socket, offer messages on the open-loop [`Schedule`], check every
-//! arrival against the [`Tracker`], drain, and build the [`Report`].
+//! A message run, end to end: sign the users in, create their groups (in
+//! group mode), open every device's socket, offer messages on the
+//! open-loop [`Schedule`], check every arrival against the [`Tracker`],
+//! drain, and build the [`Report`].
 //!
 //! # Tasks
 //!
 //! * one **writer** per device owns the socket's sink and drains a bounded
 //!   queue, feeding frames and flushing once per batch;
-//! * one **reader** per device parses every frame (borrowing, no `Value`),
-//!   files acks and arrivals, and queues replies (receipts, views) with
-//!   `try_send`: a full queue is counted as a skipped reply, never waited on,
-//!   so a reader can never deadlock against its own writer;
+//! * one **reader** per device parses every frame once (borrowing, no
+//!   `Value`), files acks and arrivals, and queues replies (receipts,
+//!   views) with `try_send`: a full queue is counted as a skipped reply,
+//!   never waited on, so a reader can never deadlock against its own
+//!   writer. In a group every member's reader sees every message, so this
+//!   per-frame path is the generator's cost: one parse, one ledger entry;
 //! * `--senders` **lanes** split the schedule (lane `l` sends messages
 //!   `l, l + L, l + 2L, ...`); a lane sleeps until a message is due, then
 //!   hands it to the sending device's queue. A full queue blocks the lane:
@@ -42,9 +45,9 @@ use crate::client::{api_error, Session};
 use crate::config::{LoadConfig, PASSWORD};
 use crate::crypto;
 use crate::net::{self, Target, Ws};
-use crate::report::{Counts, Latencies, Report, SeriesPoint, SideTraffic};
+use crate::report::{cpu_us_per, Counts, GroupReport, Latencies, Report, SeriesPoint, SideTraffic};
 use crate::resources::{mb, MachineSummary, ProcWatch, SystemWatch};
-use crate::schedule::{chance, hash_str, Plan, Schedule};
+use crate::schedule::{chance, hash_str, Groups, Plan, Schedule, To};
 use crate::stalled::Stalled;
 use crate::stats::{AckInfo, Arrival, Latency, Tracker};
 
@@ -255,6 +258,9 @@ struct Counters {
     error_messages: Mutex<BTreeMap<String, String>>,
     /// Acks that are not for a message of this run.
     foreign_acks: AtomicU64,
+    /// Frames the acked messages had to make (the sum of their expected
+    /// slots).
+    expected_frames: AtomicU64,
     /// Frames that did not parse.
     unparsed: AtomicU64,
     /// Sockets that closed while the run was on.
@@ -321,6 +327,8 @@ struct Shared {
     plan: Plan,
     /// The users.
     users: Vec<UserSlot>,
+    /// Group mode: each group's conversation id as a JSON string literal.
+    groups: Vec<String>,
     /// The exactly-once ledger.
     tracker: Tracker,
     /// Event counters.
@@ -350,14 +358,17 @@ impl Shared {
     /// The `send` frame of message `k`: a text body, or `media_key`.
     fn send_frame(&self, k: u64, media_key_json: Option<&str>) -> String {
         let p = self.plan.message(k);
-        let to = &self.users[p.recipient as usize].id_json;
+        let to = match p.to {
+            To::User(u) => format!(r#""to":{}"#, self.users[u as usize].id_json),
+            To::Group(g) => format!(r#""conversation_id":{}"#, self.groups[g as usize]),
+        };
         let policy = if p.once { "once" } else { "timed" };
         let content = match media_key_json {
             Some(key) => format!(r#""media_key":{key}"#),
             None => format!(r#""body":"{}""#, self.body),
         };
         format!(
-            r#"{{"type":"send","client_msg_id":"{}-{k}","to":{to},{content},"view_policy":"{policy}","ttl_seconds":{}}}"#,
+            r#"{{"type":"send","client_msg_id":"{}-{k}",{to},{content},"view_policy":"{policy}","ttl_seconds":{}}}"#,
             self.tag, self.ttl
         )
     }
@@ -509,10 +520,13 @@ impl Reader {
         let info = AckInfo {
             k,
             due_us,
-            expected: s.plan.expected_slots(k),
+            expected: s.plan.expected(k),
             expires_at_ms: f.expires_at.unwrap_or(i64::MAX),
         };
-        s.tracker.on_ack(msg_id, info, now_us);
+        if s.tracker.on_ack(msg_id, info, now_us).is_some() {
+            s.c.expected_frames
+                .fetch_add(u64::from(info.expected.count()), Relaxed);
+        }
         if let Some(conv) = f.conversation_id.as_deref() {
             let slot = &s.users[self.user as usize].conv_json;
             if slot.get().is_none() {
@@ -528,11 +542,7 @@ impl Reader {
             return;
         };
         let own = f.from.as_deref() == Some(s.users[self.user as usize].id.as_str());
-        let slot = if own {
-            s.plan.devices + self.device
-        } else {
-            self.device
-        };
+        let slot = s.plan.slot(self.user, self.device, own);
         let arrival = s.tracker.on_arrival(msg_id, slot, now_us);
         // Replies come from the recipient's first device, once per message.
         if own || self.device != 0 || !matches!(arrival, Arrival::First | Arrival::Completed) {
@@ -844,11 +854,13 @@ async fn ticker(
             sent: sent - prev_sent,
             acked: iv_stats.counts.acked,
             delivered: iv_stats.counts.delivered,
+            frames: iv_stats.counts.device_deliveries,
             errors: errors - prev_errors,
             ack_p50_ms: iv_stats.ack.quantile_us(0.5) as f64 / 1000.0,
             ack_p99_ms: iv_stats.ack.quantile_us(0.99) as f64 / 1000.0,
             delivery_p50_ms: iv_stats.delivery.quantile_us(0.5) as f64 / 1000.0,
             delivery_p99_ms: iv_stats.delivery.quantile_us(0.99) as f64 / 1000.0,
+            frame_p99_ms: iv_stats.frame.quantile_us(0.99) as f64 / 1000.0,
             server_rss_mb: server_now.map(|u| mb(u.rss_bytes)),
             server_cpu_percent: server_now.map(|u| u.cpu_percent),
             generator_cpu_percent: gen_now.map(|u| u.cpu_percent),
@@ -946,6 +958,72 @@ fn file_socket(
     Ok(())
 }
 
+/// Group mode: create every group through `POST /api/v1/conversations`
+/// as its first member, `connect_concurrency` at a time. The server makes
+/// the caller a member itself (PROTOCOL 6), so the body lists the others:
+/// at most 255, which a server counting only the listed ids accepts too.
+/// Returns each group's `conversation_id` as a JSON string literal.
+///
+/// Membership is not read back: the ledger checks it, since a member left
+/// out misses every message of its group (lost) and a creator left out has
+/// its sends refused.
+async fn create_groups(
+    cfg: &LoadConfig,
+    targets: &[Target],
+    accounts: &[Account],
+    groups: Groups,
+) -> Result<Vec<String>> {
+    let bar = bar(
+        cfg.progress,
+        u64::from(groups.count()),
+        "creating {pos}/{len} groups [{bar:30}] {elapsed}",
+    );
+    let gate = Arc::new(Semaphore::new(cfg.connect_concurrency));
+    let mut set = JoinSet::new();
+    let mut ids: Vec<Option<String>> = vec![None; groups.count() as usize];
+    for g in 0..groups.count() {
+        let permit = gate.clone().acquire_owned().await?;
+        let mut members = groups.members(g);
+        let creator = members
+            .next()
+            .map(|u| &accounts[u as usize])
+            .ok_or_else(|| anyhow!("group {g} has no members"))?;
+        let others: Vec<String> = members
+            .map(|u| accounts[u as usize].user_id.clone())
+            .collect();
+        let http = targets[creator.target].http.clone();
+        let session = creator.sessions[0].clone();
+        set.spawn(async move {
+            let _permit = permit;
+            let id = retrying(|| http.create_group(&session, &others, None)).await;
+            (g, id)
+        });
+        while let Some(done) = set.try_join_next() {
+            file_group(&mut ids, done)?;
+            bar.inc(1);
+        }
+    }
+    while let Some(done) = set.join_next().await {
+        file_group(&mut ids, done)?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(ids
+        .into_iter()
+        .map(|id| json_string(&id.expect("every group's task was joined")))
+        .collect())
+}
+
+/// Put a created group's id where it belongs, or fail the run with it.
+fn file_group(
+    ids: &mut [Option<String>],
+    done: Result<(u32, Result<String>), tokio::task::JoinError>,
+) -> Result<()> {
+    let (g, result) = done.map_err(|e| anyhow!("group task failed: {e}"))?;
+    ids[g as usize] = Some(result.with_context(|| format!("creating group {g}"))?);
+    Ok(())
+}
+
 /// A random hex tag for this run's client_msg_ids.
 fn run_tag() -> String {
     use ring::rand::SecureRandom as _;
@@ -972,6 +1050,13 @@ fn photo(size: usize) -> Vec<u8> {
 async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Report> {
     let targets = targets(cfg).await?;
     let accounts = sign_in(cfg, &targets).await?;
+    let groups = cfg.groups();
+    let create_started = Instant::now();
+    let group_ids = match groups {
+        Some(g) => create_groups(cfg, &targets, &accounts, g).await?,
+        None => Vec::new(),
+    };
+    let create_seconds = create_started.elapsed().as_secs_f64();
     let sockets = open_sockets(cfg, &targets, &accounts).await?;
     let stalled = Stalled::open(cfg, &targets, &accounts).await?;
 
@@ -981,6 +1066,7 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
         devices: cfg.devices,
         pairing: cfg.pairing,
         shares: cfg.shares,
+        groups,
     };
     let mut body = String::from("ephemera load message ");
     while body.len() < cfg.body_bytes {
@@ -997,12 +1083,21 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
         plan,
         users: accounts
             .iter()
-            .map(|a| UserSlot {
-                id_json: json_string(&a.user_id),
-                id: a.user_id.clone(),
-                conv_json: OnceLock::new(),
+            .enumerate()
+            .map(|(i, a)| {
+                // A group member's conversation is known before any ack.
+                let conv_json = OnceLock::new();
+                if let Some(g) = groups {
+                    let _ = conv_json.set(group_ids[g.of(i as u32) as usize].clone());
+                }
+                UserSlot {
+                    id_json: json_string(&a.user_id),
+                    id: a.user_id.clone(),
+                    conv_json,
+                }
             })
             .collect(),
+        groups: group_ids,
         tracker: Tracker::new(TRACKER_SHARDS),
         c: Counters::default(),
         ttl: cfg.ttl_seconds,
@@ -1133,7 +1228,7 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
     // Account.
     let accounting = shared.tracker.finish(finished_ms);
     let t = shared.tracker.counts();
-    let (ack, delivery) = shared.tracker.latencies();
+    let latencies = shared.tracker.latencies();
     let c = &shared.c;
     let sent = get(&c.sent);
     let rejected = get(&c.rejected);
@@ -1165,6 +1260,19 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
             busy_percent: usage.busy,
             irq_percent: usage.irq,
             other_percent: (usage.busy - usage.irq - ours).max(0.0),
+        }
+    });
+    let group = groups.map(|g| {
+        let frames = t.device_deliveries;
+        GroupReport {
+            size: g.size,
+            groups: g.count(),
+            create_seconds,
+            frames_per_message: get(&c.expected_frames) as f64 / t.acked.max(1) as f64,
+            delivered_frame_rate: frames as f64 / send_seconds.max(1e-9),
+            server_cpu_us_per_message: cpu_us_per(server.as_ref(), t.acked),
+            server_cpu_us_per_frame: cpu_us_per(server.as_ref(), frames),
+            generator_cpu_us_per_frame: cpu_us_per(generator.as_ref(), frames),
         }
     });
     Ok(Report {
@@ -1213,8 +1321,9 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
             presence: get(&c.presence),
         },
         latency: Latencies {
-            ack: ack.summary(),
-            delivery: delivery.summary(),
+            ack: latencies.ack.summary(),
+            delivery: latencies.delivery.summary(),
+            frame: latencies.frame.summary(),
             send_lag: lag.summary(),
             upload: upload.summary(),
         },
@@ -1227,5 +1336,6 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
         series: ticked.series,
         idle: None,
         stalled,
+        group,
     })
 }

@@ -16,8 +16,10 @@
 //! Everything else about message `k` (who sends it from which device, to
 //! whom, timed or once, text or media, preceded by typing) is a pure
 //! function of `k` too ([`Plan`]), so the device that receives an ack can
-//! rebuild what the message was without a shared table.
+//! rebuild what the message was without a shared table. So is the split of
+//! the users into groups ([`Groups`]) in group mode.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -320,6 +322,103 @@ impl Pairing {
     }
 }
 
+/// Most members of a group (PROTOCOL 6).
+pub const MAX_GROUP_SIZE: u32 = 256;
+
+/// How the users of a group run split into groups (`--group-size`):
+/// group `g` holds users `g·size .. min((g+1)·size, users)`, so the last
+/// group takes the remainder. A user's *index* is its place in its group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Groups {
+    /// Users in the run.
+    pub users: u32,
+    /// Members per group (the last may have fewer).
+    pub size: u32,
+}
+
+impl Groups {
+    /// Whether the split is one the server accepts and every member of
+    /// which has someone to receive its messages.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(2..=MAX_GROUP_SIZE).contains(&self.size) {
+            return Err(format!("group size must be within 2..={MAX_GROUP_SIZE}"));
+        }
+        if self.users < self.size {
+            return Err("users must be at least the group size".into());
+        }
+        if self.users % self.size == 1 {
+            return Err("the last group would have one member (nobody to send to): \
+                 choose users so that users % group size is not 1"
+                .into());
+        }
+        Ok(())
+    }
+
+    /// How many groups there are.
+    pub fn count(&self) -> u32 {
+        self.users.div_ceil(self.size.max(1))
+    }
+
+    /// The group of `user`.
+    pub fn of(&self, user: u32) -> u32 {
+        user / self.size.max(1)
+    }
+
+    /// The place of `user` in its group (0 for the group's first member).
+    pub fn index(&self, user: u32) -> u32 {
+        user % self.size.max(1)
+    }
+
+    /// The users of `group`.
+    pub fn members(&self, group: u32) -> Range<u32> {
+        let start = group.saturating_mul(self.size).min(self.users);
+        start..start.saturating_add(self.size).min(self.users)
+    }
+
+    /// How many members `group` has.
+    pub fn len(&self, group: u32) -> u32 {
+        let m = self.members(group);
+        m.end - m.start
+    }
+}
+
+/// Where message `k` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    /// `to`: the 1:1 conversation with this user (by index).
+    User(u32),
+    /// `conversation_id`: this group's conversation (by group number).
+    Group(u32),
+}
+
+/// The device slots a message must reach: every slot below `slots` but
+/// `skip`, the sending device (it gets the `ack` instead). See
+/// [`Plan::slot`] for what a slot is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// Slots `0..slots` may receive the message.
+    pub slots: u32,
+    /// The one slot among them that must not.
+    pub skip: Option<u32>,
+}
+
+impl Expected {
+    /// Every slot below `slots`.
+    pub fn all(slots: u32) -> Expected {
+        Expected { slots, skip: None }
+    }
+
+    /// Whether `slot` must receive the message.
+    pub fn contains(&self, slot: u32) -> bool {
+        slot < self.slots && Some(slot) != self.skip
+    }
+
+    /// How many slots must receive it: the `message` frames it makes.
+    pub fn count(&self) -> u32 {
+        self.slots - u32::from(self.skip.is_some_and(|s| s < self.slots))
+    }
+}
+
 /// Everything about message `k` that follows from `k`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Planned {
@@ -327,8 +426,8 @@ pub struct Planned {
     pub sender: u32,
     /// The sending user's device index.
     pub device: u32,
-    /// The recipient user's index.
-    pub recipient: u32,
+    /// Where it goes.
+    pub to: To,
     /// `view_policy: "once"` (else `"timed"`).
     pub once: bool,
     /// Carries media (else a text body).
@@ -344,10 +443,12 @@ pub struct Plan {
     pub users: u32,
     /// Devices per user (1..=32).
     pub devices: u32,
-    /// Who talks to whom.
+    /// Who talks to whom (pairs; unused in group mode).
     pub pairing: Pairing,
     /// The mix.
     pub shares: Shares,
+    /// Group mode: every user sends to its group. `None`: 1:1 pairs.
+    pub groups: Option<Groups>,
 }
 
 impl Plan {
@@ -357,24 +458,50 @@ impl Plan {
         let users = u64::from(self.users.max(1));
         let sender = (k % users) as u32;
         let device = ((k / users) % u64::from(self.devices.max(1))) as u32;
+        let to = match self.groups {
+            Some(g) => To::Group(g.of(sender)),
+            None => To::User(self.pairing.peer(sender, self.users)),
+        };
         Planned {
             sender,
             device,
-            recipient: self.pairing.peer(sender, self.users),
+            to,
             once: chance(k, 1, self.shares.once),
             media: chance(k, 2, self.shares.media),
             typing: chance(k, 3, self.shares.typing),
         }
     }
 
-    /// Which device slots must receive message `k`'s `message` frame, as a
-    /// bit mask: bits `0..devices` are the recipient's devices, bits
-    /// `devices..2·devices` the sender's own devices (all but the sending
-    /// one, which gets the `ack` instead).
-    pub fn expected_slots(&self, k: u64) -> u64 {
+    /// The slot a `message` frame arrives at, on `device` of user `user`
+    /// (`own`: the frame is from that user's own other device).
+    ///
+    /// Pairs: slots `0..devices` are the recipient's devices,
+    /// `devices..2·devices` the sender's own. Groups: member `i` of the
+    /// group (its [`Groups::index`]) has slots `i·devices..(i+1)·devices`,
+    /// the sender included.
+    pub fn slot(&self, user: u32, device: u32, own: bool) -> u32 {
+        match self.groups {
+            Some(g) => g.index(user) * self.devices + device,
+            None if own => self.devices + device,
+            None => device,
+        }
+    }
+
+    /// Which slots must receive message `k`'s `message` frame: every
+    /// device of every member but the sending device.
+    pub fn expected(&self, k: u64) -> Expected {
         let p = self.message(k);
-        let all = (1u64 << self.devices) - 1;
-        all | ((all & !(1u64 << p.device)) << self.devices)
+        let d = self.devices;
+        match self.groups {
+            Some(g) => Expected {
+                slots: g.len(g.of(p.sender)) * d,
+                skip: Some(g.index(p.sender) * d + p.device),
+            },
+            None => Expected {
+                slots: 2 * d,
+                skip: Some(d + p.device),
+            },
+        }
     }
 }
 
@@ -535,6 +662,7 @@ mod tests {
             devices: 2,
             pairing: Pairing::Xor,
             shares: Shares::PLAIN,
+            groups: None,
         };
         let m: Vec<_> = (0..8).map(|k| plan.message(k)).collect();
         assert_eq!(
@@ -546,13 +674,23 @@ mod tests {
             [0, 0, 0, 0, 1, 1, 1, 1]
         );
         assert_eq!(
-            m.iter().map(|p| p.recipient).collect::<Vec<_>>(),
-            [1, 0, 3, 2, 1, 0, 3, 2]
+            m.iter().map(|p| p.to).collect::<Vec<_>>(),
+            [1, 0, 3, 2, 1, 0, 3, 2].map(To::User)
         );
         // Recipient devices 0,1 and the sender's device 1 (slot 3).
-        assert_eq!(plan.expected_slots(0), 0b1011);
+        let e = plan.expected(0);
+        assert_eq!(
+            (0..5).filter(|&s| e.contains(s)).collect::<Vec<_>>(),
+            [0, 1, 3]
+        );
+        assert_eq!(e.count(), 3);
         // Sent from device 1: the sender's device 0 (slot 2).
-        assert_eq!(plan.expected_slots(4), 0b0111);
+        let e = plan.expected(4);
+        assert_eq!(
+            (0..5).filter(|&s| e.contains(s)).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert_eq!((plan.slot(1, 1, false), plan.slot(0, 0, true)), (1, 2));
         assert_eq!(Pairing::Ring.peer(3, 4), 0);
         assert_eq!(Pairing::Xor.peer(4, 5), 0);
     }
@@ -568,6 +706,7 @@ mod tests {
                 media: 0.1,
                 ..Shares::PLAIN
             },
+            groups: None,
         };
         let n = 100_000;
         let once = (0..n).filter(|&k| plan.message(k).once).count() as f64 / n as f64;
@@ -575,6 +714,81 @@ mod tests {
         assert!((once - 0.25).abs() < 0.01, "{once}");
         assert!((media - 0.1).abs() < 0.01, "{media}");
         assert!((0..n).all(|k| !plan.message(k).typing));
-        assert_eq!(plan.expected_slots(0), 0b1);
+        assert_eq!(plan.expected(0).count(), 1);
+    }
+
+    #[test]
+    fn groups_split_the_users_and_the_last_takes_the_rest() {
+        let g = Groups { users: 20, size: 8 };
+        assert!(g.validate().is_ok());
+        assert_eq!(g.count(), 3);
+        assert_eq!(
+            (0..3).map(|i| g.members(i)).collect::<Vec<_>>(),
+            [0..8, 8..16, 16..20]
+        );
+        assert_eq!((g.len(2), g.of(17), g.index(17)), (4, 2, 1));
+        // Every user in exactly one group, at its index.
+        for u in 0..20 {
+            let m = g.members(g.of(u));
+            assert!(m.contains(&u));
+            assert_eq!(u - m.start, g.index(u));
+        }
+        let one = Groups {
+            users: 256,
+            size: 256,
+        };
+        assert!(one.validate().is_ok());
+        assert_eq!((one.count(), one.len(0)), (1, 256));
+        // Refused: a lone last member, more than the protocol allows, a
+        // group of one, fewer users than one group.
+        assert!(Groups { users: 17, size: 8 }.validate().is_err());
+        assert!(Groups {
+            users: 514,
+            size: 257
+        }
+        .validate()
+        .is_err());
+        assert!(Groups { users: 10, size: 1 }.validate().is_err());
+        assert!(Groups {
+            users: 10,
+            size: 16
+        }
+        .validate()
+        .is_err());
+    }
+
+    #[test]
+    fn group_messages_reach_every_device_of_every_member_but_the_sender() {
+        let plan = Plan {
+            users: 20,
+            devices: 2,
+            pairing: Pairing::Xor,
+            shares: Shares::PLAIN,
+            groups: Some(Groups { users: 20, size: 8 }),
+        };
+        // Message 9: user 9 (group 1, index 1) from device 0.
+        let p = plan.message(9);
+        assert_eq!((p.sender, p.device, p.to), (9, 0, To::Group(1)));
+        let e = plan.expected(9);
+        assert_eq!((e.slots, e.skip, e.count()), (16, Some(2), 15));
+        // Its own other device is a receiving slot; the sending one is not.
+        assert_eq!(plan.slot(9, 1, true), 3);
+        assert!(e.contains(3) && !e.contains(plan.slot(9, 0, true)));
+        // Message 37: user 17 of the 4-member group, device 1: 4·2 − 1.
+        let p = plan.message(37);
+        assert_eq!((p.sender, p.device, p.to), (17, 1, To::Group(2)));
+        assert_eq!(plan.expected(37).count(), 7);
+        // 256 members, one device: 255 frames per message.
+        let big = Plan {
+            users: 256,
+            devices: 1,
+            groups: Some(Groups {
+                users: 256,
+                size: 256,
+            }),
+            ..plan
+        };
+        assert_eq!(big.expected(1000).count(), 255);
+        assert_eq!(big.slot(255, 0, false), 255);
     }
 }

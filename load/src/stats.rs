@@ -10,6 +10,15 @@
 //!   same slot, or any arrival after completion, is a duplicate. Whatever is
 //!   still open when the run ends is reported by [`Tracker::finish`] as lost
 //!   (or as expired, if its lifetime ended first), never dropped silently.
+//!   A slot is one device of one receiver ([`crate::schedule::Plan::slot`]):
+//!   a pair run has at most 64, a group of 256 members one or more per
+//!   member, so the slots a message reached are a bit set that stays inline
+//!   up to 64 and grows on the heap beyond.
+//! * Three latencies, all from the due time: the ack (per message), the
+//!   delivery (per message, to its last slot) and the frame (every first
+//!   arrival at a slot; an arrival before the ack is timed once the ack
+//!   names the due time). One `message` frame costs one hash, one shard
+//!   lock, one map look-up and a histogram record.
 //!
 //! The tracker is sharded by `msg_id` hash so device tasks on different
 //! threads rarely meet on one lock; each shard also keeps its own latency
@@ -22,7 +31,7 @@ use std::sync::Mutex;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::schedule::hash_str;
+use crate::schedule::{hash_str, Expected};
 
 /// Highest latency a histogram tracks exactly, in microseconds (one hour);
 /// larger values are clamped to it.
@@ -154,17 +163,73 @@ impl Hasher for Prehashed {
 
 type Build = BuildHasherDefault<Prehashed>;
 
+/// A set of device slots, a bit each: the first 64 inline (a pair run
+/// never needs more, so it never allocates), the rest in words on the heap
+/// (a group of 256 members × devices).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct SlotSet {
+    /// Slots 0..64.
+    low: u64,
+    /// Slots 64.., 64 a word.
+    high: Vec<u64>,
+}
+
+impl SlotSet {
+    fn word(&self, slot: u32) -> (Option<&u64>, u64) {
+        let bit = 1u64 << (slot % 64);
+        if slot < 64 {
+            (Some(&self.low), bit)
+        } else {
+            (self.high.get((slot / 64 - 1) as usize), bit)
+        }
+    }
+
+    fn contains(&self, slot: u32) -> bool {
+        match self.word(slot) {
+            (Some(w), bit) => w & bit != 0,
+            (None, _) => false,
+        }
+    }
+
+    fn insert(&mut self, slot: u32) {
+        let bit = 1u64 << (slot % 64);
+        if slot < 64 {
+            self.low |= bit;
+        } else {
+            let i = (slot / 64 - 1) as usize;
+            if self.high.len() <= i {
+                self.high.resize(i + 1, 0);
+            }
+            self.high[i] |= bit;
+        }
+    }
+
+    fn remove(&mut self, slot: u32) {
+        let bit = 1u64 << (slot % 64);
+        if slot < 64 {
+            self.low &= !bit;
+        } else if let Some(w) = self.high.get_mut((slot / 64 - 1) as usize) {
+            *w &= !bit;
+        }
+    }
+}
+
 /// One message not yet complete.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 struct Open {
     /// Its number in the schedule, once the ack told us.
     k: Option<u64>,
     /// When it was due, microseconds from the start (valid once acked).
     due_us: u64,
     /// Slots that must receive it (valid once acked).
-    expected: u64,
+    expected: Expected,
     /// Slots it has reached.
-    got: u64,
+    got: SlotSet,
+    /// How many slots it has reached (`got`'s size).
+    got_count: u32,
+    /// Arrivals before the ack, `(slot, µs from the start)`: their frame
+    /// latency is known once the ack names the due time.
+    early: Vec<(u32, u64)>,
     /// Latest arrival so far, microseconds from the start.
     last_arrival_us: u64,
     /// Its `expires_at`, Unix ms (valid once acked).
@@ -176,8 +241,10 @@ impl Open {
         self.k.is_some()
     }
 
+    /// Acked, and at every slot it must reach (after the ack `got` holds
+    /// expected slots only, so counting is enough).
     fn complete(&self) -> bool {
-        self.acked() && self.got & self.expected == self.expected
+        self.acked() && self.got_count == self.expected.count()
     }
 }
 
@@ -190,7 +257,8 @@ pub struct TrackerCounts {
     pub duplicate_acks: u64,
     /// Messages that reached every slot they had to.
     pub delivered: u64,
-    /// `message` frames that were a first arrival at their slot.
+    /// `message` frames that were a first arrival at their slot: the
+    /// delivered frames.
     pub device_deliveries: u64,
     /// `message` frames for a slot that already had the message (or for
     /// a message already complete).
@@ -211,10 +279,17 @@ impl TrackerCounts {
     }
 }
 
-/// What one shard holds.
+/// What one shard holds: the open entries, and the books beside them (a
+/// separate struct so an entry and the books can be borrowed at once).
 struct Shard {
     /// Open entries by `msg_id` hash.
     open: HashMap<u64, Open, Build>,
+    /// Everything else.
+    books: Books,
+}
+
+/// A shard's completed messages, counts and histograms.
+struct Books {
     /// Hashes of completed messages, to catch late duplicates.
     done: HashSet<u64, Build>,
     /// Totals since the start.
@@ -225,43 +300,58 @@ struct Shard {
     ack: Latency,
     /// Delivery latency (due → last required arrival) since the start.
     delivery: Latency,
+    /// Frame latency (due → each first arrival at a slot) since the start.
+    frame: Latency,
     /// Ack latency since the last interval.
     ack_interval: Latency,
     /// Delivery latency since the last interval.
     delivery_interval: Latency,
+    /// Frame latency since the last interval.
+    frame_interval: Latency,
 }
 
 impl Shard {
     fn new() -> Shard {
         Shard {
             open: HashMap::default(),
-            done: HashSet::default(),
-            counts: TrackerCounts::default(),
-            interval: TrackerCounts::default(),
-            ack: Latency::precise(),
-            delivery: Latency::precise(),
-            ack_interval: Latency::coarse(),
-            delivery_interval: Latency::coarse(),
+            books: Books {
+                done: HashSet::default(),
+                counts: TrackerCounts::default(),
+                interval: TrackerCounts::default(),
+                ack: Latency::precise(),
+                delivery: Latency::precise(),
+                frame: Latency::precise(),
+                ack_interval: Latency::coarse(),
+                delivery_interval: Latency::coarse(),
+                frame_interval: Latency::coarse(),
+            },
         }
     }
+}
 
+impl Books {
     fn bump(&mut self, f: impl Fn(&mut TrackerCounts)) {
         f(&mut self.counts);
         f(&mut self.interval);
     }
 
-    /// Close `entry` if it is complete: record its delivery latency.
-    fn settle(&mut self, key: u64, entry: Open) -> bool {
-        if !entry.complete() {
-            return false;
-        }
-        self.open.remove(&key);
+    fn ack_latency(&mut self, us: u64) {
+        self.ack.record_us(us);
+        self.ack_interval.record_us(us);
+    }
+
+    fn frame_latency(&mut self, us: u64) {
+        self.frame.record_us(us);
+        self.frame_interval.record_us(us);
+    }
+
+    /// Message `key` is complete, its last arrival `latency` after it was
+    /// due.
+    fn delivered(&mut self, key: u64, latency: u64) {
         self.done.insert(key);
-        let latency = entry.last_arrival_us.saturating_sub(entry.due_us);
         self.delivery.record_us(latency);
         self.delivery_interval.record_us(latency);
         self.bump(|c| c.delivered += 1);
-        true
     }
 }
 
@@ -285,21 +375,27 @@ pub struct AckInfo {
     pub k: u64,
     /// When it was due, microseconds from the start.
     pub due_us: u64,
-    /// Slots that must receive it ([`crate::schedule::Plan::expected_slots`]).
-    pub expected: u64,
+    /// Slots that must receive it ([`crate::schedule::Plan::expected`]).
+    pub expected: Expected,
     /// Its `expires_at`, Unix ms.
     pub expires_at_ms: i64,
 }
 
+/// Most missing slots a [`Missing`] sample lists.
+const MISSING_LISTED: usize = 16;
+
 /// One message that did not reach every slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Missing {
     /// The message's number in the schedule.
     pub k: u64,
-    /// Slots it should have reached, as a bit mask.
-    pub expected: u64,
+    /// Slots it had to reach.
+    pub expected_slots: u32,
     /// Slots it did reach.
-    pub got: u64,
+    pub reached: u32,
+    /// The first few slots it did not reach (see `Plan::slot`).
+    pub missing: Vec<u32>,
 }
 
 /// The loss accounting at the end of a run.
@@ -307,7 +403,7 @@ pub struct Missing {
 pub struct Accounting {
     /// Acked messages that did not reach every slot, though still alive.
     pub lost: u64,
-    /// Slot deliveries those messages are short of.
+    /// Slot deliveries (frames) those messages are short of.
     pub lost_device_deliveries: u64,
     /// Acked messages that did not reach every slot but whose lifetime had
     /// ended by then (allowed: expiry wins).
@@ -327,6 +423,19 @@ pub struct Interval {
     pub ack: Latency,
     /// Delivery latencies in the interval.
     pub delivery: Latency,
+    /// Frame latencies in the interval.
+    pub frame: Latency,
+}
+
+/// The latency distributions since the start, merged over the shards.
+#[derive(Debug, Clone)]
+pub struct Latencies {
+    /// Due → ack at the sending device, per message.
+    pub ack: Latency,
+    /// Due → arrival at the last slot, per message.
+    pub delivery: Latency,
+    /// Due → arrival, per frame (every first arrival at a slot).
+    pub frame: Latency,
 }
 
 /// The sharded exactly-once ledger (see the module doc).
@@ -368,14 +477,15 @@ impl Tracker {
     /// latency in microseconds, or `None` if it was a duplicate ack.
     pub fn on_ack(&self, msg_id: &str, info: AckInfo, now_us: u64) -> Option<u64> {
         let key = hash_str(msg_id);
-        let mut s = lock(self.shard(key));
-        if s.done.contains(&key) {
-            s.bump(|c| c.duplicate_acks += 1);
+        let mut guard = lock(self.shard(key));
+        let Shard { open, books } = &mut *guard;
+        if books.done.contains(&key) {
+            books.bump(|c| c.duplicate_acks += 1);
             return None;
         }
-        let mut entry = s.open.get(&key).copied().unwrap_or_default();
+        let entry = open.entry(key).or_default();
         if entry.acked() {
-            s.bump(|c| c.duplicate_acks += 1);
+            books.bump(|c| c.duplicate_acks += 1);
             return None;
         }
         entry.k = Some(info.k);
@@ -383,17 +493,27 @@ impl Tracker {
         entry.expected = info.expected;
         entry.expires_at_ms = info.expires_at_ms;
         let latency = now_us.saturating_sub(info.due_us);
-        s.ack.record_us(latency);
-        s.ack_interval.record_us(latency);
-        s.bump(|c| c.acked += 1);
-        // Early arrivals at slots it was never meant for.
-        let stray = (entry.got & !entry.expected).count_ones();
-        if stray > 0 {
-            s.bump(|c| c.unexpected += u64::from(stray));
-            entry.got &= entry.expected;
+        books.ack_latency(latency);
+        books.bump(|c| c.acked += 1);
+        // Early arrivals: their frame latency is known now; those at slots
+        // it was never meant for are strays.
+        let mut stray = 0;
+        for (slot, at) in std::mem::take(&mut entry.early) {
+            if info.expected.contains(slot) {
+                books.frame_latency(at.saturating_sub(info.due_us));
+            } else {
+                entry.got.remove(slot);
+                entry.got_count -= 1;
+                stray += 1;
+            }
         }
-        if !s.settle(key, entry) {
-            s.open.insert(key, entry);
+        if stray > 0 {
+            books.bump(|c| c.unexpected += stray);
+        }
+        if entry.complete() {
+            let delivery = entry.last_arrival_us.saturating_sub(entry.due_us);
+            open.remove(&key);
+            books.delivered(key, delivery);
         }
         Some(latency)
     }
@@ -401,28 +521,36 @@ impl Tracker {
     /// File the arrival of `msg_id` at device slot `slot` at `now_us`.
     pub fn on_arrival(&self, msg_id: &str, slot: u32, now_us: u64) -> Arrival {
         let key = hash_str(msg_id);
-        let bit = 1u64 << slot.min(63);
-        let mut s = lock(self.shard(key));
-        if s.done.contains(&key) {
-            s.bump(|c| c.duplicates += 1);
+        let mut guard = lock(self.shard(key));
+        let Shard { open, books } = &mut *guard;
+        if books.done.contains(&key) {
+            books.bump(|c| c.duplicates += 1);
             return Arrival::Duplicate;
         }
-        let mut entry = s.open.get(&key).copied().unwrap_or_default();
-        if entry.got & bit != 0 {
-            s.bump(|c| c.duplicates += 1);
+        let entry = open.entry(key).or_default();
+        if entry.got.contains(slot) {
+            books.bump(|c| c.duplicates += 1);
             return Arrival::Duplicate;
         }
-        if entry.acked() && entry.expected & bit == 0 {
-            s.bump(|c| c.unexpected += 1);
+        if entry.acked() && !entry.expected.contains(slot) {
+            books.bump(|c| c.unexpected += 1);
             return Arrival::Unexpected;
         }
-        entry.got |= bit;
+        entry.got.insert(slot);
+        entry.got_count += 1;
         entry.last_arrival_us = entry.last_arrival_us.max(now_us);
-        s.bump(|c| c.device_deliveries += 1);
-        if s.settle(key, entry) {
+        books.bump(|c| c.device_deliveries += 1);
+        if !entry.acked() {
+            entry.early.push((slot, now_us));
+            return Arrival::First;
+        }
+        books.frame_latency(now_us.saturating_sub(entry.due_us));
+        if entry.complete() {
+            let delivery = entry.last_arrival_us.saturating_sub(entry.due_us);
+            open.remove(&key);
+            books.delivered(key, delivery);
             Arrival::Completed
         } else {
-            s.open.insert(key, entry);
             Arrival::First
         }
     }
@@ -439,21 +567,26 @@ impl Tracker {
     pub fn counts(&self) -> TrackerCounts {
         let mut total = TrackerCounts::default();
         for m in self.shards.iter() {
-            total.add(&lock(m).counts);
+            total.add(&lock(m).books.counts);
         }
         total
     }
 
-    /// Ack and delivery latency since the start, merged over the shards.
-    pub fn latencies(&self) -> (Latency, Latency) {
-        let mut ack = Latency::precise();
-        let mut delivery = Latency::precise();
+    /// Ack, delivery and frame latency since the start, merged over the
+    /// shards.
+    pub fn latencies(&self) -> Latencies {
+        let mut out = Latencies {
+            ack: Latency::precise(),
+            delivery: Latency::precise(),
+            frame: Latency::precise(),
+        };
         for m in self.shards.iter() {
             let s = lock(m);
-            ack.merge(&s.ack);
-            delivery.merge(&s.delivery);
+            out.ack.merge(&s.books.ack);
+            out.delivery.merge(&s.books.delivery);
+            out.frame.merge(&s.books.frame);
         }
-        (ack, delivery)
+        out
     }
 
     /// Counts and latencies since the previous call, merged over the
@@ -463,15 +596,19 @@ impl Tracker {
             counts: TrackerCounts::default(),
             ack: Latency::coarse(),
             delivery: Latency::coarse(),
+            frame: Latency::coarse(),
         };
         for m in self.shards.iter() {
             let mut s = lock(m);
-            out.counts.add(&s.interval);
-            out.ack.merge(&s.ack_interval);
-            out.delivery.merge(&s.delivery_interval);
-            s.interval = TrackerCounts::default();
-            s.ack_interval.reset();
-            s.delivery_interval.reset();
+            let b = &mut s.books;
+            out.counts.add(&b.interval);
+            out.ack.merge(&b.ack_interval);
+            out.delivery.merge(&b.delivery_interval);
+            out.frame.merge(&b.frame_interval);
+            b.interval = TrackerCounts::default();
+            b.ack_interval.reset();
+            b.delivery_interval.reset();
+            b.frame_interval.reset();
         }
         out
     }
@@ -491,13 +628,18 @@ impl Tracker {
                     acc.expired_undelivered += 1;
                     continue;
                 }
+                let expected = entry.expected.count();
                 acc.lost += 1;
-                acc.lost_device_deliveries += u64::from((entry.expected & !entry.got).count_ones());
+                acc.lost_device_deliveries += u64::from(expected - entry.got_count);
                 if acc.lost_samples.len() < 20 {
                     acc.lost_samples.push(Missing {
                         k,
-                        expected: entry.expected,
-                        got: entry.got,
+                        expected_slots: expected,
+                        reached: entry.got_count,
+                        missing: (0..entry.expected.slots)
+                            .filter(|&s| entry.expected.contains(s) && !entry.got.contains(s))
+                            .take(MISSING_LISTED)
+                            .collect(),
                     });
                 }
             }
@@ -511,12 +653,20 @@ impl Tracker {
 mod tests {
     use super::*;
 
-    fn ack(k: u64, due_us: u64, expected: u64) -> AckInfo {
+    fn ack(k: u64, due_us: u64, expected: Expected) -> AckInfo {
         AckInfo {
             k,
             due_us,
             expected,
             expires_at_ms: i64::MAX,
+        }
+    }
+
+    /// Slots `0..slots` but `skip`.
+    fn but(slots: u32, skip: u32) -> Expected {
+        Expected {
+            slots,
+            skip: Some(skip),
         }
     }
 
@@ -550,10 +700,28 @@ mod tests {
     }
 
     #[test]
+    fn slot_sets_hold_slots_past_64() {
+        let mut set = SlotSet::default();
+        for slot in [0, 63, 64, 255, 8191] {
+            assert!(!set.contains(slot));
+            set.insert(slot);
+            assert!(set.contains(slot));
+        }
+        assert!(!set.contains(1) && !set.contains(128) && !set.contains(9000));
+        set.remove(255);
+        set.remove(9000);
+        assert!(!set.contains(255) && set.contains(8191));
+        // A pair run's slots never allocate.
+        let mut small = SlotSet::default();
+        small.insert(5);
+        assert!(small.high.is_empty());
+    }
+
+    #[test]
     fn ack_then_every_slot_completes_once() {
         let t = Tracker::new(4);
         // Two recipient slots (0, 1) and one of the sender's (3).
-        assert_eq!(t.on_ack("m1", ack(7, 1_000, 0b1011), 3_000), Some(2_000));
+        assert_eq!(t.on_ack("m1", ack(7, 1_000, but(4, 2)), 3_000), Some(2_000));
         assert_eq!(t.on_arrival("m1", 0, 4_000), Arrival::First);
         assert_eq!(t.on_arrival("m1", 3, 5_000), Arrival::First);
         assert_eq!(t.pending(), 1);
@@ -561,10 +729,13 @@ mod tests {
         assert_eq!(t.pending(), 0);
         let c = t.counts();
         assert_eq!((c.acked, c.delivered, c.device_deliveries), (1, 1, 3));
-        let (ack_l, delivery) = t.latencies();
-        assert_eq!(ack_l.quantile_us(1.0), 2_000);
+        let l = t.latencies();
+        assert_eq!(l.ack.quantile_us(1.0), 2_000);
         // Delivery waits for the LAST slot: 9 ms - 1 ms.
-        assert!((delivery.summary().max_ms - 8.0).abs() < 0.01);
+        assert!((l.delivery.summary().max_ms - 8.0).abs() < 0.01);
+        // One frame latency per arrival: 3, 4 and 8 ms.
+        assert_eq!(l.frame.count(), 3);
+        assert!((l.frame.summary().p50_ms - 4.0).abs() < 0.01);
         assert_eq!(t.finish(0), Accounting::default());
     }
 
@@ -574,11 +745,14 @@ mod tests {
         assert_eq!(t.on_arrival("m2", 0, 2_000), Arrival::First);
         // Not acked yet: pending counts only acked messages.
         assert_eq!(t.pending(), 0);
-        t.on_ack("m2", ack(1, 500, 0b1), 3_000);
+        t.on_ack("m2", ack(1, 500, Expected::all(1)), 3_000);
         let c = t.counts();
         assert_eq!((c.acked, c.delivered), (1, 1));
-        let (_, delivery) = t.latencies();
-        assert!((delivery.summary().max_ms - 1.5).abs() < 0.01);
+        let l = t.latencies();
+        assert!((l.delivery.summary().max_ms - 1.5).abs() < 0.01);
+        // The early frame is timed from the due time the ack gave.
+        assert_eq!(l.frame.count(), 1);
+        assert!((l.frame.summary().max_ms - 1.5).abs() < 0.01);
         // An arrival that never gets an ack is reported.
         t.on_arrival("ghost", 0, 1);
         assert_eq!(t.finish(0).delivered_without_ack, 1);
@@ -587,16 +761,17 @@ mod tests {
     #[test]
     fn duplicates_are_counted_before_and_after_completion() {
         let t = Tracker::new(1);
-        t.on_ack("m3", ack(3, 0, 0b11), 10);
+        t.on_ack("m3", ack(3, 0, Expected::all(2)), 10);
         assert_eq!(t.on_arrival("m3", 0, 20), Arrival::First);
         assert_eq!(t.on_arrival("m3", 0, 30), Arrival::Duplicate);
         assert_eq!(t.on_arrival("m3", 1, 40), Arrival::Completed);
         assert_eq!(t.on_arrival("m3", 1, 50), Arrival::Duplicate);
         assert_eq!(t.on_arrival("m3", 5, 60), Arrival::Duplicate);
-        assert_eq!(t.on_ack("m3", ack(3, 0, 0b11), 70), None);
+        assert_eq!(t.on_ack("m3", ack(3, 0, Expected::all(2)), 70), None);
         let c = t.counts();
         assert_eq!((c.duplicates, c.duplicate_acks, c.delivered), (3, 1, 1));
         assert_eq!(c.device_deliveries, 2);
+        assert_eq!(t.latencies().frame.count(), 2, "duplicates are not frames");
     }
 
     #[test]
@@ -604,31 +779,76 @@ mod tests {
         let t = Tracker::new(1);
         // Early arrival at slot 2, which the ack then says is not expected.
         t.on_arrival("m4", 2, 5);
-        t.on_ack("m4", ack(4, 0, 0b1), 10);
+        t.on_ack("m4", ack(4, 0, Expected::all(1)), 10);
         assert_eq!(t.on_arrival("m4", 3, 12), Arrival::Unexpected);
         let c = t.counts();
         assert_eq!(c.unexpected, 2);
         assert_eq!(c.delivered, 0);
         assert_eq!(t.on_arrival("m4", 0, 20), Arrival::Completed);
+        // The sending device's own slot is unexpected too.
+        t.on_ack("m8", ack(8, 0, but(3, 1)), 10);
+        assert_eq!(t.on_arrival("m8", 1, 12), Arrival::Unexpected);
+    }
+
+    #[test]
+    fn a_group_message_counts_every_receiver_once() {
+        // 256 members, one device each, sent by member 3: 255 frames.
+        let t = Tracker::new(8);
+        let expected = but(256, 3);
+        // A third of the receivers are faster than the sender's ack.
+        for slot in (0..256u32).filter(|s| *s != 3 && s % 3 == 0) {
+            assert_eq!(t.on_arrival("g1", slot, 100), Arrival::First);
+        }
+        t.on_ack("g1", ack(1, 0, expected), 150);
+        let mut last = Arrival::First;
+        for slot in (0..256u32).filter(|s| *s != 3 && s % 3 != 0) {
+            last = t.on_arrival("g1", slot, 200);
+        }
+        assert_eq!(last, Arrival::Completed);
+        assert_eq!(t.on_arrival("g1", 255, 300), Arrival::Duplicate);
+        let c = t.counts();
+        assert_eq!((c.acked, c.delivered, c.device_deliveries), (1, 1, 255));
+        assert_eq!((c.duplicates, c.unexpected), (1, 0));
+        let l = t.latencies();
+        assert_eq!(l.frame.count(), 255);
+        assert_eq!(l.delivery.count(), 1);
+        // A second message misses members 200 and 201: lost, and named.
+        t.on_ack("g2", ack(2, 0, expected), 10);
+        for slot in (0..256u32).filter(|s| ![3, 200, 201].contains(s)) {
+            t.on_arrival("g2", slot, 20);
+        }
+        // The sender's own slot is refused, not counted as a delivery.
+        assert_eq!(t.on_arrival("g2", 3, 30), Arrival::Unexpected);
+        let acc = t.finish(0);
+        assert_eq!((acc.lost, acc.lost_device_deliveries), (1, 2));
+        assert_eq!(
+            acc.lost_samples,
+            vec![Missing {
+                k: 2,
+                expected_slots: 255,
+                reached: 253,
+                missing: vec![200, 201],
+            }]
+        );
     }
 
     #[test]
     fn losses_are_reported_unless_expired() {
         let t = Tracker::new(8);
         // m5: acked, reached 1 of 3 slots, alive: lost, 2 deliveries short.
-        t.on_ack("m5", ack(5, 0, 0b111), 10);
+        t.on_ack("m5", ack(5, 0, Expected::all(3)), 10);
         t.on_arrival("m5", 1, 20);
         // m6: acked, nothing arrived, but it expired at 1000 ms.
         t.on_ack(
             "m6",
             AckInfo {
                 expires_at_ms: 1_000,
-                ..ack(6, 0, 0b1)
+                ..ack(6, 0, Expected::all(1))
             },
             10,
         );
         // m7: complete.
-        t.on_ack("m7", ack(7, 0, 0b1), 10);
+        t.on_ack("m7", ack(7, 0, Expected::all(1)), 10);
         t.on_arrival("m7", 0, 20);
         let acc = t.finish(2_000);
         assert_eq!(acc.lost, 1);
@@ -638,8 +858,9 @@ mod tests {
             acc.lost_samples,
             vec![Missing {
                 k: 5,
-                expected: 0b111,
-                got: 0b010
+                expected_slots: 3,
+                reached: 1,
+                missing: vec![0, 2],
             }]
         );
         // Before m6's expiry it would have been a loss too.
@@ -651,16 +872,19 @@ mod tests {
         let t = Tracker::new(3);
         for i in 0..10u64 {
             let id = format!("a{i}");
-            t.on_ack(&id, ack(i, 0, 0b1), 100);
+            t.on_ack(&id, ack(i, 0, Expected::all(1)), 100);
             t.on_arrival(&id, 0, 200);
         }
         let first = t.take_interval();
         assert_eq!(first.counts.acked, 10);
         assert_eq!(first.ack.count(), 10);
-        t.on_ack("b", ack(99, 0, 0b1), 100);
+        assert_eq!(first.frame.count(), 10);
+        assert_eq!(first.counts.device_deliveries, 10);
+        t.on_ack("b", ack(99, 0, Expected::all(1)), 100);
         let second = t.take_interval();
         assert_eq!(second.counts.acked, 1);
         assert_eq!(second.delivery.count(), 0);
+        assert_eq!(second.frame.count(), 0);
         assert_eq!(t.counts().acked, 11);
     }
 }

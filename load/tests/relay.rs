@@ -1,6 +1,7 @@
 //! The bare relay (`ephemera-relay`) against the load generator: a short
-//! message run must come out verified, so the relay is a fair control for
-//! `scripts/bench.sh`; and the frames it answers outside a run.
+//! message run, in pairs and in groups, must come out verified, so the
+//! relay is a fair control for `scripts/bench.sh`; and the frames it
+//! answers outside a run.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -9,7 +10,7 @@ use std::time::Duration;
 use ephemera_load::client::{self, Http, Socket, Target};
 use ephemera_load::config::LoadConfig;
 use ephemera_load::run;
-use ephemera_load::schedule::RateProfile;
+use ephemera_load::schedule::{Plan, RateProfile, Shares};
 
 /// A relay on a free port, killed on drop.
 struct Relay {
@@ -64,6 +65,103 @@ async fn a_load_run_against_the_relay_verifies() {
     assert_eq!((c.lost, c.duplicates, c.unanswered), (0, 0, 0), "{c:?}");
     assert!(c.errors_by_code.is_empty(), "{c:?}");
     assert!(report.verified(), "{}", report.summary_table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_run_counts_every_frame_at_every_member() {
+    let relay = Relay::start();
+    let mut cfg = LoadConfig::new(vec![relay.base.clone()]);
+    // Groups of 8, 8 and 4; two devices each, so a message makes
+    // (members - 1) * 2 frames at the others and 1 at the sender's other
+    // device: 15, or 7 in the last group.
+    cfg.users = 20;
+    cfg.devices = 2;
+    cfg.group_size = Some(8);
+    cfg.register = true;
+    cfg.prefix = "grp".into();
+    cfg.profile = RateProfile::flat(100.0, 2.0);
+    let report = run::run(&cfg).await.expect("the run completes");
+    let c = &report.counts;
+    let table = report.summary_table();
+    assert_eq!(c.scheduled, 200, "{table}");
+    assert_eq!((c.sent, c.acked, c.delivered), (200, 200, 200), "{table}");
+    assert_eq!((c.lost, c.duplicates, c.unexpected), (0, 0, 0), "{table}");
+    assert!(c.errors_by_code.is_empty(), "{table}");
+    let plan = Plan {
+        users: 20,
+        devices: 2,
+        pairing: cfg.pairing,
+        shares: Shares::PLAIN,
+        groups: cfg.groups(),
+    };
+    let expected: u64 = (0..200).map(|k| u64::from(plan.expected(k).count())).sum();
+    // Users 0..16 send 15 frames, 16..20 send 7: 10 * (16 * 15 + 4 * 7).
+    assert_eq!(expected, 2680);
+    assert_eq!(c.device_deliveries, expected, "{table}");
+    assert_eq!(
+        report.latency.frame.count, expected,
+        "one latency per frame"
+    );
+    assert_eq!(report.latency.delivery.count, 200, "{table}");
+    let g = report.group.as_ref().expect("a group report");
+    assert_eq!((g.size, g.groups), (8, 3));
+    assert!((g.frames_per_message - 13.4).abs() < 1e-9, "{g:?}");
+    assert!(g.delivered_frame_rate > 1000.0, "{g:?}");
+    assert!(g.generator_cpu_us_per_frame.is_some(), "{g:?}");
+    assert!(report.series.iter().map(|p| p.frames).sum::<u64>() <= expected);
+    assert!(table.contains("3 of 8 members"), "{table}");
+    assert!(report.verified(), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_makes_groups_of_at_most_256() {
+    let relay = Relay::start();
+    let http = Http::new(&relay.base).unwrap();
+    let ws_url = format!(
+        "ws://{}/api/v1/ws",
+        relay.base.trim_start_matches("http://")
+    );
+    let mut ids = Vec::new();
+    for i in 0..257 {
+        ids.push(
+            http.register(&format!("m{i}"), "password123")
+                .await
+                .unwrap()
+                .user_id,
+        );
+    }
+    let owner = http.login("m0", "password123", None).await.unwrap();
+    let other = http.login("m1", "password123", None).await.unwrap();
+    // 256 with the caller (listed or not): accepted; 257: refused.
+    let group = http.create_group(&owner, &ids[1..256], None).await.unwrap();
+    http.create_group(&owner, &ids[..256], None).await.unwrap();
+    let too_many = http
+        .create_group(&owner, &ids[1..], None)
+        .await
+        .unwrap_err();
+    assert_eq!(client::api_error(&too_many).map(|e| e.status), Some(422));
+    let unknown = http
+        .create_group(&owner, &["nobody"], None)
+        .await
+        .unwrap_err();
+    assert_eq!(client::api_error(&unknown).map(|e| e.status), Some(422));
+    // A member's send reaches the owner, with the group's id.
+    let mut s_owner = Socket::connect(&ws_url, &owner.token).await.unwrap();
+    let mut s_other = Socket::connect(&ws_url, &other.token).await.unwrap();
+    let wait = Duration::from_secs(5);
+    let send = client::timed_text("g1", Target::Conversation(&group), "hi all", 60);
+    s_other.send(&send).await.unwrap();
+    let ack = s_other.recv(wait).await.unwrap().unwrap();
+    assert_eq!((&ack["type"], &ack["seq"]), (&"ack".into(), &1.into()));
+    let m = s_owner.recv(wait).await.unwrap().unwrap();
+    assert_eq!(
+        (&m["type"], &m["conversation_id"], &m["from"]),
+        (
+            &"message".into(),
+            &group.clone().into(),
+            &ids[1].clone().into()
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

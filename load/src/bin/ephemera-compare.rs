@@ -1,7 +1,8 @@
 //! `ephemera-compare RELAY.json EPHEMERA.json [RELAY.json EPHEMERA.json ...]`:
 //! the markdown table of [`ephemera_load::compare`] on stdout, from
 //! `ephemera-load` reports taken in pairs (the relay's run, then the
-//! server's, at one offered rate). `scripts/bench.sh` writes it as
+//! server's, at one offered rate), and for group runs (`--group-size`) the
+//! table per delivered frame. `scripts/bench.sh` writes it as
 //! `summary.md`.
 
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use ephemera_load::report::Report;
 #[derive(clap::Parser)]
 #[command(
     name = "ephemera-compare",
-    about = "Table of server vs relay CPU per message from ephemera-load reports"
+    about = "Table of server vs relay CPU per message (and per frame, for group runs) from ephemera-load reports"
 )]
 struct Args {
     /// Report files in pairs: the relay's run, then the server's, per rate.

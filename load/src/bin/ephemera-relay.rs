@@ -4,8 +4,8 @@
 //! It runs on the server's own stack (actix 0.13, actix-web 4,
 //! actix-web-actors 4; one actor per socket on `--workers` socket threads,
 //! Nagle off, frames as serde-tagged JSON) and answers exactly the part of
-//! the protocol (PROTOCOL.md §1, §3) that a plain `ephemera-load` message
-//! run uses, and nothing more: no storage, no password hashing, no limits.
+//! the protocol (PROTOCOL.md §1, §3, and group creation of §6) that a plain
+//! `ephemera-load` message run uses, in pairs or groups, and nothing more: no storage, no password hashing, no limits.
 //! Whatever the server spends per message above this relay's figure is the
 //! price of what the relay leaves out. `scripts/bench.sh` runs both at the
 //! same offered rates and reports the ratio.
@@ -17,20 +17,26 @@
 //! * `POST /api/v1/sessions` `{username, password, device_name?}`: `201
 //!   {token, user_id, device_id, expires_at}`, `401` on a wrong password.
 //!   Each login is a new device.
+//! * `POST /api/v1/conversations` `{members, name?}` with a bearer token:
+//!   `201 {conversation_id}`, a group of the caller and `members` (at most
+//!   256 in all, as the server's default; `422` past it or for an unknown
+//!   user id), for `ephemera-load --group-size`.
 //! * `GET /api/v1/ws` with `Authorization: Bearer <token>` (`401`
 //!   without a live token), text frames:
-//!   * `send` of a `timed` text message, with `to` (a user id) or a known
-//!     `conversation_id`: a `message` frame to every device of both members
-//!     except the sending one, then an `ack` to the sender. The 1:1
-//!     conversation id derives from the pair, `seq` counts per conversation
-//!     and `cursor` per user;
+//!   * `send` of a `timed` text message, with `to` (a user id) or the
+//!     `conversation_id` of a conversation the sender is in: a `message`
+//!     frame to every device of every member except the sending one, then
+//!     an `ack` to the sender. The 1:1 conversation id derives from the
+//!     pair, `seq` counts per conversation and `cursor` per user (so the
+//!     frame is rendered once per member: its cursor differs);
 //!   * `ping`: `pong`;
 //!   * any other frame: `error` (`bad_frame`, `not_found` or `invalid`,
 //!     with `ref` when the frame had a `client_msg_id`).
 //!
 //! Left out on purpose: persistence, dedup of a resent `client_msg_id`,
-//! `once` messages, media, receipts, typing, views, `sync`, groups,
-//! history, logout, token expiry, and every rate and size limit. Accounts,
+//! `once` messages, media, receipts, typing, views, `sync`, group names,
+//! listing, leaving and presence, history, logout, token expiry, and every
+//! rate and size limit. Accounts,
 //! tokens and conversations live in memory until the process ends. It
 //! prints its address once when ready (`RELAY_READY http=ADDR`) and
 //! nothing per message.
@@ -69,6 +75,10 @@ struct Args {
 /// How long a login's token is said to live (never enforced).
 const TOKEN_LIFETIME_MS: i64 = 30 * 24 * 3600 * 1000;
 
+/// Most members of a group, the caller included (the server's default
+/// `max_group_members`).
+const MAX_GROUP_MEMBERS: usize = 256;
+
 // ---------------------------------------------------------------------------
 // State
 // ---------------------------------------------------------------------------
@@ -82,7 +92,8 @@ struct Relay {
     users: RwLock<HashMap<Arc<str>, Arc<User>>>,
     /// Live tokens.
     sessions: RwLock<HashMap<String, Login>>,
-    /// Conversations by id, created by their first message.
+    /// Conversations by id: 1:1 ones created by their first message,
+    /// groups by `POST /api/v1/conversations`.
     conversations: RwLock<HashMap<Arc<str>, Arc<Conversation>>>,
     /// Source of user, device, socket and message numbers.
     next: AtomicU64,
@@ -122,11 +133,12 @@ struct Login {
     device: u64,
 }
 
-/// A 1:1 conversation.
+/// A conversation: 1:1 or a group.
 struct Conversation {
-    /// Its id, derived from the pair.
+    /// Its id: derived from the pair, or `g<number>` for a group.
     id: Arc<str>,
-    /// Its members (one when a user writes to itself).
+    /// Its members (one when a user writes to itself; the creator first in
+    /// a group).
     members: Vec<Arc<User>>,
     /// The last `seq`; held while a message fans out, so seqs arrive in
     /// order.
@@ -281,18 +293,78 @@ async fn login(relay: web::Data<Relay>, body: web::Json<Credentials>) -> HttpRes
     }))
 }
 
+/// The owner of the request's `Authorization: Bearer` token, if live.
+fn bearer(relay: &Relay, req: &HttpRequest) -> Option<Login> {
+    let token = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))?;
+    relay.login(token.trim())
+}
+
+/// The body of `POST /api/v1/conversations`.
+#[derive(Deserialize)]
+struct CreateGroup {
+    members: Vec<String>,
+}
+
+/// `POST /api/v1/conversations`: a group of the caller and `members`.
+async fn create_group(
+    relay: web::Data<Relay>,
+    req: HttpRequest,
+    body: web::Json<CreateGroup>,
+) -> HttpResponse {
+    let Some(login) = bearer(&relay, &req) else {
+        return http_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a live bearer token is required",
+        );
+    };
+    let mut members = vec![login.user];
+    for id in &body.members {
+        let Some(user) = relay.user(id) else {
+            return http_error(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "members must be existing users",
+            );
+        };
+        if !members.iter().any(|m| Arc::ptr_eq(m, &user)) {
+            members.push(user);
+        }
+    }
+    if members.len() > MAX_GROUP_MEMBERS {
+        return http_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            "too many members",
+        );
+    }
+    let id: Arc<str> = format!("g{}", relay.number()).into();
+    relay
+        .conversations
+        .write()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(
+            id.clone(),
+            Arc::new(Conversation {
+                id: id.clone(),
+                members,
+                seq: Mutex::new(0),
+            }),
+        );
+    HttpResponse::Created().json(json!({ "conversation_id": &*id }))
+}
+
 /// `GET /api/v1/ws`: a [`Socket`] for a live `Authorization: Bearer` token.
 async fn upgrade(
     relay: web::Data<Relay>,
     req: HttpRequest,
     stream: web::Payload,
 ) -> actix_web::Result<HttpResponse> {
-    let token = req
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "));
-    let Some(login) = token.and_then(|t| relay.login(t.trim())) else {
+    let Some(login) = bearer(&relay, &req) else {
         return Ok(http_error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -542,6 +614,7 @@ async fn main() -> anyhow::Result<()> {
             web::scope("/api/v1")
                 .route("/accounts", web::post().to(register))
                 .route("/sessions", web::post().to(login))
+                .route("/conversations", web::post().to(create_group))
                 .route("/ws", web::get().to(upgrade)),
         )
     })
