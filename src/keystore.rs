@@ -107,6 +107,7 @@ impl KeyStore {
         opts.set_wal_size_limit_mb(0);
         opts.set_keep_log_file_num(2);
         opts.set_compaction_filter(filter::NAME, filter::filter);
+        opts.set_max_open_files(crate::fds::KEYSTORE_OPEN_FILES);
         Ok(KeyStore {
             db: DB::open(&opts, dir)?,
             bodies: Mutex::new(HashMap::new()),

@@ -16,6 +16,7 @@ mod api;
 mod auth;
 mod cli;
 mod config;
+mod fds;
 mod keystore;
 mod media;
 mod store;
@@ -212,6 +213,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         logins,
         sockets: Default::default(),
     });
+    let fd_budget = fds::budget();
+    tracing::info!(
+        descriptor_limit = fd_budget.limit,
+        max_connections = fd_budget.connections,
+        reserved_for_storage = fds::STORAGE_RESERVE,
+        "descriptor budget"
+    );
     let public = HttpServer::new(move || {
         let app = App::new()
             .app_data(app_state.clone())
@@ -222,6 +230,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     })
     .workers(cfg.socket_threads)
+    // Sockets may not take the descriptors storage needs (see `fds`);
+    // actix counts this per socket thread.
+    .max_connections(1_000_000)
     // Each connection's socket is noted, so one that stops reading can be
     // cut (see `api::ws`).
     .on_connect(api::ws::note_socket)

@@ -308,6 +308,9 @@ impl RocksStore {
         opts.set_max_total_wal_size(64 << 20);
         opts.set_keep_log_file_num(4);
         opts.increase_parallelism(2);
+        // Table files held open are bounded: descriptors are shared with
+        // the sockets (see `fds`).
+        opts.set_max_open_files(crate::fds::DB_OPEN_FILES);
         let cfs = Cf::ALL.iter().map(|cf| {
             ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, periodic_compaction_seconds))
         });

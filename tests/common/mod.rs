@@ -67,6 +67,9 @@ pub struct Server {
     admin_addr: String,
     /// How many processes have been started, numbering the log files.
     launches: usize,
+    /// The process's descriptor limit (`RLIMIT_NOFILE`, soft and hard),
+    /// when a test sets one.
+    fd_limit: Option<u64>,
 }
 
 impl Server {
@@ -93,6 +96,17 @@ impl Server {
         Self::launch_new(root, data_dir, extra_args, extra_env).await
     }
 
+    /// [`Server::start`] as a process whose descriptor limit (soft and
+    /// hard) is `limit`.
+    pub async fn start_with_fd_limit(extra_args: &[&str], limit: u64) -> Server {
+        let root = tempfile::Builder::new()
+            .prefix("ephemera-test-")
+            .tempdir()
+            .expect("creating a temp dir for the server");
+        let data_dir = root.path().join("data");
+        Self::launch_limited(root, data_dir, extra_args, &[], Some(limit)).await
+    }
+
     /// Start a server on an existing data directory the caller owns (logs
     /// still go to a fresh temp directory).
     pub async fn start_in(data_dir: &Path, extra_args: &[&str]) -> Server {
@@ -110,6 +124,17 @@ impl Server {
         extra_args: &[&str],
         extra_env: &[(&str, &str)],
     ) -> Server {
+        Self::launch_limited(root, data_dir, extra_args, extra_env, None).await
+    }
+
+    /// [`Server::launch_new`], with a descriptor limit if `fd_limit`.
+    async fn launch_limited(
+        root: TempDir,
+        data_dir: PathBuf,
+        extra_args: &[&str],
+        extra_env: &[(&str, &str)],
+        fd_limit: Option<u64>,
+    ) -> Server {
         std::fs::create_dir_all(&data_dir).expect("creating the data dir");
         let mut server = Server {
             child: None,
@@ -124,6 +149,7 @@ impl Server {
             http_addr: String::new(),
             admin_addr: String::new(),
             launches: 0,
+            fd_limit,
         };
         server.launch().await;
         server
@@ -164,6 +190,23 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
+        if let Some(limit) = self.fd_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec the closure only calls
+            // setrlimit, which is async-signal-safe, on its own struct.
+            unsafe {
+                command.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = command.spawn().expect("spawning the ephemera binary");
         let stdout = child.stdout.take().expect("stdout is piped");
         self.child = Some(child);
