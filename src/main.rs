@@ -232,7 +232,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     .workers(cfg.socket_threads)
     // Sockets may not take the descriptors storage needs (see `fds`);
     // actix counts this per socket thread.
-    .max_connections(1_000_000)
+    .max_connections(fd_budget.connections.div_ceil(cfg.socket_threads.max(1)))
     // Each connection's socket is noted, so one that stops reading can be
     // cut (see `api::ws`).
     .on_connect(api::ws::note_socket)

@@ -617,7 +617,10 @@ mod tests {
     #[test]
     fn a_message_rendered_once_reads_as_one_rendered_with_each_cursor() {
         let messages = [
-            message(ViewPolicy::Timed, Some("h\u{e9} \"quoted\" {\"type\":\"message\",}")),
+            message(
+                ViewPolicy::Timed,
+                Some("h\u{e9} \"quoted\" {\"type\":\"message\",}"),
+            ),
             message(ViewPolicy::Once, None),
         ];
         for m in &messages {
