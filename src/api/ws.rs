@@ -3,7 +3,7 @@
 //! upgrade and then close code 4401, which a browser can read (it cannot
 //! read the status of a refused upgrade).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use actix::{Actor, ActorContext, StreamHandler};
@@ -163,27 +163,58 @@ fn cap_send_buffer(req: &HttpRequest) {
     }
 }
 
-/// What cuts this request's connection: a shutdown of its TCP socket,
-/// through a duplicate descriptor of our own (so it can never reach
-/// another connection that reused the number). Used on a socket that
-/// stopped reading: the HTTP layer then sees the connection end and drops
-/// the session with everything queued for it.
+/// What cuts this request's connection: a shutdown of its TCP socket, used
+/// on a socket that stopped reading (the HTTP layer then sees the
+/// connection end and drops the session with everything queued for it).
+///
+/// It holds the descriptor's number, not a duplicate of the descriptor: a
+/// duplicate per socket doubled the server's descriptors, and with the
+/// container's limit of 20,000 the server stopped accepting (EMFILE) at
+/// about 10,000 sockets. A number can be reused once the connection
+/// closes, so the cut checks first that the number still names the same
+/// socket: its inode, which no two live sockets share (the kernel numbers
+/// them from a 32-bit counter, so a reuse takes 2^32 new inodes first).
+/// The check and the shutdown cannot race with the close either: the cut
+/// runs on the session's own thread ([`SessionLink::arbiter`]), which is
+/// the thread that serves the connection and the only one that closes it,
+/// and only while the session lives ([`Outbox::finish`] drops it when the
+/// session stops: the HTTP layer drops the response body, and the session
+/// with it, before the socket).
+///
+/// [`SessionLink::arbiter`]: ephemera_actors::session::SessionLink
+/// [`Outbox::finish`]: ephemera_actors::outbox::Outbox::finish
 fn abort(req: &HttpRequest) -> Option<Abort> {
-    let fd = req.conn_data::<ConnFd>()?.0;
-    // SAFETY: `fd` is this live connection's socket (we are serving a
-    // request on it); F_DUPFD_CLOEXEC only reads it and returns a new
-    // descriptor that we own from here on.
-    let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
+    let ConnFd(fd) = req.conn_data::<ConnFd>().copied()?;
+    cut(fd)
+}
+
+/// [`abort`] for the socket open as `fd` now.
+fn cut(fd: RawFd) -> Option<Abort> {
+    let inode = socket_inode(fd)?;
+    Some(Box::new(move || {
+        if socket_inode(fd) != Some(inode) {
+            return; // closed meanwhile: the number is someone else's now
+        }
+        // SAFETY: `fd` is open and is still this connection's socket
+        // (checked just above, on the only thread that could close it);
+        // shutdown takes no memory.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }))
+}
+
+/// The inode of the socket open as `fd`, if `fd` is open.
+fn socket_inode(fd: RawFd) -> Option<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a `struct stat` to the pointer we pass (ours,
+    // of the right size) and reads nothing else of ours; on a closed
+    // descriptor it fails without writing.
+    let rc = unsafe { libc::fstat(fd, st.as_mut_ptr()) };
+    if rc != 0 {
         return None;
     }
-    // SAFETY: `dup` was just returned by fcntl and nothing else owns it.
-    let own = unsafe { OwnedFd::from_raw_fd(dup) };
-    Some(Box::new(move || {
-        // SAFETY: `own` is an open descriptor we own; shutdown takes no
-        // memory. Dropping `own` afterwards closes our duplicate.
-        unsafe { libc::shutdown(own.as_raw_fd(), libc::SHUT_RDWR) };
-    }))
+    // SAFETY: fstat succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    (st.st_mode & libc::S_IFMT == libc::S_IFSOCK).then_some(st.st_ino)
 }
 
 /// A socket whose token failed: closed with 4401 as soon as it opens.
@@ -204,5 +235,48 @@ impl Actor for Refuse {
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Refuse {
     fn handle(&mut self, _: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    #[test]
+    fn cut_shuts_the_connection_down() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let cut = cut(server.as_raw_fd()).expect("an open socket");
+        cut();
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).unwrap(), 0, "the client sees the end");
+    }
+
+    #[test]
+    fn cut_never_reaches_a_socket_that_reused_the_number() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _first_client = TcpStream::connect(addr).unwrap();
+        let (first, _) = listener.accept().unwrap();
+        let fd = first.as_raw_fd();
+        let cut = cut(fd).expect("an open socket");
+        drop(first);
+        // The lowest free number is the one just closed: the next socket
+        // takes it (unless another test's thread took it meanwhile).
+        let mut second = TcpStream::connect(addr).unwrap();
+        let reused = second.as_raw_fd() == fd;
+        let (mut second_peer, _) = listener.accept().unwrap();
+        cut();
+        second.write_all(b"x").expect("the new connection still writes");
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            second_peer.read(&mut buf).unwrap(),
+            1,
+            "the new connection is untouched (number reused: {reused})"
+        );
     }
 }
