@@ -227,6 +227,17 @@ where
     pub(super) fn is_none(&self) -> bool {
         matches!(self, State::None)
     }
+
+    /// Ephemera patch: whether a response body is streaming. A WebSocket is one response
+    /// that streams for the whole life of its connection, mostly idle; while it streams, a
+    /// read or write buffer that has been emptied is dropped rather than kept (the next read
+    /// or write allocates one again), so an idle socket holds neither. Kept, the two cost
+    /// 2 x 8 KiB allocated per connection, about 7 KiB of it resident (measured with 19,500
+    /// idle sockets: 14.4 KiB of server RSS per socket before, 7.4 KiB after). Between
+    /// requests of a keep-alive connection the buffers are reused as before.
+    pub(super) fn is_streaming(&self) -> bool {
+        matches!(self, State::SendPayload { .. } | State::SendErrorPayload { .. })
+    }
 }
 
 impl<S, B, X> fmt::Debug for State<S, B, X>
@@ -361,11 +372,13 @@ where
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
         let InnerDispatcherProj {
             io,
+            state,
             write_buf,
             h1_write_buffer_size,
             write_buf_needs_reset,
             ..
         } = self.project();
+        let streaming = state.is_streaming();
         let mut io = Pin::new(io.as_mut().unwrap());
 
         // Allow normal buffer growth, but do not retain allocations caused by large response
@@ -398,7 +411,11 @@ where
         }
 
         // All bytes have been accepted by the I/O stream, so the buffer can be reused or released.
-        if *write_buf_needs_reset {
+        if streaming {
+            // Ephemera patch: see `is_streaming`.
+            *write_buf = BytesMut::new();
+            *write_buf_needs_reset = false;
+        } else if *write_buf_needs_reset {
             *write_buf = BytesMut::with_capacity(HW_BUFFER_SIZE);
             *write_buf_needs_reset = false;
         } else {
@@ -1376,6 +1393,11 @@ where
                     }
 
                     inner.as_mut().poll_request(cx)?;
+
+                    // Ephemera patch: see `State::is_streaming`.
+                    if inner.read_buf.is_empty() && inner.state.is_streaming() {
+                        *inner.as_mut().project().read_buf = BytesMut::new();
+                    }
 
                     if should_disconnect {
                         // I/O stream should to be closed
