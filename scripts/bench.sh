@@ -7,7 +7,8 @@
 # noisy machine's noise in both figures; the ratio of the server's CPU per
 # acked message to the relay's is what this script is for.
 #
-# Writes OUT/{relay,ephemera}-RATE.json (and .txt, the generator's table)
+# Writes OUT/{relay,ephemera}-RATE.json (and .txt, the generator's table,
+# and .svg, its chart of throughput and latency per second)
 # and OUT/summary.md (ephemera-compare). Loopback only; background fuzzers
 # (`pgrep -f artifact_prefix`) are paused with SIGSTOP for the runs and
 # resumed at the end, however it ends.
@@ -89,7 +90,7 @@ load() {
   "$bin/ephemera-load" --url "$3" --users "$USERS" --register --prefix b \
     --rate "$2" --duration "$DURATION" --ttl "${TTL:-3600}" --server-pid "$pid" --quiet \
     ${GROUP:+--group-size "$GROUP"} \
-    --report "$OUT/$1-$2.json" >"$OUT/$1-$2.txt" 2>&1 || status=$?
+    --report "$OUT/$1-$2.json" --chart "$OUT/$1-$2.svg" >"$OUT/$1-$2.txt" 2>&1 || status=$?
   # 2: the run finished but verification failed; the summary shows it.
   if [ "$status" -ne 0 ] && [ "$status" -ne 2 ]; then
     echo "bench: ephemera-load failed against $1 at $2 msg/s:"; cat "$OUT/$1-$2.txt"; exit 1
