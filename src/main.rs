@@ -122,6 +122,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir).context("creating the data directory")?;
     let cfg = Arc::new(cfg);
     let token = admin_token(&cfg)?;
+    // The descriptor limit is raised before storage opens its files.
+    let fd_budget = fds::budget();
+    tracing::info!(
+        descriptor_limit = fd_budget.limit,
+        max_connections = fd_budget.connections,
+        reserved_for_storage = fds::STORAGE_RESERVE,
+        "descriptor budget"
+    );
     let keys = Arc::new(
         keystore::KeyStore::open(&cfg.data_dir.join("keys")).context("opening the key store")?,
     );
@@ -213,13 +221,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         logins,
         sockets: Default::default(),
     });
-    let fd_budget = fds::budget();
-    tracing::info!(
-        descriptor_limit = fd_budget.limit,
-        max_connections = fd_budget.connections,
-        reserved_for_storage = fds::STORAGE_RESERVE,
-        "descriptor budget"
-    );
     let public = HttpServer::new(move || {
         let app = App::new()
             .app_data(app_state.clone())

@@ -123,7 +123,7 @@ pub struct Arm(pub Vec<Deadline>);
 
 /// One conversation's actor.
 pub struct Conversation {
-    pub(crate) dir: Arc<Directory>,
+    dir: Arc<Directory>,
     pub(crate) deps: Arc<crate::directory::Deps>,
     pub(crate) id: ConvId,
     /// `None` until loaded, or for a direct conversation before its first message.
@@ -136,16 +136,16 @@ pub struct Conversation {
     pub(crate) timers: BTreeSet<Deadline>,
     /// Burns committed but not yet answered: a deadline handed over again
     /// meanwhile (the sweeper re-arms overdue ones) is not burned twice.
-    pub(crate) burning: BTreeSet<Deadline>,
-    pub(crate) armed: Option<(Millis, SpawnHandle)>,
-    pub(crate) receipted: HashSet<(u64, UserId)>,
+    burning: BTreeSet<Deadline>,
+    armed: Option<(Millis, SpawnHandle)>,
+    receipted: HashSet<(u64, UserId)>,
     /// Screenshot notices already sent, per (seq, user): one each.
-    pub(crate) screenshotted: HashSet<(u64, UserId)>,
+    screenshotted: HashSet<(u64, UserId)>,
     /// The furthest `read` stored per member since this actor started: a
     /// `read` that does not move it forward writes nothing.
-    pub(crate) read_marks: std::collections::HashMap<UserId, u64>,
-    pub(crate) started_at: std::time::Instant,
-    pub(crate) restarts: u64,
+    read_marks: std::collections::HashMap<UserId, u64>,
+    started_at: std::time::Instant,
+    restarts: u64,
     /// When a request last reached it (for passivation).
     pub(crate) last_active: std::time::Instant,
     /// Posts submitted and not yet answered by the writer (counted down on
@@ -154,14 +154,14 @@ pub struct Conversation {
     /// The actor's span.
     pub(crate) span: tracing::Span,
     /// Its mailbox depth (messages routed through the directory).
-    pub(crate) depth: crate::Depth,
+    depth: crate::Depth,
     /// Dropped with this actor: a successor waits for that.
-    pub(crate) _alive: crate::Alive,
+    _alive: crate::Alive,
     /// The actor this one replaces, if it may still be running.
-    pub(crate) predecessor: Option<crate::AliveWatch>,
+    predecessor: Option<crate::AliveWatch>,
     /// Replaced by a successor: handles what is left in its mailbox, then
     /// stops.
-    pub(crate) draining: bool,
+    draining: bool,
 }
 
 const UNAVAILABLE: FrameError =

@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConvId, Id, MsgId, UserId};
 use crate::store::{
-    BurnReason, Event, EventRecord, MediaGrant, MediaRef, Millis, ReceiptState, StoredMessage,
-    ViewPolicy,
+    BurnReason, EventRecord, MediaGrant, MediaRef, Millis, ReceiptState, StoredMessage, ViewPolicy,
 };
 
 /// A frame from a client, one variant per `type`.
@@ -362,20 +361,6 @@ impl ServerFrame<'_> {
         // Serialising these plain structs cannot fail: no maps with
         // non-string keys, no custom serialisers that error.
         serde_json::to_string(self).expect("server frames always serialise")
-    }
-}
-
-/// Renders an inbox event as the frame a device receives; a timed media
-/// message needs its media `grant`.
-pub fn render_event(cursor: u64, event: &Event, grant: Option<&MediaGrant>) -> String {
-    match event {
-        Event::Message(m) => {
-            ServerFrame::Message(MessageView::of(m, Some(cursor), grant)).to_text()
-        }
-        // Everything else renders from its persisted form, exactly as a
-        // sync replays it.
-        other => render_record(cursor, &other.record(0).0)
-            .expect("only message events need their message to render"),
     }
 }
 

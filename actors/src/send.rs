@@ -34,7 +34,7 @@ use actix_web_actors::ws;
 use crate::conversation::{self, Conversation};
 use crate::directory::Directory;
 use crate::frames::{
-    self, error, render_event, ErrorCode, FrameError, MessageView, SendFrame, ServerFrame,
+    self, error, render_record, ErrorCode, FrameError, MessageView, SendFrame, ServerFrame,
 };
 use crate::ids::{DeviceId, Id, MsgId, UserId};
 use crate::session::{Session, SessionLink};
@@ -586,7 +586,11 @@ pub fn deliver(dir: &Directory, batch: Vec<(UserId, Vec<Delivery>)>) {
                         .or_insert_with(|| render_shared(dir, m));
                     with_cursor(d.cursor, shared).into()
                 }
-                other => render_event(d.cursor, other, None).into(),
+                // Everything else renders from its persisted form, exactly
+                // as a sync replays it.
+                other => render_record(d.cursor, &other.record(0).0)
+                    .expect("only message events need their message to render")
+                    .into(),
             };
             let pushed = push(&sessions, Some(d.cursor), text, d.except_device);
             if matches!(d.event, Event::Message(_)) {

@@ -87,7 +87,7 @@ pub struct User {
     deps: Arc<crate::directory::Deps>,
     id: UserId,
     /// Its sessions, shared with the directory: committed events go from
-    /// the storage writer straight to them ([`deliver`]).
+    /// the storage writer straight to them ([`crate::send::deliver`]).
     sessions: Sessions,
     /// Dropped with this actor (a crash included): its sessions wait on it
     /// to attach to a replacement.
@@ -107,11 +107,11 @@ pub type Sessions = Arc<std::sync::Mutex<Vec<Attached>>>;
 /// A session attached to a user actor.
 pub struct Attached {
     /// The session's serial number on this node.
-    pub(crate) serial: u64,
+    serial: u64,
     pub(crate) device: DeviceId,
     pub(crate) link: SessionLink,
     /// Closes when the session is gone.
-    pub(crate) alive: crate::AliveWatch,
+    alive: crate::AliveWatch,
 }
 
 impl User {

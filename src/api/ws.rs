@@ -271,7 +271,9 @@ mod tests {
         let reused = second.as_raw_fd() == fd;
         let (mut second_peer, _) = listener.accept().unwrap();
         cut();
-        second.write_all(b"x").expect("the new connection still writes");
+        second
+            .write_all(b"x")
+            .expect("the new connection still writes");
         let mut buf = [0u8; 1];
         assert_eq!(
             second_peer.read(&mut buf).unwrap(),
