@@ -39,7 +39,7 @@ use crate::frames::{
 use crate::ids::{DeviceId, Id, MsgId, UserId};
 use crate::session::{Session, SessionLink};
 use crate::store::{
-    blocking, now_ms, AckRecord, CommitError, ConvKind, ConversationRecord, Deadline, Delivery,
+    blocking, Access, now_ms, AckRecord, CommitError, ConvKind, ConversationRecord, Deadline, Delivery,
     Event, Guard, MediaRef, Millis, Op, StoredMessage, Txn, ViewPolicy,
 };
 use crate::user::push;
@@ -536,7 +536,7 @@ pub fn render_shared(dir: &Directory, m: &StoredMessage) -> String {
         ViewPolicy::Timed => m
             .media
             .as_ref()
-            .and_then(|md| dir.deps().media.grant(md, false, m.expires_at)),
+            .and_then(|md| dir.deps().media.grant(md, Access::Timed, m.expires_at)),
         ViewPolicy::Once => None,
     };
     ServerFrame::Message(MessageView::of(m, None, grant.as_ref())).to_text()

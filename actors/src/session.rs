@@ -22,7 +22,7 @@ use crate::metrics::Kind;
 use crate::outbox::{Abort, Admit, Outbox};
 use crate::ratelimit::TokenBucket;
 use crate::store::{
-    blocking, now_ms, BurnReason, EventRecord, MediaAccess, ReadError, Store, ViewPolicy,
+    blocking, Access, now_ms, BurnReason, EventRecord, MediaAccess, ReadError, Store, ViewPolicy,
 };
 use crate::user::{Attach, Detach};
 
@@ -406,11 +406,14 @@ impl Session {
             };
             match res {
                 Ok(Ok(Viewed::Granted(m))) => {
-                    let once = m.view_policy == ViewPolicy::Once;
+                    let access = match m.view_policy {
+                        ViewPolicy::Once => Access::Once,
+                        ViewPolicy::Timed => Access::Timed,
+                    };
                     let grant = m
                         .media
                         .as_ref()
-                        .map(|md| media.grant(md, once, m.expires_at));
+                        .map(|md| media.grant(md, access, m.expires_at));
                     let frame = match (&m.media, &grant) {
                         // The key is already gone: nothing to open.
                         (Some(_), Some(None)) => burned,
@@ -674,7 +677,7 @@ pub fn replay_page(
             EventRecord::Message { msg } => match store.message(msg)? {
                 Some(m) if m.expires_at > now => {
                     let grant = match (&m.media, m.view_policy) {
-                        (Some(md), ViewPolicy::Timed) => media.grant(md, false, m.expires_at),
+                        (Some(md), ViewPolicy::Timed) => media.grant(md, Access::Timed, m.expires_at),
                         _ => None,
                     };
                     ServerFrame::Message(MessageView::of(&m, Some(c), grant.as_ref())).to_text()

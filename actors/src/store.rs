@@ -126,6 +126,20 @@ pub struct MediaGrant {
     pub data_key: String,
 }
 
+/// What a media grant is for: it decides how long the GET URL lives and
+/// what `Cache-Control` the object is served with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Timed message content: a URL valid at most 5 minutes, `no-store`.
+    Timed,
+    /// View-once content: a URL valid at most 60 s, `no-store`.
+    Once,
+    /// A story: a URL valid at most 5 minutes, cacheable for at most the
+    /// seconds the story has left (`private, max-age=N`), so no cache
+    /// outlives it.
+    Story,
+}
+
 /// Media: claiming an upload for a message, granting access, shredding.
 /// The server implements it over its key store and object storage.
 pub trait MediaAccess: Send + Sync + 'static {
@@ -139,9 +153,9 @@ pub trait MediaAccess: Send + Sync + 'static {
         Box<dyn std::future::Future<Output = Result<MediaRef, crate::frames::FrameError>> + Send>,
     >;
     /// A short-lived presigned GET and the data key, minted for someone
-    /// entitled to the content now: `once` content gets a URL valid at
-    /// most 60 s and `no-store`. `None` once the key is destroyed.
-    fn grant(&self, media: &MediaRef, once: bool, expires_at: Millis) -> Option<MediaGrant>;
+    /// entitled to the content now, for the kind of content `access` says
+    /// (see [`Access`]). `None` once the key is destroyed.
+    fn grant(&self, media: &MediaRef, access: Access, expires_at: Millis) -> Option<MediaGrant>;
     /// The content ended: destroy the key (and then the blob) after `fuse_ms`.
     fn shred(&self, media: &MediaRef, fuse_ms: u64);
 }

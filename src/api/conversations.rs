@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse};
 use ephemera_actors::frames::MessageView;
 use ephemera_actors::ids::{ConvId, Id, UserId};
 use ephemera_actors::store::{
-    commit, now_ms, ConvKind, ConversationRecord, MediaAccess, MediaGrant, Op, Store,
+    commit, Access, now_ms, ConvKind, ConversationRecord, MediaAccess, MediaGrant, Op, Store,
     StoredMessage, Txn, ViewPolicy,
 };
 use serde::{Deserialize, Serialize};
@@ -251,7 +251,7 @@ async fn history(
     let grants: Vec<Option<MediaGrant>> = messages
         .iter()
         .map(|m| match (&m.media, m.view_policy) {
-            (Some(md), ViewPolicy::Timed) => state.media.grant(md, false, m.expires_at),
+            (Some(md), ViewPolicy::Timed) => state.media.grant(md, Access::Timed, m.expires_at),
             _ => None,
         })
         .collect();

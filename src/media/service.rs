@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use ephemera_actors::frames::{ErrorCode, FrameError};
 use ephemera_actors::ids::{random_bytes, Id, UserId};
-use ephemera_actors::store::{now_ms, MediaAccess, MediaGrant, MediaRef, Millis};
+use ephemera_actors::store::{now_ms, Access, MediaAccess, MediaGrant, MediaRef, Millis};
 
 use super::blobstore::{Admission, UploadGate};
 use super::quota::{Refusal, UploadLimits, UploadQuota};
@@ -513,16 +513,19 @@ impl MediaAccess for MediaService {
         })
     }
 
-    fn grant(&self, media: &MediaRef, once: bool, expires_at: Millis) -> Option<MediaGrant> {
+    fn grant(&self, media: &MediaRef, access: Access, expires_at: Millis) -> Option<MediaGrant> {
         let key = self.0.keys.media_key(&media.id.0).ok()??;
         let left = expires_at.saturating_sub(now_ms()) / 1000;
-        let cap = if once {
-            ONCE_GET_URL_SECS
-        } else {
-            GET_URL_SECS
+        let cap = match access {
+            Access::Once => ONCE_GET_URL_SECS,
+            Access::Timed | Access::Story => GET_URL_SECS,
         };
-        // Never outlive the content, never be cached.
+        // Never outlive the content; a cached copy never outlives it either.
         let secs = left.clamp(1, cap);
+        let caching = match access {
+            Access::Timed | Access::Once => "no-store".to_owned(),
+            Access::Story => format!("private, max-age={left}"),
+        };
         let get_url = sigv4::presign(
             "GET",
             &self.0.endpoint,
@@ -530,7 +533,7 @@ impl MediaAccess for MediaService {
             &self.0.credentials,
             SystemTime::now(),
             secs,
-            &[("response-cache-control", "no-store")],
+            &[("response-cache-control", &caching)],
         )
         .ok()?;
         Some(MediaGrant {
