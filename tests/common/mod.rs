@@ -13,13 +13,18 @@
 //!   assertion helpers.
 //! * [`media`]: uploads (mint, seal, `PUT`), blob requests and presigned
 //!   URL surgery for forging bad ones.
+//! * [`shred`]: a data key in no file of the data directory, a blob file
+//!   gone (physical deletion on the embedded store).
+//! * [`stories`]: the stories and social-graph calls (PROTOCOL 5).
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
 pub mod media;
 pub mod schema;
+pub mod shred;
 pub mod socket;
+pub mod stories;
 
 use std::fs::File;
 use std::io::{BufRead as _, BufReader};
