@@ -691,6 +691,13 @@ pub fn replay_page(
                 }
             },
             EventRecord::Burned { msg, .. } if !burned_once.insert(msg) => continue,
+            // A story that ended is never announced again: its
+            // `story_gone` comes later in the inbox.
+            EventRecord::StoryPosted { story, .. }
+                if !store.story(story)?.is_some_and(|s| s.live(now)) =>
+            {
+                continue
+            }
             other => match render_record(c, &other) {
                 Some(frame) => frame,
                 None => continue,
