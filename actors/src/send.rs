@@ -39,8 +39,8 @@ use crate::frames::{
 use crate::ids::{DeviceId, Id, MsgId, UserId};
 use crate::session::{Session, SessionLink};
 use crate::store::{
-    blocking, Access, now_ms, AckRecord, CommitError, ConvKind, ConversationRecord, Deadline, Delivery,
-    Event, Guard, MediaRef, Millis, Op, StoredMessage, Txn, ViewPolicy,
+    blocking, now_ms, Access, AckRecord, CommitError, ConvKind, ConversationRecord, Deadline,
+    Delivery, Event, Guard, MediaRef, Millis, Op, StoredMessage, Txn, ViewPolicy,
 };
 use crate::user::push;
 
@@ -268,18 +268,16 @@ impl AckTo {
             AckDest::Gone => return,
         };
         let text = match outcome {
-            Ok(ack) => {
-                ServerFrame::Ack {
-                    client_msg_id: &ack.client_msg_id,
-                    msg_id: ack.msg_id,
-                    conversation_id: ack.msg_id.conv,
-                    seq: ack.msg_id.seq,
-                    state: "sent",
-                    sent_at: ack.sent_at,
-                    expires_at: ack.expires_at,
-                }
-                .to_text()
+            Ok(ack) => ServerFrame::Ack {
+                client_msg_id: &ack.client_msg_id,
+                msg_id: ack.msg_id,
+                conversation_id: ack.msg_id.conv,
+                seq: ack.msg_id.seq,
+                state: "sent",
+                sent_at: ack.sent_at,
+                expires_at: ack.expires_at,
             }
+            .to_text(),
             Err(e) => error(&e, Some(&self.client_msg_id)),
         };
         link.reply(text);

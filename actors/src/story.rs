@@ -18,8 +18,8 @@ use crate::frames::{ErrorCode, FrameError};
 use crate::ids::{Id, UserId};
 use crate::metrics::StoryLabel;
 use crate::store::{
-    blocking, commit, now_ms, Audience, CommitError, Event, Guard, MediaRef, Millis, Op,
-    StoryEnd, StoryId, StoryRecord, Txn, LOOKAHEAD_MS,
+    blocking, commit, now_ms, Audience, CommitError, Event, Guard, MediaRef, Millis, Op, StoryEnd,
+    StoryId, StoryRecord, Txn, LOOKAHEAD_MS,
 };
 
 /// Followers per fanout transaction.
@@ -36,8 +36,7 @@ const RELOAD_MAX: Duration = Duration::from_secs(10);
 const NOT_FOUND: FrameError = FrameError::new(ErrorCode::NotFound, "no such story");
 const NOT_AUDIENCE: FrameError =
     FrameError::new(ErrorCode::Forbidden, "this story is not shared with you");
-const NOT_AUTHOR: FrameError =
-    FrameError::new(ErrorCode::Forbidden, "only the author can do this");
+const NOT_AUTHOR: FrameError = FrameError::new(ErrorCode::Forbidden, "only the author can do this");
 const UNAVAILABLE: FrameError = FrameError::new(ErrorCode::Unavailable, "story unavailable, retry");
 const STORAGE: FrameError = FrameError::new(ErrorCode::Internal, "storage failure");
 
@@ -632,7 +631,8 @@ impl Handler<Viewers> for Story {
         if story.author != msg.by {
             return Err(NOT_AUTHOR);
         }
-        let mut list: Vec<(UserId, Millis)> = self.viewers.iter().map(|(u, at)| (*u, *at)).collect();
+        let mut list: Vec<(UserId, Millis)> =
+            self.viewers.iter().map(|(u, at)| (*u, *at)).collect();
         list.sort_by_key(|(u, at)| (*at, *u));
         Ok(list)
     }

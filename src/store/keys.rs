@@ -472,7 +472,13 @@ mod tests {
         assert_eq!(&dk[..8], &[0, 0, 0, 0, 0, 0, 0x0a, 0x0b]);
         assert_eq!(&dk[8..], &[0xcc; 16]);
         assert_eq!(decode_story_deadline(&dk), Some(d));
-        assert!(story_deadline(d) < story_deadline(StoryDeadline { at: 0x0a0c, story: A }));
+        assert!(
+            story_deadline(d)
+                < story_deadline(StoryDeadline {
+                    at: 0x0a0c,
+                    story: A
+                })
+        );
         assert_eq!(highlight(B), [0xbb; 16]);
         assert_eq!(author_highlight(A, 7, B)[16..24], [0, 0, 0, 0, 0, 0, 0, 7]);
     }

@@ -936,14 +936,16 @@ impl Store for RocksStore {
     fn story_views(&self, story: StoryId) -> Result<Vec<(UserId, Millis)>, ReadError> {
         let mut out = Vec::new();
         let from = keys::story_view(story, ephemera_actors::ids::Id([0; 16]));
-        read(self.scan_prefix(Cf::StoryViews, &from, 16, usize::MAX, |k, v| {
-            let (_, p) = filter::split(v).ok_or(StoreError::Corrupt("story_views"))?;
-            let at = <[u8; 8]>::try_from(p)
-                .map(u64::from_be_bytes)
-                .map_err(|_| StoreError::Corrupt("story_views"))?;
-            out.push((keys::id_at(k, 16), at));
-            Ok(Step::Take)
-        }))?;
+        read(
+            self.scan_prefix(Cf::StoryViews, &from, 16, usize::MAX, |k, v| {
+                let (_, p) = filter::split(v).ok_or(StoreError::Corrupt("story_views"))?;
+                let at = <[u8; 8]>::try_from(p)
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("story_views"))?;
+                out.push((keys::id_at(k, 16), at));
+                Ok(Step::Take)
+            }),
+        )?;
         out.sort_by_key(|(u, at)| (*at, *u));
         Ok(out)
     }
@@ -997,7 +999,11 @@ impl Store for RocksStore {
         )
     }
 
-    fn story_deadlines(&self, until: Millis, limit: usize) -> Result<Vec<StoryDeadline>, ReadError> {
+    fn story_deadlines(
+        &self,
+        until: Millis,
+        limit: usize,
+    ) -> Result<Vec<StoryDeadline>, ReadError> {
         read(self.scan_story_deadlines(until, limit))
     }
 

@@ -142,14 +142,14 @@ impl RocksStore {
         }
     }
 
-    /// Whether `follower` follows `author`.
-    pub fn follows(&self, follower: UserId, author: UserId) -> Result<bool, StoreError> {
-        self.exists(Cf::Follows, &keys::follow(follower, author))
-    }
-
     /// Whether `friend` is in `owner`'s close-friends list.
     pub fn close_friend(&self, owner: UserId, friend: UserId) -> Result<bool, StoreError> {
         self.exists(Cf::CloseFriends, &keys::close_friend(owner, friend))
+    }
+
+    /// Whether a story exists and has not ended.
+    pub fn story_live(&self, story: StoryId) -> Result<bool, StoreError> {
+        self.exists(Cf::Stories, &keys::story(story))
     }
 
     /// Whether `viewer` has opened the story.
@@ -171,7 +171,11 @@ impl RocksStore {
 
     /// Decodes a story row and opens its caption; `None` for the caption
     /// once its key is destroyed.
-    pub(crate) fn decode_story(&self, key: &[u8], payload: &[u8]) -> Result<StoryRecord, StoreError> {
+    pub(crate) fn decode_story(
+        &self,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<StoryRecord, StoreError> {
         let row: StoryRow =
             serde_json::from_slice(payload).map_err(|_| StoreError::Corrupt("stories"))?;
         let mut story = row.meta;
@@ -213,7 +217,11 @@ impl RocksStore {
     }
 
     /// The live stories of `author` that `viewer` may see, oldest first.
-    pub fn stories_of(&self, author: UserId, viewer: UserId) -> Result<Vec<ListedStory>, StoreError> {
+    pub fn stories_of(
+        &self,
+        author: UserId,
+        viewer: UserId,
+    ) -> Result<Vec<ListedStory>, StoreError> {
         let now = now_ms();
         let refs = self.author_refs(Cf::AuthorStories, author, now)?;
         let mut out = Vec::with_capacity(refs.len());
@@ -260,7 +268,10 @@ impl RocksStore {
         if following.is_empty() {
             return Ok(Vec::new());
         }
-        let mine: HashSet<UserId> = self.ids_under(Cf::CloseFriends, viewer)?.into_iter().collect();
+        let mine: HashSet<UserId> = self
+            .ids_under(Cf::CloseFriends, viewer)?
+            .into_iter()
+            .collect();
         // Pushed references (one scan of the viewer's rows) ...
         let mut refs: Vec<TrayRef> = Vec::new();
         let from = keys::tray_ref(viewer, Id([0; 16]), Id([0; 16]));
@@ -339,10 +350,16 @@ impl RocksStore {
 
     /// A user's username, cached (usernames never change).
     pub fn username(&self, user: UserId) -> Result<Option<std::sync::Arc<str>>, StoreError> {
-        if let Some(n) = self.names.read().unwrap_or_else(|p| p.into_inner()).get(&user) {
+        if let Some(n) = self
+            .names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user)
+        {
             return Ok(Some(n.clone()));
         }
-        let Some(acc) = self.get_json::<super::AccountRecord>(Cf::Accounts, &keys::account(user))?
+        let Some(acc) =
+            self.get_json::<super::AccountRecord>(Cf::Accounts, &keys::account(user))?
         else {
             return Ok(None);
         };
@@ -376,12 +393,13 @@ impl RocksStore {
         limit: usize,
     ) -> Result<Vec<ephemera_actors::store::StoryDeadline>, StoreError> {
         let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator_cf(self.cf(Cf::StoryDeadlines), IteratorMode::From(&[], Direction::Forward))
-        {
+        for item in self.db.iterator_cf(
+            self.cf(Cf::StoryDeadlines),
+            IteratorMode::From(&[], Direction::Forward),
+        ) {
             let (k, _) = item?;
-            let d = keys::decode_story_deadline(&k).ok_or(StoreError::Corrupt("story_deadlines"))?;
+            let d =
+                keys::decode_story_deadline(&k).ok_or(StoreError::Corrupt("story_deadlines"))?;
             if d.at > until || out.len() >= limit {
                 break;
             }

@@ -227,10 +227,10 @@ impl Writer {
     ) -> Result<(), StoreError> {
         let (f, g) = match overlay.counts.get(&user) {
             Some(c) => *c,
-            None => match self
-                .db
-                .get_pinned_cf(cf_handle(&self.db, Cf::FollowCounts), keys::follow_counts(user))?
-            {
+            None => match self.db.get_pinned_cf(
+                cf_handle(&self.db, Cf::FollowCounts),
+                keys::follow_counts(user),
+            )? {
                 Some(v) => {
                     let (_, p) = filter::split(&v).ok_or(StoreError::Corrupt("follow_counts"))?;
                     super::stories::decode_counts(p)?
@@ -649,7 +649,11 @@ impl Writer {
                         filter::with_expiry(until, &at.to_be_bytes()),
                     );
                 }
-                Op::BindStoryMedia { media, story, until } => {
+                Op::BindStoryMedia {
+                    media,
+                    story,
+                    until,
+                } => {
                     let mut rec = self
                         .media_record(overlay, media.0)?
                         .ok_or(StoreError::Corrupt("media"))?;
