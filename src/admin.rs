@@ -144,7 +144,7 @@ struct KindQuery {
     kind: Option<String>,
 }
 
-const KINDS: [&str; 2] = ["user", "conversation"];
+const KINDS: [&str; 3] = ["user", "conversation", "story"];
 
 /// Live actors with their summaries (never content).
 async fn actors(
@@ -156,7 +156,11 @@ async fn actors(
     let kinds: Vec<&str> = match q.kind.as_deref() {
         None => KINDS.to_vec(),
         Some(k) if KINDS.contains(&k) => vec![k],
-        Some(_) => return Err(ApiError::Invalid("kind must be user or conversation")),
+        Some(_) => {
+            return Err(ApiError::Invalid(
+                "kind must be user, conversation or story",
+            ))
+        }
     };
     let mut actors = Vec::new();
     for k in kinds {
@@ -174,7 +178,9 @@ async fn restart(
     state.check(&req)?;
     let (kind, id) = path.into_inner();
     if !KINDS.contains(&kind.as_str()) {
-        return Err(ApiError::Invalid("kind must be user or conversation"));
+        return Err(ApiError::Invalid(
+            "kind must be user, conversation or story",
+        ));
     }
     let id = ephemera_actors::ids::Id::parse(&id).ok_or(ApiError::NotFound("no such actor"))?;
     if state.dir.restart(&kind, id) {

@@ -156,6 +156,9 @@ pub struct Settings {
     /// Frames waiting to be written to one socket; past it the socket is closed with 4408 [default: 1024]
     #[arg(long, env = "EPHEMERA_MAX_OUTBOUND_FRAMES")]
     pub max_outbound_frames: Option<usize>,
+    /// Authors with more followers than this are not fanned out: their stories are merged into followers' trays at read time [default: 10000]
+    #[arg(long, env = "EPHEMERA_STORY_FANOUT_MAX_FOLLOWERS")]
+    pub story_fanout_max_followers: Option<u64>,
     /// Sends accepted and not yet acked, server-wide; past it sends are refused with `unavailable` and retry_after_ms [default: 2048]
     #[arg(long, env = "EPHEMERA_MAX_SENDS_IN_FLIGHT")]
     pub max_sends_in_flight: Option<usize>,
@@ -254,6 +257,9 @@ impl Settings {
             max_sends_in_flight: self.max_sends_in_flight.or(other.max_sends_in_flight),
             max_outbound_bytes: self.max_outbound_bytes.or(other.max_outbound_bytes),
             max_outbound_frames: self.max_outbound_frames.or(other.max_outbound_frames),
+            story_fanout_max_followers: self
+                .story_fanout_max_followers
+                .or(other.story_fanout_max_followers),
             actor_threads: self.actor_threads.or(other.actor_threads),
             passivate_after_seconds: self
                 .passivate_after_seconds
@@ -347,6 +353,8 @@ pub struct Config {
     pub max_outbound_bytes: usize,
     /// Frames queued for one socket before it is closed as too slow.
     pub max_outbound_frames: usize,
+    /// Authors with more followers are merged into trays at read time.
+    pub story_fanout_max_followers: u64,
     /// Socket (HTTP worker) threads.
     pub socket_threads: usize,
     /// Actor threads.
@@ -449,6 +457,7 @@ impl Config {
             max_sends_in_flight: s.max_sends_in_flight.unwrap_or(2048).max(1),
             max_outbound_bytes: s.max_outbound_bytes.unwrap_or(256 << 10).max(1024),
             max_outbound_frames: s.max_outbound_frames.unwrap_or(1024).max(16),
+            story_fanout_max_followers: s.story_fanout_max_followers.unwrap_or(10_000),
             socket_threads: s.socket_threads.unwrap_or(2).clamp(1, 64),
             actor_threads: s.actor_threads.unwrap_or(1).clamp(1, 64),
             passivate_after: Duration::from_secs(s.passivate_after_seconds.unwrap_or(60).max(1)),

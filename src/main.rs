@@ -160,6 +160,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_sends_in_flight: cfg.max_sends_in_flight,
         max_outbound_bytes: cfg.max_outbound_bytes,
         max_outbound_frames: cfg.max_outbound_frames,
+        story_fanout_max_followers: cfg.story_fanout_max_followers,
     };
     // Bind the public port first: the embedded blob store's URLs need it.
     let listener = std::net::TcpListener::bind(cfg.listen)

@@ -111,10 +111,7 @@ pub struct Leave {
     pub user: UserId,
 }
 
-/// The operator restarts this actor (through its supervisor).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Restart;
+pub use crate::Restart;
 
 /// Deadlines from the persistent index that this actor must hold timers for.
 #[derive(Message)]
@@ -154,14 +151,14 @@ pub struct Conversation {
     /// The actor's span.
     pub(crate) span: tracing::Span,
     /// Its mailbox depth (messages routed through the directory).
-    depth: crate::Depth,
+    pub(crate) depth: crate::Depth,
     /// Dropped with this actor: a successor waits for that.
     _alive: crate::Alive,
     /// The actor this one replaces, if it may still be running.
     predecessor: Option<crate::AliveWatch>,
     /// Replaced by a successor: handles what is left in its mailbox, then
     /// stops.
-    draining: bool,
+    pub(crate) draining: bool,
 }
 
 const UNAVAILABLE: FrameError =
@@ -224,7 +221,7 @@ impl Conversation {
     /// Once replaced, stops when every frame sent to it before the
     /// replacement is handled (after any wait those frames started), so
     /// none is dropped unanswered.
-    fn stop_when_drained(&self, ctx: &mut Context<Self>) {
+    pub(crate) fn stop_when_drained(&self, ctx: &mut Context<Self>) {
         ctx.wait(fut::ready(()).map(|(), act: &mut Self, ctx| {
             if act.depth.get() == 0 {
                 ctx.stop();
@@ -508,26 +505,25 @@ impl Handler<crate::Panic> for Conversation {
     }
 }
 
-/// Every message routed through the directory arrives `Counted`: the
-/// mailbox depth goes down, then the message's own handler runs.
-macro_rules! counted {
-    ($($m:ty),* $(,)?) => {$(
-        impl Handler<crate::Counted<$m>> for Conversation {
-            type Result = <Self as Handler<$m>>::Result;
+// Every message routed through the directory arrives `Counted`.
+crate::counted_draining!(Conversation; Post, Delivered, Read, Screenshot, Unsend, Typing, View, Arm, Leave);
 
-            fn handle(&mut self, msg: crate::Counted<$m>, ctx: &mut Self::Context) -> Self::Result {
-                self.depth.pop();
-                let answer = <Self as Handler<$m>>::handle(self, msg.0, ctx);
-                if self.draining {
-                    self.stop_when_drained(ctx);
-                }
-                answer
-            }
-        }
-    )*};
+impl crate::directory::Keyed for Conversation {
+    const KIND: crate::metrics::Kind = crate::metrics::Kind {
+        kind: "conversation",
+    };
+
+    fn create(
+        dir: Arc<Directory>,
+        id: Id,
+        restarts: u64,
+        depth: crate::Depth,
+        alive: crate::Alive,
+        predecessor: Option<crate::AliveWatch>,
+    ) -> Self {
+        Conversation::new(dir, id, restarts, depth, alive, predecessor)
+    }
 }
-
-counted!(Post, Delivered, Read, Screenshot, Unsend, Typing, View, Arm, Leave);
 
 impl Handler<crate::Summarize> for Conversation {
     type Result = actix::MessageResult<crate::Summarize>;

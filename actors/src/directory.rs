@@ -11,16 +11,13 @@ use std::time::Duration;
 use actix::{Actor, Addr, ArbiterHandle, Message};
 
 use crate::conversation::Conversation;
-use crate::ids::{ConvId, UserId};
+use crate::ids::{ConvId, Id, UserId};
 use crate::metrics::{Kind, Metrics};
-
-const CONVERSATION: Kind = Kind {
-    kind: "conversation",
-};
 use crate::ratelimit::TokenBucket;
-use crate::store::{Delivery, Fanout, MediaAccess, Store};
+use crate::store::{Delivery, Fanout, MediaAccess, Store, StoryId};
+use crate::story::Story;
 use crate::user::User;
-use crate::{conversation, user, Counted, Depth};
+use crate::{user, Counted, Depth};
 
 /// The limits the actors enforce, from the server's configuration.
 #[derive(Clone, Debug)]
@@ -57,6 +54,9 @@ pub struct Limits {
     pub max_outbound_bytes: usize,
     /// Frames queued for one socket, likewise.
     pub max_outbound_frames: usize,
+    /// Authors with more followers than this are not fanned out: their
+    /// stories are merged into trays at read time.
+    pub story_fanout_max_followers: u64,
 }
 
 /// One send admitted under [`Limits::max_sends_in_flight`]; the slot is
@@ -89,9 +89,27 @@ struct UserEntry {
     attaching: usize,
 }
 
-/// A live conversation actor and how often its conversation was restarted.
-struct ConvEntry {
-    addr: Addr<Conversation>,
+/// An actor the directory keeps one of per id (a conversation, a story):
+/// activated on first use, supervised (restarted after a crash, with
+/// backoff), restarted by the operator, passivated when idle.
+pub trait Keyed: Actor<Context = actix::Context<Self>> + actix::Handler<crate::Restart> {
+    /// Its kind, as metrics and operators name it.
+    const KIND: Kind;
+    /// A fresh actor for `id` (it loads its state when started, after
+    /// `predecessor`, the actor it replaces, is gone).
+    fn create(
+        dir: Arc<Directory>,
+        id: Id,
+        restarts: u64,
+        depth: Depth,
+        alive: crate::Alive,
+        predecessor: Option<crate::AliveWatch>,
+    ) -> Self;
+}
+
+/// A live keyed actor and how often it was restarted.
+struct Entry<A: Actor> {
+    addr: Addr<A>,
     /// Closes when the actor is gone: its successor waits for that.
     alive: crate::AliveWatch,
     depth: Depth,
@@ -102,30 +120,42 @@ struct ConvEntry {
     crash_streak: u32,
 }
 
-/// A conversation actor's address; what is sent through it is counted in
-/// the actor's mailbox depth until handled.
-#[derive(Clone)]
-pub struct ConvHandle {
-    addr: Addr<Conversation>,
+/// A keyed actor's address; what is sent through it is counted in the
+/// actor's mailbox depth until handled.
+pub struct Handle<A: Actor> {
+    addr: Addr<A>,
     depth: Depth,
 }
 
-impl ConvEntry {
-    fn handle(&self) -> ConvHandle {
-        ConvHandle {
+impl<A: Actor> Clone for Handle<A> {
+    fn clone(&self) -> Self {
+        Handle {
             addr: self.addr.clone(),
             depth: self.depth.clone(),
         }
     }
 }
 
-impl ConvHandle {
+/// A conversation actor's address.
+pub type ConvHandle = Handle<Conversation>;
+
+impl<A: Actor> Entry<A> {
+    fn handle(&self) -> Handle<A> {
+        Handle {
+            addr: self.addr.clone(),
+            depth: self.depth.clone(),
+        }
+    }
+}
+
+impl<A: Actor> Handle<A> {
     /// Sends without waiting for an answer.
     pub fn do_send<M>(&self, msg: M)
     where
         M: Message + Send + 'static,
         M::Result: Send,
-        Conversation: actix::Handler<Counted<M>>,
+        A: actix::Handler<Counted<M>>,
+        A::Context: actix::dev::ToEnvelope<A, Counted<M>>,
     {
         if self.addr.connected() {
             self.depth.push();
@@ -134,16 +164,181 @@ impl ConvHandle {
     }
 
     /// Sends and returns the answer's future.
-    pub fn send<M>(&self, msg: M) -> actix::dev::Request<Conversation, Counted<M>>
+    pub fn send<M>(&self, msg: M) -> actix::dev::Request<A, Counted<M>>
     where
         M: Message + Send + 'static,
         M::Result: Send,
-        Conversation: actix::Handler<Counted<M>>,
+        A: actix::Handler<Counted<M>>,
+        A::Context: actix::dev::ToEnvelope<A, Counted<M>>,
     {
         if self.addr.connected() {
             self.depth.push();
         }
         self.addr.send(Counted(msg))
+    }
+}
+
+/// The live actors of one keyed kind.
+struct Registry<A: Actor> {
+    map: Mutex<HashMap<Id, Entry<A>>>,
+}
+
+impl<A: Keyed> Registry<A> {
+    fn new() -> Self {
+        Registry {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Entry<A>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live actor of `id`, if there is one.
+    fn live(&self, id: Id) -> Option<Handle<A>> {
+        self.lock()
+            .get(&id)
+            .filter(|e| e.addr.connected())
+            .map(Entry::handle)
+    }
+
+    /// Finds or activates the actor of `id`. One that died (a crash) is
+    /// replaced here: the directory is these actors' supervisor.
+    fn get(&self, dir: &Arc<Directory>, id: Id) -> Handle<A> {
+        let mut map = self.lock();
+        let metrics = &dir.deps.metrics;
+        let (restarts, streak) = match map.get(&id) {
+            Some(e) if e.addr.connected() => return e.handle(),
+            Some(e) => {
+                let lived = e.started.elapsed();
+                let streak = if lived >= HEALTHY_AFTER {
+                    1
+                } else {
+                    e.crash_streak + 1
+                };
+                if lived < backoff(streak) {
+                    // A crash loop: not yet. Callers get the dead address
+                    // (their requests are answered `unavailable`).
+                    return e.handle();
+                }
+                tracing::warn!(kind = A::KIND.kind, id = %id, streak, "actor died; restarting it");
+                metrics.restarts.get_or_create(&A::KIND).inc();
+                (e.restarts + 1, streak)
+            }
+            None => {
+                metrics.live_actors.get_or_create(&A::KIND).inc();
+                (0, 0)
+            }
+        };
+        let predecessor = map.get(&id).map(|e| e.alive.clone());
+        Self::start(dir, &mut map, id, restarts, predecessor);
+        let e = map.get_mut(&id).expect("just inserted");
+        e.crash_streak = streak;
+        e.handle()
+    }
+
+    fn start(
+        dir: &Arc<Directory>,
+        map: &mut HashMap<Id, Entry<A>>,
+        id: Id,
+        restarts: u64,
+        predecessor: Option<crate::AliveWatch>,
+    ) {
+        let for_actor = Arc::clone(dir);
+        let depth = Depth::new(
+            dir.deps
+                .metrics
+                .mailbox_depth
+                .get_or_create(&A::KIND)
+                .clone(),
+        );
+        let actor_depth = depth.clone();
+        let alive = crate::alive();
+        let watch = alive.subscribe();
+        let addr = A::start_in_arbiter(dir.arbiter(), move |_| {
+            <A as Keyed>::create(for_actor, id, restarts, actor_depth, alive, predecessor)
+        });
+        map.insert(
+            id,
+            Entry {
+                addr,
+                alive: watch,
+                depth,
+                restarts,
+                started: std::time::Instant::now(),
+                crash_streak: 0,
+            },
+        );
+    }
+
+    /// A fresh actor takes the place of `old` at once, so new requests go
+    /// to it; it handles nothing until the old one has handled what was
+    /// already in its mailbox, stopped, and had its writes committed.
+    fn replace(&self, dir: &Arc<Directory>, id: Id, old: &Addr<A>) {
+        let mut map = self.lock();
+        let (restarts, predecessor) = match map.get(&id) {
+            Some(e) if e.addr == *old => (e.restarts + 1, e.alive.clone()),
+            _ => return,
+        };
+        dir.deps.metrics.restarts.get_or_create(&A::KIND).inc();
+        Self::start(dir, &mut map, id, restarts, Some(predecessor));
+    }
+
+    /// Forgets an idle actor if it is still the live one. Returns whether
+    /// it may stop.
+    fn passivate(&self, metrics: &Metrics, id: Id, addr: &Addr<A>) -> bool {
+        let mut map = self.lock();
+        match map.get(&id) {
+            Some(e) if e.addr == *addr => {
+                map.remove(&id);
+                // A map sized for a past peak keeps its memory: give it back.
+                if map.capacity() > 1_024 && map.len() < map.capacity() / 4 {
+                    let keep = map.len() * 2;
+                    map.shrink_to(keep);
+                }
+                metrics.live_actors.get_or_create(&A::KIND).dec();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Restarts every actor that died (a crash). Returns how many.
+    fn revive_dead(&self, dir: &Arc<Directory>) -> usize {
+        let dead: Vec<Id> = self
+            .lock()
+            .iter()
+            .filter(|(_, e)| !e.addr.connected())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &dead {
+            self.get(dir, *id);
+        }
+        dead.len()
+    }
+
+    /// Asks a live actor to restart. Returns whether it was live.
+    fn restart(&self, id: Id) -> bool {
+        match self.lock().get(&id) {
+            Some(e) if e.addr.connected() => {
+                e.addr.do_send(crate::Restart);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Up to `limit` live actors' addresses.
+    fn addrs(&self, limit: usize) -> Vec<Addr<A>> {
+        self.lock()
+            .values()
+            .take(limit)
+            .map(|e| e.addr.clone())
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
     }
 }
 
@@ -198,7 +393,8 @@ pub struct Directory {
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: AtomicUsize,
     users: RwLock<HashMap<UserId, UserEntry>>,
-    conversations: Mutex<HashMap<ConvId, ConvEntry>>,
+    conversations: Registry<Conversation>,
+    stories: Registry<Story>,
 }
 
 impl Directory {
@@ -213,7 +409,8 @@ impl Directory {
             arbiters,
             next_arbiter: AtomicUsize::new(0),
             users: RwLock::new(HashMap::new()),
-            conversations: Mutex::new(HashMap::new()),
+            conversations: Registry::new(),
+            stories: Registry::new(),
         })
     }
 
@@ -372,11 +569,8 @@ impl Directory {
     /// that does not exist or is someone else's: a frame naming a random id
     /// starts no actor.
     pub fn member_conversation(self: &Arc<Self>, user: UserId, id: ConvId) -> Option<ConvHandle> {
-        {
-            let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(e) = convs.get(&id).filter(|e| e.addr.connected()) {
-                return Some(e.handle());
-            }
+        if let Some(h) = self.conversations.live(id) {
+            return Some(h);
         }
         match self.deps.store.is_member(user, id) {
             Ok(true) => Some(self.conversation(id)),
@@ -387,156 +581,52 @@ impl Directory {
         }
     }
 
-    /// Finds or activates a conversation's actor. An actor that died (a
-    /// crash) is replaced here: the directory is the conversations'
-    /// supervisor.
+    /// Finds or activates a conversation's actor.
     pub fn conversation(self: &Arc<Self>, id: ConvId) -> ConvHandle {
-        let mut convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-        let (restarts, streak) = match convs.get(&id) {
-            Some(e) if e.addr.connected() => return e.handle(),
-            Some(e) => {
-                let lived = e.started.elapsed();
-                let streak = if lived >= HEALTHY_AFTER {
-                    1
-                } else {
-                    e.crash_streak + 1
-                };
-                if lived < backoff(streak) {
-                    // A crash loop: not yet. Callers get the dead address
-                    // (their frames are answered `unavailable`).
-                    return e.handle();
-                }
-                tracing::warn!(conversation = %id, streak, "conversation actor died; restarting it");
-                self.deps
-                    .metrics
-                    .restarts
-                    .get_or_create(&CONVERSATION)
-                    .inc();
-                (e.restarts + 1, streak)
-            }
-            None => {
-                self.deps
-                    .metrics
-                    .live_actors
-                    .get_or_create(&CONVERSATION)
-                    .inc();
-                (0, 0)
-            }
-        };
-        let predecessor = convs.get(&id).map(|e| e.alive.clone());
-        self.start_conversation(&mut convs, id, restarts, predecessor);
-        let e = convs.get_mut(&id).expect("just inserted");
-        e.crash_streak = streak;
-        e.handle()
+        self.conversations.get(self, id)
     }
 
-    fn start_conversation(
-        self: &Arc<Self>,
-        convs: &mut HashMap<ConvId, ConvEntry>,
-        id: ConvId,
-        restarts: u64,
-        predecessor: Option<crate::AliveWatch>,
-    ) {
-        let dir = Arc::clone(self);
-        let depth = Depth::new(
-            self.deps
-                .metrics
-                .mailbox_depth
-                .get_or_create(&CONVERSATION)
-                .clone(),
-        );
-        let actor_depth = depth.clone();
-        let alive = crate::alive();
-        let watch = alive.subscribe();
-        let addr = Conversation::start_in_arbiter(self.arbiter(), move |_| {
-            Conversation::new(dir, id, restarts, actor_depth, alive, predecessor)
-        });
-        convs.insert(
-            id,
-            ConvEntry {
-                addr,
-                alive: watch,
-                depth,
-                restarts,
-                started: std::time::Instant::now(),
-                crash_streak: 0,
-            },
-        );
+    /// Finds or activates a story's actor (it answers `not_found` for a
+    /// story that does not exist or has ended).
+    pub fn story(self: &Arc<Self>, id: StoryId) -> Handle<Story> {
+        self.stories.get(self, id)
     }
 
-    /// Called by a conversation actor that is about to stop for a restart:
-    /// a fresh actor takes its place at once, so new frames go to it; it
-    /// handles nothing until the old one has handled what was already in
-    /// its mailbox, stopped, and had its writes committed.
+    /// Called by a conversation actor that is about to stop for a restart.
     pub(crate) fn replace_conversation(self: &Arc<Self>, id: ConvId, old: &Addr<Conversation>) {
-        let mut convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-        let (restarts, predecessor) = match convs.get(&id) {
-            Some(e) if e.addr == *old => (e.restarts + 1, e.alive.clone()),
-            _ => return,
-        };
-        self.deps
-            .metrics
-            .restarts
-            .get_or_create(&CONVERSATION)
-            .inc();
-        self.start_conversation(&mut convs, id, restarts, Some(predecessor));
+        self.conversations.replace(self, id, old);
+    }
+
+    /// Called by a story actor that is about to stop for a restart.
+    pub(crate) fn replace_story(self: &Arc<Self>, id: StoryId, old: &Addr<Story>) {
+        self.stories.replace(self, id, old);
     }
 
     /// Called by an idle conversation actor: forgets it if it is still the
     /// live one. Returns whether it may stop (its deadlines are in the
     /// persistent index and will wake a new actor when due).
     pub(crate) fn passivate(&self, id: ConvId, addr: &Addr<Conversation>) -> bool {
-        let mut convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-        match convs.get(&id) {
-            Some(e) if e.addr == *addr => {
-                convs.remove(&id);
-                // A map sized for a past peak keeps its memory: give it back.
-                if convs.capacity() > 1_024 && convs.len() < convs.capacity() / 4 {
-                    let keep = convs.len() * 2;
-                    convs.shrink_to(keep);
-                }
-                self.deps
-                    .metrics
-                    .live_actors
-                    .get_or_create(&CONVERSATION)
-                    .dec();
-                true
-            }
-            _ => false,
-        }
+        self.conversations.passivate(&self.deps.metrics, id, addr)
     }
 
-    /// Restarts every conversation actor that died (a crash), so its timers
-    /// are re-armed even if nobody writes to it. Returns how many.
+    /// Called by an idle story actor, likewise (its end is in the story
+    /// deadline index).
+    pub(crate) fn passivate_story(&self, id: StoryId, addr: &Addr<Story>) -> bool {
+        self.stories.passivate(&self.deps.metrics, id, addr)
+    }
+
+    /// Restarts every conversation and story actor that died (a crash), so
+    /// its timers are re-armed even if nobody writes to it. Returns how many.
     pub fn revive_dead(self: &Arc<Self>) -> usize {
-        let dead: Vec<ConvId> = {
-            let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-            convs
-                .iter()
-                .filter(|(_, e)| !e.addr.connected())
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        for id in &dead {
-            self.conversation(*id);
-        }
-        dead.len()
+        self.conversations.revive_dead(self) + self.stories.revive_dead(self)
     }
 
     /// Restarts a live actor through its supervisor: its state is reloaded
     /// from storage and its timers re-armed. Returns whether it was live.
     pub fn restart(&self, kind: &str, id: crate::ids::Id) -> bool {
         match kind {
-            "conversation" => {
-                let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-                match convs.get(&id) {
-                    Some(e) if e.addr.connected() => {
-                        e.addr.do_send(conversation::Restart);
-                        true
-                    }
-                    _ => false,
-                }
-            }
+            "conversation" => self.conversations.restart(id),
+            "story" => self.stories.restart(id),
             "user" => match self
                 .users
                 .read()
@@ -558,11 +648,14 @@ impl Directory {
         let mut out = Vec::new();
         match kind {
             "conversation" => {
-                let addrs: Vec<_> = {
-                    let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-                    convs.values().take(limit).map(|e| e.addr.clone()).collect()
-                };
-                for a in addrs {
+                for a in self.conversations.addrs(limit) {
+                    if let Ok(s) = a.send(crate::Summarize).await {
+                        out.push(s);
+                    }
+                }
+            }
+            "story" => {
+                for a in self.stories.addrs(limit) {
                     if let Ok(s) = a.send(crate::Summarize).await {
                         out.push(s);
                     }
@@ -588,13 +681,18 @@ impl Directory {
     #[cfg(feature = "faults")]
     pub fn inject_panic(&self, kind: &str, id: crate::ids::Id) -> bool {
         match kind {
-            "conversation" => {
-                let convs = self.conversations.lock().unwrap_or_else(|p| p.into_inner());
-                convs
-                    .get(&id)
-                    .map(|e| e.addr.do_send(crate::Panic))
-                    .is_some()
-            }
+            "conversation" => self
+                .conversations
+                .lock()
+                .get(&id)
+                .map(|e| e.addr.do_send(crate::Panic))
+                .is_some(),
+            "story" => self
+                .stories
+                .lock()
+                .get(&id)
+                .map(|e| e.addr.do_send(crate::Panic))
+                .is_some(),
             "user" => {
                 let users = self.users.read().unwrap_or_else(|p| p.into_inner());
                 users
@@ -618,15 +716,10 @@ impl Directory {
         }
     }
 
-    /// How many actors of each kind are live: (users, conversations).
-    pub fn live_counts(&self) -> (usize, usize) {
+    /// How many actors of each kind are live: (users, conversations, stories).
+    pub fn live_counts(&self) -> (usize, usize, usize) {
         let users = self.users.read().unwrap_or_else(|p| p.into_inner()).len();
-        let convs = self
-            .conversations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
-        (users, convs)
+        (users, self.conversations.len(), self.stories.len())
     }
 }
 

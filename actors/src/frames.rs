@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConvId, Id, MsgId, UserId};
 use crate::store::{
-    BurnReason, EventRecord, MediaGrant, MediaRef, Millis, ReceiptState, StoredMessage, ViewPolicy,
+    BurnReason, EventRecord, MediaGrant, MediaRef, Millis, ReceiptState, StoredMessage, StoryEnd,
+    StoryId, ViewPolicy,
 };
 
 /// A frame from a client, one variant per `type`.
@@ -250,6 +251,28 @@ pub enum ServerFrame<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         last_seen: Option<Millis>,
     },
+    /// Someone followed posted a story.
+    StoryPosted {
+        /// The user's cursor.
+        cursor: u64,
+        /// The story.
+        story_id: StoryId,
+        /// Its author.
+        author: UserId,
+        /// When it ends.
+        expires_at: Millis,
+    },
+    /// A story this device was told of ended.
+    StoryGone {
+        /// The user's cursor.
+        cursor: u64,
+        /// The story.
+        story_id: StoryId,
+        /// Its author.
+        author: UserId,
+        /// `expired` or `deleted`.
+        reason: StoryEnd,
+    },
     /// End of a sync.
     Synced {
         /// The cursor to sync from next time.
@@ -301,6 +324,12 @@ pub struct MessageView<'a> {
     /// Whether a `once` message carries media.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub has_media: Option<bool>,
+    /// The story this message replies or reacts to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub story_id: Option<StoryId>,
+    /// `true` for a reaction to `story_id` (its body is the emoji).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<bool>,
 }
 
 /// A media attachment as a reader entitled to it sees it.
@@ -351,6 +380,8 @@ impl<'a> MessageView<'a> {
                 _ => None,
             },
             has_media: once.then_some(m.media.is_some()),
+            story_id: m.story_id,
+            reaction: m.reaction.then_some(true),
         }
     }
 }
@@ -365,8 +396,9 @@ impl ServerFrame<'_> {
 }
 
 /// Renders a persisted inbox event that carries everything its frame needs
-/// (burns, receipts, screenshots); `None` for a message reference, whose
-/// frame needs the message itself.
+/// (burns, receipts, screenshots, stories); `None` for a message
+/// reference, whose frame needs the message itself. (A `story_posted`
+/// renders here; whether it may still be replayed is the caller's call.)
 pub fn render_record(cursor: u64, record: &EventRecord) -> Option<String> {
     Some(match *record {
         EventRecord::Message { .. } => return None,
@@ -391,6 +423,28 @@ pub fn render_record(cursor: u64, record: &EventRecord) -> Option<String> {
             msg_id: msg,
             conversation_id: msg.conv,
             by,
+        }
+        .to_text(),
+        EventRecord::StoryPosted {
+            story,
+            author,
+            expires_at,
+        } => ServerFrame::StoryPosted {
+            cursor,
+            story_id: story,
+            author,
+            expires_at,
+        }
+        .to_text(),
+        EventRecord::StoryGone {
+            story,
+            author,
+            reason,
+        } => ServerFrame::StoryGone {
+            cursor,
+            story_id: story,
+            author,
+            reason,
         }
         .to_text(),
     })

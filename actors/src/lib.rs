@@ -15,6 +15,7 @@
 //! - [`session`]: one actor per WebSocket.
 //! - [`user`]: one actor per online user; multi-device fanout, presence.
 //! - [`conversation`]: sequencer, persistence, receipts, TTL timers.
+//! - [`story`]: one actor per live story: its end, views, fanout.
 //! - [`sweeper`]: the persistent deadline index scanner.
 
 pub mod conversation;
@@ -27,6 +28,7 @@ pub mod ratelimit;
 pub mod send;
 pub mod session;
 pub mod store;
+pub mod story;
 pub mod sweeper;
 pub mod user;
 
@@ -65,6 +67,33 @@ pub struct ActorSummary {
     pub uptime_seconds: u64,
     /// Restarts since it was first activated.
     pub restarts: u64,
+}
+
+/// The operator restarts a keyed actor (conversation, story): a fresh one
+/// takes its place and reloads from storage once this one has drained.
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct Restart;
+
+/// Implements `Handler<Counted<M>>` for a keyed actor with a `depth` and a
+/// `draining` flag: the mailbox depth goes down, the message's own
+/// handler runs, and an actor being replaced stops once drained.
+#[macro_export]
+macro_rules! counted_draining {
+    ($actor:ty; $($m:ty),* $(,)?) => {$(
+        impl actix::Handler<$crate::Counted<$m>> for $actor {
+            type Result = <Self as actix::Handler<$m>>::Result;
+
+            fn handle(&mut self, msg: $crate::Counted<$m>, ctx: &mut Self::Context) -> Self::Result {
+                self.depth.pop();
+                let answer = <Self as actix::Handler<$m>>::handle(self, msg.0, ctx);
+                if self.draining {
+                    self.stop_when_drained(ctx);
+                }
+                answer
+            }
+        }
+    )*};
 }
 
 /// Asks an actor for its [`ActorSummary`].

@@ -24,6 +24,14 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// A story's audience, or why it ended, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoryLabel {
+    /// `everyone` or `close_friends` (posts, views, fanout), `expired` or
+    /// `deleted` (ends).
+    pub story: &'static str,
+}
+
 /// Every metric of the server.
 pub struct Metrics {
     registry: Registry,
@@ -63,6 +71,14 @@ pub struct Metrics {
     pub keys_destroyed: Counter,
     /// Media objects waiting for their blob to be deleted.
     pub blobs_pending_deletion: Gauge,
+    /// Stories posted, by audience.
+    pub stories_posted: Family<StoryLabel, Counter>,
+    /// Story views counted (one per viewer and story), by audience.
+    pub story_views: Family<StoryLabel, Counter>,
+    /// Tray references pushed by fanouts, by audience.
+    pub story_fanout_refs: Family<StoryLabel, Counter>,
+    /// Stories ended, by reason.
+    pub stories_ended: Family<StoryLabel, Counter>,
 }
 
 impl Metrics {
@@ -88,6 +104,10 @@ impl Metrics {
             key_purge_age_seconds: Gauge::default(),
             keys_destroyed: Counter::default(),
             blobs_pending_deletion: Gauge::default(),
+            stories_posted: Family::default(),
+            story_views: Family::default(),
+            story_fanout_refs: Family::default(),
+            stories_ended: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open WebSockets", m.connections.clone());
@@ -171,6 +191,26 @@ impl Metrics {
             "blobs_pending_deletion",
             "Media objects whose blob awaits deletion",
             m.blobs_pending_deletion.clone(),
+        );
+        registry.register(
+            "stories_posted",
+            "Stories posted, by audience",
+            m.stories_posted.clone(),
+        );
+        registry.register(
+            "story_views",
+            "Story views counted (one per viewer and story), by audience",
+            m.story_views.clone(),
+        );
+        registry.register(
+            "story_fanout_refs",
+            "Tray references pushed to followers, by audience",
+            m.story_fanout_refs.clone(),
+        );
+        registry.register(
+            "stories_ended",
+            "Stories ended, by reason (expired, deleted)",
+            m.stories_ended.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -39,8 +39,8 @@ use crate::frames::{
 use crate::ids::{DeviceId, Id, MsgId, UserId};
 use crate::session::{Session, SessionLink};
 use crate::store::{
-    blocking, Access, now_ms, AckRecord, CommitError, ConvKind, ConversationRecord, Deadline, Delivery,
-    Event, Guard, MediaRef, Millis, Op, StoredMessage, Txn, ViewPolicy,
+    blocking, now_ms, Access, AckRecord, CommitError, ConvKind, ConversationRecord, Deadline,
+    Delivery, Event, Guard, MediaRef, Millis, Op, StoredMessage, Txn, ViewPolicy,
 };
 use crate::user::push;
 
@@ -146,7 +146,7 @@ impl Session {
             },
         };
         let reply = AckTo {
-            link: self.link(ctx),
+            dest: AckDest::Socket(self.link(ctx)),
             client_msg_id,
             received,
             metrics: Arc::clone(&self.deps.metrics),
@@ -164,6 +164,7 @@ impl Session {
             view_policy,
             ttl_seconds: f.ttl_seconds as u64,
             burn_after_view_seconds,
+            story: None,
         });
     }
 }
@@ -195,6 +196,8 @@ pub struct Post {
     pub ttl_seconds: u64,
     /// Burn this long after the first view.
     pub burn_after_view_seconds: Option<u64>,
+    /// A reply (`false`) or reaction (`true`) to this story.
+    pub story: Option<(crate::store::StoryId, bool)>,
 }
 
 /// Where the answer to one `send` goes: straight to the sending socket,
@@ -203,14 +206,45 @@ pub struct Post {
 /// send's admission slot until then. Dropped unanswered (the conversation
 /// went down with the send in its mailbox), it answers `unavailable`.
 pub struct AckTo {
-    link: SessionLink,
+    dest: AckDest,
     client_msg_id: String,
     received: Instant,
     metrics: Arc<crate::metrics::Metrics>,
     permit: Option<crate::directory::SendPermit>,
 }
 
+/// Where an ack goes.
+enum AckDest {
+    /// A socket's `send`: the frame.
+    Socket(SessionLink),
+    /// An HTTP call (a story reply or reaction): the outcome itself.
+    Call(tokio::sync::oneshot::Sender<Result<crate::store::AckRecord, FrameError>>),
+    /// Answered.
+    Gone,
+}
+
 impl AckTo {
+    /// An answer for a post made by an HTTP call rather than a socket,
+    /// holding `permit`: the outcome arrives through the returned channel.
+    pub fn call(
+        client_msg_id: String,
+        metrics: Arc<crate::metrics::Metrics>,
+        permit: crate::directory::SendPermit,
+    ) -> (
+        Self,
+        tokio::sync::oneshot::Receiver<Result<crate::store::AckRecord, FrameError>>,
+    ) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let to = AckTo {
+            dest: AckDest::Call(tx),
+            client_msg_id,
+            received: Instant::now(),
+            metrics,
+            permit: Some(permit),
+        };
+        (to, rx)
+    }
+
     /// Sends the ack, or the error, to the socket.
     pub fn answer(mut self, outcome: Result<crate::store::AckRecord, FrameError>) {
         self.send(outcome);
@@ -220,25 +254,33 @@ impl AckTo {
         if self.permit.take().is_none() {
             return; // answered already
         }
-        let text = match outcome {
-            Ok(ack) => {
-                self.metrics
-                    .ack_latency
-                    .observe(self.received.elapsed().as_secs_f64());
-                ServerFrame::Ack {
-                    client_msg_id: &ack.client_msg_id,
-                    msg_id: ack.msg_id,
-                    conversation_id: ack.msg_id.conv,
-                    seq: ack.msg_id.seq,
-                    state: "sent",
-                    sent_at: ack.sent_at,
-                    expires_at: ack.expires_at,
-                }
-                .to_text()
+        if outcome.is_ok() {
+            self.metrics
+                .ack_latency
+                .observe(self.received.elapsed().as_secs_f64());
+        }
+        let link = match std::mem::replace(&mut self.dest, AckDest::Gone) {
+            AckDest::Socket(link) => link,
+            AckDest::Call(tx) => {
+                let _ = tx.send(outcome);
+                return;
             }
+            AckDest::Gone => return,
+        };
+        let text = match outcome {
+            Ok(ack) => ServerFrame::Ack {
+                client_msg_id: &ack.client_msg_id,
+                msg_id: ack.msg_id,
+                conversation_id: ack.msg_id.conv,
+                seq: ack.msg_id.seq,
+                state: "sent",
+                sent_at: ack.sent_at,
+                expires_at: ack.expires_at,
+            }
+            .to_text(),
             Err(e) => error(&e, Some(&self.client_msg_id)),
         };
-        self.link.reply(text);
+        link.reply(text);
     }
 }
 
@@ -395,6 +437,8 @@ pub fn message_txn(
         body: msg.body.take(),
         media: media.cloned(),
         burn_after_view_seconds: msg.burn_after_view_seconds,
+        story_id: msg.story.map(|(s, _)| s),
+        reaction: msg.story.is_some_and(|(_, r)| r),
     });
     let ack = AckRecord {
         client_msg_id: msg.client_msg_id.clone(),
@@ -577,6 +621,7 @@ pub fn deliver(dir: &Directory, batch: Vec<(UserId, Vec<Delivery>)>) {
         for d in events {
             let text: Arc<str> = match &d.event {
                 Event::Message(m) if m.expires_at <= now => continue,
+                Event::StoryPosted { expires_at, .. } if *expires_at <= now => continue,
                 Event::Message(m) => {
                     metrics
                         .delivery_latency
@@ -615,6 +660,8 @@ mod tests {
             body: body.map(str::to_owned),
             media: None,
             burn_after_view_seconds: Some(5),
+            story_id: Some(Id([3; 16])),
+            reaction: true,
         }
     }
 

@@ -22,7 +22,7 @@ use crate::metrics::Kind;
 use crate::outbox::{Abort, Admit, Outbox};
 use crate::ratelimit::TokenBucket;
 use crate::store::{
-    blocking, Access, now_ms, BurnReason, EventRecord, MediaAccess, ReadError, Store, ViewPolicy,
+    blocking, now_ms, Access, BurnReason, EventRecord, MediaAccess, ReadError, Store, ViewPolicy,
 };
 use crate::user::{Attach, Detach};
 
@@ -677,7 +677,9 @@ pub fn replay_page(
             EventRecord::Message { msg } => match store.message(msg)? {
                 Some(m) if m.expires_at > now => {
                     let grant = match (&m.media, m.view_policy) {
-                        (Some(md), ViewPolicy::Timed) => media.grant(md, Access::Timed, m.expires_at),
+                        (Some(md), ViewPolicy::Timed) => {
+                            media.grant(md, Access::Timed, m.expires_at)
+                        }
                         _ => None,
                     };
                     ServerFrame::Message(MessageView::of(&m, Some(c), grant.as_ref())).to_text()
@@ -691,6 +693,13 @@ pub fn replay_page(
                 }
             },
             EventRecord::Burned { msg, .. } if !burned_once.insert(msg) => continue,
+            // A story that ended is never announced again: its
+            // `story_gone` comes later in the inbox.
+            EventRecord::StoryPosted { story, .. }
+                if !store.story(story)?.is_some_and(|s| s.live(now)) =>
+            {
+                continue
+            }
             other => match render_record(c, &other) {
                 Some(frame) => frame,
                 None => continue,

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
 
+/// Identifies a story.
+pub type StoryId = Id;
+
 /// Milliseconds since the Unix epoch, the unit of every `*_at`.
 pub type Millis = u64;
 
@@ -104,6 +107,12 @@ pub struct StoredMessage {
     /// Pulls `expires_at` forward on the first view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burn_after_view_seconds: Option<u64>,
+    /// A reply or reaction to this story (PROTOCOL 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub story_id: Option<StoryId>,
+    /// A reaction to `story_id`: the body is the emoji.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reaction: bool,
 }
 
 /// A media object as a message refers to it.
@@ -124,6 +133,93 @@ pub struct MediaGrant {
     pub get_url: String,
     /// The data key, base64.
     pub data_key: String,
+}
+
+/// Who may see a story.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Audience {
+    /// Every signed-in user (the tray lists it to followers).
+    Everyone,
+    /// The users in the author's close-friends list, checked at every fetch.
+    CloseFriends,
+}
+
+/// A story as stored: the only row that holds its caption.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoryRecord {
+    /// Its id.
+    pub id: StoryId,
+    /// Who posted it.
+    pub author: UserId,
+    /// When.
+    pub posted_at: Millis,
+    /// When it ends everywhere.
+    pub expires_at: Millis,
+    /// Who may see it.
+    pub audience: Audience,
+    /// The caption, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+    /// The photo or video.
+    pub media: MediaRef,
+    /// Whether tray references were pushed to the followers (`false`: the
+    /// author had more followers than `story_fanout_max_followers`, and
+    /// trays merge the story in at read time).
+    pub fanned_out: bool,
+}
+
+impl StoryRecord {
+    /// Whether it is live at `now`.
+    pub fn live(&self, now: Millis) -> bool {
+        self.expires_at > now
+    }
+
+    /// What a tray reference to it says.
+    pub fn tray_ref(&self) -> TrayRef {
+        TrayRef {
+            author: self.author,
+            story: self.id,
+            posted_at: self.posted_at,
+            expires_at: self.expires_at,
+            audience: self.audience,
+        }
+    }
+}
+
+/// A story as a tray knows it: enough to order and filter without reading
+/// the story itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrayRef {
+    /// The author.
+    pub author: UserId,
+    /// The story.
+    pub story: StoryId,
+    /// When it was posted.
+    pub posted_at: Millis,
+    /// When it ends.
+    pub expires_at: Millis,
+    /// Who may see it.
+    pub audience: Audience,
+}
+
+/// Why a story ended before anyone asked for it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoryEnd {
+    /// Its lifetime ran out.
+    Expired,
+    /// Its author deleted it.
+    Deleted,
+}
+
+/// A story's deadline in the persistent index: its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StoryDeadline {
+    /// When.
+    pub at: Millis,
+    /// Which story.
+    pub story: StoryId,
 }
 
 /// What a media grant is for: it decides how long the GET URL lives and
@@ -228,6 +324,24 @@ pub enum Event {
         /// Who.
         by: UserId,
     },
+    /// Someone followed posted a story.
+    StoryPosted {
+        /// The story.
+        story: StoryId,
+        /// Its author.
+        author: UserId,
+        /// When it ends.
+        expires_at: Millis,
+    },
+    /// A story this user was told of ended.
+    StoryGone {
+        /// The story.
+        story: StoryId,
+        /// Its author.
+        author: UserId,
+        /// Why.
+        reason: StoryEnd,
+    },
 }
 
 /// The persisted form of an [`Event`]: references, never content.
@@ -268,6 +382,24 @@ pub enum EventRecord {
         /// Who.
         by: UserId,
     },
+    /// A story was posted (kept until it ends).
+    StoryPosted {
+        /// The story.
+        story: StoryId,
+        /// Its author.
+        author: UserId,
+        /// When it ends.
+        expires_at: Millis,
+    },
+    /// A story ended.
+    StoryGone {
+        /// The story.
+        story: StoryId,
+        /// Its author.
+        author: UserId,
+        /// Why.
+        reason: StoryEnd,
+    },
 }
 
 impl Event {
@@ -300,6 +432,31 @@ impl Event {
                 keep,
             ),
             Event::Screenshot { msg, by } => (EventRecord::Screenshot { msg: *msg, by: *by }, keep),
+            // Replayable while the story lives, and no longer.
+            Event::StoryPosted {
+                story,
+                author,
+                expires_at,
+            } => (
+                EventRecord::StoryPosted {
+                    story: *story,
+                    author: *author,
+                    expires_at: *expires_at,
+                },
+                *expires_at,
+            ),
+            Event::StoryGone {
+                story,
+                author,
+                reason,
+            } => (
+                EventRecord::StoryGone {
+                    story: *story,
+                    author: *author,
+                    reason: *reason,
+                },
+                keep,
+            ),
         }
     }
 }
@@ -329,6 +486,8 @@ pub enum Guard {
     /// The media object exists and no message uses it yet; otherwise
     /// [`CommitError::Gone`].
     MediaUnbound(Id),
+    /// The story row still exists; otherwise [`CommitError::Gone`].
+    StoryPresent(StoryId),
     /// `user` has not viewed the message yet; otherwise [`CommitError::Gone`].
     ViewAbsent {
         /// The message.
@@ -413,6 +572,81 @@ pub enum Op {
         user: UserId,
         /// Up to which seq.
         up_to_seq: u64,
+    },
+    /// `follower` follows `author` (nothing if already; counts exact).
+    Follow {
+        /// Who follows.
+        follower: UserId,
+        /// Whom.
+        author: UserId,
+    },
+    /// `follower` stops following `author` (nothing if not following);
+    /// the author's tray references in the follower's tray go too.
+    Unfollow {
+        /// Who follows.
+        follower: UserId,
+        /// Whom.
+        author: UserId,
+    },
+    /// `owner` puts `friend` in their close-friends list, or takes them out.
+    SetCloseFriend {
+        /// Whose list.
+        owner: UserId,
+        /// Who.
+        friend: UserId,
+        /// In or out.
+        close: bool,
+    },
+    /// Store a story (its row, the author's index, its deadline, and the
+    /// read-time index when it is not fanned out).
+    PutStory(Arc<StoryRecord>),
+    /// Remove a story and everything that refers to it: its rows, its
+    /// views, its deadline, and the tray references of `trays`.
+    DeleteStory {
+        /// The story.
+        story: Arc<StoryRecord>,
+        /// Whose trays hold a reference to it.
+        trays: Vec<UserId>,
+    },
+    /// Put a story in a user's tray.
+    PutTrayRef {
+        /// Whose tray.
+        viewer: UserId,
+        /// The story.
+        story: TrayRef,
+        /// Whether they are told of it (`story_posted`), and so of its end.
+        told: bool,
+    },
+    /// Record how far a story's fanout went: the last follower done, or
+    /// `None` once it is complete.
+    PutFanoutProgress {
+        /// The story.
+        story: StoryId,
+        /// The last follower whose tray has it.
+        last: Option<UserId>,
+        /// When the story ends.
+        until: Millis,
+    },
+    /// Record that `viewer` opened a story, at `at`; kept until `until`.
+    PutStoryView {
+        /// The story.
+        story: StoryId,
+        /// Who.
+        viewer: UserId,
+        /// When.
+        at: Millis,
+        /// When the story ends.
+        until: Millis,
+    },
+    /// Bind a media object to the story that uses it; its key then lives
+    /// until `until`.
+    BindStoryMedia {
+        /// The media object.
+        media: Id,
+        /// The story.
+        story: StoryId,
+        /// When the story ends.
+        until: Millis,
     },
     /// Append an event to a user's inbox and deliver it once durable.
     Notify {
@@ -531,6 +765,40 @@ pub trait Store: Send + Sync + 'static {
         until: Millis,
         limit: usize,
     ) -> Result<Vec<Deadline>, ReadError>;
+    /// A story's row, ended or not (callers filter on `expires_at`); its
+    /// caption is `None` once its key is gone.
+    fn story(&self, id: StoryId) -> Result<Option<StoryRecord>, ReadError>;
+    /// Who viewed a story and when, oldest view first.
+    fn story_views(&self, story: StoryId) -> Result<Vec<(UserId, Millis)>, ReadError>;
+    /// An author's followers after `after` (in id order), at most `limit`.
+    fn followers_after(
+        &self,
+        author: UserId,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserId>, ReadError>;
+    /// How many followers an author has (exact).
+    fn follower_count(&self, author: UserId) -> Result<u64, ReadError>;
+    /// Whether `friend` is in `owner`'s close-friends list.
+    fn is_close_friend(&self, owner: UserId, friend: UserId) -> Result<bool, ReadError>;
+    /// Whether `viewer`'s tray holds a reference to the story (`None` if
+    /// not), and whether they were told of it (`story_posted`).
+    fn tray_ref_told(
+        &self,
+        viewer: UserId,
+        author: UserId,
+        story: StoryId,
+    ) -> Result<Option<bool>, ReadError>;
+    /// How far a story's fanout went: `None` if it has no fanout row (not
+    /// fanned out, or ended), `Some(None)` if complete, `Some(Some(last))`
+    /// if it stopped after follower `last` (or `Some(Some(zero id))` if it
+    /// has not started).
+    fn fanout_progress(&self, story: StoryId) -> Result<Option<Option<UserId>>, ReadError>;
+    /// Story deadlines due at or before `until`, oldest first.
+    fn story_deadlines(&self, until: Millis, limit: usize)
+        -> Result<Vec<StoryDeadline>, ReadError>;
+    /// Stories whose fanout has not completed (to resume after a restart).
+    fn pending_fanouts(&self, limit: usize) -> Result<Vec<StoryId>, ReadError>;
     /// Hands a transaction to the group-commit writer; `done` runs with its
     /// outcome on the writer's thread, as soon as the batch is durable (or
     /// failed), so it must be quick: hand results on, do not work there.

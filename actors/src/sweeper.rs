@@ -51,6 +51,26 @@ impl Sweeper {
         }
     }
 
+    /// Wakes the actor of every story whose end is due soon (or overdue):
+    /// it arms a precise timer. The index holds live stories only (an end
+    /// removes its entry), so this reads few rows.
+    fn wake_stories(&mut self, ctx: &mut Context<Self>) {
+        let store = Arc::clone(&self.deps.store);
+        let until = now_ms() + LOOKAHEAD_MS;
+        ctx.spawn(
+            blocking(move || store.story_deadlines(until, BATCH))
+                .into_actor(self)
+                .map(|res, act, _| match res {
+                    Ok(due) => {
+                        for d in due {
+                            act.dir.story(d.story).do_send(crate::story::Wake);
+                        }
+                    }
+                    Err(_) => tracing::error!("story deadline scan failed; retrying"),
+                }),
+        );
+    }
+
     fn scan(&mut self, ctx: &mut Context<Self>) {
         if self.scanning {
             return;
@@ -105,6 +125,17 @@ impl Actor for Sweeper {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.scan(ctx);
+        // Fanouts that a stop interrupted resume in their story's actor.
+        let store = Arc::clone(&self.deps.store);
+        ctx.spawn(
+            blocking(move || store.pending_fanouts(BATCH))
+                .into_actor(self)
+                .map(|res, act, _| {
+                    for story in res.unwrap_or_default() {
+                        act.dir.story(story).do_send(crate::story::Wake);
+                    }
+                }),
+        );
         ctx.run_interval(SCAN_EVERY, |act, ctx| {
             // Supervision of conversations: one that crashed is restarted
             // here, so its timers come back even if nobody writes to it.
@@ -113,6 +144,7 @@ impl Actor for Sweeper {
                 tracing::warn!(revived, "restarted crashed conversation actors");
             }
             act.scan(ctx);
+            act.wake_stories(ctx);
         });
     }
 }

@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse};
 use ephemera_actors::frames::MessageView;
 use ephemera_actors::ids::{ConvId, Id, UserId};
 use ephemera_actors::store::{
-    commit, Access, now_ms, ConvKind, ConversationRecord, MediaAccess, MediaGrant, Op, Store,
+    commit, now_ms, Access, ConvKind, ConversationRecord, MediaAccess, MediaGrant, Op, Store,
     StoredMessage, Txn, ViewPolicy,
 };
 use serde::{Deserialize, Serialize};

@@ -6,6 +6,7 @@ pub mod conversations;
 pub mod error;
 pub mod login_limits;
 pub mod media;
+pub mod stories;
 pub mod ws;
 
 use std::future::{ready, Future};
@@ -52,6 +53,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(accounts::configure)
             .configure(conversations::configure)
             .configure(media::configure)
+            .configure(stories::configure)
             .configure(ws::configure)
             // An unknown path gets the error envelope, like every answer.
             .default_service(web::to(|| async {

@@ -103,7 +103,7 @@ fn object_key(id: Id) -> String {
 /// Whether a media record is open for upload at `now`: no message uses it
 /// and its life has not ended.
 fn open_for_upload(rec: &MediaRecord, now: Millis) -> bool {
-    rec.bound.is_none() && rec.until > now
+    !rec.is_bound() && rec.until > now
 }
 
 /// The embedded store's [`UploadGate`]: a `PUT` to `m/<id>` is accepted
@@ -214,6 +214,7 @@ impl MediaService {
             bytes,
             created_at: now,
             bound: None,
+            story: None,
             until,
         };
         self.0.store.put_media(id, &rec)?;

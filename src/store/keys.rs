@@ -6,7 +6,7 @@
 //! its digest.
 
 use ephemera_actors::ids::{ConvId, Id, MsgId, UserId};
-use ephemera_actors::store::Deadline;
+use ephemera_actors::store::{Deadline, StoryDeadline, StoryId};
 use ring::digest;
 
 /// `accounts`: user id.
@@ -131,6 +131,106 @@ pub fn decode_deadline(k: &[u8]) -> Option<Deadline> {
     })
 }
 
+/// `follows`: (follower, author): whom a user follows, in one scan.
+pub fn follow(follower: UserId, author: UserId) -> [u8; 32] {
+    pair(follower, author)
+}
+
+/// `followers`: (author, follower): an author's followers, in one scan.
+pub fn follower(author: UserId, follower: UserId) -> [u8; 32] {
+    pair(author, follower)
+}
+
+/// `follow_counts`: user id.
+pub fn follow_counts(user: UserId) -> [u8; 16] {
+    user.0
+}
+
+/// `close_friends`: (owner, friend): a user's close-friends list.
+pub fn close_friend(owner: UserId, friend: UserId) -> [u8; 32] {
+    pair(owner, friend)
+}
+
+/// `stories` and `story_fanout`: story id.
+pub fn story(story: StoryId) -> [u8; 16] {
+    story.0
+}
+
+/// `author_stories` and `broadcasts`: (author, posted_at, story): an
+/// author's stories, oldest first.
+pub fn author_story(author: UserId, posted_at: u64, story: StoryId) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..16].copy_from_slice(&author.0);
+    k[16..24].copy_from_slice(&posted_at.to_be_bytes());
+    k[24..].copy_from_slice(&story.0);
+    k
+}
+
+/// Decodes an `author_stories` (or `broadcasts`) key: (author, posted_at, story).
+pub fn decode_author_story(k: &[u8]) -> Option<(UserId, u64, StoryId)> {
+    (k.len() == 40).then(|| (id_at(k, 0), u64_at(k, 16), id_at(k, 24)))
+}
+
+/// `tray_refs`: (viewer, author, story): one scan reads a viewer's tray,
+/// grouped by author.
+pub fn tray_ref(viewer: UserId, author: UserId, story: StoryId) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..16].copy_from_slice(&viewer.0);
+    k[16..32].copy_from_slice(&author.0);
+    k[32..].copy_from_slice(&story.0);
+    k
+}
+
+/// Decodes a `tray_refs` key: (viewer, author, story).
+pub fn decode_tray_ref(k: &[u8]) -> Option<(UserId, UserId, StoryId)> {
+    (k.len() == 48).then(|| (id_at(k, 0), id_at(k, 16), id_at(k, 32)))
+}
+
+/// `story_views`: (story, viewer): a story's viewers in one scan.
+pub fn story_view(story: StoryId, viewer: UserId) -> [u8; 32] {
+    pair(story, viewer)
+}
+
+/// `story_deadlines`: (at, story): stories' ends in time order.
+pub fn story_deadline(d: StoryDeadline) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&d.at.to_be_bytes());
+    k[8..].copy_from_slice(&d.story.0);
+    k
+}
+
+/// Decodes a `story_deadlines` key.
+pub fn decode_story_deadline(k: &[u8]) -> Option<StoryDeadline> {
+    (k.len() == 24).then(|| StoryDeadline {
+        at: u64_at(k, 0),
+        story: id_at(k, 8),
+    })
+}
+
+/// `highlights`: highlight id.
+pub fn highlight(id: Id) -> [u8; 16] {
+    id.0
+}
+
+/// `author_highlights`: (author, created_at, highlight): an author's
+/// highlights, oldest first.
+pub fn author_highlight(author: UserId, created_at: u64, id: Id) -> [u8; 40] {
+    author_story(author, created_at, id)
+}
+
+/// The first key after every key that starts with `prefix` (for range
+/// deletes of a prefix): `None` if there is none (all `0xff`).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 fn pair(a: Id, b: Id) -> [u8; 32] {
     let mut k = [0u8; 32];
     k[..16].copy_from_slice(&a.0);
@@ -179,6 +279,18 @@ pub fn fuzz_check(data: &[u8]) {
     match decode_conversation_deadline(data) {
         Some(d) => assert_eq!(conversation_deadline(d)[..], data[..]),
         None => assert_ne!(data.len(), 32),
+    }
+    match decode_author_story(data) {
+        Some((a, at, s)) => assert_eq!(author_story(a, at, s)[..], data[..]),
+        None => assert_ne!(data.len(), 40),
+    }
+    match decode_tray_ref(data) {
+        Some((v, a, s)) => assert_eq!(tray_ref(v, a, s)[..], data[..]),
+        None => assert_ne!(data.len(), 48),
+    }
+    match decode_story_deadline(data) {
+        Some(d) => assert_eq!(story_deadline(d)[..], data[..]),
+        None => assert_ne!(data.len(), 24),
     }
     // Typed values from the input (zero-padded), encoded and decoded.
     let mut raw = [0u8; 80];
@@ -315,6 +427,71 @@ mod tests {
             },
         };
         assert!(deadline(d) < deadline(later));
+    }
+
+    const C: Id = Id([0xcc; 16]);
+
+    #[test]
+    fn social_graph_keys_are_pairs_of_ids() {
+        // follows: follower first; followers: author first; both 32 bytes.
+        let mut want = vec![0xaa; 16];
+        want.extend_from_slice(&[0xbb; 16]);
+        assert_eq!(follow(A, B).to_vec(), want);
+        assert_eq!(follower(A, B).to_vec(), want);
+        assert_eq!(close_friend(A, B).to_vec(), want);
+        assert_eq!(follow(B, A)[..16], [0xbb; 16]);
+        assert_eq!(follow_counts(C), [0xcc; 16]);
+    }
+
+    #[test]
+    fn story_keys_are_byte_exact() {
+        assert_eq!(story(C), [0xcc; 16]);
+        let k = author_story(A, 0x0102, C);
+        let mut want = vec![0xaa; 16];
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 2]);
+        want.extend_from_slice(&[0xcc; 16]);
+        assert_eq!(k.to_vec(), want);
+        assert_eq!(decode_author_story(&k), Some((A, 0x0102, C)));
+        assert_eq!(decode_author_story(&k[..39]), None);
+        // An author's stories scan oldest first.
+        assert!(author_story(A, 255, C) < author_story(A, 256, B));
+        let t = tray_ref(A, B, C);
+        let mut want = vec![0xaa; 16];
+        want.extend_from_slice(&[0xbb; 16]);
+        want.extend_from_slice(&[0xcc; 16]);
+        assert_eq!(t.to_vec(), want);
+        assert_eq!(decode_tray_ref(&t), Some((A, B, C)));
+        let v = story_view(C, A);
+        assert_eq!(&v[..16], &[0xcc; 16]);
+        assert_eq!(&v[16..], &[0xaa; 16]);
+        let d = StoryDeadline {
+            at: 0x0a0b,
+            story: C,
+        };
+        let dk = story_deadline(d);
+        assert_eq!(&dk[..8], &[0, 0, 0, 0, 0, 0, 0x0a, 0x0b]);
+        assert_eq!(&dk[8..], &[0xcc; 16]);
+        assert_eq!(decode_story_deadline(&dk), Some(d));
+        assert!(
+            story_deadline(d)
+                < story_deadline(StoryDeadline {
+                    at: 0x0a0c,
+                    story: A
+                })
+        );
+        assert_eq!(highlight(B), [0xbb; 16]);
+        assert_eq!(author_highlight(A, 7, B)[16..24], [0, 0, 0, 0, 0, 0, 0, 7]);
+    }
+
+    #[test]
+    fn prefix_ends_bound_a_prefix() {
+        assert_eq!(prefix_end(&[1, 2]), Some(vec![1, 3]));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+        let p = &tray_ref(A, B, C)[..32];
+        let end = prefix_end(p).unwrap();
+        assert!(tray_ref(A, B, Id([0xff; 16])).as_slice() < end.as_slice());
+        assert!(tray_ref(A, Id([0xbc; 16]), Id([0; 16])).as_slice() >= end.as_slice());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod filter;
 pub mod keys;
+pub mod stories;
 mod writer;
 
 use std::path::Path;
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ephemera_actors::ids::{ConvId, DeviceId, MsgId, UserId};
 use ephemera_actors::store::{
     now_ms, BurnReason, CommitError, ConvKind, ConversationRecord, Deadline, Done, EventRecord,
-    Fanout, ReadError, Store, StoredMessage, Txn,
+    Fanout, Millis, ReadError, Store, StoredMessage, StoryDeadline, StoryId, StoryRecord, Txn,
 };
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
@@ -118,11 +119,42 @@ pub enum Cf {
     /// user id -> last cursor handed out. Never expires: inbox rows do,
     /// and cursors must stay strictly increasing across restarts.
     Cursors,
+    /// (follower, author) -> () : whom a user follows.
+    Follows,
+    /// (author, follower) -> () : an author's followers, written and
+    /// deleted with its twin in `follows`.
+    Followers,
+    /// user id -> (followers, following), both exact.
+    FollowCounts,
+    /// (owner, friend) -> () : a user's close-friends list.
+    CloseFriends,
+    /// story id -> story (the only rows with a caption, sealed).
+    Stories,
+    /// (author, posted_at, story) -> audience : an author's stories.
+    AuthorStories,
+    /// (author, posted_at, story) -> audience : the stories not fanned
+    /// out (their authors have too many followers), merged into trays at
+    /// read time.
+    Broadcasts,
+    /// (viewer, author, story) -> posted_at, audience, told : a tray
+    /// reference; it expires with its story.
+    TrayRefs,
+    /// (story, viewer) -> when they first opened it.
+    StoryViews,
+    /// (at, story) -> () : stories' ends, which wake passivated actors.
+    StoryDeadlines,
+    /// story id -> the last follower its fanout reached (empty: done).
+    StoryFanout,
+    /// highlight id -> highlight (caption sealed under its own media key).
+    /// Outlives stories: the TTL filter is not installed here.
+    Highlights,
+    /// (author, created_at, highlight) -> () : an author's highlights.
+    AuthorHighlights,
 }
 
 impl Cf {
     /// Every column family, in the order they are opened.
-    pub const ALL: [Cf; 16] = [
+    pub const ALL: [Cf; 29] = [
         Cf::Accounts,
         Cf::Usernames,
         Cf::Tokens,
@@ -139,6 +171,19 @@ impl Cf {
         Cf::Deadlines,
         Cf::ConversationDeadlines,
         Cf::Cursors,
+        Cf::Follows,
+        Cf::Followers,
+        Cf::FollowCounts,
+        Cf::CloseFriends,
+        Cf::Stories,
+        Cf::AuthorStories,
+        Cf::Broadcasts,
+        Cf::TrayRefs,
+        Cf::StoryViews,
+        Cf::StoryDeadlines,
+        Cf::StoryFanout,
+        Cf::Highlights,
+        Cf::AuthorHighlights,
     ];
 
     /// The name on disk.
@@ -160,7 +205,26 @@ impl Cf {
             Cf::Deadlines => "deadlines",
             Cf::ConversationDeadlines => "conversation_deadlines",
             Cf::Cursors => "cursors",
+            Cf::Follows => "follows",
+            Cf::Followers => "followers",
+            Cf::FollowCounts => "follow_counts",
+            Cf::CloseFriends => "close_friends",
+            Cf::Stories => "stories",
+            Cf::AuthorStories => "author_stories",
+            Cf::Broadcasts => "broadcasts",
+            Cf::TrayRefs => "tray_refs",
+            Cf::StoryViews => "story_views",
+            Cf::StoryDeadlines => "story_deadlines",
+            Cf::StoryFanout => "story_fanout",
+            Cf::Highlights => "highlights",
+            Cf::AuthorHighlights => "author_highlights",
         }
+    }
+
+    /// Whether the TTL compaction filter runs on this family: everywhere
+    /// but on highlights, which live until their author deletes them.
+    pub const fn expires(self) -> bool {
+        !matches!(self, Cf::Highlights | Cf::AuthorHighlights)
     }
 }
 
@@ -201,8 +265,18 @@ pub struct MediaRecord {
     /// The message that uses it, once sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bound: Option<MsgId>,
+    /// The story (or highlight) that uses it, once posted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub story: Option<ephemera_actors::ids::Id>,
     /// When its key and blob go.
     pub until: u64,
+}
+
+impl MediaRecord {
+    /// Whether a message or story uses it (a media object serves one only).
+    pub fn is_bound(&self) -> bool {
+        self.bound.is_some() || self.story.is_some()
+    }
 }
 
 /// A login (one device), stored under the digest of its token.
@@ -229,6 +303,8 @@ pub struct RocksStore {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Serialises account creation (username uniqueness).
     accounts_lock: Mutex<()>,
+    /// Usernames already read (they never change), for trays.
+    names: std::sync::RwLock<std::collections::HashMap<UserId, Arc<str>>>,
     durability: Durability,
     /// Test-only: failures the writer injects on request.
     #[cfg(feature = "faults")]
@@ -264,16 +340,22 @@ const WRITE_BUFFER_BYTES: usize = 4 << 20;
 
 fn cf_options(cf: Cf, periodic_compaction: u64) -> Options {
     let mut o = Options::default();
-    o.set_compaction_filter(filter::NAME, filter::filter);
-    // Every file passes through the filter within this period, so expired
-    // rows cannot sit forever in a file that nothing else compacts.
-    o.set_periodic_compaction_seconds(periodic_compaction);
+    if cf.expires() {
+        o.set_compaction_filter(filter::NAME, filter::filter);
+        // Every file passes through the filter within this period, so
+        // expired rows cannot sit forever in a file that nothing else
+        // compacts.
+        o.set_periodic_compaction_seconds(periodic_compaction);
+    }
     // Small memtables: every message inserts six keys, and a skiplist
     // search through a 64 MiB memtable (the default) is a chain of cache
     // misses; at 4 MiB the writer thread spent about a tenth less CPU per
     // message under load, for more (cheap) flushes.
     o.set_write_buffer_size(WRITE_BUFFER_BYTES);
-    if matches!(cf, Cf::Dedup | Cf::Tokens | Cf::Messages) {
+    if matches!(
+        cf,
+        Cf::Dedup | Cf::Tokens | Cf::Messages | Cf::StoryViews | Cf::CloseFriends
+    ) {
         // Point lookups (dedup on every send) mostly miss: a bloom filter
         // answers those without touching data blocks.
         let mut t = BlockBasedOptions::default();
@@ -323,6 +405,7 @@ impl RocksStore {
             write_opts,
             writer: OnceLock::new(),
             accounts_lock: Mutex::new(()),
+            names: Default::default(),
             writer_thread: Mutex::new(None),
             durability,
             #[cfg(feature = "faults")]
@@ -835,6 +918,114 @@ impl Store for RocksStore {
                 Ok(Step::Take)
             }),
         )?;
+        Ok(out)
+    }
+
+    fn story(&self, id: StoryId) -> Result<Option<StoryRecord>, ReadError> {
+        // Read whether or not it ended: the caller decides.
+        read((|| {
+            let k = keys::story(id);
+            let Some(v) = self.db.get_pinned_cf(self.cf(Cf::Stories), k)? else {
+                return Ok(None);
+            };
+            let (_, p) = filter::split(&v).ok_or(StoreError::Corrupt("stories"))?;
+            self.decode_story(&k, p).map(Some)
+        })())
+    }
+
+    fn story_views(&self, story: StoryId) -> Result<Vec<(UserId, Millis)>, ReadError> {
+        let mut out = Vec::new();
+        let from = keys::story_view(story, ephemera_actors::ids::Id([0; 16]));
+        read(
+            self.scan_prefix(Cf::StoryViews, &from, 16, usize::MAX, |k, v| {
+                let (_, p) = filter::split(v).ok_or(StoreError::Corrupt("story_views"))?;
+                let at = <[u8; 8]>::try_from(p)
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt("story_views"))?;
+                out.push((keys::id_at(k, 16), at));
+                Ok(Step::Take)
+            }),
+        )?;
+        out.sort_by_key(|(u, at)| (*at, *u));
+        Ok(out)
+    }
+
+    fn followers_after(
+        &self,
+        author: UserId,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserId>, ReadError> {
+        let mut out = Vec::new();
+        let start = after.unwrap_or(ephemera_actors::ids::Id([0; 16]));
+        let from = keys::follower(author, start);
+        read(self.scan_prefix(Cf::Followers, &from, 16, limit, |k, _| {
+            let f = keys::id_at(k, 16);
+            if Some(f) == after {
+                return Ok(Step::Skip);
+            }
+            out.push(f);
+            Ok(Step::Take)
+        }))?;
+        Ok(out)
+    }
+
+    fn follower_count(&self, author: UserId) -> Result<u64, ReadError> {
+        read(self.follow_counts(author).map(|(followers, _)| followers))
+    }
+
+    fn is_close_friend(&self, owner: UserId, friend: UserId) -> Result<bool, ReadError> {
+        read(self.close_friend(owner, friend))
+    }
+
+    fn tray_ref_told(
+        &self,
+        viewer: UserId,
+        author: UserId,
+        story: StoryId,
+    ) -> Result<Option<bool>, ReadError> {
+        read(RocksStore::tray_ref_told(self, viewer, author, story))
+    }
+
+    fn fanout_progress(&self, story: StoryId) -> Result<Option<Option<UserId>>, ReadError> {
+        read(
+            self.get_live(Cf::StoryFanout, &keys::story(story))
+                .and_then(|v| match v.as_deref() {
+                    None => Ok(None),
+                    Some([]) => Ok(Some(None)),
+                    Some(b) if b.len() == 16 => Ok(Some(Some(keys::id_at(b, 0)))),
+                    Some(_) => Err(StoreError::Corrupt("story_fanout")),
+                }),
+        )
+    }
+
+    fn story_deadlines(
+        &self,
+        until: Millis,
+        limit: usize,
+    ) -> Result<Vec<StoryDeadline>, ReadError> {
+        read(self.scan_story_deadlines(until, limit))
+    }
+
+    fn pending_fanouts(&self, limit: usize) -> Result<Vec<StoryId>, ReadError> {
+        let mut out = Vec::new();
+        let now = now_ms();
+        read((|| {
+            for item in self
+                .db
+                .iterator_cf(self.cf(Cf::StoryFanout), IteratorMode::Start)
+            {
+                let (k, v) = item?;
+                let (exp, p) = filter::split(&v).ok_or(StoreError::Corrupt("story_fanout"))?;
+                if exp > now && !p.is_empty() && k.len() == 16 {
+                    out.push(keys::id_at(&k, 0));
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(())
+        })())?;
         Ok(out)
     }
 

@@ -74,6 +74,8 @@ fn message(conv: Id, seq: u64, body: &str, ttl_ms: u64) -> Arc<StoredMessage> {
         body: Some(body.into()),
         media: None,
         burn_after_view_seconds: None,
+        story_id: None,
+        reaction: false,
     })
 }
 

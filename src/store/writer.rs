@@ -112,6 +112,12 @@ struct Overlay {
     views: std::collections::HashSet<[u8; 40]>,
     media: HashMap<[u8; 16], super::MediaRecord>,
     heads: HashMap<UserId, u64>,
+    /// Follow rows written (true) or deleted (false) by this batch.
+    follows: HashMap<[u8; 32], bool>,
+    /// (followers, following) as this batch left them.
+    counts: HashMap<UserId, (u64, u64)>,
+    /// Story rows written (true) or deleted (false) by this batch.
+    stories: HashMap<[u8; 16], bool>,
 }
 
 impl Writer {
@@ -198,6 +204,73 @@ impl Writer {
         Ok(json(&MessageRow { meta, sealed }))
     }
 
+    /// Whether a follow row exists, as this batch has left it.
+    fn following(&self, overlay: &Overlay, k: &[u8; 32]) -> Result<bool, StoreError> {
+        if let Some(p) = overlay.follows.get(k) {
+            return Ok(*p);
+        }
+        Ok(self
+            .db
+            .get_pinned_cf(cf_handle(&self.db, Cf::Follows), k)?
+            .is_some())
+    }
+
+    /// Changes a user's (followers, following) by the given steps, in the
+    /// batch and its overlay.
+    fn count(
+        &self,
+        b: &mut WriteBatch,
+        overlay: &mut Overlay,
+        user: UserId,
+        followers: i64,
+        following: i64,
+    ) -> Result<(), StoreError> {
+        let (f, g) = match overlay.counts.get(&user) {
+            Some(c) => *c,
+            None => match self.db.get_pinned_cf(
+                cf_handle(&self.db, Cf::FollowCounts),
+                keys::follow_counts(user),
+            )? {
+                Some(v) => {
+                    let (_, p) = filter::split(&v).ok_or(StoreError::Corrupt("follow_counts"))?;
+                    super::stories::decode_counts(p)?
+                }
+                None => (0, 0),
+            },
+        };
+        let next = (
+            f.saturating_add_signed(followers),
+            g.saturating_add_signed(following),
+        );
+        overlay.counts.insert(user, next);
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&next.0.to_be_bytes());
+        v[8..].copy_from_slice(&next.1.to_be_bytes());
+        b.put_cf(
+            cf_handle(&self.db, Cf::FollowCounts),
+            keys::follow_counts(user),
+            filter::with_expiry(u64::MAX, &v),
+        );
+        Ok(())
+    }
+
+    /// The stored form of a story: its caption sealed under the key of its
+    /// expiry bucket, bound to its storage key.
+    fn seal_story(
+        &self,
+        key: &[u8],
+        story: &ephemera_actors::store::StoryRecord,
+    ) -> Result<Vec<u8>, StoreError> {
+        use base64::Engine;
+        let mut meta = story.clone();
+        let sealed = match meta.caption.take() {
+            Some(c) => Some(self.keys.seal_body(story.expires_at, key, c.as_bytes())?),
+            None => None,
+        };
+        let sealed = sealed.map(|s| base64::engine::general_purpose::STANDARD.encode(s));
+        Ok(json(&super::stories::StoryRow { meta, sealed }))
+    }
+
     fn check(&self, overlay: &Overlay, guard: &Guard) -> Result<(), CommitError> {
         let failed = |e: rocksdb::Error| {
             tracing::error!(error = %e, "guard read failed");
@@ -231,9 +304,25 @@ impl Writer {
                 tracing::error!(error = %e, "media guard read failed");
                 CommitError::Failed
             })? {
-                Some(rec) if rec.bound.is_none() => Ok(()),
+                Some(rec) if !rec.is_bound() => Ok(()),
                 _ => Err(CommitError::Gone),
             },
+            Guard::StoryPresent(id) => {
+                let k = keys::story(*id);
+                let present = match overlay.stories.get(&k) {
+                    Some(p) => *p,
+                    None => self
+                        .db
+                        .get_pinned_cf(cf_handle(&self.db, Cf::Stories), k)
+                        .map_err(failed)?
+                        .is_some(),
+                };
+                if present {
+                    Ok(())
+                } else {
+                    Err(CommitError::Gone)
+                }
+            }
             Guard::ViewAbsent { msg, user } => {
                 let k = keys::view(*msg, *user);
                 let seen = overlay.views.contains(&k)
@@ -395,6 +484,188 @@ impl Writer {
                         keys::read_state(conv, user),
                         filter::with_expiry(u64::MAX, &up_to_seq.to_be_bytes()),
                     );
+                }
+                Op::Follow { follower, author } => {
+                    let k = keys::follow(follower, author);
+                    if !self.following(overlay, &k)? {
+                        let none = filter::with_expiry(u64::MAX, &[]);
+                        b.put_cf(cf_handle(db, Cf::Follows), k, &none);
+                        b.put_cf(
+                            cf_handle(db, Cf::Followers),
+                            keys::follower(author, follower),
+                            &none,
+                        );
+                        overlay.follows.insert(k, true);
+                        self.count(b, overlay, author, 1, 0)?;
+                        self.count(b, overlay, follower, 0, 1)?;
+                    }
+                }
+                Op::Unfollow { follower, author } => {
+                    let k = keys::follow(follower, author);
+                    if self.following(overlay, &k)? {
+                        b.delete_cf(cf_handle(db, Cf::Follows), k);
+                        b.delete_cf(
+                            cf_handle(db, Cf::Followers),
+                            keys::follower(author, follower),
+                        );
+                        overlay.follows.insert(k, false);
+                        self.count(b, overlay, author, -1, 0)?;
+                        self.count(b, overlay, follower, 0, -1)?;
+                    }
+                    // The author's stories leave the follower's tray.
+                    let start = keys::tray_ref(follower, author, ephemera_actors::ids::Id([0; 16]));
+                    if let Some(end) = keys::prefix_end(&start[..32]) {
+                        b.delete_range_cf(cf_handle(db, Cf::TrayRefs), &start[..], &end[..]);
+                    }
+                }
+                Op::SetCloseFriend {
+                    owner,
+                    friend,
+                    close,
+                } => {
+                    let k = keys::close_friend(owner, friend);
+                    if close {
+                        b.put_cf(
+                            cf_handle(db, Cf::CloseFriends),
+                            k,
+                            filter::with_expiry(u64::MAX, &[]),
+                        );
+                    } else {
+                        b.delete_cf(cf_handle(db, Cf::CloseFriends), k);
+                    }
+                }
+                Op::PutStory(story) => {
+                    let k = keys::story(story.id);
+                    overlay.stories.insert(k, true);
+                    let exp = story.expires_at;
+                    b.put_cf(
+                        cf_handle(db, Cf::Stories),
+                        k,
+                        filter::with_expiry(exp, &self.seal_story(&k, &story)?),
+                    );
+                    let by_author = keys::author_story(story.author, story.posted_at, story.id);
+                    let audience = [super::stories::audience_byte(story.audience)];
+                    b.put_cf(
+                        cf_handle(db, Cf::AuthorStories),
+                        by_author,
+                        filter::with_expiry(exp, &audience),
+                    );
+                    if story.fanned_out {
+                        // The fanout has not started: it resumes from here
+                        // if the story's actor stops before it completes.
+                        b.put_cf(
+                            cf_handle(db, Cf::StoryFanout),
+                            k,
+                            filter::with_expiry(exp, &[0u8; 16]),
+                        );
+                    } else {
+                        b.put_cf(
+                            cf_handle(db, Cf::Broadcasts),
+                            by_author,
+                            filter::with_expiry(exp, &audience),
+                        );
+                    }
+                    b.put_cf(
+                        cf_handle(db, Cf::StoryDeadlines),
+                        keys::story_deadline(ephemera_actors::store::StoryDeadline {
+                            at: exp,
+                            story: story.id,
+                        }),
+                        filter::with_expiry(u64::MAX, &[]),
+                    );
+                }
+                Op::DeleteStory { story, trays } => {
+                    let k = keys::story(story.id);
+                    overlay.stories.insert(k, false);
+                    b.delete_cf(cf_handle(db, Cf::Stories), k);
+                    b.delete_cf(cf_handle(db, Cf::StoryFanout), k);
+                    let by_author = keys::author_story(story.author, story.posted_at, story.id);
+                    b.delete_cf(cf_handle(db, Cf::AuthorStories), by_author);
+                    b.delete_cf(cf_handle(db, Cf::Broadcasts), by_author);
+                    b.delete_cf(
+                        cf_handle(db, Cf::StoryDeadlines),
+                        keys::story_deadline(ephemera_actors::store::StoryDeadline {
+                            at: story.expires_at,
+                            story: story.id,
+                        }),
+                    );
+                    if let Some(end) = keys::prefix_end(&k) {
+                        let start = keys::story_view(story.id, ephemera_actors::ids::Id([0; 16]));
+                        b.delete_range_cf(cf_handle(db, Cf::StoryViews), &start[..], &end[..]);
+                    }
+                    for viewer in trays {
+                        b.delete_cf(
+                            cf_handle(db, Cf::TrayRefs),
+                            keys::tray_ref(viewer, story.author, story.id),
+                        );
+                    }
+                    // The data key dies with the story (now, for a deletion)
+                    // and the media sweeper then deletes the blob.
+                    if let Some(mut rec) = self.media_record(overlay, story.media.id.0)? {
+                        rec.until = rec.until.min(now);
+                        self.keys.set_media_until(&story.media.id.0, rec.until)?;
+                        b.put_cf(
+                            cf_handle(db, Cf::Media),
+                            story.media.id.0,
+                            filter::with_expiry(u64::MAX, &json(&rec)),
+                        );
+                        overlay.media.insert(story.media.id.0, rec);
+                    }
+                }
+                Op::PutTrayRef {
+                    viewer,
+                    story,
+                    told,
+                } => {
+                    b.put_cf(
+                        cf_handle(db, Cf::TrayRefs),
+                        keys::tray_ref(viewer, story.author, story.story),
+                        filter::with_expiry(
+                            story.expires_at,
+                            &super::stories::tray_value(&story, told),
+                        ),
+                    );
+                }
+                Op::PutFanoutProgress { story, last, until } => {
+                    let v = match last {
+                        Some(u) => u.0.to_vec(),
+                        None => Vec::new(),
+                    };
+                    b.put_cf(
+                        cf_handle(db, Cf::StoryFanout),
+                        keys::story(story),
+                        filter::with_expiry(until, &v),
+                    );
+                }
+                Op::PutStoryView {
+                    story,
+                    viewer,
+                    at,
+                    until,
+                } => {
+                    b.put_cf(
+                        cf_handle(db, Cf::StoryViews),
+                        keys::story_view(story, viewer),
+                        filter::with_expiry(until, &at.to_be_bytes()),
+                    );
+                }
+                Op::BindStoryMedia {
+                    media,
+                    story,
+                    until,
+                } => {
+                    let mut rec = self
+                        .media_record(overlay, media.0)?
+                        .ok_or(StoreError::Corrupt("media"))?;
+                    rec.story = Some(story);
+                    rec.until = until;
+                    self.keys.set_media_until(&media.0, until)?;
+                    b.put_cf(
+                        cf_handle(db, Cf::Media),
+                        media.0,
+                        filter::with_expiry(u64::MAX, &json(&rec)),
+                    );
+                    overlay.media.insert(media.0, rec);
                 }
                 Op::Notify {
                     user,
