@@ -845,10 +845,18 @@ impl MediaAccess for MediaService {
             Access::Timed | Access::Story => GET_URL_SECS,
         };
         // Never outlive the content; a cached copy never outlives it either.
-        let secs = left.clamp(1, cap);
-        let caching = match access {
-            Access::Timed | Access::Once => "no-store".to_owned(),
-            Access::Story => format!("private, max-age={left}"),
+        // A cache's max-age runs from when the object is served, which may
+        // be as late as the URL's last second: for a story the seconds left
+        // are split between the URL and the cache (the URL takes at most
+        // half), so served at any time and kept for max-age, the copy is
+        // gone by `expires_at`.
+        let (secs, caching) = match access {
+            Access::Timed | Access::Once => (left.clamp(1, cap), "no-store".to_owned()),
+            Access::Story => {
+                let secs = (left / 2).clamp(1, cap);
+                let max_age = left.saturating_sub(secs);
+                (secs, format!("private, max-age={max_age}"))
+            }
         };
         let get_url = sigv4::presign(
             "GET",
@@ -1294,7 +1302,18 @@ mod tests {
                 .unwrap()
                 .parse()
                 .unwrap();
-            assert!(valid <= GET_URL_SECS);
+            assert!((1..=GET_URL_SECS).contains(&valid));
+            // Served in the URL's last second and kept for max-age: still
+            // gone by the end (a URL lives at least 1 s, so with under 2 s
+            // left nothing may be cached).
+            assert!(
+                valid + n <= (left_ms / 1000).max(1),
+                "valid {valid} s + max-age {n} with {left_ms} ms left"
+            );
+            if left_ms >= 2 * GET_URL_SECS * 1000 {
+                assert_eq!(valid, GET_URL_SECS);
+                assert!(n + valid + 1 >= left_ms / 1000, "cacheable for the rest");
+            }
             // The embedded store answers with exactly that.
             let r = rig.http.get(&grant.get_url).send().await.unwrap();
             assert_eq!(r.status(), 200);
