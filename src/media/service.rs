@@ -334,10 +334,31 @@ impl MediaService {
     /// fails on the way). A crash half way leaves a record and key that
     /// end by themselves after [`COPY_PENDING_MS`].
     ///
+    /// The copy runs to its end on a task of its own, so a caller that
+    /// goes away (a dropped request) leaves nothing either: a copy made
+    /// for nobody is undone.
+    ///
     /// The whole object is buffered in memory (at most 100 MiB, and at
     /// most [`COPIES_AT_ONCE`] copies run at once): AES-GCM opens only a
     /// whole file, and the plaintext is re-sealed in the same buffer.
     pub async fn copy_sealed(
+        &self,
+        src: &MediaRef,
+        owner: UserId,
+    ) -> Result<(MediaRef, [u8; 32]), CopyError> {
+        let (done, made) = tokio::sync::oneshot::channel();
+        let svc = self.clone();
+        let src = src.clone();
+        actix_web::rt::spawn(async move {
+            if let Err(Ok((copy, _))) = done.send(svc.make_copy(&src, owner).await) {
+                svc.undo_copy(copy.id).await;
+            }
+        });
+        made.await.map_err(|_| CopyError::Unavailable)?
+    }
+
+    /// The copy of [`MediaService::copy_sealed`], undone on failure.
+    async fn make_copy(
         &self,
         src: &MediaRef,
         owner: UserId,
@@ -1255,6 +1276,47 @@ mod tests {
         let e = rig.svc.copy_sealed(&src, owner).await.unwrap_err();
         assert!(matches!(e, CopyError::Gone), "{e:?}");
         assert!(format!("{e} {e:?}").len() < 100, "no content in errors");
+        rig.stop().await;
+    }
+
+    #[actix_web::test]
+    async fn a_copy_whose_caller_went_away_is_undone() {
+        let rig = rig(MAX_MEDIA_BYTES).await;
+        let owner = Id::random();
+        let (src, _) = rig.upload(owner, &[5u8; 100_000]).await;
+        let only_source = vec![format!("m+{}", src.id)];
+
+        // Polled once (the copy starts on its task), then dropped, as a
+        // request whose client disconnected.
+        let mut copying = Box::pin(rig.svc.copy_sealed(&src, owner));
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(copying.as_mut(), cx))
+        })
+        .await;
+        assert!(first.is_pending());
+        drop(copying);
+
+        // The task runs once this one yields; then it finishes the copy
+        // and finds nobody to take it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut clean = false;
+        for _ in 0..200 {
+            let records: Vec<Id> = rig
+                .store
+                .media_records()
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            clean = rig.svc.0.copies.available_permits() == COPIES_AT_ONCE
+                && records == [src.id]
+                && rig.files() == only_source;
+            if clean {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(clean, "left behind: {:?}", rig.files());
         rig.stop().await;
     }
 
