@@ -185,8 +185,9 @@ fn reseal(from: &[u8; 32], to: &[u8; 32], mut sealed: Vec<u8>) -> Option<Vec<u8>
 }
 
 /// The embedded store's [`UploadGate`]: a `PUT` to `m/<id>` is accepted
-/// only while the media record exists, no message uses it and its life has
-/// not ended, and only at exactly its declared size. So a `put_url` dies
+/// only while the media record exists, no message uses it, it is not a
+/// kept copy and its life has not ended, and only at exactly its declared
+/// size. So a `put_url` dies
 /// with its upload: after a send it cannot replace the object a message
 /// uses, and after an unsend, a burn or an expiry it cannot bring a
 /// deleted blob back.
