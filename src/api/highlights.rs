@@ -10,9 +10,9 @@ use std::sync::Arc;
 use actix_web::{web, HttpResponse};
 use base64::Engine;
 use ephemera_actors::frames::MediaView;
-use ephemera_actors::ids::Id;
+use ephemera_actors::ids::{Id, UserId};
+use ephemera_actors::store::{now_ms, Access, MediaAccess, MediaRef, StoryRecord};
 use ephemera_actors::story::OwnStory;
-use ephemera_actors::store::{now_ms, Access, MediaAccess};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
@@ -68,14 +68,38 @@ async fn create(
         .await
         .map_err(|_| ApiError::Unavailable)??;
     let (copy, _key) = state.media.copy_sealed(&story.media, who.user).await?;
+    // From here a failure must not leave the copy behind.
+    match keep(&state, &story, who.user, copy.clone()).await {
+        Ok(body) => Ok(HttpResponse::Created().json(body)),
+        Err(e) => {
+            state.media.shred(&copy, 0);
+            Err(e)
+        }
+    }
+}
+
+/// Stores the highlight of `story` whose media is `copy`: the caption
+/// sealed under the copy's key, the rows, and the answer. The story is
+/// checked again first (a deletion may have raced the copy).
+async fn keep(
+    state: &AppState,
+    story: &StoryRecord,
+    author: UserId,
+    copy: MediaRef,
+) -> Result<Value, ApiError> {
+    let store = Arc::clone(&state.store);
+    let id = story.id;
+    if !web::block(move || store.story_live(id)).await?? {
+        return Err(ApiError::NotFound("no such story"));
+    }
     let hid = Id::random();
     let sealed_caption = match &story.caption {
         Some(c) => Some(
             base64::engine::general_purpose::STANDARD.encode(
                 state
                     .media
-                    .seal_with_media_key(copy.id, &hid.0, c.as_bytes())
-                    .map_err(|_| ApiError::Internal)?,
+                    .seal_with_media_key(copy.id, &hid.0, c.as_bytes())?
+                    .ok_or(ApiError::Internal)?,
             ),
         ),
         None => None,
@@ -83,7 +107,7 @@ async fn create(
     let h = HighlightRecord {
         id: hid,
         story_id: story.id,
-        author: who.user,
+        author,
         created_at: now_ms(),
         media: copy,
         sealed_caption,
@@ -91,8 +115,7 @@ async fn create(
     let store = Arc::clone(&state.store);
     let kept = h.clone();
     web::block(move || store.put_highlight(&kept)).await??;
-    let body = view(&state, &h).ok_or(ApiError::Internal)?;
-    Ok(HttpResponse::Created().json(body))
+    view(state, &h).ok_or(ApiError::Internal)
 }
 
 async fn list(
@@ -120,9 +143,13 @@ async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let id = Id::parse(&path).ok_or(NO_HIGHLIGHT)?;
     let store = Arc::clone(&state.store);
-    let h = web::block(move || store.highlight(id)).await??.ok_or(NO_HIGHLIGHT)?;
+    let h = web::block(move || store.highlight(id))
+        .await??
+        .ok_or(NO_HIGHLIGHT)?;
     if h.author != who.user {
-        return Err(ApiError::Forbidden("only the author can delete a highlight"));
+        return Err(ApiError::Forbidden(
+            "only the author can delete a highlight",
+        ));
     }
     let store = Arc::clone(&state.store);
     let gone = h.clone();
