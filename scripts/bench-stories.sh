@@ -25,6 +25,8 @@
 #   SERVER_ARGS="..."         more `ephemera serve` flags (e.g.
 #                             --story-fanout-max-followers 10)
 #   SERVER_BIN, LOAD_BIN      the binaries (default: $CARGO_TARGET_DIR/release)
+#   SERVER_COMMIT=abc1234     the commit SERVER_BIN was built from, for the
+#                             summary (when it is not this checkout's)
 #   SKIP_BUILD=1              use the binaries already built
 #   PAUSE_FUZZERS=1           SIGSTOP background fuzzers (`pgrep -f
 #                             artifact_prefix`) for the run, as bench.sh
@@ -114,6 +116,7 @@ pid=""
   echo "$(nproc) cores; $AUTHORS authors x $STORIES_PER_AUTHOR stories, $VIEWERS viewers each following"
   echo "every author; open loop for ${DURATION} s: $TRAY_RATE tray reads/s, $VIEW_RATE views/s,"
   echo "$POST_RATE posts/s; durability ${DURABILITY:-wal (default)}${SERVER_ARGS:+; server flags: $SERVER_ARGS}."
+  [ -z "${SERVER_COMMIT:-}" ] || echo "Server built from commit $SERVER_COMMIT ($SERVER_BIN)."
   echo
   echo '```'
   cat "$OUT/stories.txt"
