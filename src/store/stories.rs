@@ -3,10 +3,9 @@
 //!
 //! A tray is built from one viewer's rows only: whom they follow (one
 //! scan), their close friends (one scan), their tray references (one
-//! scan), plus the stories of followed authors that were not fanned out
-//! (the `broadcasts` family, small: only authors over the fanout limit
-//! post there). Then one point read per story says whether the viewer has
-//! seen it. Both paths give a story the same [`TrayRef`], so the tray
+//! scan), the stories they opened (one scan of `viewed`), plus the
+//! stories of followed authors that were not fanned out (the `broadcasts`
+//! family, small: only authors over the fanout limit post there). Both paths give a story the same [`TrayRef`], so the tray
 //! cannot tell them apart.
 
 use std::collections::{HashMap, HashSet};
@@ -154,7 +153,7 @@ impl RocksStore {
 
     /// Whether `viewer` has opened the story.
     pub fn viewed(&self, story: StoryId, viewer: UserId) -> Result<bool, StoreError> {
-        self.exists(Cf::StoryViews, &keys::story_view(story, viewer))
+        self.exists(Cf::Viewed, &keys::viewed(viewer, story))
     }
 
     /// Whether `viewer` may see a story of `author` with `audience` now.
@@ -272,6 +271,15 @@ impl RocksStore {
             .ids_under(Cf::CloseFriends, viewer)?
             .into_iter()
             .collect();
+        // What the viewer opened, in one scan (rows expire with their story).
+        let mut seen: HashSet<StoryId> = HashSet::new();
+        let from = keys::viewed(viewer, Id([0; 16]));
+        self.scan_prefix(Cf::Viewed, &from, 16, usize::MAX, |k, v| {
+            if filter::split(v).is_some_and(|(exp, _)| exp > now) {
+                seen.insert(keys::id_at(k, 16));
+            }
+            Ok(Step::Take)
+        })?;
         // Pushed references (one scan of the viewer's rows) ...
         let mut refs: Vec<TrayRef> = Vec::new();
         let from = keys::tray_ref(viewer, Id([0; 16]), Id([0; 16]));
@@ -331,7 +339,7 @@ impl RocksStore {
                     continue;
                 }
             }
-            let viewed = self.viewed(r.story, viewer)?;
+            let viewed = seen.contains(&r.story);
             let e = entries.entry(r.author).or_insert(TrayEntry {
                 author: r.author,
                 has_unviewed: false,
