@@ -92,7 +92,8 @@ impl NoncePool {
     }
 }
 
-fn aead(key: &[u8; 32]) -> LessSafeKey {
+/// An AES-256-GCM key ready to seal and open with.
+pub(crate) fn aead(key: &[u8; 32]) -> LessSafeKey {
     // A 32-byte key is always a valid AES-256 key.
     LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"))
 }
@@ -232,6 +233,50 @@ impl KeyStore {
         }
     }
 
+    /// Seals a short text (a highlight's caption) under the live data key
+    /// of media `id`, bound to `aad` (the id of the row that carries it):
+    /// nonce (12 bytes), ciphertext and tag. Destroying the media's key
+    /// destroys the text with it. `Ok(None)` when the key is gone.
+    pub fn seal_with_media_key(
+        &self,
+        id: &[u8; 16],
+        aad: &[u8],
+        plaintext: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(key) = self.media_key(id)? else {
+            return Ok(None);
+        };
+        let nonce = self.nonces.lock().unwrap_or_else(|p| p.into_inner()).next();
+        let mut out = Vec::with_capacity(NONCE_LEN + plaintext.len() + 16);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let tag = aead(&key)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[NONCE_LEN..],
+            )
+            .map_err(|_| StoreError::Corrupt("seal"))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(Some(out))
+    }
+
+    /// Opens what [`KeyStore::seal_with_media_key`] sealed; `None` once the
+    /// media's key is destroyed (or its life is over), for another `aad`,
+    /// or if it was tampered with or cannot be read.
+    pub fn open_with_media_key(&self, id: &[u8; 16], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < NONCE_LEN + 16 {
+            return None;
+        }
+        let key = self.media_key(id).ok()??;
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[..NONCE_LEN]).ok()?;
+        let mut buf = sealed[NONCE_LEN..].to_vec();
+        let plain = aead(&key)
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+
     /// Changes when a media key dies (never beyond what it was made for:
     /// a key already gone stays gone).
     pub fn set_media_until(&self, id: &[u8; 16], until: u64) -> Result<(), StoreError> {
@@ -339,6 +384,79 @@ mod tests {
         assert_eq!(ks.open_body(b"row", &a).unwrap(), b"same body");
         assert_eq!(ks.open_body(b"row", &b).unwrap(), b"same body");
         assert!(ks.open_body(b"other row", &a).is_none(), "bound to its row");
+    }
+
+    #[test]
+    fn texts_sealed_under_a_media_key_die_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = KeyStore::open(dir.path()).unwrap();
+        let media = [7u8; 16];
+        let mut key = [0u8; 32];
+        random_bytes(&mut key);
+        assert_eq!(
+            ks.seal_with_media_key(&media, b"hl-1", b"x").unwrap(),
+            None,
+            "no key, nothing sealed"
+        );
+        ks.put_media_key(&media, &key, u64::MAX).unwrap();
+
+        let a = ks
+            .seal_with_media_key(&media, b"hl-1", b"caption canary")
+            .unwrap()
+            .unwrap();
+        let b = ks
+            .seal_with_media_key(&media, b"hl-1", b"caption canary")
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.len(), NONCE_LEN + b"caption canary".len() + 16);
+        assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN], "fresh nonces");
+        assert!(!a.windows(6).any(|w| w == b"canary"), "ciphertext hides it");
+        assert_eq!(
+            ks.open_with_media_key(&media, b"hl-1", &a).as_deref(),
+            Some(&b"caption canary"[..])
+        );
+        assert_eq!(
+            ks.open_with_media_key(&media, b"hl-1", &b).as_deref(),
+            Some(&b"caption canary"[..])
+        );
+        assert_eq!(
+            ks.open_with_media_key(&media, b"hl-2", &a),
+            None,
+            "bound to its row"
+        );
+        assert_eq!(
+            ks.open_with_media_key(&[8u8; 16], b"hl-1", &a),
+            None,
+            "another media's key"
+        );
+        let mut tampered = a.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert_eq!(ks.open_with_media_key(&media, b"hl-1", &tampered), None);
+        assert_eq!(
+            ks.open_with_media_key(&media, b"hl-1", &a[..NONCE_LEN + 15]),
+            None
+        );
+        // The sealed form is the media file's: nonce || ciphertext || tag.
+        let nonce = Nonce::try_assume_unique_for_key(&a[..NONCE_LEN]).unwrap();
+        let mut buf = a[NONCE_LEN..].to_vec();
+        let plain = aead(&key)
+            .open_in_place(nonce, Aad::from(b"hl-1"), &mut buf)
+            .unwrap();
+        assert_eq!(plain, b"caption canary");
+
+        ks.destroy_media_key(&media).unwrap();
+        assert_eq!(
+            ks.open_with_media_key(&media, b"hl-1", &a),
+            None,
+            "shredded with its key"
+        );
+        assert_eq!(ks.seal_with_media_key(&media, b"hl-1", b"x").unwrap(), None);
+
+        // A key whose life is over opens nothing either, before any purge.
+        ks.put_media_key(&media, &key, now_ms() + 60_000).unwrap();
+        assert!(ks.open_with_media_key(&media, b"hl-1", &a).is_some());
+        ks.set_media_until(&media, now_ms() - 1).unwrap();
+        assert_eq!(ks.open_with_media_key(&media, b"hl-1", &a), None);
     }
 
     #[test]

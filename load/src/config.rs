@@ -4,6 +4,11 @@
 //!
 //! A flag given on the command line wins over the same key in the
 //! `--profile` file, which wins over the built-in default.
+//!
+//! `--mix` picks what a run offers: messages over sockets (the default,
+//! shaped by the flags up to `--stalled-devices`) or stories over HTTP
+//! (`--mix stories`, shaped by `--authors` and the flags after it, plus
+//! `--duration`, `--ramp`, the peak flags and `--media-bytes`).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -91,8 +96,9 @@ pub struct Options {
     /// Share of sends preceded by a typing frame [default: 0].
     #[arg(long)]
     pub typing_share: Option<f64>,
-    /// Share of stories (not implemented by the server yet: reported as
-    /// unsupported when above 0) [default: 0].
+    /// Share of stories in a message run (a message run posts none:
+    /// reported as unsupported when above 0; use --mix stories)
+    /// [default: 0].
     #[arg(long)]
     pub story_share: Option<f64>,
     /// Message lifetime, ttl_seconds [default: 3600].
@@ -149,6 +155,48 @@ pub struct Options {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// What the run offers: `messages` over sockets, or `stories` over
+    /// HTTP (tray reads, views and posts; set up and shaped by the flags
+    /// below) [default: messages].
+    #[arg(long, value_enum)]
+    pub mix: Option<Mix>,
+    /// Stories mix: users who post stories before the run; every viewer
+    /// follows every one of them [default: 1000].
+    #[arg(long)]
+    pub authors: Option<u32>,
+    /// Stories mix: users who follow every author, read trays and open
+    /// stories [default: 50].
+    #[arg(long)]
+    pub viewers: Option<u32>,
+    /// Stories mix: stories each author posts before the run, 1..=100
+    /// [default: 1].
+    #[arg(long)]
+    pub stories_per_author: Option<u32>,
+    /// Stories mix: tray reads per second (GET /api/v1/stories/tray by a
+    /// random viewer) [default: 100].
+    #[arg(long)]
+    pub tray_rate: Option<f64>,
+    /// Stories mix: views per second (GET /api/v1/stories/{id} of a random
+    /// story posted before the run, by a random viewer) [default: 2000].
+    #[arg(long)]
+    pub view_rate: Option<f64>,
+    /// Stories mix: stories posted per second during the run by random
+    /// authors (upload, then POST /api/v1/stories) [default: 0].
+    #[arg(long)]
+    pub post_rate: Option<f64>,
+    /// Stories mix: ttl_seconds of every story, 1..=86400; it must outlast
+    /// --duration [default: 3600].
+    #[arg(long)]
+    pub story_ttl: Option<u64>,
+    /// Stories mix: stories whose view count is read back (as the author)
+    /// after the run and compared with the viewers this run was shown
+    /// them; 0 for none [default: 100].
+    #[arg(long)]
+    pub verify_stories: Option<u32>,
+    /// Stories mix: HTTP requests in flight at most; at the bound the
+    /// schedule waits, and the wait counts in every latency [default: 256].
+    #[arg(long)]
+    pub request_concurrency: Option<usize>,
 }
 
 impl Options {
@@ -201,6 +249,16 @@ impl Options {
             connect_concurrency: pick(self.connect_concurrency, file.connect_concurrency),
             object_stores: list(self.object_stores, file.object_stores),
             quiet: self.quiet || file.quiet,
+            mix: pick(self.mix, file.mix),
+            authors: pick(self.authors, file.authors),
+            viewers: pick(self.viewers, file.viewers),
+            stories_per_author: pick(self.stories_per_author, file.stories_per_author),
+            tray_rate: pick(self.tray_rate, file.tray_rate),
+            view_rate: pick(self.view_rate, file.view_rate),
+            post_rate: pick(self.post_rate, file.post_rate),
+            story_ttl: pick(self.story_ttl, file.story_ttl),
+            verify_stories: pick(self.verify_stories, file.verify_stories),
+            request_concurrency: pick(self.request_concurrency, file.request_concurrency),
         }
     }
 
@@ -259,6 +317,17 @@ impl Options {
         set!(d.connect_concurrency, self.connect_concurrency);
         d.object_stores = self.object_stores;
         d.progress = !self.quiet;
+        set!(d.mix, self.mix);
+        let st = &mut d.stories;
+        set!(st.authors, self.authors);
+        set!(st.viewers, self.viewers);
+        set!(st.stories_per_author, self.stories_per_author);
+        set!(st.tray_rate, self.tray_rate);
+        set!(st.view_rate, self.view_rate);
+        set!(st.post_rate, self.post_rate);
+        set!(st.ttl_seconds, self.story_ttl);
+        set!(st.verify, self.verify_stories);
+        set!(st.request_concurrency, self.request_concurrency);
         cfg.validate()?;
         Ok(cfg)
     }
@@ -313,6 +382,107 @@ pub struct LoadConfig {
     pub object_stores: Vec<String>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// What the run offers.
+    pub mix: Mix,
+    /// The stories mix (used with [`Mix::Stories`] only).
+    pub stories: StoriesConfig,
+}
+
+/// What a run offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mix {
+    /// Messages over sockets (the run of `run.rs`).
+    Messages,
+    /// Stories over HTTP: tray reads, views and posts (`stories.rs`).
+    Stories,
+}
+
+/// The stories mix: who posts, who looks, and how often.
+///
+/// Users `0..authors` of the prefix are the authors, the next `viewers`
+/// the viewers; each logs in once (no sockets are opened).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StoriesConfig {
+    /// Users who post stories before the run.
+    pub authors: u32,
+    /// Users who follow every author and do the reading.
+    pub viewers: u32,
+    /// Stories each author posts before the run.
+    pub stories_per_author: u32,
+    /// Tray reads per second (before the ramp and peak of the profile).
+    pub tray_rate: f64,
+    /// Views per second.
+    pub view_rate: f64,
+    /// Stories posted per second during the run.
+    pub post_rate: f64,
+    /// `ttl_seconds` of every story.
+    pub ttl_seconds: u64,
+    /// Stories whose view count is checked after the run.
+    pub verify: u32,
+    /// HTTP requests in flight at most during the run.
+    pub request_concurrency: usize,
+}
+
+impl Default for StoriesConfig {
+    fn default() -> StoriesConfig {
+        StoriesConfig {
+            authors: 1000,
+            viewers: 50,
+            stories_per_author: 1,
+            tray_rate: 100.0,
+            view_rate: 2000.0,
+            post_rate: 0.0,
+            ttl_seconds: 3600,
+            verify: 100,
+            request_concurrency: 256,
+        }
+    }
+}
+
+impl StoriesConfig {
+    /// Authors and viewers together: the accounts a stories run signs in.
+    pub fn users(&self) -> u32 {
+        self.authors.saturating_add(self.viewers)
+    }
+
+    /// Stories posted before the run.
+    pub fn stories(&self) -> u64 {
+        u64::from(self.authors) * u64::from(self.stories_per_author)
+    }
+
+    /// Check the stories flags against the run's `duration` (seconds).
+    fn validate(&self, duration: f64) -> Result<()> {
+        if self.authors == 0 || self.viewers == 0 {
+            bail!("--authors and --viewers must be at least 1");
+        }
+        if self.authors.checked_add(self.viewers).is_none() {
+            bail!("--authors plus --viewers is too many users");
+        }
+        if !(1..=100).contains(&self.stories_per_author) {
+            bail!("--stories-per-author must be within 1..=100");
+        }
+        let rates = [self.tray_rate, self.view_rate, self.post_rate];
+        if !rates.iter().all(|r| r.is_finite() && *r >= 0.0) {
+            bail!("--tray-rate, --view-rate and --post-rate must be finite and not negative");
+        }
+        if rates.iter().all(|r| *r == 0.0) {
+            bail!("one of --tray-rate, --view-rate and --post-rate must be above 0");
+        }
+        // PROTOCOL 5: ttl_seconds <= 86400.
+        if !(1..=86_400).contains(&self.ttl_seconds) {
+            bail!("--story-ttl must be within 1..=86400");
+        }
+        // A story that ends mid-run turns every later view of it into a
+        // 404, which would read as a server fault.
+        if self.ttl_seconds as f64 <= duration {
+            bail!("--story-ttl must outlast --duration (stories would end mid-run)");
+        }
+        if self.request_concurrency == 0 {
+            bail!("--request-concurrency must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 impl LoadConfig {
@@ -345,6 +515,8 @@ impl LoadConfig {
             connect_concurrency: 64,
             object_stores: Vec::new(),
             progress: false,
+            mix: Mix::Messages,
+            stories: StoriesConfig::default(),
         }
     }
 
@@ -358,7 +530,17 @@ impl LoadConfig {
                 bail!("--url must be http://host:port (got a URL of another scheme)");
             }
         }
-        if self.idle_connections.is_none() && self.users < 2 {
+        if self.mix == Mix::Stories {
+            if self.idle_connections.is_some()
+                || self.group_size.is_some()
+                || self.stalled_devices > 0
+            {
+                bail!(
+                    "--mix stories takes no --idle-connections, --group-size or --stalled-devices"
+                );
+            }
+            self.stories.validate(self.profile.duration)?;
+        } else if self.idle_connections.is_none() && self.users < 2 {
             bail!("--users must be at least 2 (users send to each other)");
         }
         if self.users == 0 {
@@ -375,7 +557,7 @@ impl LoadConfig {
                 .validate()
                 .map_err(|e| anyhow::anyhow!("--group-size: {e}"))?;
         }
-        let max_index = self.users.saturating_sub(1).to_string();
+        let max_index = self.accounts().saturating_sub(1).to_string();
         let longest = self.prefix.len() + 1 + max_index.len();
         let valid = self
             .prefix
@@ -416,6 +598,15 @@ impl LoadConfig {
             bail!("--drain must be a number of seconds");
         }
         Ok(())
+    }
+
+    /// How many users the run signs in: `users`, or the authors and
+    /// viewers of a stories run.
+    pub fn accounts(&self) -> u32 {
+        match self.mix {
+            Mix::Messages => self.users,
+            Mix::Stories => self.stories.users(),
+        }
     }
 
     /// The username of user `i`.
@@ -487,6 +678,67 @@ mod tests {
             "127.0.0.1,127.0.0.2",
         ]);
         assert_eq!(ips.resolve().unwrap().source_ips.len(), 2);
+    }
+
+    #[test]
+    fn the_stories_mix_has_its_defaults_and_checks_them() {
+        let cfg = Options::parse_from(["x", "--url", "http://h:1", "--mix", "stories"])
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.mix, Mix::Stories);
+        assert_eq!(cfg.stories, StoriesConfig::default());
+        assert_eq!((cfg.stories.authors, cfg.stories.viewers), (1000, 50));
+        assert_eq!(cfg.stories.view_rate, 2000.0);
+        assert_eq!(cfg.accounts(), 1050);
+        assert_eq!(cfg.stories.stories(), 1000);
+        // A profile file can ask for it too; flags still win.
+        let file: Options =
+            toml::from_str("mix = \"stories\"\nauthors = 10\nviewers = 3\ntray_rate = 5.0")
+                .unwrap();
+        let cfg = Options::parse_from(["x", "--url", "http://h:1", "--viewers", "4"])
+            .over(file)
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            (cfg.mix, cfg.stories.authors, cfg.stories.viewers),
+            (Mix::Stories, 10, 4)
+        );
+        assert_eq!(cfg.stories.tray_rate, 5.0);
+        let file: Options = toml::from_str(include_str!("../profiles/stories.toml")).unwrap();
+        let cfg = Options::parse_from(["x", "--url", "http://h:1"])
+            .over(file)
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.mix, Mix::Stories);
+        assert_eq!(cfg.stories, StoriesConfig::default());
+        assert_eq!(cfg.profile.duration, 60.0);
+        assert_eq!(
+            Options::parse_from(["x", "--url", "http://h:1"])
+                .resolve()
+                .unwrap()
+                .mix,
+            Mix::Messages
+        );
+        for bad in [
+            &["--story-ttl", "10", "--duration", "10"][..],
+            &["--story-ttl", "86401"],
+            &["--authors", "0"],
+            &["--stories-per-author", "101"],
+            &["--tray-rate", "0", "--view-rate", "0"],
+            &["--view-rate=-1"],
+            &["--group-size", "2"],
+            &["--idle-connections", "5"],
+            &["--request-concurrency", "0"],
+            // PREFIX_1049 (the last viewer) must fit in 32 characters.
+            &["--prefix", "a_very_long_prefix_for_users_x"],
+        ] {
+            let o = Options::parse_from(
+                ["x", "--url", "http://h:1", "--mix", "stories"]
+                    .into_iter()
+                    .chain(bad.iter().copied()),
+            );
+            assert!(o.resolve().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -23,8 +23,12 @@
 //! * [`run`]: a message run end to end (sign-in, groups, sockets, sender
 //!   lanes, readers, drain, report).
 //! * [`idle`]: the idle-connections run.
+//! * [`stories`]: the stories mix (`--mix stories`): follows and posts in
+//!   setup, then open-loop tray reads, views and posts over HTTP, and the
+//!   view counts read back.
 //! * [`resources`]: CPU and RSS of a process from `/proc`.
-//! * [`report`]: the report, its per-second series and the summary table.
+//! * [`report`]: the report, its per-second series and the summary table
+//!   (messages, idle and stories runs).
 //! * [`chart`]: the SVG chart of throughput and latency (plotters).
 //! * [`compare`]: the server against the bare relay, a markdown table of
 //!   paired reports (`scripts/bench.sh`).
@@ -47,3 +51,4 @@ pub mod run;
 pub mod schedule;
 mod stalled;
 pub mod stats;
+pub mod stories;

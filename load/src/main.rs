@@ -1,8 +1,11 @@
 //! `ephemera-load`: drive a running Ephemera server with an open-loop
-//! offered load (or hold idle sockets), verify delivery, and report.
+//! offered load (messages, or with `--mix stories` tray reads, views and
+//! posts; or hold idle sockets), verify, and report.
 //!
 //! Exit status: 0 when every acked message arrived at every device exactly
-//! once, 2 when the run finished but verification failed, 1 on an error.
+//! once (a stories run: every tray held every author and every checked view
+//! count was right), 2 when the run finished but verification failed, 1 on
+//! an error.
 
 use std::process::ExitCode;
 
@@ -44,7 +47,9 @@ async fn main_inner() -> Result<bool> {
         std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
         println!("  report written to {}", path.display());
     }
-    if let Some(path) = chart_path {
+    if chart_path.is_some() && report.stories.is_some() {
+        println!("  no chart for a stories run (the report's stories.series has its seconds)");
+    } else if let Some(path) = chart_path {
         let p = &cfg.profile;
         let title = if report.idle.is_some() {
             format!(

@@ -212,6 +212,171 @@ pub struct GroupReport {
     pub generator_cpu_us_per_frame: Option<f64>,
 }
 
+/// A stories run (`--mix stories`): the setup, each kind of request, the
+/// trays seen and the view-count check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoriesReport {
+    /// Users who posted stories.
+    pub authors: u32,
+    /// Users who followed every author and did the reading.
+    pub viewers: u32,
+    /// Stories each author posted before the run.
+    pub stories_per_author: u32,
+    /// What the setup did and how long it took.
+    pub setup: StoriesSetup,
+    /// Seconds from the first due request to the last answer.
+    pub run_seconds: f64,
+    /// `GET /api/v1/stories/tray`.
+    pub tray: RequestReport,
+    /// `GET /api/v1/stories/{id}`.
+    pub view: RequestReport,
+    /// Upload, then `POST /api/v1/stories` (during the run).
+    pub post: RequestReport,
+    /// Items per tray: every viewer follows every author, each with a
+    /// live story, so every tray should hold `authors` items.
+    pub tray_sizes: TraySizes,
+    /// (viewer, story) pairs answered `200` for the first time: the views
+    /// the server had to count.
+    pub distinct_views: u64,
+    /// Failed requests by kind and status (with the error code) or reason.
+    pub errors: BTreeMap<String, u64>,
+    /// Due time → handed to a task: how far behind schedule the generator
+    /// itself was.
+    pub send_lag: LatencySummary,
+    /// Requests handed over more than 10 ms after their due time.
+    pub late: u64,
+    /// View counts read back after the run.
+    pub view_check: ViewCheck,
+    /// Per-second points.
+    pub series: Vec<StoriesPoint>,
+}
+
+impl StoriesReport {
+    /// Whether every tray held every author and every checked view count
+    /// was the viewers shown the story.
+    pub fn verified(&self) -> bool {
+        let c = &self.view_check;
+        self.tray_sizes.off_size == 0 && c.mismatched == 0 && c.unreadable == 0
+    }
+}
+
+/// The setup of a stories run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoriesSetup {
+    /// Registering (with `--register`) and logging in every user.
+    pub sign_in_seconds: f64,
+    /// Viewer → author follows made (viewers × authors).
+    pub follows: u64,
+    /// Seconds they took.
+    pub follow_seconds: f64,
+    /// Stories posted (each its own upload).
+    pub stories: u64,
+    /// Seconds uploading and posting them took.
+    pub post_seconds: f64,
+}
+
+/// One kind of request of a stories run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestReport {
+    /// The rate asked for, per second (before ramp and peak).
+    pub rate: f64,
+    /// Requests the schedule holds for the whole run.
+    pub due: u64,
+    /// Requests handed over (fewer than `due` if the run was stopped).
+    pub offered: u64,
+    /// Requests answered `2xx`.
+    pub ok: u64,
+    /// Requests that failed: error status, transport failure, timeout.
+    pub failed: u64,
+    /// `offered` over the send window, per second.
+    pub offered_rate: f64,
+    /// `ok` over the whole run (to the last answer), per second.
+    pub ok_rate: f64,
+    /// Due time → last byte of each `2xx` answer.
+    pub latency: LatencySummary,
+}
+
+/// Items per tray, over every tray read answered `200`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TraySizes {
+    /// What every tray should hold: the authors.
+    pub expected: u64,
+    /// Trays read.
+    pub reads: u64,
+    /// Fewest items in one.
+    pub min: u64,
+    /// Most items in one.
+    pub max: u64,
+    /// Items on average.
+    pub mean: f64,
+    /// Trays with other than `expected` items.
+    pub off_size: u64,
+}
+
+/// The view counts of a sample of stories, read by their authors after
+/// the run (`GET /api/v1/stories/{id}/viewers`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViewCheck {
+    /// Stories checked.
+    pub sampled: u64,
+    /// Stories whose count and list were exactly the viewers shown them.
+    pub matched: u64,
+    /// Of those, stories that matched only when read again a second later.
+    pub matched_late: u64,
+    /// Stories whose count or list was wrong.
+    pub mismatched: u64,
+    /// Stories whose viewers could not be read.
+    pub unreadable: u64,
+    /// Why, by reason.
+    pub unreadable_reasons: BTreeMap<String, u64>,
+    /// The first mismatches, by story.
+    pub mismatches: Vec<ViewMismatch>,
+}
+
+/// A story whose view count disagreed with the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViewMismatch {
+    /// The story's index among the setup stories.
+    pub story: u32,
+    /// `view_count` as the server gave it.
+    pub view_count: u64,
+    /// Viewers the server listed.
+    pub listed: u64,
+    /// Viewers whose fetch was answered `200`.
+    pub shown: u64,
+    /// Viewers whose only fetches had an unknown outcome.
+    pub unknown: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// One second of a stories run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoriesPoint {
+    /// End of the second, seconds from the start of the run.
+    pub t: f64,
+    /// Tray reads answered `2xx` in this second.
+    pub trays: u64,
+    /// Their p99 latency, ms.
+    pub tray_p99_ms: f64,
+    /// Views answered `2xx` in this second.
+    pub views: u64,
+    /// Their p99 latency, ms.
+    pub view_p99_ms: f64,
+    /// Posts answered `2xx` in this second.
+    pub posts: u64,
+    /// Their p99 latency, ms.
+    pub post_p99_ms: f64,
+    /// Requests that failed in this second.
+    pub errors: u64,
+    /// Server CPU in the second, percent of one core.
+    pub server_cpu_percent: Option<f64>,
+    /// Server RSS at the end of the second, MiB.
+    pub server_rss_mb: Option<f64>,
+    /// Generator CPU in the second, percent of one core.
+    pub generator_cpu_percent: Option<f64>,
+}
+
 /// CPU microseconds per event of `process` (user + kernel over the run),
 /// or `None` without a reading or without events.
 pub fn cpu_us_per(process: Option<&ProcSummary>, events: u64) -> Option<f64> {
@@ -222,7 +387,7 @@ pub fn cpu_us_per(process: Option<&ProcSummary>, events: u64) -> Option<f64> {
 /// Everything a run measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
-    /// `"messages"` or `"idle"`.
+    /// `"messages"`, `"idle"` or `"stories"`.
     pub mode: String,
     /// Unix ms when sending started.
     pub started_at_ms: i64,
@@ -264,12 +429,18 @@ pub struct Report {
     /// Group mode, with `--group-size`.
     #[serde(default)]
     pub group: Option<GroupReport>,
+    /// The stories mix, with `--mix stories`.
+    #[serde(default)]
+    pub stories: Option<StoriesReport>,
 }
 
 impl Report {
     /// Whether every acked message arrived everywhere exactly once and
-    /// every send was answered.
+    /// every send was answered (a stories run: [`StoriesReport::verified`]).
     pub fn verified(&self) -> bool {
+        if let Some(s) = &self.stories {
+            return s.verified();
+        }
         let c = &self.counts;
         c.lost == 0
             && c.duplicates == 0
@@ -286,7 +457,9 @@ impl Report {
         let mut line = |k: &str, v: String| {
             let _ = writeln!(out, "  {k:<28} {v}");
         };
-        if let Some(idle) = &self.idle {
+        if let Some(st) = &self.stories {
+            stories_table(st, &mut out);
+        } else if let Some(idle) = &self.idle {
             line("mode", "idle connections".into());
             line("requested", idle.requested.to_string());
             line(
@@ -404,11 +577,7 @@ impl Report {
             for (code, message) in &c.error_messages {
                 line(&format!("  first {code}"), message.clone());
             }
-            let _ = writeln!(
-                out,
-                "\n  {:<14} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
-                "latency (ms)", "p50", "p90", "p99", "p99.9", "max", "count"
-            );
+            let _ = writeln!(out, "\n{}", latency_header());
             for (name, l) in [
                 ("ack", &self.latency.ack),
                 ("delivery", &self.latency.delivery),
@@ -419,11 +588,7 @@ impl Report {
                 if l.count == 0 && (name == "upload" || name == "frame") {
                     continue;
                 }
-                let _ = writeln!(
-                    out,
-                    "  {name:<14} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10}",
-                    l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
-                );
+                let _ = writeln!(out, "{}", latency_row(name, l));
             }
             let _ = writeln!(out);
             let mut line = |k: &str, v: String| {
@@ -528,7 +693,19 @@ impl Report {
         for u in &self.unsupported {
             line("UNSUPPORTED", u.clone());
         }
-        if self.idle.is_none() {
+        if let Some(st) = &self.stories {
+            line(
+                "verdict",
+                if st.verified() {
+                    format!(
+                        "every tray held all {} authors; every checked view count was its viewers",
+                        st.authors
+                    )
+                } else {
+                    "VERIFICATION FAILED (see tray size / view counts)".into()
+                },
+            );
+        } else if self.idle.is_none() {
             line(
                 "verdict",
                 if self.verified() {
@@ -539,6 +716,131 @@ impl Report {
             );
         }
         out
+    }
+}
+
+/// The header of a latency table: a name column, then the percentiles.
+pub fn latency_header() -> String {
+    format!(
+        "  {:<18} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "latency (ms)", "p50", "p90", "p99", "p99.9", "max", "count"
+    )
+}
+
+/// One row of a latency table, milliseconds to two places.
+pub fn latency_row(name: &str, l: &LatencySummary) -> String {
+    format!(
+        "  {name:<18} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10}",
+        l.p50_ms, l.p90_ms, l.p99_ms, l.p999_ms, l.max_ms, l.count
+    )
+}
+
+/// The body of the table of a stories run (the shared CPU lines and the
+/// verdict follow it).
+fn stories_table(st: &StoriesReport, out: &mut String) {
+    let mut line = |k: &str, v: String| {
+        let _ = writeln!(out, "  {k:<28} {v}");
+    };
+    line(
+        "mode",
+        format!(
+            "stories: {} authors × {} stories, {} viewers each following every author",
+            st.authors, st.stories_per_author, st.viewers
+        ),
+    );
+    let s = &st.setup;
+    line(
+        "setup",
+        format!(
+            "sign-in {:.1} s; {} follows {:.1} s; {} stories posted {:.1} s",
+            s.sign_in_seconds, s.follows, s.follow_seconds, s.stories, s.post_seconds
+        ),
+    );
+    let t = &st.tray_sizes;
+    line(
+        "tray size (items)",
+        format!(
+            "{:.1} avg, min {}, max {} over {} trays (expected {}{})",
+            t.mean,
+            t.min,
+            t.max,
+            t.reads,
+            t.expected,
+            if t.off_size > 0 {
+                format!("; {} TRAYS OFF SIZE", t.off_size)
+            } else {
+                String::new()
+            }
+        ),
+    );
+    for (name, r) in [
+        ("trays", &st.tray),
+        ("views", &st.view),
+        ("posts", &st.post),
+    ] {
+        if r.rate == 0.0 && r.offered == 0 {
+            continue;
+        }
+        line(
+            &format!("{name} offered / ok / failed"),
+            format!(
+                "{} / {} / {} ({:.0}/s offered, {:.0}/s answered)",
+                r.offered, r.ok, r.failed, r.offered_rate, r.ok_rate
+            ),
+        );
+    }
+    line(
+        "views to be counted",
+        format!(
+            "{} (viewer, story) pairs answered 200 for the first time",
+            st.distinct_views
+        ),
+    );
+    let errors = if st.errors.is_empty() {
+        "none".to_owned()
+    } else {
+        st.errors
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    line("errors", errors);
+    let _ = writeln!(out, "\n{}", latency_header());
+    for (name, r) in [
+        ("tray", &st.tray),
+        ("view", &st.view),
+        ("post (upload+post)", &st.post),
+    ] {
+        if r.latency.count > 0 || name == "tray" || name == "view" {
+            let _ = writeln!(out, "{}", latency_row(name, &r.latency));
+        }
+    }
+    let _ = writeln!(out, "{}", latency_row("send lag", &st.send_lag));
+    let _ = writeln!(out);
+    let mut line = |k: &str, v: String| {
+        let _ = writeln!(out, "  {k:<28} {v}");
+    };
+    line("requests >10 ms late", st.late.to_string());
+    let c = &st.view_check;
+    line(
+        "view counts checked",
+        format!(
+            "{} stories: {} match ({} only after a second), {} MISMATCH, {} unreadable",
+            c.sampled, c.matched, c.matched_late, c.mismatched, c.unreadable
+        ),
+    );
+    for (reason, n) in &c.unreadable_reasons {
+        line("  unreadable", format!("{reason}: {n}"));
+    }
+    for m in &c.mismatches {
+        line(
+            &format!("  story {}", m.story),
+            format!(
+                "view_count {}, {} listed, shown to {} (+{} unknown): {}",
+                m.view_count, m.listed, m.shown, m.unknown, m.reason
+            ),
+        );
     }
 }
 
@@ -583,6 +885,116 @@ mod tests {
         let json = serde_json::to_string(&r).unwrap();
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back.counts.lost, 3);
+    }
+
+    #[test]
+    fn latency_rows_line_up_under_the_header() {
+        let l = LatencySummary {
+            count: 6000,
+            p50_ms: 1.234,
+            p90_ms: 2.5,
+            p99_ms: 9.999,
+            p999_ms: 12.0,
+            max_ms: 1234.5,
+            mean_ms: 1.5,
+        };
+        let row = latency_row("tray", &l);
+        assert_eq!(
+            row,
+            "  tray                    1.23      2.50     10.00     12.00   1234.50       6000"
+        );
+        let header = latency_header();
+        assert_eq!(header.len(), row.len(), "{header}\n{row}");
+        assert_eq!(
+            header.find("p99 ").map(|i| i + 3),
+            row.find("10.00").map(|i| i + 5)
+        );
+    }
+
+    #[test]
+    fn a_stories_run_shows_trays_views_and_the_check() {
+        let mut st = StoriesReport {
+            authors: 1000,
+            viewers: 50,
+            stories_per_author: 1,
+            tray_sizes: TraySizes {
+                expected: 1000,
+                reads: 600,
+                min: 1000,
+                max: 1000,
+                mean: 1000.0,
+                off_size: 0,
+            },
+            view: RequestReport {
+                rate: 2000.0,
+                due: 12_000,
+                offered: 12_000,
+                ok: 11_990,
+                failed: 10,
+                offered_rate: 2000.0,
+                ok_rate: 1998.3,
+                ..RequestReport::default()
+            },
+            view_check: ViewCheck {
+                sampled: 100,
+                matched: 100,
+                ..ViewCheck::default()
+            },
+            ..StoriesReport::default()
+        };
+        st.tray.latency.p99_ms = 7.5;
+        st.tray.latency.count = 600;
+        st.errors.insert("view: HTTP 404 (not_found)".into(), 10);
+        let mut r = Report {
+            mode: "stories".into(),
+            stories: Some(st.clone()),
+            ..Report::default()
+        };
+        assert!(r.verified());
+        let table = r.summary_table();
+        assert!(
+            table.contains("1000 authors × 1 stories, 50 viewers"),
+            "{table}"
+        );
+        assert!(
+            table.contains("1000.0 avg, min 1000, max 1000 over 600 trays (expected 1000)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("12000 / 11990 / 10 (2000/s offered, 1998/s answered)"),
+            "{table}"
+        );
+        assert!(table.contains("view: HTTP 404 (not_found)=10"), "{table}");
+        assert!(
+            table
+                .lines()
+                .any(|l| l.trim_start().starts_with("tray ") && l.contains("7.50")),
+            "{table}"
+        );
+        assert!(!table.contains("post (upload+post)"), "no posts: {table}");
+        assert!(
+            table.contains("every tray held all 1000 authors"),
+            "{table}"
+        );
+        assert!(!table.contains("LOST"), "{table}");
+
+        st.view_check.mismatched = 1;
+        st.view_check.mismatches.push(ViewMismatch {
+            story: 7,
+            view_count: 3,
+            listed: 3,
+            shown: 4,
+            reason: "1 of the 4 viewers shown the story are not counted".into(),
+            ..ViewMismatch::default()
+        });
+        r.stories = Some(st);
+        assert!(!r.verified());
+        let table = r.summary_table();
+        assert!(table.contains("1 MISMATCH"), "{table}");
+        assert!(table.contains("story 7"), "{table}");
+        assert!(table.contains("VERIFICATION FAILED"), "{table}");
+        let back: Report = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back.stories.unwrap().view_check.mismatched, 1);
     }
 
     #[test]

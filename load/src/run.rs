@@ -42,7 +42,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{api_error, Session};
-use crate::config::{LoadConfig, PASSWORD};
+use crate::config::{LoadConfig, Mix, PASSWORD};
 use crate::crypto;
 use crate::net::{self, Target, Ws};
 use crate::report::{cpu_us_per, Counts, GroupReport, Latencies, Report, SeriesPoint, SideTraffic};
@@ -66,7 +66,7 @@ const TRACKER_SHARDS: usize = 64;
 /// How long tasks get to finish once the run is over.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Run `cfg` to the end (messages or idle mode).
+/// Run `cfg` to the end (messages, idle mode or the stories mix).
 pub async fn run(cfg: &LoadConfig) -> Result<Report> {
     let (_keep, stop) = watch::channel(false);
     run_until(cfg, stop).await
@@ -75,7 +75,9 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report> {
 /// [`run`], ending early (and still reporting) once `stop` turns true.
 pub async fn run_until(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Report> {
     cfg.validate()?;
-    if cfg.idle_connections.is_some() {
+    if cfg.mix == Mix::Stories {
+        crate::stories::run(cfg, stop).await
+    } else if cfg.idle_connections.is_some() {
         crate::idle::run(cfg, stop).await
     } else {
         messages(cfg, stop).await
@@ -290,7 +292,9 @@ fn get(c: &AtomicU64) -> u64 {
     c.load(Relaxed)
 }
 
-fn bump_map(m: &Mutex<BTreeMap<String, u64>>, key: &str) {
+/// Count one more `key` in `m` (at most 64 keys of 40 characters; the
+/// rest count as "other").
+pub(crate) fn bump_map(m: &Mutex<BTreeMap<String, u64>>, key: &str) {
     let mut m = m.lock().unwrap_or_else(|p| p.into_inner());
     match m.get_mut(key) {
         Some(n) => *n += 1,
@@ -630,13 +634,13 @@ async fn writer(
 // Lanes and media
 // ---------------------------------------------------------------------------
 
-/// What media sends need.
-struct Media {
+/// What media sends (and story posts) need.
+pub(crate) struct Media {
     /// Object storage client (plain, no API observer).
     blobs: reqwest::Client,
     /// The plaintext every upload seals (random bytes, JPEG header).
     payload: Vec<u8>,
-    /// Bounds uploads in flight.
+    /// Bounds uploads in flight (message lanes wait on it).
     gate: Arc<Semaphore>,
     /// The servers.
     targets: Vec<Target>,
@@ -645,9 +649,32 @@ struct Media {
 }
 
 impl Media {
+    /// Uploads of `cfg.media_bytes` to `targets` (or `cfg`'s object stores).
+    pub(crate) fn new(cfg: &LoadConfig, targets: &[Target]) -> Result<Media> {
+        Ok(Media {
+            blobs: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .context("building the object storage client")?,
+            payload: photo(cfg.media_bytes),
+            gate: Arc::new(Semaphore::new(cfg.media_concurrency)),
+            targets: targets.to_vec(),
+            allowed: targets
+                .iter()
+                .map(|t| t.base.clone())
+                .chain(
+                    cfg.object_stores
+                        .iter()
+                        .map(|u| u.trim_end_matches('/').to_owned()),
+                )
+                .collect(),
+        })
+    }
+
     /// Mint, seal and PUT one object as the device holding `token`;
     /// returns the media_key as a JSON literal, or a failure reason.
-    async fn upload(&self, target: usize, token: &str) -> Result<String, String> {
+    pub(crate) async fn upload(&self, target: usize, token: &str) -> Result<String, String> {
         let http = &self.targets[target].http;
         // PROTOCOL 4: `bytes` is the size of the object PUT, the sealed file.
         let body = format!(
@@ -1129,25 +1156,7 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
     }
     drop(accounts);
     let io = Arc::new(io);
-    let media = Arc::new(Media {
-        blobs: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("building the object storage client")?,
-        payload: photo(cfg.media_bytes),
-        gate: Arc::new(Semaphore::new(cfg.media_concurrency)),
-        targets: targets.clone(),
-        allowed: targets
-            .iter()
-            .map(|t| t.base.clone())
-            .chain(
-                cfg.object_stores
-                    .iter()
-                    .map(|u| u.trim_end_matches('/').to_owned()),
-            )
-            .collect(),
-    });
+    let media = Arc::new(Media::new(cfg, &targets)?);
 
     let progress = bar(
         cfg.progress,
@@ -1238,7 +1247,7 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
     let mut unsupported = Vec::new();
     if cfg.story_share > 0.0 {
         unsupported.push(format!(
-            "stories (story_share {}): the server has no story API yet; none were posted",
+            "stories (story_share {}): a message run posts none; use --mix stories",
             cfg.story_share
         ));
     }
@@ -1337,5 +1346,6 @@ async fn messages(cfg: &LoadConfig, stop: watch::Receiver<bool>) -> Result<Repor
         idle: None,
         stalled,
         group,
+        stories: None,
     })
 }

@@ -64,6 +64,19 @@ impl From<ephemera_actors::frames::FrameError> for ApiError {
     }
 }
 
+impl From<crate::media::service::CopyError> for ApiError {
+    /// A highlight's copy of a story's media failed.
+    fn from(e: crate::media::service::CopyError) -> Self {
+        use crate::media::service::CopyError as C;
+        match e {
+            C::Gone => ApiError::NotFound("no such story"),
+            C::Damaged => ApiError::Invalid("the story's media does not open"),
+            C::Unavailable => ApiError::Unavailable,
+            C::Store(e) => e.into(),
+        }
+    }
+}
+
 impl ApiError {
     /// The status and the code of the error body.
     fn table(&self) -> (StatusCode, &'static str) {

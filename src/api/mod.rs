@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod conversations;
 pub mod error;
+pub mod highlights;
 pub mod login_limits;
 pub mod media;
 pub mod stories;
@@ -54,6 +55,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(conversations::configure)
             .configure(media::configure)
             .configure(stories::configure)
+            .configure(highlights::configure)
             .configure(ws::configure)
             // An unknown path gets the error envelope, like every answer.
             .default_service(web::to(|| async {

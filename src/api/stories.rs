@@ -279,26 +279,47 @@ async fn post(
     Ok(HttpResponse::Created().json(posted))
 }
 
+/// One author in a tray (PROTOCOL 5).
+#[derive(Serialize)]
+struct TrayItem {
+    user_id: UserId,
+    #[serde(serialize_with = "as_str")]
+    username: Arc<str>,
+    has_unviewed: bool,
+    story_count: usize,
+    latest_at: u64,
+    close_friend: bool,
+}
+
+fn as_str<S: serde::Serializer>(s: &Arc<str>, ser: S) -> Result<S::Ok, S::Error> {
+    ser.serialize_str(s)
+}
+
+#[derive(Serialize)]
+struct Tray {
+    tray: Vec<TrayItem>,
+}
+
 async fn tray(state: web::Data<AppState>, who: Authed) -> Result<HttpResponse, ApiError> {
     let store = Arc::clone(&state.store);
-    let items = web::block(move || {
+    let tray = web::block(move || {
         let entries = store.tray(who.user)?;
-        let mut items = Vec::with_capacity(entries.len());
+        let mut tray = Vec::with_capacity(entries.len());
         for e in entries {
-            let name = store.username(e.author)?;
-            items.push(json!({
-                "user_id": e.author,
-                "username": name.as_deref().unwrap_or(""),
-                "has_unviewed": e.has_unviewed,
-                "story_count": e.story_count,
-                "latest_at": e.latest_at,
-                "close_friend": e.close_friend,
-            }));
+            let username = store.username(e.author)?.unwrap_or_else(|| "".into());
+            tray.push(TrayItem {
+                user_id: e.author,
+                username,
+                has_unviewed: e.has_unviewed,
+                story_count: e.story_count,
+                latest_at: e.latest_at,
+                close_friend: e.close_friend,
+            });
         }
-        Ok::<_, crate::store::StoreError>(items)
+        Ok::<_, crate::store::StoreError>(tray)
     })
     .await??;
-    Ok(HttpResponse::Ok().json(json!({ "tray": items })))
+    Ok(HttpResponse::Ok().json(Tray { tray }))
 }
 
 async fn stories_of(

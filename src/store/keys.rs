@@ -191,6 +191,11 @@ pub fn story_view(story: StoryId, viewer: UserId) -> [u8; 32] {
     pair(story, viewer)
 }
 
+/// `viewed`: (viewer, story): the stories a user opened, in one scan.
+pub fn viewed(viewer: UserId, story: StoryId) -> [u8; 32] {
+    pair(viewer, story)
+}
+
 /// `story_deadlines`: (at, story): stories' ends in time order.
 pub fn story_deadline(d: StoryDeadline) -> [u8; 24] {
     let mut k = [0u8; 24];
@@ -464,6 +469,9 @@ mod tests {
         let v = story_view(C, A);
         assert_eq!(&v[..16], &[0xcc; 16]);
         assert_eq!(&v[16..], &[0xaa; 16]);
+        let by = viewed(A, C);
+        assert_eq!(&by[..16], &[0xaa; 16]);
+        assert_eq!(&by[16..], &[0xcc; 16]);
         let d = StoryDeadline {
             at: 0x0a0b,
             story: C,

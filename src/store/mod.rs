@@ -141,6 +141,9 @@ pub enum Cf {
     TrayRefs,
     /// (story, viewer) -> when they first opened it.
     StoryViews,
+    /// (viewer, story) -> () : the stories a user has opened, so a tray
+    /// reads them in one scan; expires with the story.
+    Viewed,
     /// (at, story) -> () : stories' ends, which wake passivated actors.
     StoryDeadlines,
     /// story id -> the last follower its fanout reached (empty: done).
@@ -154,7 +157,7 @@ pub enum Cf {
 
 impl Cf {
     /// Every column family, in the order they are opened.
-    pub const ALL: [Cf; 29] = [
+    pub const ALL: [Cf; 30] = [
         Cf::Accounts,
         Cf::Usernames,
         Cf::Tokens,
@@ -180,6 +183,7 @@ impl Cf {
         Cf::Broadcasts,
         Cf::TrayRefs,
         Cf::StoryViews,
+        Cf::Viewed,
         Cf::StoryDeadlines,
         Cf::StoryFanout,
         Cf::Highlights,
@@ -214,6 +218,7 @@ impl Cf {
             Cf::Broadcasts => "broadcasts",
             Cf::TrayRefs => "tray_refs",
             Cf::StoryViews => "story_views",
+            Cf::Viewed => "viewed",
             Cf::StoryDeadlines => "story_deadlines",
             Cf::StoryFanout => "story_fanout",
             Cf::Highlights => "highlights",

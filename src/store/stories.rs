@@ -3,10 +3,9 @@
 //!
 //! A tray is built from one viewer's rows only: whom they follow (one
 //! scan), their close friends (one scan), their tray references (one
-//! scan), plus the stories of followed authors that were not fanned out
-//! (the `broadcasts` family, small: only authors over the fanout limit
-//! post there). Then one point read per story says whether the viewer has
-//! seen it. Both paths give a story the same [`TrayRef`], so the tray
+//! scan), the stories they opened (one scan of `viewed`), plus the
+//! stories of followed authors that were not fanned out (the `broadcasts`
+//! family, small: only authors over the fanout limit post there). Both paths give a story the same [`TrayRef`], so the tray
 //! cannot tell them apart.
 
 use std::collections::{HashMap, HashSet};
@@ -154,7 +153,7 @@ impl RocksStore {
 
     /// Whether `viewer` has opened the story.
     pub fn viewed(&self, story: StoryId, viewer: UserId) -> Result<bool, StoreError> {
-        self.exists(Cf::StoryViews, &keys::story_view(story, viewer))
+        self.exists(Cf::Viewed, &keys::viewed(viewer, story))
     }
 
     /// Whether `viewer` may see a story of `author` with `audience` now.
@@ -272,6 +271,15 @@ impl RocksStore {
             .ids_under(Cf::CloseFriends, viewer)?
             .into_iter()
             .collect();
+        // What the viewer opened, in one scan (rows expire with their story).
+        let mut seen: HashSet<StoryId> = HashSet::new();
+        let from = keys::viewed(viewer, Id([0; 16]));
+        self.scan_prefix(Cf::Viewed, &from, 16, usize::MAX, |k, v| {
+            if filter::split(v).is_some_and(|(exp, _)| exp > now) {
+                seen.insert(keys::id_at(k, 16));
+            }
+            Ok(Step::Take)
+        })?;
         // Pushed references (one scan of the viewer's rows) ...
         let mut refs: Vec<TrayRef> = Vec::new();
         let from = keys::tray_ref(viewer, Id([0; 16]), Id([0; 16]));
@@ -331,7 +339,7 @@ impl RocksStore {
                     continue;
                 }
             }
-            let viewed = self.viewed(r.story, viewer)?;
+            let viewed = seen.contains(&r.story);
             let e = entries.entry(r.author).or_insert(TrayEntry {
                 author: r.author,
                 has_unviewed: false,
@@ -406,6 +414,87 @@ impl RocksStore {
             out.push(d);
         }
         Ok(out)
+    }
+}
+
+/// A highlight: the author's own copy of a story's media, under a data key
+/// of its own, kept until the author deletes it. Its caption is sealed
+/// under that key, so destroying the key shreds both.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HighlightRecord {
+    /// Its id.
+    pub id: Id,
+    /// The story it was made from.
+    pub story_id: StoryId,
+    /// Whose it is.
+    pub author: UserId,
+    /// When it was made.
+    pub created_at: Millis,
+    /// The copy.
+    pub media: ephemera_actors::store::MediaRef,
+    /// The caption, sealed under the copy's key (base64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_caption: Option<String>,
+}
+
+impl RocksStore {
+    /// Stores a highlight, and binds its media copy to it.
+    pub fn put_highlight(&self, h: &HighlightRecord) -> Result<(), StoreError> {
+        let mut b = rocksdb::WriteBatch::default();
+        b.put_cf(
+            self.cf(Cf::Highlights),
+            keys::highlight(h.id),
+            filter::with_expiry(u64::MAX, &super::json(h)),
+        );
+        b.put_cf(
+            self.cf(Cf::AuthorHighlights),
+            keys::author_highlight(h.author, h.created_at, h.id),
+            filter::with_expiry(u64::MAX, &[]),
+        );
+        if let Some(mut rec) = self.media(h.media.id)? {
+            rec.story = Some(h.id);
+            b.put_cf(
+                self.cf(Cf::Media),
+                h.media.id.0,
+                filter::with_expiry(u64::MAX, &super::json(&rec)),
+            );
+        }
+        self.db.write_opt(b, &self.write_opts)?;
+        Ok(())
+    }
+
+    /// A highlight.
+    pub fn highlight(&self, id: Id) -> Result<Option<HighlightRecord>, StoreError> {
+        self.get_json(Cf::Highlights, &keys::highlight(id))
+    }
+
+    /// An author's highlights, oldest first.
+    pub fn highlights_of(&self, author: UserId) -> Result<Vec<HighlightRecord>, StoreError> {
+        let mut ids = Vec::new();
+        let from = keys::author_highlight(author, 0, Id([0; 16]));
+        self.scan_prefix(Cf::AuthorHighlights, &from, 16, usize::MAX, |k, _| {
+            ids.push(keys::id_at(k, 24));
+            Ok(Step::Take)
+        })?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(h) = self.highlight(id)? {
+                out.push(h);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a highlight's rows (its media is shredded by the caller).
+    pub fn delete_highlight(&self, h: &HighlightRecord) -> Result<(), StoreError> {
+        let mut b = rocksdb::WriteBatch::default();
+        b.delete_cf(self.cf(Cf::Highlights), keys::highlight(h.id));
+        b.delete_cf(
+            self.cf(Cf::AuthorHighlights),
+            keys::author_highlight(h.author, h.created_at, h.id),
+        );
+        self.db.write_opt(b, &self.write_opts)?;
+        Ok(())
     }
 }
 

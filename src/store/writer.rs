@@ -648,6 +648,11 @@ impl Writer {
                         keys::story_view(story, viewer),
                         filter::with_expiry(until, &at.to_be_bytes()),
                     );
+                    b.put_cf(
+                        cf_handle(db, Cf::Viewed),
+                        keys::viewed(viewer, story),
+                        filter::with_expiry(until, &[]),
+                    );
                 }
                 Op::BindStoryMedia {
                     media,
