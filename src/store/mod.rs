@@ -136,8 +136,9 @@ pub enum Cf {
     /// out (their authors have too many followers), merged into trays at
     /// read time.
     Broadcasts,
-    /// (viewer, author, story) -> posted_at, audience, told : a tray
-    /// reference; it expires with its story.
+    /// (viewer, author, story) -> posted_at, expires_at, audience, told :
+    /// a tray reference; trays skip it from the story's end, which deletes
+    /// it (the row itself is kept a day longer, for a late end to read).
     TrayRefs,
     /// (story, viewer) -> when they first opened it.
     StoryViews,

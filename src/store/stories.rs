@@ -43,26 +43,32 @@ fn audience_of(b: u8) -> Result<Audience, StoreError> {
     }
 }
 
-/// A tray reference's value: posted_at, audience, and whether the viewer
-/// was told of the story (`story_posted`), so only they hear of its end.
-pub(crate) fn tray_value(r: &TrayRef, told: bool) -> [u8; 10] {
-    let mut v = [0u8; 10];
+/// How long a tray reference's row outlives its story: the story's end
+/// reads the references to learn whom to tell (`story_gone`), and must find
+/// them even when it runs late (a server that was down at `expires_at`).
+/// Trays filter on the story's own `expires_at`, kept in the value; the end
+/// deletes the rows.
+pub(crate) const TRAY_GRACE_MS: Millis = 86_400_000;
+
+/// A tray reference's value: posted_at, expires_at, audience, and whether
+/// the viewer was told of the story (`story_posted`), so only they hear of
+/// its end.
+pub(crate) fn tray_value(r: &TrayRef, told: bool) -> [u8; 18] {
+    let mut v = [0u8; 18];
     v[..8].copy_from_slice(&r.posted_at.to_be_bytes());
-    v[8] = audience_byte(r.audience);
-    v[9] = told as u8;
+    v[8..16].copy_from_slice(&r.expires_at.to_be_bytes());
+    v[16] = audience_byte(r.audience);
+    v[17] = told as u8;
     v
 }
 
-/// (posted_at, audience, told) of a tray reference's value.
-fn decode_tray_value(p: &[u8]) -> Result<(Millis, Audience, bool), StoreError> {
-    match p {
-        [t @ .., a, told] if t.len() == 8 => Ok((
-            u64::from_be_bytes(t.try_into().expect("8 bytes")),
-            audience_of(*a)?,
-            *told == 1,
-        )),
-        _ => Err(StoreError::Corrupt("tray_refs")),
+/// (posted_at, expires_at, audience, told) of a tray reference's value.
+fn decode_tray_value(p: &[u8]) -> Result<(Millis, Millis, Audience, bool), StoreError> {
+    if p.len() != 18 {
+        return Err(StoreError::Corrupt("tray_refs"));
     }
+    let at = |i: usize| u64::from_be_bytes(p[i..i + 8].try_into().expect("8 bytes"));
+    Ok((at(0), at(8), audience_of(p[16])?, p[17] == 1))
 }
 
 /// The two counts of a `follow_counts` row: (followers, following).
@@ -284,16 +290,16 @@ impl RocksStore {
         let mut refs: Vec<TrayRef> = Vec::new();
         let from = keys::tray_ref(viewer, Id([0; 16]), Id([0; 16]));
         self.scan_prefix(Cf::TrayRefs, &from, 16, usize::MAX, |k, v| {
-            let (exp, p) = filter::split(v).ok_or(StoreError::Corrupt("tray_refs"))?;
+            let (_, p) = filter::split(v).ok_or(StoreError::Corrupt("tray_refs"))?;
             let (_, author, story) =
                 keys::decode_tray_ref(k).ok_or(StoreError::Corrupt("tray_refs"))?;
-            if exp > now && following.contains(&author) {
-                let (posted_at, audience, _) = decode_tray_value(p)?;
+            let (posted_at, expires_at, audience, _) = decode_tray_value(p)?;
+            if expires_at > now && following.contains(&author) {
                 refs.push(TrayRef {
                     author,
                     story,
                     posted_at,
-                    expires_at: exp,
+                    expires_at,
                     audience,
                 });
             }
@@ -388,8 +394,14 @@ impl RocksStore {
         author: UserId,
         story: StoryId,
     ) -> Result<Option<bool>, StoreError> {
-        match self.get_live(Cf::TrayRefs, &keys::tray_ref(viewer, author, story))? {
-            Some(p) => Ok(Some(decode_tray_value(&p)?.2)),
+        // Whether or not the story has ended: this is how its end learns
+        // whom to tell (the row outlives the story by `TRAY_GRACE_MS`).
+        let k = keys::tray_ref(viewer, author, story);
+        match self.db.get_pinned_cf(self.cf(Cf::TrayRefs), k)? {
+            Some(v) => {
+                let (_, p) = filter::split(&v).ok_or(StoreError::Corrupt("tray_refs"))?;
+                Ok(Some(decode_tray_value(p)?.3))
+            }
             None => Ok(None),
         }
     }
@@ -541,12 +553,21 @@ mod tests {
         };
         let v = tray_value(&r, true);
         assert_eq!(&v[..8], &0x0102_0304u64.to_be_bytes());
-        assert_eq!(v[8..], [1, 1]);
+        assert_eq!(&v[8..16], &9u64.to_be_bytes());
+        assert_eq!(v[16..], [1, 1]);
         assert_eq!(
             decode_tray_value(&v).unwrap(),
-            (0x0102_0304, Audience::CloseFriends, true)
+            (0x0102_0304, 9, Audience::CloseFriends, true)
         );
-        assert!(decode_tray_value(&v[..9]).is_err());
+        assert!(decode_tray_value(&v[..17]).is_err());
+        let told_not = tray_value(
+            &TrayRef {
+                audience: Audience::Everyone,
+                ..r
+            },
+            false,
+        );
+        assert_eq!(told_not[16..], [0, 0]);
         let mut counts = [0u8; 16];
         counts[7] = 3;
         counts[15] = 4;

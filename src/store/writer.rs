@@ -621,7 +621,7 @@ impl Writer {
                         cf_handle(db, Cf::TrayRefs),
                         keys::tray_ref(viewer, story.author, story.story),
                         filter::with_expiry(
-                            story.expires_at,
+                            story.expires_at + super::stories::TRAY_GRACE_MS,
                             &super::stories::tray_value(&story, told),
                         ),
                     );
