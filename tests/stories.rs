@@ -1905,3 +1905,55 @@ async fn posting_refusals() {
         "an upload never PUT",
     );
 }
+
+/// An idle story actor passivates (it holds no live actor, no timer), and
+/// the story deadline index wakes a new one in time to end the story: the
+/// follower still gets `story_gone` on time, and the story is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passivated_story_actor_is_woken_for_its_end() {
+    let server = start(&["--passivate-after-seconds", "1"]).await;
+    let http = server.http();
+    let blobs = blob_client();
+    let (author, a) = person(&http, "author").await;
+    let (_follower, b) = person(&http, "follower").await;
+    follow(&http, &b, &author.user_id).await;
+    let mut b1 = TestSocket::connect(&server, &b, "follower-1").await;
+    let story = post_story(&http, &blobs, &a, EVERYONE, Some(8), None).await;
+    let id = story.story_id.clone();
+    b1.expect("story_posted", |f| is_story(f, "story_posted", &id))
+        .await;
+    open_story(&http, &b, &id).await;
+    let live = || async { server.metric("ephemera_live_actors{kind=\"story\"}").await };
+    assert!(
+        live().await >= 1.0,
+        "the story's actor is live after a view"
+    );
+    // Idle past the passivation time, with its end more than the sweeper's
+    // look-ahead away: the actor goes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while live().await > 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle story actor never passivated"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        now_ms() + 3_000 < story.expires_at,
+        "the actor passivated too late for this test to show the wake-up"
+    );
+    let wait = Duration::from_millis((story.expires_at - now_ms()).max(0) as u64) + WAIT;
+    let gone = b1
+        .expect_within(wait, "story_gone of a passivated story", |f| {
+            is_story(f, "story_gone", &id)
+        })
+        .await;
+    let lag = now_ms() - story.expires_at;
+    println!("story_gone {lag} ms after expires_at, its actor passivated before");
+    assert_eq!(str_of(&gone, "reason"), "expired");
+    assert!(
+        (EARLY_BOUND_MS..=GONE_LAG_BOUND_MS).contains(&lag),
+        "the deadline index woke the story in time: lag {lag} ms"
+    );
+    expect_status(get_story(&http, &b, &id).await, 404, "after expiry");
+}
