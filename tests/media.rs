@@ -22,20 +22,18 @@ use common::media::{
     signed_headers, tamper_signature, url_expires_in, url_valid_until_ms, with_access_key_id,
     with_query_param, BlobResponse, Upload,
 };
+use common::shred::{
+    assert_key_not_logged, assert_key_on_disk, wait_until_shredded, DataKey, SHRED_WINDOW_MS,
+};
 use common::socket::{QUIET, WAIT};
 use common::{
     i64_of, is_about, is_type, new_cid, now_ms, random_hex, register_and_login, register_user,
-    scan_files, sleep_until_ms, str_of, u64_of, unknown_id_like, Server, TestSocket, TestUser,
+    sleep_until_ms, str_of, u64_of, unknown_id_like, Server, TestSocket, TestUser,
 };
 use ephemera_load::client::{Http, Session};
 use ephemera_load::crypto;
 use reqwest::Method;
 use serde_json::{json, Value};
-
-/// How long after a media key's death its bytes may still be in a file of
-/// the data directory, and its blob in object storage: a purge pass and a
-/// sweep (5 s each) with room for a slow machine.
-const SHRED_WINDOW_MS: i64 = 15_000;
 
 /// Longest validity of a `get_url` for timed content (PROTOCOL 4).
 const TIMED_URL_CAP_SECS: u64 = 300;
@@ -468,102 +466,9 @@ async fn expired_url_is_refused(s: &mut Scene, store: &str) {
 // Key shredding
 // ---------------------------------------------------------------------------
 
-/// Every file under `dir` holding the key's raw bytes or its base64 text,
-/// and every file scanned.
-fn files_holding_key(dir: &Path, upload: &Upload) -> (Vec<PathBuf>, Vec<PathBuf>) {
-    let raw = scan_files(dir, "", &upload.data_key);
-    let text = scan_files(dir, "", upload.data_key_b64.as_bytes());
-    let mut holding: Vec<PathBuf> = raw
-        .iter()
-        .chain(text.iter())
-        .filter(|(_, found)| *found)
-        .map(|(p, _)| p.clone())
-        .collect();
-    holding.sort();
-    holding.dedup();
-    let scanned = raw.into_iter().map(|(p, _)| p).collect();
-    (holding, scanned)
-}
-
-/// Poll (at most until `deadline_ms`) until `data_key` is in no file of the
-/// data directory and `blob_file` is gone.
-async fn wait_until_shredded(
-    server: &Server,
-    upload: &Upload,
-    blob_file: &Path,
-    deadline_ms: i64,
-    what: &str,
-) {
-    let data_dir = server.data_dir();
-    loop {
-        let (holding, scanned) = files_holding_key(data_dir, upload);
-        let blob_there = blob_file.exists();
-        if holding.is_empty() && !blob_there {
-            // The scan must have looked where keys and messages live.
-            for sub in ["keys", "db"] {
-                let n = scanned
-                    .iter()
-                    .filter(|p| p.starts_with(data_dir.join(sub)))
-                    .count();
-                assert!(
-                    n > 0,
-                    "{what}: the scan found no file under {sub}/ (scanned: {scanned:?})"
-                );
-            }
-            return;
-        }
-        if now_ms() > deadline_ms {
-            panic!(
-                "{what}: {} ms after the key's death, its bytes are still in {holding:?} \
-                 and the blob file {} {}",
-                SHRED_WINDOW_MS,
-                blob_file.display(),
-                if blob_there {
-                    "still exists"
-                } else {
-                    "is gone"
-                }
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Poll up to 3 s until some file under `data_dir/keys` holds the key's
-/// raw bytes: proof the scan can see a live key.
-async fn assert_key_on_disk(server: &Server, upload: &Upload, what: &str) {
-    let keys = server.data_dir().join("keys");
-    let deadline = now_ms() + 3000;
-    loop {
-        let hits: Vec<PathBuf> = scan_files(&keys, "", &upload.data_key)
-            .into_iter()
-            .filter(|(_, found)| *found)
-            .map(|(p, _)| p)
-            .collect();
-        if !hits.is_empty() {
-            return;
-        }
-        if now_ms() > deadline {
-            let all: Vec<PathBuf> = scan_files(server.data_dir(), "", &upload.data_key)
-                .into_iter()
-                .map(|(p, _)| p)
-                .collect();
-            panic!(
-                "{what}: a live data key's bytes must be in some file under {} (else the \
-                 shredding scan proves nothing); files under the data dir: {all:?}",
-                keys.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The server's logs never carry a data key.
-fn assert_key_not_logged(server: &Server, upload: &Upload) {
-    assert!(
-        !server.logs().contains(&upload.data_key_b64),
-        "the server logged a data key"
-    );
+/// The data key of an upload, as the shredding checks take it.
+fn key(upload: &Upload) -> DataKey {
+    DataKey::of_upload(upload)
 }
 
 // ---------------------------------------------------------------------------
@@ -711,7 +616,7 @@ async fn timed_photo_round_trip_on_the_embedded_store() {
         })
         .await;
     }
-    assert_key_not_logged(&server, &sent.upload);
+    assert_key_not_logged(&server, &key(&sent.upload));
 }
 
 /// A view-once photo on the embedded store: pushed without content; the
@@ -824,7 +729,7 @@ async fn view_once_photo_on_the_embedded_store() {
             );
         }
     }
-    assert_key_not_logged(&server, &upload);
+    assert_key_not_logged(&server, &key(&upload));
 }
 
 /// Unsend of a timed photo shreds its key (its bytes leave every file of
@@ -842,7 +747,7 @@ async fn unsend_shreds_the_key_and_deletes_the_blob() {
     // pass (which flushes the key store), the live key is in a file.
     server.compact().await;
     tokio::time::sleep(Duration::from_secs(6)).await;
-    assert_key_on_disk(&server, &sent.upload, "before unsend").await;
+    assert_key_on_disk(&server, &key(&sent.upload), "before unsend").await;
 
     s.a1.send(json!({ "type": "unsend", "msg_id": sent.msg_id }))
         .await;
@@ -853,7 +758,7 @@ async fn unsend_shreds_the_key_and_deletes_the_blob() {
     }
     wait_until_shredded(
         &server,
-        &sent.upload,
+        &key(&sent.upload),
         &blob_file,
         unsent_at + SHRED_WINDOW_MS,
         "unsent timed photo",
@@ -867,7 +772,7 @@ async fn unsend_shreds_the_key_and_deletes_the_blob() {
         "GET of a shredded blob with a still-valid URL: {}",
         gone.describe()
     );
-    assert_key_not_logged(&server, &sent.upload);
+    assert_key_not_logged(&server, &key(&sent.upload));
 }
 
 /// A view-once photo nobody views, with a 3-second life: at expiry its key
@@ -892,7 +797,7 @@ async fn unviewed_once_photo_is_shredded_at_expiry() {
     s.b1.expect_about("message", &msg_id).await;
     let blob_file = embedded_blob_file(&server, &upload.media_key);
     assert!(blob_file.exists(), "the blob is {}", blob_file.display());
-    assert_key_on_disk(&server, &upload, "a live once-photo").await;
+    assert_key_on_disk(&server, &key(&upload), "a live once-photo").await;
 
     let burned =
         s.b1.expect_within(WAIT + Duration::from_secs(3), "the burn at expiry", |f| {
@@ -902,13 +807,13 @@ async fn unviewed_once_photo_is_shredded_at_expiry() {
     assert_eq!(str_of(&burned, "reason"), "expired");
     wait_until_shredded(
         &server,
-        &upload,
+        &key(&upload),
         &blob_file,
         expires_at + SHRED_WINDOW_MS,
         "expired unviewed once-photo",
     )
     .await;
-    assert_key_not_logged(&server, &upload);
+    assert_key_not_logged(&server, &key(&upload));
 }
 
 /// The embedded store refuses forged, misused and expired presigned URLs
@@ -1205,7 +1110,7 @@ async fn put_urls_die_with_their_upload_on_the_embedded_store() {
     }
     wait_until_shredded(
         &server,
-        &sent.upload,
+        &key(&sent.upload),
         &blob_file,
         unsent_at + SHRED_WINDOW_MS,
         "unsent timed photo",
@@ -1249,7 +1154,7 @@ async fn put_urls_die_with_their_upload_on_the_embedded_store() {
     let blob_file = embedded_blob_file(&server, &upload.media_key);
     wait_until_shredded(
         &server,
-        &upload,
+        &key(&upload),
         &blob_file,
         i64_of(&ack, "expires_at") + SHRED_WINDOW_MS,
         "expired once-photo",

@@ -218,17 +218,6 @@ impl Conversation {
         }
     }
 
-    /// Once replaced, stops when every frame sent to it before the
-    /// replacement is handled (after any wait those frames started), so
-    /// none is dropped unanswered.
-    pub(crate) fn stop_when_drained(&self, ctx: &mut Context<Self>) {
-        ctx.wait(fut::ready(()).map(|(), act: &mut Self, ctx| {
-            if act.depth.get() == 0 {
-                ctx.stop();
-            }
-        }));
-    }
-
     pub(crate) fn members(&self) -> &[UserId] {
         self.record
             .as_ref()
@@ -463,7 +452,7 @@ impl Handler<Restart> for Conversation {
         tracing::info!(conversation = %self.id, "conversation actor restarting");
         self.dir.replace_conversation(self.id, &ctx.address());
         self.draining = true;
-        self.stop_when_drained(ctx);
+        crate::stop_when_drained(ctx, |a: &Self| &a.depth);
     }
 }
 

@@ -75,6 +75,23 @@ pub struct ActorSummary {
 #[rtype(result = "()")]
 pub struct Restart;
 
+/// For an actor being replaced: stops it once every request sent to it
+/// before the replacement is handled (its mailbox `depth` is zero), after
+/// any wait those requests started, so none is dropped unanswered.
+pub(crate) fn stop_when_drained<A>(ctx: &mut actix::Context<A>, depth: fn(&A) -> &Depth)
+where
+    A: actix::Actor<Context = actix::Context<A>>,
+{
+    use actix::{ActorFutureExt, AsyncContext};
+    ctx.wait(
+        actix::fut::ready(()).map(move |(), act: &mut A, ctx: &mut actix::Context<A>| {
+            if depth(act).get() == 0 {
+                actix::ActorContext::stop(ctx);
+            }
+        }),
+    );
+}
+
 /// Implements `Handler<Counted<M>>` for a keyed actor with a `depth` and a
 /// `draining` flag: the mailbox depth goes down, the message's own
 /// handler runs, and an actor being replaced stops once drained.
@@ -88,7 +105,7 @@ macro_rules! counted_draining {
                 self.depth.pop();
                 let answer = <Self as actix::Handler<$m>>::handle(self, msg.0, ctx);
                 if self.draining {
-                    self.stop_when_drained(ctx);
+                    $crate::stop_when_drained(ctx, |a: &$actor| &a.depth);
                 }
                 answer
             }

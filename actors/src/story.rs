@@ -476,16 +476,6 @@ impl Story {
             },
         );
     }
-
-    /// Once replaced, stops when every request sent before the
-    /// replacement is handled.
-    pub(crate) fn stop_when_drained(&self, ctx: &mut Context<Self>) {
-        ctx.wait(fut::ready(()).map(|(), act: &mut Self, ctx| {
-            if act.depth.get() == 0 {
-                ctx.stop();
-            }
-        }));
-    }
 }
 
 impl Handler<Publish> for Story {
@@ -687,7 +677,7 @@ impl Handler<crate::Restart> for Story {
         tracing::info!(story = %self.id, "story actor restarting");
         self.dir.replace_story(self.id, &ctx.address());
         self.draining = true;
-        self.stop_when_drained(ctx);
+        crate::stop_when_drained(ctx, |a: &Self| &a.depth);
     }
 }
 

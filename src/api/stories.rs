@@ -72,16 +72,25 @@ async fn other_user(state: &AppState, me: UserId, path: &str) -> Result<UserId, 
     Ok(other)
 }
 
-async fn run(state: &AppState, ops: Vec<Op>) -> Result<(), ApiError> {
+/// A change to an edge of the graph between the caller and another
+/// existing user (named by the path): `op(caller, other)`, committed.
+/// Returns the other user.
+async fn edge(
+    state: &AppState,
+    who: &Authed,
+    path: &str,
+    op: impl FnOnce(UserId, UserId) -> Op,
+) -> Result<UserId, ApiError> {
+    let other = other_user(state, who.user, path).await?;
     commit(
         &*state.store,
         Txn {
             guards: vec![],
-            ops,
+            ops: vec![op(who.user, other)],
         },
     )
     .await?;
-    Ok(())
+    Ok(other)
 }
 
 async fn follow(
@@ -89,14 +98,10 @@ async fn follow(
     who: Authed,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let author = other_user(&state, who.user, &path).await?;
-    run(
-        &state,
-        vec![Op::Follow {
-            follower: who.user,
-            author,
-        }],
-    )
+    let author = edge(&state, &who, &path, |follower, author| Op::Follow {
+        follower,
+        author,
+    })
     .await?;
     // The author's live stories that were fanned out reach the new
     // follower's tray too (those not fanned out are merged at read time),
@@ -125,33 +130,10 @@ async fn unfollow(
     who: Authed,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let author = other_user(&state, who.user, &path).await?;
-    run(
-        &state,
-        vec![Op::Unfollow {
-            follower: who.user,
-            author,
-        }],
-    )
-    .await?;
-    Ok(HttpResponse::NoContent().finish())
-}
-
-async fn set_close_friend(
-    state: web::Data<AppState>,
-    who: Authed,
-    path: web::Path<String>,
-    close: bool,
-) -> Result<HttpResponse, ApiError> {
-    let friend = other_user(&state, who.user, &path).await?;
-    run(
-        &state,
-        vec![Op::SetCloseFriend {
-            owner: who.user,
-            friend,
-            close,
-        }],
-    )
+    edge(&state, &who, &path, |follower, author| Op::Unfollow {
+        follower,
+        author,
+    })
     .await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -161,7 +143,13 @@ async fn add_close_friend(
     who: Authed,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    set_close_friend(state, who, path, true).await
+    edge(&state, &who, &path, |owner, friend| Op::SetCloseFriend {
+        owner,
+        friend,
+        close: true,
+    })
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 async fn remove_close_friend(
@@ -169,7 +157,13 @@ async fn remove_close_friend(
     who: Authed,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    set_close_friend(state, who, path, false).await
+    edge(&state, &who, &path, |owner, friend| Op::SetCloseFriend {
+        owner,
+        friend,
+        close: false,
+    })
+    .await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// `GET /users/{id}`: the username and the exact follow counts.

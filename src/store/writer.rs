@@ -271,6 +271,27 @@ impl Writer {
         Ok(json(&super::stories::StoryRow { meta, sealed }))
     }
 
+    /// A presence guard: the row as this batch left it (`written`: `Some`
+    /// if the batch wrote or deleted it), else as stored; `Gone` if absent.
+    fn present(&self, written: Option<&bool>, cf: Cf, key: &[u8]) -> Result<(), CommitError> {
+        let present = match written {
+            Some(p) => *p,
+            None => self
+                .db
+                .get_pinned_cf(cf_handle(&self.db, cf), key)
+                .map_err(|e| {
+                    tracing::error!(error = %e, "guard read failed");
+                    CommitError::Failed
+                })?
+                .is_some(),
+        };
+        if present {
+            Ok(())
+        } else {
+            Err(CommitError::Gone)
+        }
+    }
+
     fn check(&self, overlay: &Overlay, guard: &Guard) -> Result<(), CommitError> {
         let failed = |e: rocksdb::Error| {
             tracing::error!(error = %e, "guard read failed");
@@ -309,19 +330,7 @@ impl Writer {
             },
             Guard::StoryPresent(id) => {
                 let k = keys::story(*id);
-                let present = match overlay.stories.get(&k) {
-                    Some(p) => *p,
-                    None => self
-                        .db
-                        .get_pinned_cf(cf_handle(&self.db, Cf::Stories), k)
-                        .map_err(failed)?
-                        .is_some(),
-                };
-                if present {
-                    Ok(())
-                } else {
-                    Err(CommitError::Gone)
-                }
+                self.present(overlay.stories.get(&k), Cf::Stories, &k)
             }
             Guard::ViewAbsent { msg, user } => {
                 let k = keys::view(*msg, *user);
@@ -339,19 +348,7 @@ impl Writer {
             }
             Guard::MessagePresent(msg) => {
                 let k = keys::message(*msg);
-                let present = match overlay.messages.get(&k) {
-                    Some(p) => *p,
-                    None => self
-                        .db
-                        .get_pinned_cf(cf_handle(&self.db, Cf::Messages), k)
-                        .map_err(failed)?
-                        .is_some(),
-                };
-                if present {
-                    Ok(())
-                } else {
-                    Err(CommitError::Gone)
-                }
+                self.present(overlay.messages.get(&k), Cf::Messages, &k)
             }
         }
     }

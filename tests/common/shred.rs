@@ -1,9 +1,9 @@
 //! Physical deletion checks on the embedded store: a data key's bytes in no
 //! file of the data directory, and a blob's file gone.
 //!
-//! The same checks as `tests/media.rs` makes for messages (whose private
-//! helpers these copy), for keys that are not an [`Upload`]'s: a story's
-//! highlight gets a key of its own.
+//! Used for messages' media (`tests/media.rs`) and for stories and their
+//! highlights (`tests/stories.rs`; a highlight's key is not an
+//! [`Upload`]'s, it is minted by the server).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
