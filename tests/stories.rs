@@ -1011,6 +1011,37 @@ async fn close_friends_story_audience_is_checked_at_fetch() {
 // The end of a story
 // ---------------------------------------------------------------------------
 
+/// A new device of `follower` that syncs from 0 after story `id` ended
+/// gets exactly one `story_gone` with `reason`, and never its `story_posted`.
+async fn sync_replays_only_the_end(
+    server: &Server,
+    http: &Http,
+    follower: &TestUser,
+    id: &str,
+    reason: &str,
+) {
+    let session = follower.login(http).await;
+    let mut device = TestSocket::connect(server, &session, "follower-syncing").await;
+    let synced = device.sync(0).await;
+    let gones: Vec<&Value> = synced
+        .events
+        .iter()
+        .filter(|f| is_story(f, "story_gone", id))
+        .collect();
+    assert_eq!(
+        gones.len(),
+        1,
+        "sync replays one story_gone: {:?}",
+        synced.events
+    );
+    assert_eq!(str_of(gones[0], "reason"), reason);
+    device
+        .assert_never(QUIET, "story_posted of an ended story", |f| {
+            is_story(f, "story_posted", id)
+        })
+        .await;
+}
+
 /// A 4-second story: before expiry it is in the tray, fetchable, listed and
 /// replayed by sync; from `expires_at` on it is 404 everywhere and gone from
 /// tray and listing; followers' online devices get `story_gone` (`expired`)
@@ -1179,25 +1210,7 @@ async fn short_story_expires_everywhere_on_time() {
     );
 
     // A device that syncs from 0 now: story_gone, never story_posted.
-    let b4s = follower.login(&http).await;
-    let mut b4 = TestSocket::connect(&server, &b4s, "follower-4").await;
-    let synced = b4.sync(0).await;
-    let gones: Vec<&Value> = synced
-        .events
-        .iter()
-        .filter(|f| is_story(f, "story_gone", &id))
-        .collect();
-    assert_eq!(
-        gones.len(),
-        1,
-        "sync replays one story_gone: {:?}",
-        synced.events
-    );
-    assert_eq!(str_of(gones[0], "reason"), "expired");
-    b4.assert_never(QUIET, "story_posted of an expired story", |f| {
-        is_story(f, "story_posted", &id)
-    })
-    .await;
+    sync_replays_only_the_end(&server, &http, &follower, &id, "expired").await;
 
     wait_until_shredded(
         &server,
@@ -1310,25 +1323,7 @@ async fn author_deletion_is_immediate_for_everyone() {
         "story_gone came {lag} ms after the delete"
     );
 
-    let b2s = follower.login(&http).await;
-    let mut b2 = TestSocket::connect(&server, &b2s, "follower-2").await;
-    let synced = b2.sync(0).await;
-    let gones: Vec<&Value> = synced
-        .events
-        .iter()
-        .filter(|f| is_story(f, "story_gone", &id))
-        .collect();
-    assert_eq!(
-        gones.len(),
-        1,
-        "sync replays one story_gone: {:?}",
-        synced.events
-    );
-    assert_eq!(str_of(gones[0], "reason"), "deleted");
-    b2.assert_never(QUIET, "story_posted of a deleted story", |f| {
-        is_story(f, "story_posted", &id)
-    })
-    .await;
+    sync_replays_only_the_end(&server, &http, &follower, &id, "deleted").await;
 
     wait_until_shredded(
         &server,

@@ -194,14 +194,30 @@ impl Writer {
         key: &[u8],
         m: &ephemera_actors::store::StoredMessage,
     ) -> Result<Vec<u8>, StoreError> {
-        use base64::Engine;
         let mut meta = m.clone();
-        let sealed = match meta.body.take() {
-            Some(body) => Some(self.keys.seal_body(m.expires_at, key, body.as_bytes())?),
-            None => None,
-        };
-        let sealed = sealed.map(|s| base64::engine::general_purpose::STANDARD.encode(s));
+        let sealed = self.seal_text(m.expires_at, key, meta.body.take())?;
         Ok(json(&MessageRow { meta, sealed }))
+    }
+
+    /// Content text sealed under the key of its expiry bucket, bound to its
+    /// row's key, in base64 (`None` for none).
+    fn seal_text(
+        &self,
+        expires_at: u64,
+        key: &[u8],
+        text: Option<String>,
+    ) -> Result<Option<String>, StoreError> {
+        use base64::Engine;
+        Ok(match text {
+            Some(t) => Some(
+                base64::engine::general_purpose::STANDARD.encode(self.keys.seal_body(
+                    expires_at,
+                    key,
+                    t.as_bytes(),
+                )?),
+            ),
+            None => None,
+        })
     }
 
     /// Whether a follow row exists, as this batch has left it.
@@ -254,20 +270,14 @@ impl Writer {
         Ok(())
     }
 
-    /// The stored form of a story: its caption sealed under the key of its
-    /// expiry bucket, bound to its storage key.
+    /// The stored form of a story: its caption sealed like a message body.
     fn seal_story(
         &self,
         key: &[u8],
         story: &ephemera_actors::store::StoryRecord,
     ) -> Result<Vec<u8>, StoreError> {
-        use base64::Engine;
         let mut meta = story.clone();
-        let sealed = match meta.caption.take() {
-            Some(c) => Some(self.keys.seal_body(story.expires_at, key, c.as_bytes())?),
-            None => None,
-        };
-        let sealed = sealed.map(|s| base64::engine::general_purpose::STANDARD.encode(s));
+        let sealed = self.seal_text(story.expires_at, key, meta.caption.take())?;
         Ok(json(&super::stories::StoryRow { meta, sealed }))
     }
 
