@@ -681,7 +681,9 @@ async fn tray_order_follows_the_rule_over_a_table_of_cases() {
 /// time; authors with one follower are on the push path. The same scenario
 /// built both ways gives the same tray, field by field, also after a
 /// follow of someone who posted before (which no fan-out told the viewer
-/// about) and an unfollow. Online, only the push path gets `story_posted`.
+/// about) and an unfollow. Online followers get `story_posted` on both
+/// paths; an offline follower of an author over the threshold gets nothing
+/// written for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn celebrity_authors_give_the_same_tray_as_the_push_path() {
     let server = start(&["--story-fanout-max-followers", "1"]).await;
@@ -759,14 +761,49 @@ async fn celebrity_authors_give_the_same_tray_as_the_push_path() {
         cursors.windows(2).all(|w| w[0] < w[1]),
         "story_posted cursors strictly increase: {cursors:?}"
     );
-    // Celebrity path: nothing is fanned out.
+    // Celebrity path: no follower gets a row per story, but the followers
+    // online are told all the same, of the same stories.
+    let told = pushed_ids(&celeb);
+    for id in &told {
+        celeb_socket
+            .expect(&format!("story_posted for {id} (online)"), |f| {
+                is_story(f, "story_posted", id)
+            })
+            .await;
+    }
+    let told: HashSet<String> = told.into_iter().collect();
     celeb_socket
         .assert_never(
             QUIET,
-            "story_posted from an author over the threshold",
-            |f| is_type(f, "story_posted"),
+            "story_posted of a story it may not see or an author it does not follow",
+            |f| is_type(f, "story_posted") && !told.contains(str_of(f, "story_id")),
         )
         .await;
+    // `fan` follows every author of this world but was offline: for those
+    // over the threshold (the viewer follows them too) nothing was written
+    // for it, so its sync tells it of none of their stories. (The others
+    // have `fan` as their only follower: on the push path, it is told.)
+    let celebrities: HashSet<String> = celeb
+        .authors
+        .iter()
+        .filter(|a| a.spec.followed)
+        .map(|a| a.user.user_id.clone())
+        .collect();
+    let mut fan_socket = TestSocket::connect(&server, &fan, "fan").await;
+    let synced = fan_socket.sync(0).await;
+    assert!(
+        !synced
+            .events
+            .iter()
+            .any(|f| is_type(f, "story_posted") && celebrities.contains(str_of(f, "author"))),
+        "an offline follower of an author over the threshold gets no story_posted: {:?}",
+        synced.events
+    );
+    assert!(
+        synced.events.iter().any(|f| is_type(f, "story_posted")),
+        "the authors with `fan` as their only follower fanned out to it: {:?}",
+        synced.events
+    );
 
     view_case(&http, &push).await;
     view_case(&http, &celeb).await;

@@ -164,8 +164,9 @@ pub struct StoryRecord {
     /// The photo or video.
     pub media: MediaRef,
     /// Whether tray references were pushed to the followers (`false`: the
-    /// author had more followers than `story_fanout_max_followers`, and
-    /// trays merge the story in at read time).
+    /// author had more followers than `story_fanout_max_followers`; trays
+    /// merge the story in at read time, and only the followers online when
+    /// it was posted get a reference and `story_posted`).
     pub fanned_out: bool,
 }
 

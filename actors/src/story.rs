@@ -1,6 +1,8 @@
 //! The `Story` actor: one per live story, the single writer of its state.
 //! It writes the story once, fans tray references out to the author's
-//! followers (in pages, resumable: the progress is stored), counts one
+//! followers (in pages, resumable: the progress is stored; over the
+//! fanout limit only to the followers online, whom `story_posted` must
+//! reach), counts one
 //! view per viewer however many devices race (the viewer set lives here
 //! and is reloaded from storage after a restart), holds the timer of the
 //! story's end, and ends it: every row and tray reference gone in one
@@ -264,24 +266,32 @@ impl Story {
         }
         self.fanning_out = true;
         let store = Arc::clone(&self.deps.store);
+        let dir = Arc::clone(&self.dir);
         let read = blocking(move || {
             let after = (from != Id([0; 16])).then_some(from);
             let page = store.followers_after(story.author, after, FANOUT_PAGE)?;
+            let full = page.len() == FANOUT_PAGE;
+            let last = page.last().copied();
             let mut told = Vec::with_capacity(page.len());
             for f in page {
+                // Over the fanout limit, only the followers online now are
+                // told (their trays get a reference so its end reaches
+                // them); the others' trays merge the story at read time.
+                if !story.fanned_out && !dir.is_online(f) {
+                    continue;
+                }
                 let tell = story.audience == Audience::Everyone
                     || store.is_close_friend(story.author, f)?;
                 told.push((f, tell));
             }
-            Ok((story, told))
+            Ok((story, told, full, last))
         });
         let store = Arc::clone(&self.deps.store);
         let metrics = Arc::clone(&self.deps.metrics);
         ctx.spawn(
             async move {
-                let (story, page) = read.await.map_err(|_| CommitError::Failed)?;
-                let done = page.len() < FANOUT_PAGE;
-                let last = page.last().map(|(f, _)| *f);
+                let (story, page, full, last) = read.await.map_err(|_| CommitError::Failed)?;
+                let done = !full;
                 let tray_ref = story.tray_ref();
                 let mut ops = Vec::with_capacity(page.len() * 2 + 1);
                 for (f, tell) in &page {
@@ -365,9 +375,6 @@ impl Story {
             let story = read_story;
             let mut trays = Vec::new();
             let mut told = Vec::new();
-            if !story.fanned_out {
-                return Ok((trays, told));
-            }
             let mut after = None;
             loop {
                 let page = store.followers_after(story.author, after, END_PAGE)?;
@@ -515,7 +522,7 @@ impl Handler<Publish> for Story {
                             .stories_posted
                             .get_or_create(&label(story.audience))
                             .inc();
-                        act.fanout_from = story.fanned_out.then_some(Id([0; 16]));
+                        act.fanout_from = Some(Id([0; 16]));
                         act.record = Some(story);
                         act.arm(ctx);
                         act.fan_out(ctx);

@@ -557,15 +557,14 @@ impl Writer {
                         by_author,
                         filter::with_expiry(exp, &audience),
                     );
-                    if story.fanned_out {
-                        // The fanout has not started: it resumes from here
-                        // if the story's actor stops before it completes.
-                        b.put_cf(
-                            cf_handle(db, Cf::StoryFanout),
-                            k,
-                            filter::with_expiry(exp, &[0u8; 16]),
-                        );
-                    } else {
+                    // The fanout has not started: it resumes from here if
+                    // the story's actor stops before it completes.
+                    b.put_cf(
+                        cf_handle(db, Cf::StoryFanout),
+                        k,
+                        filter::with_expiry(exp, &[0u8; 16]),
+                    );
+                    if !story.fanned_out {
                         b.put_cf(
                             cf_handle(db, Cf::Broadcasts),
                             by_author,
