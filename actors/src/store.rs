@@ -609,6 +609,8 @@ pub enum Op {
         /// Whose trays hold a reference to it.
         trays: Vec<UserId>,
     },
+    /// Remove a story's entry from the deadline index (its story is gone).
+    DeleteStoryDeadline(StoryDeadline),
     /// Put a story in a user's tray.
     PutTrayRef {
         /// Whose tray.

@@ -94,11 +94,14 @@ pub struct OwnStory {
     pub by: UserId,
 }
 
-/// The story's end is near (the sweeper read it in the deadline index), or
-/// its fanout must resume: activation is all this asks.
+/// The story's end is near (the sweeper read it, due at `.0`, in the
+/// deadline index), or its fanout must resume (`None`): activation is all
+/// this asks, but for an index entry whose story is no longer stored
+/// (its row dropped by the expiry filter while the server was down), which
+/// is removed, or it would be read again and again.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Wake;
+pub struct Wake(pub Option<Millis>);
 
 /// One story's actor.
 pub struct Story {
@@ -674,7 +677,28 @@ impl Handler<OwnStory> for Story {
 impl Handler<Wake> for Story {
     type Result = ();
 
-    fn handle(&mut self, _: Wake, _: &mut Self::Context) {}
+    fn handle(&mut self, msg: Wake, ctx: &mut Self::Context) {
+        let (Some(at), None, false) = (msg.0, &self.record, self.broken) else {
+            return;
+        };
+        let txn = Txn {
+            guards: vec![],
+            ops: vec![Op::DeleteStoryDeadline(crate::store::StoryDeadline {
+                at,
+                story: self.id,
+            })],
+        };
+        let store = Arc::clone(&self.deps.store);
+        tracing::warn!(story = %self.id, "a story deadline outlived its story; removing it");
+        ctx.spawn(
+            async move {
+                if let Err(e) = commit(&*store, txn).await {
+                    tracing::warn!(error = %e, "removing a stale story deadline failed");
+                }
+            }
+            .into_actor(self),
+        );
+    }
 }
 
 impl Handler<crate::Restart> for Story {

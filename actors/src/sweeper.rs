@@ -63,7 +63,9 @@ impl Sweeper {
                 .map(|res, act, _| match res {
                     Ok(due) => {
                         for d in due {
-                            act.dir.story(d.story).do_send(crate::story::Wake);
+                            act.dir
+                                .story(d.story)
+                                .do_send(crate::story::Wake(Some(d.at)));
                         }
                     }
                     Err(_) => tracing::error!("story deadline scan failed; retrying"),
@@ -132,7 +134,7 @@ impl Actor for Sweeper {
                 .into_actor(self)
                 .map(|res, act, _| {
                     for story in res.unwrap_or_default() {
-                        act.dir.story(story).do_send(crate::story::Wake);
+                        act.dir.story(story).do_send(crate::story::Wake(None));
                     }
                 }),
         );

@@ -618,6 +618,9 @@ impl Writer {
                         overlay.media.insert(story.media.id.0, rec);
                     }
                 }
+                Op::DeleteStoryDeadline(d) => {
+                    b.delete_cf(cf_handle(db, Cf::StoryDeadlines), keys::story_deadline(d));
+                }
                 Op::PutTrayRef {
                     viewer,
                     story,
