@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// When an acknowledged message is safe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, ValueEnum, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// The write-ahead log is written before the ack: survives `kill -9`
@@ -24,7 +24,7 @@ pub enum Durability {
 }
 
 /// How objects are addressed on an S3 endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum S3Addressing {
     /// `http://host/bucket/key`.
@@ -33,8 +33,9 @@ pub enum S3Addressing {
     VirtualHost,
 }
 
-/// An external S3-compatible store.
-#[derive(Clone)]
+/// An external S3-compatible store. Serialised (into backups) without its
+/// secret.
+#[derive(Clone, Serialize)]
 pub struct S3Config {
     /// `http://host:port` or `https://host:port`.
     pub endpoint: String,
@@ -44,7 +45,8 @@ pub struct S3Config {
     pub addressing: S3Addressing,
     /// Access key id.
     pub access_key_id: String,
-    /// Secret (never logged: `Debug` hides it).
+    /// Secret (never logged: `Debug` hides it; never serialised).
+    #[serde(skip)]
     pub secret_access_key: String,
     /// A PEM file of root certificates trusted for an `https` endpoint
     /// besides the system's (a private CA).
@@ -290,8 +292,10 @@ impl Settings {
     }
 }
 
-/// The resolved configuration.
-#[derive(Debug, Clone)]
+/// The resolved configuration. It serialises (into backups) without its
+/// secrets: the admin token and the S3 secret key are skipped; durations
+/// are whole seconds.
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
     /// Public listener.
     pub listen: SocketAddr,
@@ -338,8 +342,10 @@ pub struct Config {
     /// Password calls waiting for a hashing thread at most.
     pub kdf_queue: usize,
     /// Token lifetime.
+    #[serde(serialize_with = "whole_seconds")]
     pub token_ttl: Duration,
     /// Heartbeat timeout.
+    #[serde(serialize_with = "whole_seconds")]
     pub heartbeat_timeout: Duration,
     /// Group size limit.
     pub max_group_members: usize,
@@ -360,12 +366,15 @@ pub struct Config {
     /// Actor threads.
     pub actor_threads: usize,
     /// Idle time before a conversation actor passivates.
+    #[serde(serialize_with = "whole_seconds")]
     pub passivate_after: Duration,
     /// Physical deletion window.
+    #[serde(serialize_with = "whole_seconds")]
     pub deletion_window: Duration,
     /// Per-user bounds on media uploads.
     pub uploads: crate::media::quota::UploadLimits,
-    /// Admin bearer token (never logged).
+    /// Admin bearer token (never logged, never serialised).
+    #[serde(skip)]
     pub admin_token: Option<String>,
     /// Public base URL, if set.
     pub public_url: Option<String>,
@@ -373,6 +382,10 @@ pub struct Config {
     pub s3_bucket: String,
     /// External S3, or `None` for the embedded blob store.
     pub s3: Option<S3Config>,
+}
+
+fn whole_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
 }
 
 /// A configuration that cannot be used.

@@ -7,6 +7,11 @@
 //! - `auth`: password hashing and tokens.
 //! - `api`: the public HTTP routes and the WebSocket upgrade.
 //! - `admin`: the admin listener.
+//! - `cli`: `ephemera admin ...`, the operator's commands.
+//! - `backup`: `ephemera backup` and `ephemera restore`, without content.
+//! - `keystore`: the key store (data keys), a RocksDB instance of its own.
+//! - `media`: uploads, SigV4 signing and the embedded blob store.
+//! - `fds`: the descriptor budget shared by sockets and storage.
 //!
 //! The actors (sessions, users, conversations, the sweeper and the
 //! directory) are in the `ephemera-actors` crate.
@@ -14,6 +19,7 @@
 mod admin;
 mod api;
 mod auth;
+mod backup;
 mod cli;
 mod config;
 mod fds;
@@ -58,6 +64,32 @@ enum Command {
         #[command(flatten)]
         settings: Settings,
     },
+    /// Write a backup of the data directory without content: accounts,
+    /// the social graph, conversation membership and the settings (without
+    /// admin_token and s3_secret_access_key). Never messages, stories,
+    /// highlights, media, keys or login tokens. Works while the server
+    /// runs; give it the server's configuration (file, flags, environment)
+    /// so the settings recorded are the server's.
+    Backup {
+        /// The backup file to write (mode 0600: it holds password hashes).
+        #[arg(long)]
+        out: PathBuf,
+        /// The server's TOML configuration file.
+        #[arg(long, env = "EPHEMERA_CONFIG")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Restore a backup into an empty data directory (a non-empty one is
+    /// refused). Users log in again; no message, story or media comes back.
+    Restore {
+        /// The data directory to create: absent or empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// Operate a running server through its admin listener.
     Admin {
         #[command(flatten)]
@@ -79,6 +111,29 @@ fn main() -> anyhow::Result<()> {
         Command::Serve { config, settings } => {
             let cfg = Config::resolve(settings, config.as_deref())?;
             actix_web::rt::System::new().block_on(serve(cfg))
+        }
+        Command::Backup {
+            out,
+            config,
+            settings,
+        } => {
+            let cfg = Config::resolve(settings, config.as_deref())?;
+            let summary = backup::backup(&cfg, &out)?;
+            println!(
+                "backed up {summary} to {}; settings without {}",
+                out.display(),
+                backup::SECRETS_LEFT_OUT.join(" and ")
+            );
+            Ok(())
+        }
+        Command::Restore { data_dir, from } => {
+            let summary = backup::restore(&data_dir, &from)?;
+            println!(
+                "restored {summary} into {}; the backed-up settings are in {}",
+                data_dir.display(),
+                data_dir.join(backup::SETTINGS_FILE).display()
+            );
+            Ok(())
         }
         Command::Admin { target, command } => {
             let out = actix_web::rt::System::new().block_on(cli::run(target, command))?;

@@ -20,7 +20,7 @@ use ephemera_actors::ratelimit::TokenBucket;
 use ephemera_actors::store::Millis;
 
 /// The bounds (from the configuration).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct UploadLimits {
     /// Upload URLs a user may mint a second, on average.
     pub rate_per_second: u32,

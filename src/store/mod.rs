@@ -377,6 +377,29 @@ fn cf_options(cf: Cf, periodic_compaction: u64) -> Options {
     o
 }
 
+/// Opens (or creates) the database in `dir` with every column family and
+/// its options: the server's store, and `ephemera restore` writing a new one.
+pub fn open_db(dir: &Path, periodic_compaction_seconds: u64) -> Result<DB, StoreError> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Deleted content must not survive in recycled or archived WALs.
+    opts.set_recycle_log_file_num(0);
+    opts.set_wal_ttl_seconds(0);
+    opts.set_wal_size_limit_mb(0);
+    // A quiet column family cannot pin an old WAL (and its bytes) for long.
+    opts.set_max_total_wal_size(64 << 20);
+    opts.set_keep_log_file_num(4);
+    opts.increase_parallelism(2);
+    // Table files held open are bounded: descriptors are shared with
+    // the sockets (see `fds`).
+    opts.set_max_open_files(crate::fds::DB_OPEN_FILES);
+    let cfs = Cf::ALL.iter().map(|cf| {
+        ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, periodic_compaction_seconds))
+    });
+    Ok(DB::open_cf_descriptors(&opts, dir, cfs)?)
+}
+
 impl RocksStore {
     /// Opens (or creates) the database in `dir`.
     pub fn open(
@@ -385,24 +408,7 @@ impl RocksStore {
         durability: Durability,
         periodic_compaction_seconds: u64,
     ) -> Result<Self, StoreError> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        // Deleted content must not survive in recycled or archived WALs.
-        opts.set_recycle_log_file_num(0);
-        opts.set_wal_ttl_seconds(0);
-        opts.set_wal_size_limit_mb(0);
-        // A quiet column family cannot pin an old WAL (and its bytes) for long.
-        opts.set_max_total_wal_size(64 << 20);
-        opts.set_keep_log_file_num(4);
-        opts.increase_parallelism(2);
-        // Table files held open are bounded: descriptors are shared with
-        // the sockets (see `fds`).
-        opts.set_max_open_files(crate::fds::DB_OPEN_FILES);
-        let cfs = Cf::ALL.iter().map(|cf| {
-            ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, periodic_compaction_seconds))
-        });
-        let db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        let db = open_db(dir, periodic_compaction_seconds)?;
         let mut write_opts = WriteOptions::default();
         write_opts.set_sync(durability == Durability::Fsync);
         Ok(RocksStore {
