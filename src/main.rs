@@ -7,6 +7,7 @@
 //! - `auth`: password hashing and tokens.
 //! - `api`: the public HTTP routes and the WebSocket upgrade.
 //! - `admin`: the admin listener.
+//! - `push`: the push webhook for users with no device online.
 //!
 //! The actors (sessions, users, conversations, the sweeper and the
 //! directory) are in the `ephemera-actors` crate.
@@ -19,6 +20,7 @@ mod config;
 mod fds;
 mod keystore;
 mod media;
+mod push;
 mod store;
 
 use std::io::Write;
@@ -31,7 +33,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ephemera_actors::directory::{Deps, Directory, Limits};
-use ephemera_actors::store::{MediaAccess, Store};
+use ephemera_actors::store::{MediaAccess, OfflinePush, Store};
 use ephemera_actors::sweeper::Sweeper;
 use ring::digest;
 
@@ -201,6 +203,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         media: Arc::new(media.clone()) as Arc<dyn MediaAccess>,
         metrics: metrics.clone(),
         limits,
+        push: cfg.push.as_ref().map(|p| {
+            push::start(p, Arc::clone(&store), Arc::clone(&metrics)) as Arc<dyn OfflinePush>
+        }),
     });
     let dir = Directory::new(deps, arbiters.iter().map(|a| a.handle()).collect());
     let logins = api::login_limits::LoginGuard::new(&cfg, Arc::clone(&metrics));
