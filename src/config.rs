@@ -64,6 +64,25 @@ impl std::fmt::Debug for S3Config {
     }
 }
 
+/// The push webhook (PROTOCOL 9).
+#[derive(Clone)]
+pub struct PushConfig {
+    /// Where pushes are `POST`ed (never logged: it may carry a token).
+    pub url: reqwest::Url,
+    /// The HMAC-SHA256 key of `X-Ephemera-Signature` (never logged).
+    pub secret: String,
+    /// Pushes waiting to be posted at most; past it new ones are dropped.
+    pub queue: usize,
+}
+
+impl std::fmt::Debug for PushConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushConfig")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Every setting, each optional so file, environment and flags can be merged.
 #[derive(Args, Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
@@ -210,6 +229,16 @@ pub struct Settings {
     #[arg(long, env = "EPHEMERA_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     #[serde(skip)]
     pub s3_secret_access_key: Option<String>,
+    /// URL (http or https) to POST a push to when a user with no device online gets a message or story reply; unset: no pushes. Never logged
+    #[arg(long, env = "EPHEMERA_PUSH_WEBHOOK_URL", hide_env_values = true)]
+    pub push_webhook_url: Option<String>,
+    /// Key of the pushes' X-Ephemera-Signature (HMAC-SHA256); required with push_webhook_url; environment only in practice (flags show in `ps`)
+    #[arg(long, env = "EPHEMERA_PUSH_WEBHOOK_SECRET", hide_env_values = true)]
+    #[serde(skip)]
+    pub push_webhook_secret: Option<String>,
+    /// Pushes waiting to be posted at most; past it new ones are dropped (and counted) [default: 10000]
+    #[arg(long, env = "EPHEMERA_PUSH_QUEUE")]
+    pub push_queue: Option<usize>,
     /// Bearer token for the admin listener; prefer the environment over the flag (flags show in `ps`). If unset, a random one is written to DATA_DIR/admin.token
     #[arg(long, env = "EPHEMERA_ADMIN_TOKEN", hide_env_values = true)]
     #[serde(skip)]
@@ -288,6 +317,9 @@ impl Settings {
             s3_ca_file: self.s3_ca_file.or(other.s3_ca_file),
             s3_access_key_id: self.s3_access_key_id.or(other.s3_access_key_id),
             s3_secret_access_key: self.s3_secret_access_key.or(other.s3_secret_access_key),
+            push_webhook_url: self.push_webhook_url.or(other.push_webhook_url),
+            push_webhook_secret: self.push_webhook_secret.or(other.push_webhook_secret),
+            push_queue: self.push_queue.or(other.push_queue),
         }
     }
 }
@@ -382,6 +414,10 @@ pub struct Config {
     pub s3_bucket: String,
     /// External S3, or `None` for the embedded blob store.
     pub s3: Option<S3Config>,
+    /// The push webhook, or `None` for no pushes. Never serialised (not in
+    /// backups): its secret is one, and a webhook URL may carry credentials.
+    #[serde(skip)]
+    pub push: Option<PushConfig>,
 }
 
 fn whole_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -499,6 +535,22 @@ impl Config {
                     ))?,
                 }),
             },
+            push: match s.push_webhook_url {
+                None => None,
+                Some(url) => Some(PushConfig {
+                    // The message names the setting, never the value.
+                    url: reqwest::Url::parse(&url)
+                        .ok()
+                        .filter(|u| matches!(u.scheme(), "http" | "https"))
+                        .ok_or(ConfigError::Invalid(
+                            "push_webhook_url must be an http or https URL",
+                        ))?,
+                    secret: s.push_webhook_secret.filter(|k| !k.is_empty()).ok_or(
+                        ConfigError::Invalid("push_webhook_url needs EPHEMERA_PUSH_WEBHOOK_SECRET"),
+                    )?,
+                    queue: s.push_queue.unwrap_or(10_000).max(1),
+                }),
+            },
         };
         if c.pbkdf2_iterations < 1_000 {
             return Err(ConfigError::Invalid(
@@ -588,6 +640,33 @@ mod tests {
         let c = Config::resolve(Settings::default(), Some(&path)).unwrap();
         assert_eq!(c.login_account_rate_per_minute, 3);
         assert_eq!((c.kdf_threads, c.kdf_queue), (1, 0));
+    }
+
+    #[test]
+    fn a_push_webhook_needs_an_http_url_and_a_secret_and_neither_is_shown() {
+        let url = "https://hooks.example/p?token=hidden-in-url";
+        let with = |url: &str, secret: Option<&str>| Settings {
+            push_webhook_url: Some(url.into()),
+            push_webhook_secret: secret.map(Into::into),
+            ..Settings::default()
+        };
+        assert!(Config::resolve(Settings::default(), None)
+            .unwrap()
+            .push
+            .is_none());
+        for refused in [
+            with(url, None),
+            with(url, Some("")),
+            with("ftp://h/", Some("k")),
+        ] {
+            let e = Config::resolve(refused, None).unwrap_err().to_string();
+            assert!(!e.contains("hidden-in-url"), "{e}");
+        }
+        let c = Config::resolve(with(url, Some("the-secret")), None).unwrap();
+        let push = c.push.as_ref().unwrap();
+        assert_eq!((push.url.as_str(), push.queue), (url, 10_000));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hidden-in-url") && !shown.contains("the-secret"));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - `keystore`: the key store (data keys), a RocksDB instance of its own.
 //! - `media`: uploads, SigV4 signing and the embedded blob store.
 //! - `fds`: the descriptor budget shared by sockets and storage.
+//! - `push`: the push webhook for users with no device online.
 //!
 //! The actors (sessions, users, conversations, the sweeper and the
 //! directory) are in the `ephemera-actors` crate.
@@ -25,6 +26,7 @@ mod config;
 mod fds;
 mod keystore;
 mod media;
+mod push;
 mod store;
 
 use std::io::Write;
@@ -37,7 +39,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ephemera_actors::directory::{Deps, Directory, Limits};
-use ephemera_actors::store::{MediaAccess, Store};
+use ephemera_actors::store::{MediaAccess, OfflinePush, Store};
 use ephemera_actors::sweeper::Sweeper;
 use ring::digest;
 
@@ -256,6 +258,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         media: Arc::new(media.clone()) as Arc<dyn MediaAccess>,
         metrics: metrics.clone(),
         limits,
+        push: cfg.push.as_ref().map(|p| {
+            push::start(p, Arc::clone(&store), Arc::clone(&metrics)) as Arc<dyn OfflinePush>
+        }),
     });
     let dir = Directory::new(deps, arbiters.iter().map(|a| a.handle()).collect());
     let logins = api::login_limits::LoginGuard::new(&cfg, Arc::clone(&metrics));

@@ -14,7 +14,7 @@ use crate::conversation::Conversation;
 use crate::ids::{ConvId, Id, UserId};
 use crate::metrics::{Kind, Metrics};
 use crate::ratelimit::TokenBucket;
-use crate::store::{Delivery, Fanout, MediaAccess, Store, StoryId};
+use crate::store::{Delivery, Fanout, MediaAccess, OfflinePush, Store, StoryId};
 use crate::story::Story;
 use crate::user::User;
 use crate::{user, Counted, Depth};
@@ -385,6 +385,8 @@ pub struct Deps {
     pub metrics: Arc<Metrics>,
     /// Limits.
     pub limits: Limits,
+    /// The push webhook for users offline here, if one is configured.
+    pub push: Option<Arc<dyn OfflinePush>>,
 }
 
 /// Live actors by id, and the dependencies they are built with.

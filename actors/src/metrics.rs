@@ -32,6 +32,17 @@ pub struct StoryLabel {
     pub story: &'static str,
 }
 
+/// A push's kind, and what became of it, as labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabel {
+    /// `message` or `story_reply`.
+    pub kind: &'static str,
+    /// Sent: `ok`. Retried: `status` (answered, not 2xx) or `error` (no
+    /// answer). Dropped: `queue_full`, `exhausted` (every attempt failed)
+    /// or `no_account` (the sender is gone).
+    pub outcome: &'static str,
+}
+
 /// Every metric of the server.
 pub struct Metrics {
     registry: Registry,
@@ -79,6 +90,12 @@ pub struct Metrics {
     pub story_fanout_refs: Family<StoryLabel, Counter>,
     /// Stories ended, by reason.
     pub stories_ended: Family<StoryLabel, Counter>,
+    /// Pushes the webhook accepted (2xx), by kind.
+    pub pushes_sent: Family<PushLabel, Counter>,
+    /// Push attempts that failed and were tried again, by kind and failure.
+    pub pushes_retried: Family<PushLabel, Counter>,
+    /// Pushes given up, by kind and reason.
+    pub pushes_dropped: Family<PushLabel, Counter>,
 }
 
 impl Metrics {
@@ -108,6 +125,9 @@ impl Metrics {
             story_views: Family::default(),
             story_fanout_refs: Family::default(),
             stories_ended: Family::default(),
+            pushes_sent: Family::default(),
+            pushes_retried: Family::default(),
+            pushes_dropped: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open WebSockets", m.connections.clone());
@@ -211,6 +231,21 @@ impl Metrics {
             "stories_ended",
             "Stories ended, by reason (expired, deleted)",
             m.stories_ended.clone(),
+        );
+        registry.register(
+            "pushes_sent",
+            "Pushes the webhook accepted, by kind",
+            m.pushes_sent.clone(),
+        );
+        registry.register(
+            "pushes_retried",
+            "Push attempts that failed and were retried, by kind and failure (status, error)",
+            m.pushes_retried.clone(),
+        );
+        registry.register(
+            "pushes_dropped",
+            "Pushes given up, by kind and reason (queue_full, exhausted, no_account)",
+            m.pushes_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

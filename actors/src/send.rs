@@ -22,7 +22,9 @@
 //! 4. **Still on the writer's thread**, the committed events reach
 //!    [`deliver`]: each message is rendered once for the whole batch, the
 //!    member's cursor spliced in, and the same text is pushed to every
-//!    session of every member (but the sending device).
+//!    session of every member (but the sending device). A member with no
+//!    session here gets a push instead, if a webhook is configured: queued
+//!    for `src/push.rs` in the server, which posts it off this thread.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -611,13 +613,15 @@ pub fn deliver(dir: &Directory, batch: Vec<(UserId, Vec<Delivery>)>) {
     let now = now_ms();
     let mut rendered: HashMap<*const StoredMessage, String> = HashMap::new();
     for (user, events) in batch {
-        let Some(sessions) = dir.sessions_of(user) else {
+        let sessions = dir.sessions_of(user);
+        let sessions = sessions
+            .as_ref()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()))
+            .filter(|s| !s.is_empty());
+        let Some(sessions) = sessions else {
+            push_offline(dir, user, &events, now);
             continue;
         };
-        let sessions = sessions.lock().unwrap_or_else(|p| p.into_inner());
-        if sessions.is_empty() {
-            continue;
-        }
         for d in events {
             let text: Arc<str> = match &d.event {
                 Event::Message(m) if m.expires_at <= now => continue,
@@ -640,6 +644,24 @@ pub fn deliver(dir: &Directory, batch: Vec<(UserId, Vec<Delivery>)>) {
             let pushed = push(&sessions, Some(d.cursor), text, d.except_device);
             if matches!(d.event, Event::Message(_)) {
                 metrics.messages_delivered.inc_by(pushed as u64);
+            }
+        }
+    }
+}
+
+/// No device of `user` is online here: each new message from someone else
+/// goes to the push webhook, if one is configured (a queue, so the writer
+/// never waits for it).
+fn push_offline(dir: &Directory, user: UserId, events: &[Delivery], now: Millis) {
+    let Some(webhook) = &dir.deps().push else {
+        return;
+    };
+    for d in events {
+        if let Event::Message(m) = &d.event {
+            // One's own message reaches one's other devices by sync, not
+            // by a push; an expired one is no news.
+            if m.from != user && m.expires_at > now {
+                webhook.offline(user, m);
             }
         }
     }

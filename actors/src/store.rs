@@ -711,6 +711,14 @@ pub trait Fanout: Send + Sync + 'static {
     fn deliver(&self, batch: Vec<(UserId, Vec<Delivery>)>);
 }
 
+/// Where the fanout reports an event for a user with no device online on
+/// this node (PROTOCOL 9). Called on the writer's thread: an implementation
+/// only queues (never blocks, never reads storage) and carries no content on.
+pub trait OfflinePush: Send + Sync + 'static {
+    /// `message` is new for `user`, who has no session here.
+    fn offline(&self, user: UserId, message: &StoredMessage);
+}
+
 /// What runs with a submitted transaction's outcome.
 pub type Done = Box<dyn FnOnce(Result<(), CommitError>) + Send>;
 

@@ -113,25 +113,41 @@ fn validator(side: Side, ty: &str) -> Arc<jsonschema::Validator> {
         .join("frames")
         .join(side.dir())
         .join(format!("{ty}.json"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| {
-        panic!(
-            "no schema for {side} frame type {ty:?} at {}: {err}",
-            path.display()
-        )
-    });
-    let schema: Value = serde_json::from_str(&text)
-        .unwrap_or_else(|err| panic!("{} is not JSON: {err}", path.display()));
-    let compiled = jsonschema::options()
-        .with_base_uri(format!("file://{}", path.display()))
-        .with_retriever(SchemaDirRetriever)
-        .build(&schema)
-        .unwrap_or_else(|err| panic!("{} does not compile: {err}", path.display()));
-    let compiled = Arc::new(compiled);
+    let compiled = Arc::new(compile(&path));
     cache
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .insert(key, Arc::clone(&compiled));
     compiled
+}
+
+/// The schema in the file at `path`, compiled; panics if it is missing or
+/// does not compile.
+fn compile(path: &Path) -> jsonschema::Validator {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|err| panic!("no schema at {}: {err}", path.display()));
+    let schema: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|err| panic!("{} is not JSON: {err}", path.display()));
+    jsonschema::options()
+        .with_base_uri(format!("file://{}", path.display()))
+        .with_retriever(SchemaDirRetriever)
+        .build(&schema)
+        .unwrap_or_else(|err| panic!("{} does not compile: {err}", path.display()))
+}
+
+/// Panic, listing every validation error, unless `document` matches the
+/// schema in `schema/<file>` (such as `push.json`, what the push webhook
+/// receives).
+pub fn assert_document(file: &str, document: &Value) {
+    let errors: Vec<String> = compile(&schema_root().join(file))
+        .iter_errors(document)
+        .map(|err| format!("{err} (at {})", err.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{file}: the document does not match its schema:\n  {}\ndocument: {document}",
+        errors.join("\n  ")
+    );
 }
 
 /// Resolves `$ref`s to other files of `schema/`, whatever base URI or
