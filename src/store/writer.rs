@@ -187,6 +187,27 @@ impl Writer {
             .map_err(|_| StoreError::Corrupt("media"))
     }
 
+    /// Writes a media record into the batch (and its overlay), its key's
+    /// life set to the record's `until` first: the key store write is
+    /// synced before the batch that uses it, so the key lives exactly as
+    /// long as the content.
+    fn put_media(
+        &self,
+        b: &mut WriteBatch,
+        overlay: &mut Overlay,
+        id: [u8; 16],
+        rec: super::MediaRecord,
+    ) -> Result<(), StoreError> {
+        self.keys.set_media_until(&id, rec.until)?;
+        b.put_cf(
+            cf_handle(&self.db, Cf::Media),
+            id,
+            filter::with_expiry(u64::MAX, &json(&rec)),
+        );
+        overlay.media.insert(id, rec);
+        Ok(())
+    }
+
     /// The stored form of a message: its body sealed under the key of its
     /// expiry bucket, bound to its storage key.
     fn seal(
@@ -422,15 +443,7 @@ impl Writer {
                         .ok_or(StoreError::Corrupt("media"))?;
                     rec.bound = Some(msg);
                     rec.until = until;
-                    // The key now lives exactly as long as the message (it is
-                    // written, synced, before the batch that binds it).
-                    self.keys.set_media_until(&media.0, until)?;
-                    b.put_cf(
-                        cf_handle(db, Cf::Media),
-                        media.0,
-                        filter::with_expiry(u64::MAX, &json(&rec)),
-                    );
-                    overlay.media.insert(media.0, rec);
+                    self.put_media(b, overlay, media.0, rec)?;
                 }
                 Op::PutView {
                     msg,
@@ -609,13 +622,7 @@ impl Writer {
                     // and the media sweeper then deletes the blob.
                     if let Some(mut rec) = self.media_record(overlay, story.media.id.0)? {
                         rec.until = rec.until.min(now);
-                        self.keys.set_media_until(&story.media.id.0, rec.until)?;
-                        b.put_cf(
-                            cf_handle(db, Cf::Media),
-                            story.media.id.0,
-                            filter::with_expiry(u64::MAX, &json(&rec)),
-                        );
-                        overlay.media.insert(story.media.id.0, rec);
+                        self.put_media(b, overlay, story.media.id.0, rec)?;
                     }
                 }
                 Op::DeleteStoryDeadline(d) => {
@@ -673,13 +680,7 @@ impl Writer {
                         .ok_or(StoreError::Corrupt("media"))?;
                     rec.story = Some(story);
                     rec.until = until;
-                    self.keys.set_media_until(&media.0, until)?;
-                    b.put_cf(
-                        cf_handle(db, Cf::Media),
-                        media.0,
-                        filter::with_expiry(u64::MAX, &json(&rec)),
-                    );
-                    overlay.media.insert(media.0, rec);
+                    self.put_media(b, overlay, media.0, rec)?;
                 }
                 Op::Notify {
                     user,
