@@ -78,8 +78,10 @@ fn case_json(c: &CaseRecord) -> Value {
     v
 }
 
-fn case_id(path: &str) -> Result<Id, ApiError> {
-    Id::parse(path).ok_or(NO_CASE)
+/// A moderator and the case id of the path (`403` before `404`).
+async fn moderator_on(state: &AppState, who: &Authed, path: &str) -> Result<(Moderator, Id), ApiError> {
+    let m = moderator(state, who).await?;
+    Ok((m, Id::parse(path).ok_or(NO_CASE)?))
 }
 
 async fn case(state: &AppState, id: Id) -> Result<CaseRecord, ApiError> {
@@ -101,8 +103,7 @@ async fn read(
     who: Authed,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let m = moderator(&state, &who).await?;
-    let id = case_id(&path)?;
+    let (m, id) = moderator_on(&state, &who, &path).await?;
     let rec = case(&state, id).await?;
     log(&state, &m, Some(id), Action::Read).await?;
     let store = Arc::clone(state.quarantine.store());
@@ -150,8 +151,7 @@ async fn hold(
     path: web::Path<String>,
     body: web::Json<Hold>,
 ) -> Result<HttpResponse, ApiError> {
-    let m = moderator(&state, &who).await?;
-    let id = case_id(&path)?;
+    let (m, id) = moderator_on(&state, &who, &path).await?;
     let until = body.until;
     if until <= now_ms() as i64 {
         return Err(ApiError::Invalid("until must be a time after now"));
@@ -183,8 +183,7 @@ async fn close(
     who: Authed,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let m = moderator(&state, &who).await?;
-    let id = case_id(&path)?;
+    let (m, id) = moderator_on(&state, &who, &path).await?;
     let store = Arc::clone(state.quarantine.store());
     let rec = web::block(move || store.update(id, |c| c.status = CaseStatus::Closed))
         .await??

@@ -1513,5 +1513,9 @@ mod tests {
                 .and_then(Id::parse),
             Some(id)
         );
+        // The quarantine's copies are outside the prefix the orphan walk
+        // lists, so it never deletes them.
+        assert_eq!(quarantine_key(id), format!("quarantine/{id}"));
+        assert!(!quarantine_key(id).starts_with(OBJECT_PREFIX));
     }
 }
