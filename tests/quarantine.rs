@@ -313,9 +313,21 @@ async fn a_reported_message_outlives_its_expiry_for_moderators_only() {
     assert!(log.iter().all(|e| e["moderator"] == carol.user_id.as_str()));
     assert_eq!(access_log(&server, seqs[1]).await.len(), 1, "after= pages");
 
-    // Revoked: 403 again. The log survives a restart (kill -9).
-    let (status, _) = admin(&server, Method::DELETE, &format!("/admin/moderators/{}", carol.user_id)).await;
-    assert_eq!(status, 204);
+    // The operator's CLI shows the same log.
+    let cli = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ephemera"));
+        command
+            .args(["admin", "--admin-url", &server.admin_base()])
+            .args(args)
+            .env("EPHEMERA_ADMIN_TOKEN", server.admin_token());
+        ok(command.output().unwrap(), "ephemera admin")
+    };
+    let table = cli(&["access-log"]);
+    assert!(table.contains("(3 entries)") && table.contains(&photo_case), "{table}");
+
+    // Revoked (through the CLI): 403 again. The log survives a restart
+    // (kill -9).
+    assert!(cli(&["moderator", "revoke", &carol.user_id]).contains("revoked"));
     assert_forbidden_everywhere(&http, &c, &text_case, "carol after the revoke").await;
     server.restart().await;
     let http = server.http();
