@@ -19,26 +19,9 @@ use common::{
     TestSocket,
 };
 use ephemera_load::client::{timed_text, Target};
-use serde_json::Value;
 
 /// The window the tests run with, seconds.
 const WINDOW_S: i64 = 4;
-
-/// The deletion report (the admin client checks it against the schema).
-async fn report(server: &Server) -> Value {
-    let r = server
-        .admin_http()
-        .raw(
-            reqwest::Method::GET,
-            "/admin/deletion",
-            Some(server.admin_token()),
-            None,
-        )
-        .await
-        .expect("the deletion report");
-    assert_eq!(r.status, 200, "GET /admin/deletion");
-    r.json.expect("a JSON report")
-}
 
 /// `ephemera verify-deletion` on the server's data directory (the server
 /// running): its exit code and output.
@@ -179,7 +162,7 @@ async fn expired_canaries_leave_every_file_within_the_window() {
         let (keys, scanned) = files_holding_key(server.data_dir(), &c.key);
         let text = holding(&server, c.text.as_bytes());
         let marker = holding(&server, c.media_marker.as_bytes());
-        let r = report(&server).await;
+        let r = server.deletion_report().await;
         let clean = keys.is_empty()
             && text.is_empty()
             && marker.is_empty()
@@ -244,7 +227,7 @@ async fn held_back_sweep_misses_the_window_and_fails_verification() {
 
     let missed_by = c.expires_at + (WINDOW_S + 2) * 1000;
     common::sleep_until_ms(missed_by).await;
-    let r = report(&server).await;
+    let r = server.deletion_report().await;
     assert_eq!(r["window_met"], false, "held back: {r}");
     assert!(
         r["oldest_expired_on_disk_seconds"].as_i64() > Some(WINDOW_S),
@@ -269,7 +252,7 @@ async fn held_back_sweep_misses_the_window_and_fails_verification() {
     );
     let deadline = now_ms() + WINDOW_S * 1000 + 2_000;
     loop {
-        let r = report(&server).await;
+        let r = server.deletion_report().await;
         if r["window_met"] == true && !c.blob.exists() {
             break;
         }
