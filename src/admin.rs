@@ -9,23 +9,21 @@ use ring::digest;
 
 use crate::api::bearer;
 use crate::api::error::ApiError;
-use crate::keystore::KeyStore;
 use crate::quarantine::Quarantine;
 use crate::store::RocksStore;
+use crate::sweep::Sweep;
 use ephemera_actors::directory::Directory;
 
 /// What the admin handlers use.
 pub struct AdminState {
     /// Storage.
     pub store: Arc<RocksStore>,
-    /// The key store.
-    pub keys: Arc<KeyStore>,
+    /// The physical-deletion sweep, which makes the deletion report.
+    pub sweep: Sweep,
     /// Live actors.
     pub dir: Arc<Directory>,
     /// Reported content, cases, moderators and the access log.
     pub quarantine: Quarantine,
-    /// The physical deletion window, seconds.
-    pub deletion_window_seconds: u64,
     /// The admin token's SHA-256 (compared digest to digest, so timing does
     /// not tell how much of a guess was right).
     pub token_digest: Vec<u8>,
@@ -63,7 +61,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/admin/faults/{kind}/{id}/panic",
         web::post().to(inject_panic),
     )
-    .route("/admin/faults/writer", web::post().to(inject_writer_fault));
+    .route("/admin/faults/writer", web::post().to(inject_writer_fault))
+    .route("/admin/faults/sweep", web::post().to(hold_sweep));
 }
 
 async fn healthz() -> HttpResponse {
@@ -144,63 +143,22 @@ async fn access_log(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries })))
 }
 
-/// The deletion numbers, gathered off the event loop.
-#[derive(serde::Serialize)]
-struct Deletion {
-    /// Deadlines more than a second past due whose burn is not committed.
-    logical_backlog: usize,
-    /// Seconds since the key store's last purge pass: a key destroyed
-    /// before it is gone from every file.
-    key_purge_age_seconds: u64,
-    /// Upper bound on how long a message body's key outlives the body.
-    key_shred_bound_seconds: u64,
-    /// Media objects whose life is over and whose blob is not yet deleted.
-    blobs_pending_deletion: usize,
-    /// Every storage file passes the expiry filter within this window.
-    physical_window_seconds: u64,
-}
-
-async fn gather(state: &AdminState) -> Result<Deletion, ApiError> {
-    let store = Arc::clone(&state.store);
-    let now = ephemera_actors::store::now_ms();
-    let (backlog, blobs) = web::block(move || -> Result<_, crate::store::StoreError> {
-        Ok((
-            store.overdue_deadlines(now, 1_000, 1_000_000)?,
-            store.media_due(now, 1_000_000)?.len(),
-        ))
-    })
-    .await??;
-    let purge_age = now.saturating_sub(state.keys.last_purge_ms()) / 1000;
-    Ok(Deletion {
-        logical_backlog: backlog,
-        key_purge_age_seconds: purge_age,
-        key_shred_bound_seconds: crate::keystore::BUCKET_MS / 1000 + purge_age,
-        blobs_pending_deletion: blobs,
-        physical_window_seconds: state.deletion_window_seconds,
-    })
-}
-
-/// Prometheus text: every metric, with the deletion lag refreshed.
+/// Prometheus text: every metric, with the deletion gauges refreshed.
 async fn metrics(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     state.check(&req)?;
-    let d = gather(&state).await?;
-    let m = &state.dir.deps().metrics;
-    m.expired_backlog.set(d.logical_backlog as i64);
-    m.key_purge_age_seconds.set(d.key_purge_age_seconds as i64);
-    m.blobs_pending_deletion
-        .set(d.blobs_pending_deletion as i64);
+    state.sweep.refresh_metrics().await?;
     Ok(HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(m.render()))
+        .body(state.dir.deps().metrics.render()))
 }
 
-/// The deletion report.
+/// The deletion report (see [`crate::sweep::Report`]).
 async fn deletion(
     state: web::Data<AdminState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     state.check(&req)?;
-    Ok(HttpResponse::Ok().json(gather(&state).await?))
+    Ok(HttpResponse::Ok().json(state.sweep.report().await?))
 }
 
 #[derive(serde::Deserialize)]
@@ -297,5 +255,26 @@ async fn inject_writer_fault(
         .store
         .writer_faults
         .arm(fault.stall_ms, fault.fail_batches);
+    Ok(HttpResponse::Accepted().finish())
+}
+
+/// Test-only (feature `faults`): what `POST /admin/faults/sweep` sets.
+#[cfg(feature = "faults")]
+#[derive(serde::Deserialize)]
+struct SweepFault {
+    /// Whether the sweep deletes nothing (it still measures).
+    hold: bool,
+}
+
+/// Test-only (feature `faults`): holds the physical-deletion sweep back,
+/// or lets it go on.
+#[cfg(feature = "faults")]
+async fn hold_sweep(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    fault: web::Query<SweepFault>,
+) -> Result<HttpResponse, ApiError> {
+    state.check(&req)?;
+    state.sweep.hold(fault.hold);
     Ok(HttpResponse::Accepted().finish())
 }

@@ -22,11 +22,11 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, Context};
 use ring::digest;
-use rocksdb::{IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{IteratorMode, WriteBatch};
 
 use crate::config::Config;
 use crate::store::{filter, open_db, Cf};
@@ -168,41 +168,6 @@ fn put_record(w: &mut impl Write, name: &str, key: &[u8], value: &[u8]) -> std::
     w.write_all(value)
 }
 
-/// Removes a directory when dropped (the secondary instance's files).
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Opens the database of `db_dir` as a RocksDB secondary instance over
-/// the backed-up column families only: no lock is taken, so it works
-/// beside a running server, and it sees everything the server had
-/// written when it opened (its WAL included). Every table file is held
-/// open (`max_open_files = -1`), so the server's compactions cannot pull
-/// a file from under the scan. Content column families are not opened.
-fn open_secondary(db_dir: &Path, scratch: &Path) -> anyhow::Result<DB> {
-    let mut opts = Options::default();
-    opts.set_max_open_files(-1);
-    let names = BACKED_UP.iter().map(|cf| cf.name());
-    let mut last = None;
-    // The server may delete a WAL or table file between the listing and
-    // the opening: try again on a fresh listing.
-    for _ in 0..3 {
-        match DB::open_cf_as_secondary(&opts, db_dir, scratch, names.clone()) {
-            Ok(db) => return Ok(db),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(anyhow!(
-        "opening the database in {} for a backup: {}",
-        db_dir.display(),
-        last.map(|e| e.to_string()).unwrap_or_default()
-    ))
-}
-
 /// Writes a backup of `cfg.data_dir` to `out` (through `out.partial`,
 /// renamed when complete; mode 0600: it holds password hashes).
 pub fn backup(cfg: &Config, out: &Path) -> anyhow::Result<Summary> {
@@ -210,14 +175,10 @@ pub fn backup(cfg: &Config, out: &Path) -> anyhow::Result<Summary> {
     if !db_dir.join("CURRENT").is_file() {
         bail!("no database in {}", db_dir.display());
     }
-    let scratch = std::env::temp_dir().join(format!(
-        "ephemera-backup-{}-{}",
-        std::process::id(),
-        ephemera_actors::store::now_ms()
-    ));
-    std::fs::create_dir(&scratch).context("creating a scratch directory")?;
-    let _scratch = RemoveOnDrop(scratch.clone());
-    let db = open_secondary(&db_dir, &scratch)?;
+    let scratch = crate::deletion::scratch("backup")?;
+    // Content column families are not opened.
+    let families: Vec<&str> = BACKED_UP.iter().map(|cf| cf.name()).collect();
+    let db = crate::deletion::open_secondary(&db_dir, &scratch.0, &families)?;
 
     let settings = serde_json::json!({
         "settings": cfg,
@@ -445,7 +406,7 @@ mod tests {
         .unwrap()
     }
 
-    fn rows(db: &DB, cf: Cf) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn rows(db: &rocksdb::DB, cf: Cf) -> Vec<(Vec<u8>, Vec<u8>)> {
         db.iterator_cf(db.cf_handle(cf.name()).unwrap(), IteratorMode::Start)
             .map(|i| {
                 let (k, v) = i.unwrap();

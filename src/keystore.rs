@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use ephemera_actors::ids::random_bytes;
 use ephemera_actors::store::now_ms;
@@ -39,8 +38,6 @@ pub struct KeyStore {
     bodies: Mutex<HashMap<u64, Arc<LessSafeKey>>>,
     /// Where nonces come from.
     nonces: Mutex<NoncePool>,
-    /// When the last purge pass completed (Unix ms).
-    last_purge: std::sync::atomic::AtomicU64,
 }
 
 fn body_key(bucket_end: u64) -> [u8; 9] {
@@ -113,7 +110,6 @@ impl KeyStore {
             db: DB::open(&opts, dir)?,
             bodies: Mutex::new(HashMap::new()),
             nonces: Mutex::new(NoncePool::new()),
-            last_purge: std::sync::atomic::AtomicU64::new(now_ms()),
         })
     }
 
@@ -316,38 +312,15 @@ impl KeyStore {
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         self.db.compact_range_opt(None::<&[u8]>, None::<&[u8]>, &co);
-        self.last_purge
-            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
         Ok(dead.len())
     }
 
-    /// When the last purge pass completed (Unix ms): a destroyed key has
-    /// left every file by then.
-    pub fn last_purge_ms(&self) -> u64 {
-        self.last_purge.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Runs `purge` every `every` on a thread of its own.
-    pub fn start_purger(
-        self: &Arc<Self>,
-        every: Duration,
-        metrics: Arc<ephemera_actors::metrics::Metrics>,
-    ) {
-        let ks = Arc::clone(self);
-        std::thread::Builder::new()
-            .name("ephemera-key-purge".into())
-            .spawn(move || loop {
-                std::thread::sleep(every);
-                match ks.purge() {
-                    Ok(0) => {}
-                    Ok(n) => {
-                        metrics.keys_destroyed.inc_by(n as u64);
-                        tracing::debug!(destroyed = n, "key store purged");
-                    }
-                    Err(e) => tracing::error!(error = %e, "key store purge failed"),
-                }
-            })
-            .expect("the key purge thread starts");
+    /// The key store's census (see [`crate::deletion`]): every key's
+    /// value begins with the end of its life, so a key past it still here
+    /// is a key not yet shredded.
+    pub fn census(&self, now: u64) -> Result<crate::deletion::DbCensus, StoreError> {
+        let default = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME];
+        crate::deletion::census(&self.db, self.db.path(), &default, |_| true, now)
     }
 }
 

@@ -10,6 +10,8 @@
 //! - `cli`: `ephemera admin ...`, the operator's commands.
 //! - `backup`: `ephemera backup` and `ephemera restore`, without content.
 //! - `keystore`: the key store (data keys), a RocksDB instance of its own.
+//! - `sweep`: the one owner of physical deletion, and the deletion report.
+//! - `deletion`: what is still on disk, measured; `ephemera verify-deletion`.
 //! - `media`: uploads, SigV4 signing and the embedded blob store.
 //! - `fds`: the descriptor budget shared by sockets and storage.
 //! - `push`: the push webhook for users with no device online.
@@ -25,12 +27,14 @@ mod auth;
 mod backup;
 mod cli;
 mod config;
+mod deletion;
 mod fds;
 mod keystore;
 mod media;
 mod push;
 mod quarantine;
 mod store;
+mod sweep;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -117,6 +121,20 @@ enum Command {
         #[arg(long)]
         from: PathBuf,
     },
+    /// The auditor's check: scans the main database, the key store and
+    /// the embedded blob store of a data directory (the server running or
+    /// stopped) for expired or deleted content still physically present
+    /// or still decryptable. Prints counts and ages, never content; exits
+    /// 0 when clean and 1 otherwise. Quarantined content is reported apart.
+    VerifyDeletion {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Tolerate content that ended less than this many seconds ago (a
+        /// running server's deletion window); 0 tolerates nothing.
+        #[arg(long, default_value_t = 0)]
+        grace_seconds: u64,
+    },
     /// Operate a running server through its admin listener.
     Admin {
         #[command(flatten)]
@@ -172,6 +190,24 @@ fn main() -> anyhow::Result<()> {
             println!("restored the quarantine ({summary}) into {}", data_dir.display());
             Ok(())
         }
+        Command::VerifyDeletion {
+            data_dir,
+            grace_seconds,
+        } => {
+            let v = deletion::verify(&data_dir, std::time::Duration::from_secs(grace_seconds))?;
+            for line in &v.report {
+                println!("{line}");
+            }
+            if v.clean {
+                println!("verdict: clean");
+                return Ok(());
+            }
+            println!("verdict: NOT clean");
+            for f in &v.findings {
+                println!("  {f}");
+            }
+            std::process::exit(1);
+        }
         Command::Admin { target, command } => {
             let out = actix_web::rt::System::new().block_on(cli::run(target, command))?;
             println!("{out}");
@@ -226,7 +262,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         keystore::KeyStore::open(&cfg.data_dir.join("keys")).context("opening the key store")?,
     );
     let metrics = Arc::new(ephemera_actors::metrics::Metrics::new());
-    keys.start_purger(std::time::Duration::from_secs(5), Arc::clone(&metrics));
     let store = Arc::new(
         RocksStore::open(
             &cfg.data_dir.join("db"),
@@ -286,7 +321,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         roots,
     )
     .context("counting pending uploads")?;
-    media.start_sweeper();
+    let sweep = sweep::Sweep::new(
+        Arc::clone(&store),
+        Arc::clone(&keys),
+        media.clone(),
+        Arc::clone(&metrics),
+        cfg.deletion_window,
+    );
+    sweep.start();
     let quarantine = quarantine::Quarantine::new(
         quarantined,
         media.clone(),
@@ -360,10 +402,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     .with_context(|| format!("serving {http_addr}"))?;
     let admin_state = web::Data::new(admin::AdminState {
         store: Arc::clone(&store),
-        keys: Arc::clone(&keys),
+        sweep,
         dir,
         quarantine,
-        deletion_window_seconds: cfg.deletion_window.as_secs(),
         token_digest: digest::digest(&digest::SHA256, token.as_bytes())
             .as_ref()
             .to_vec(),

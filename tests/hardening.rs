@@ -156,17 +156,7 @@ async fn a_burn_whose_write_fails_is_retried() {
         .filter(|f| is_about(f, "burned", &msg_id))
         .count();
     assert_eq!(burns, 1, "burned exactly once");
-    let report = server
-        .admin_http()
-        .raw(
-            reqwest::Method::GET,
-            "/admin/deletion",
-            Some(server.admin_token()),
-            None,
-        )
-        .await
-        .expect("the deletion report");
-    let report = report.json.expect("a JSON report");
+    let report = server.deletion_report().await;
     assert_eq!(report["logical_backlog"], 0, "nothing overdue: {report}");
 }
 

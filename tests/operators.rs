@@ -11,7 +11,7 @@ use common::{
 };
 use ephemera_load::client::{timed_text, Target};
 use reqwest::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 async fn restart(server: &Server, kind: &str, id: &str) -> u16 {
     server
@@ -318,18 +318,7 @@ async fn metrics_parse_and_name_the_series() {
     }
     assert_eq!(depths, (0.0, 0.0), "conversation and user mailboxes drain");
 
-    let report = server
-        .admin_http()
-        .raw(
-            Method::GET,
-            "/admin/deletion",
-            Some(server.admin_token()),
-            None,
-        )
-        .await
-        .expect("deletion report");
-    assert_eq!(report.status, 200);
-    let r: Value = report.json.expect("JSON report");
+    let r = server.deletion_report().await;
     assert_eq!(r["logical_backlog"], 0, "nothing overdue: {r}");
     assert!(
         r["key_purge_age_seconds"].as_u64() <= Some(10),

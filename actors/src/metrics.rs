@@ -82,6 +82,20 @@ pub struct Metrics {
     pub keys_destroyed: Counter,
     /// Media objects waiting for their blob to be deleted.
     pub blobs_pending_deletion: Gauge,
+    /// The physical deletion window, seconds.
+    pub deletion_window_seconds: Gauge,
+    /// 1 while the window is met, 0 when it is missed (page on 0).
+    pub deletion_window_met: Gauge,
+    /// Age of the oldest expired or deleted row still on disk.
+    pub oldest_expired_on_disk_seconds: Gauge,
+    /// Age of the oldest data key past its life still in the key store.
+    pub key_shred_lag_seconds: Gauge,
+    /// Age of the oldest WAL file with content.
+    pub oldest_wal_seconds: Gauge,
+    /// Age of the oldest blob past its life not yet deleted.
+    pub oldest_blob_pending_seconds: Gauge,
+    /// When the sweep last completed a full pass (Unix seconds).
+    pub last_full_pass_timestamp_seconds: Gauge,
     /// Stories posted, by audience.
     pub stories_posted: Family<StoryLabel, Counter>,
     /// Story views counted (one per viewer and story), by audience.
@@ -121,6 +135,13 @@ impl Metrics {
             key_purge_age_seconds: Gauge::default(),
             keys_destroyed: Counter::default(),
             blobs_pending_deletion: Gauge::default(),
+            deletion_window_seconds: Gauge::default(),
+            deletion_window_met: Gauge::default(),
+            oldest_expired_on_disk_seconds: Gauge::default(),
+            key_shred_lag_seconds: Gauge::default(),
+            oldest_wal_seconds: Gauge::default(),
+            oldest_blob_pending_seconds: Gauge::default(),
+            last_full_pass_timestamp_seconds: Gauge::default(),
             stories_posted: Family::default(),
             story_views: Family::default(),
             story_fanout_refs: Family::default(),
@@ -212,6 +233,45 @@ impl Metrics {
             "Media objects whose blob awaits deletion",
             m.blobs_pending_deletion.clone(),
         );
+        for (name, help, gauge) in [
+            (
+                "deletion_window_seconds",
+                "The physical deletion window",
+                &m.deletion_window_seconds,
+            ),
+            (
+                "deletion_window_met",
+                "1 while expired bytes leave the disk within the window, 0 when it is missed",
+                &m.deletion_window_met,
+            ),
+            (
+                "oldest_expired_on_disk_seconds",
+                "Age of the oldest expired or deleted row still on disk, measured from disk",
+                &m.oldest_expired_on_disk_seconds,
+            ),
+            (
+                "key_shred_lag_seconds",
+                "Age of the oldest data key past its life still in the key store",
+                &m.key_shred_lag_seconds,
+            ),
+            (
+                "oldest_wal_seconds",
+                "Age of the oldest write-ahead log file with content",
+                &m.oldest_wal_seconds,
+            ),
+            (
+                "oldest_blob_pending_seconds",
+                "Age of the oldest blob past its life not yet deleted",
+                &m.oldest_blob_pending_seconds,
+            ),
+            (
+                "last_full_pass_timestamp_seconds",
+                "When the deletion sweep last completed a full pass",
+                &m.last_full_pass_timestamp_seconds,
+            ),
+        ] {
+            registry.register(name, help, gauge.clone());
+        }
         registry.register(
             "stories_posted",
             "Stories posted, by audience",

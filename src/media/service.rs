@@ -54,8 +54,6 @@ pub const MAX_MEDIA_BYTES: u64 = 100 << 20;
 /// Bytes a sealed object has beyond its plaintext (nonce and GCM tag): the
 /// smallest object a client may declare.
 pub const SEAL_OVERHEAD: u64 = 28;
-/// How often the media sweeper looks for blobs to delete.
-const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// Every media object's key starts with this (see [`object_key`]).
 const OBJECT_PREFIX: &str = "m/";
 /// The quarantine's blob copies (`quarantine/<case_id>`, see
@@ -155,6 +153,11 @@ fn quarantine_key(case: Id) -> String {
     format!("{QUARANTINE_PREFIX}{case}")
 }
 
+/// The media object an object key names (`m/<id>`), if it names one.
+pub fn media_id(key: &str) -> Option<Id> {
+    key.strip_prefix(OBJECT_PREFIX).and_then(Id::parse)
+}
+
 /// Whether a media record is open for upload at `now`: no message uses it,
 /// it is not a kept copy and its life has not ended.
 fn open_for_upload(rec: &MediaRecord, now: Millis) -> bool {
@@ -204,7 +207,7 @@ fn reseal(from: &[u8; 32], to: &[u8; 32], mut sealed: Vec<u8>) -> Option<Vec<u8>
 /// deleted blob back.
 pub fn upload_gate(store: Arc<RocksStore>) -> UploadGate {
     Arc::new(move |key: &str| {
-        let Some(id) = key.strip_prefix(OBJECT_PREFIX).and_then(Id::parse) else {
+        let Some(id) = media_id(key) else {
             return Admission::Closed;
         };
         match store.media(id) {
@@ -775,10 +778,7 @@ impl MediaService {
         let Ok((keys, next)) = self.list_page(token.as_deref()).await else {
             return token;
         };
-        let ids: Vec<Id> = keys
-            .iter()
-            .filter_map(|k| k.strip_prefix(OBJECT_PREFIX).and_then(Id::parse))
-            .collect();
+        let ids: Vec<Id> = keys.iter().filter_map(|k| media_id(k)).collect();
         let store = Arc::clone(&self.0.store);
         // A record that cannot be read is not taken for absent.
         let orphans = tokio::task::spawn_blocking(move || {
@@ -805,31 +805,25 @@ impl MediaService {
         next
     }
 
-    /// Every few seconds, forever: deletes the blobs whose life is over,
-    /// takes one step of the walk for orphaned blobs, and forgets uploads
-    /// that no longer count against a quota.
-    pub fn start_sweeper(&self) {
-        let svc = self.clone();
-        actix_web::rt::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_EVERY);
-            let mut orphan_walk: Option<String> = None;
-            loop {
-                tick.tick().await;
-                let store = Arc::clone(&svc.0.store);
-                let due =
-                    tokio::task::spawn_blocking(move || store.media_due(now_ms(), 1_000)).await;
-                match due {
-                    Ok(Ok(due)) => {
-                        for id in due {
-                            svc.reap(id).await;
-                        }
-                    }
-                    _ => tracing::error!("media sweep could not read the media records"),
+    /// One step of the media part of the sweep (see `crate::sweep`):
+    /// deletes the blobs whose life is over (then their keys and records),
+    /// takes one step of the walk of the bucket for orphaned blobs from
+    /// `orphan_walk`, and forgets uploads that no longer count against a
+    /// quota. Returns where the walk goes on.
+    pub async fn sweep_step(&self, orphan_walk: Option<String>) -> Option<String> {
+        let store = Arc::clone(&self.0.store);
+        let due = tokio::task::spawn_blocking(move || store.media_due(now_ms(), 1_000)).await;
+        match due {
+            Ok(Ok(due)) => {
+                for id in due {
+                    self.reap(id).await;
                 }
-                orphan_walk = svc.sweep_orphans(orphan_walk.take()).await;
-                svc.0.quota.prune(now_ms());
             }
-        });
+            _ => tracing::error!("media sweep could not read the media records"),
+        }
+        let next = self.sweep_orphans(orphan_walk).await;
+        self.0.quota.prune(now_ms());
+        next
     }
 }
 
@@ -1507,15 +1501,11 @@ mod tests {
     fn object_keys_are_under_the_prefix() {
         let id = Id([0xab; 16]);
         assert_eq!(object_key(id), format!("m/{id}"));
-        assert_eq!(
-            object_key(id)
-                .strip_prefix(OBJECT_PREFIX)
-                .and_then(Id::parse),
-            Some(id)
-        );
+        assert_eq!(media_id(&object_key(id)), Some(id));
         // The quarantine's copies are outside the prefix the orphan walk
         // lists, so it never deletes them.
         assert_eq!(quarantine_key(id), format!("quarantine/{id}"));
         assert!(!quarantine_key(id).starts_with(OBJECT_PREFIX));
+        assert_eq!(media_id(&quarantine_key(id)), None);
     }
 }

@@ -79,6 +79,12 @@ pub enum StoreError {
     /// A unique row already exists.
     #[error("already exists")]
     Conflict,
+    /// A column family the caller needs is not open.
+    #[error("column family {0} is not open")]
+    NotOpen(&'static str),
+    /// Listing or reading the store's files failed.
+    #[error("storage files: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// The column families, one per kind of row. Code names them through this
@@ -626,6 +632,13 @@ impl RocksStore {
         // The writer answers in queue order: once this empty transaction is
         // answered, everything queued before it has been written.
         let _ = ephemera_actors::store::commit(self, Txn::default()).await;
+        self.flush_all()
+    }
+
+    /// Flushes every column family (memtables to SST) and syncs the WAL:
+    /// once every family with data in a WAL file has flushed, the file is
+    /// deleted, and with it what it kept of deleted rows.
+    pub fn flush_all(&self) -> Result<(), StoreError> {
         let cfs: Vec<&ColumnFamily> = Cf::ALL.iter().map(|c| self.cf(*c)).collect();
         self.db
             .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
@@ -633,22 +646,51 @@ impl RocksStore {
         Ok(())
     }
 
-    /// Flushes every column family (memtables to SST, so the WAL can go)
-    /// and compacts each one's full range, forcing the bottommost level
-    /// through the TTL filter too.
-    pub fn flush_and_compact(&self) -> Result<(), StoreError> {
-        let cfs: Vec<&ColumnFamily> = Cf::ALL.iter().map(|c| self.cf(*c)).collect();
-        self.db
-            .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
-        self.db.flush_wal(true)?;
+    /// Compacts each of `families` over its full range, forcing the
+    /// bottommost level through the TTL filter too: expired rows, deleted
+    /// rows and their deletion markers leave the files.
+    pub fn compact(&self, families: &[Cf]) {
         let mut co = CompactOptions::default();
         co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         co.set_exclusive_manual_compaction(true);
-        for cf in cfs {
+        for cf in families {
             self.db
-                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &co);
+                .compact_range_cf_opt(self.cf(*cf), None::<&[u8]>, None::<&[u8]>, &co);
         }
+    }
+
+    /// Flushes every column family and compacts every one now.
+    pub fn flush_and_compact(&self) -> Result<(), StoreError> {
+        self.flush_all()?;
+        self.compact(&Cf::ALL);
         Ok(())
+    }
+
+    /// The database's census (see [`crate::deletion`]) at `now`.
+    pub fn census(&self, now: u64) -> Result<crate::deletion::DbCensus, StoreError> {
+        let names: Vec<&str> = Cf::ALL.iter().map(|c| c.name()).collect();
+        let expiring = |name: &str| Cf::ALL.iter().any(|c| c.name() == name && c.expires());
+        crate::deletion::census(&self.db, self.db.path(), &names, expiring, now)
+    }
+
+    /// Media objects whose life is over and whose blob is not yet
+    /// deleted: how many, and when the first of them ended.
+    pub fn media_pending(&self, now: u64) -> Result<(usize, Option<u64>), StoreError> {
+        let mut n = 0;
+        let mut first: Option<u64> = None;
+        for item in self.db.iterator_cf(self.cf(Cf::Media), IteratorMode::Start) {
+            let (_, v) = item?;
+            let Some((_, p)) = filter::split(&v) else {
+                continue;
+            };
+            if let Ok(rec) = serde_json::from_slice::<MediaRecord>(p) {
+                if rec.until <= now {
+                    n += 1;
+                    first = Some(first.map_or(rec.until, |f| f.min(rec.until)));
+                }
+            }
+        }
+        Ok((n, first))
     }
 }
 

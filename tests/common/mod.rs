@@ -343,6 +343,23 @@ impl Server {
             .expect("the metrics text")
     }
 
+    /// `GET /admin/deletion`: the deletion report (checked against the
+    /// admin schema by the admin client).
+    pub async fn deletion_report(&self) -> Value {
+        let r = self
+            .admin_http()
+            .raw(
+                Method::GET,
+                "/admin/deletion",
+                Some(&self.admin_token),
+                None,
+            )
+            .await
+            .expect("GET /admin/deletion");
+        assert_eq!(r.status, 200, "GET /admin/deletion");
+        r.json.expect("a JSON deletion report")
+    }
+
     /// The value of one series of `/metrics` (`name` or `name{labels}`),
     /// 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
