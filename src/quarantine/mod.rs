@@ -260,9 +260,7 @@ fn options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    opts.set_recycle_log_file_num(0);
-    opts.set_wal_ttl_seconds(0);
-    opts.set_wal_size_limit_mb(0);
+    crate::store::no_wal_leftovers(&mut opts);
     opts.set_keep_log_file_num(2);
     opts.set_max_open_files(64);
     opts
@@ -283,6 +281,8 @@ pub(crate) fn open_db(dir: &Path) -> Result<DB, StoreError> {
     Ok(DB::open_cf_descriptors(&options(), dir, cfs)?)
 }
 
+/// The handle of family `c` of an instance opened by [`open_db`] or
+/// [`open_read_only`].
 pub(crate) fn cf(db: &DB, c: QCf) -> &ColumnFamily {
     // Every family in `QCf::ALL` is opened in `open_db`/`open_read_only`.
     db.cf_handle(c.name()).expect("quarantine column family opened")
