@@ -53,8 +53,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/admin/actors/{kind}/{id}/restart", web::post().to(restart))
         .route("/admin/deletion", web::get().to(deletion))
         .route("/admin/storage/compact", web::post().to(compact))
-        .route("/admin/moderators/{user_id}", web::put().to(grant_moderator))
-        .route("/admin/moderators/{user_id}", web::delete().to(revoke_moderator))
+        .route(
+            "/admin/moderators/{user_id}",
+            web::put().to(grant_moderator),
+        )
+        .route(
+            "/admin/moderators/{user_id}",
+            web::delete().to(revoke_moderator),
+        )
         .route("/admin/moderation/access-log", web::get().to(access_log));
     #[cfg(feature = "faults")]
     cfg.route(
@@ -138,8 +144,7 @@ async fn access_log(
     state.check(&req)?;
     let store = Arc::clone(state.quarantine.store());
     let after = q.after;
-    let entries =
-        web::block(move || store.log_after(after, crate::quarantine::LOG_PAGE)).await??;
+    let entries = web::block(move || store.log_after(after, crate::quarantine::LOG_PAGE)).await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries })))
 }
 

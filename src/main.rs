@@ -187,7 +187,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::QuarantineRestore { data_dir, from } => {
             let summary = quarantine::backup::restore(&data_dir, &from)?;
-            println!("restored the quarantine ({summary}) into {}", data_dir.display());
+            println!(
+                "restored the quarantine ({summary}) into {}",
+                data_dir.display()
+            );
             Ok(())
         }
         Command::VerifyDeletion {
@@ -332,7 +335,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let quarantine = quarantine::Quarantine::new(
         quarantined,
         media.clone(),
-        (cfg.quarantine_retention_days * 86_400_000.0).round().max(1.0) as u64,
+        (cfg.quarantine_retention_days * 86_400_000.0)
+            .round()
+            .max(1.0) as u64,
     );
     // TODO(sweep): called by the sweep
     quarantine.start_interim_sweep(std::time::Duration::from_secs(1));

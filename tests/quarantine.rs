@@ -12,7 +12,9 @@ use std::process::{Command, Output};
 
 use common::media::{blob_client, blob_request, media_send, mint_for_file, photo, seal_and_put};
 use common::stories::{add_close_friend, call, expect_status, post_story};
-use common::{new_cid, now_ms, random_hex, register_user, sleep_until_ms, str_of, Server, TestSocket};
+use common::{
+    new_cid, now_ms, random_hex, register_user, sleep_until_ms, str_of, Server, TestSocket,
+};
 use ephemera_load::client::{timed_text, Http, Session, Target};
 use ephemera_load::crypto;
 use reqwest::Method;
@@ -84,7 +86,14 @@ async fn access_log(server: &Server, after: u64) -> Vec<Value> {
 /// `GET /api/v1/moderation/cases/{id}` as a moderator, asserting `200`.
 async fn read_case(http: &Http, s: &Session, case_id: &str) -> Value {
     expect_status(
-        call(http, s, Method::GET, &format!("/api/v1/moderation/cases/{case_id}"), None).await,
+        call(
+            http,
+            s,
+            Method::GET,
+            &format!("/api/v1/moderation/cases/{case_id}"),
+            None,
+        )
+        .await,
         200,
         "GET a case",
     )
@@ -97,7 +106,12 @@ async fn open_case_media(case: &Value) -> Vec<u8> {
     let url = str_of(media, "get_url");
     let key = crypto::data_key(str_of(media, "data_key")).expect("a 32-byte data key");
     let got = blob_request(&blob_client(), Method::GET, url, None).await;
-    assert_eq!(got.status, 200, "the quarantine copy is served: {}", got.describe());
+    assert_eq!(
+        got.status,
+        200,
+        "the quarantine copy is served: {}",
+        got.describe()
+    );
     crypto::open(&key, &got.body).expect("the copy opens with the case's data_key")
 }
 
@@ -125,7 +139,13 @@ async fn send_photo(
     let upload = mint_for_file(http, s, "image/jpeg", plain.len()).await;
     seal_and_put(&blob_client(), &upload, &plain).await;
     let ack = sock
-        .send_ok(media_send(&new_cid("qm"), to, &upload.media_key, "timed", ttl))
+        .send_ok(media_send(
+            &new_cid("qm"),
+            to,
+            &upload.media_key,
+            "timed",
+            ttl,
+        ))
         .await;
     (
         str_of(&ack, "msg_id").to_owned(),
@@ -138,13 +158,21 @@ async fn send_photo(
 async fn assert_forbidden_everywhere(http: &Http, s: &Session, case_id: &str, who: &str) {
     let calls: [(Method, String, Option<Value>); 4] = [
         (Method::GET, "/api/v1/moderation/cases".into(), None),
-        (Method::GET, format!("/api/v1/moderation/cases/{case_id}"), None),
+        (
+            Method::GET,
+            format!("/api/v1/moderation/cases/{case_id}"),
+            None,
+        ),
         (
             Method::POST,
             format!("/api/v1/moderation/cases/{case_id}/hold"),
             Some(json!({ "until": now_ms() + 60_000 })),
         ),
-        (Method::POST, format!("/api/v1/moderation/cases/{case_id}/close"), None),
+        (
+            Method::POST,
+            format!("/api/v1/moderation/cases/{case_id}/close"),
+            None,
+        ),
     ];
     for (method, p, body) in calls {
         let r = call(http, s, method.clone(), &p, body).await;
@@ -235,7 +263,12 @@ async fn a_reported_message_outlives_its_expiry_for_moderators_only() {
         "the sender reports her own message",
     );
     expect_status(
-        report(&http, &b, json!({ "msg_id": text_id, "story_id": text_id, "reason": "x" })).await,
+        report(
+            &http,
+            &b,
+            json!({ "msg_id": text_id, "story_id": text_id, "reason": "x" }),
+        )
+        .await,
         422,
         "both ids",
     );
@@ -292,7 +325,11 @@ async fn a_reported_message_outlives_its_expiry_for_moderators_only() {
     let retain = text["retain_until"].as_i64().unwrap() - text["reported_at"].as_i64().unwrap();
     assert_eq!(retain, ninety_days, "retain_until = reported_at + 90 days");
     let pic = read_case(&http, &c, &photo_case).await;
-    assert_eq!(open_case_media(&pic).await, plain, "the quarantined photo decrypts");
+    assert_eq!(
+        open_case_media(&pic).await,
+        plain,
+        "the quarantined photo decrypts"
+    );
     assert!(!server.logs().contains(&canary), "the body is never logged");
 
     let log = access_log(&server, 0).await;
@@ -309,7 +346,10 @@ async fn a_reported_message_outlives_its_expiry_for_moderators_only() {
         ]
     );
     let seqs: Vec<u64> = log.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq increases: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq increases: {seqs:?}"
+    );
     assert!(log.iter().all(|e| e["moderator"] == carol.user_id.as_str()));
     assert_eq!(access_log(&server, seqs[1]).await.len(), 1, "after= pages");
 
@@ -323,7 +363,10 @@ async fn a_reported_message_outlives_its_expiry_for_moderators_only() {
         ok(command.output().unwrap(), "ephemera admin")
     };
     let table = cli(&["access-log"]);
-    assert!(table.contains("(3 entries)") && table.contains(&photo_case), "{table}");
+    assert!(
+        table.contains("(3 entries)") && table.contains(&photo_case),
+        "{table}"
+    );
 
     // Revoked (through the CLI): 403 again. The log survives a restart
     // (kill -9).
@@ -340,7 +383,10 @@ async fn a_reported_message_outlives_its_expiry_for_moderators_only() {
     assert_eq!(again["content"]["body"], canary.as_str());
     let next = access_log(&server, seqs[2]).await;
     assert_eq!(next.len(), 1);
-    assert!(next[0]["seq"].as_u64().unwrap() > seqs[2], "seq never reused");
+    assert!(
+        next[0]["seq"].as_u64().unwrap() > seqs[2],
+        "seq never reused"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -350,7 +396,11 @@ async fn a_reported_story_keeps_caption_and_media() {
     let alice = register_user(&http, "qs_alice").await;
     let bob = register_user(&http, "qs_bob").await;
     let carol = register_user(&http, "qs_carol").await;
-    let (a, b, c) = (alice.login(&http).await, bob.login(&http).await, carol.login(&http).await);
+    let (a, b, c) = (
+        alice.login(&http).await,
+        bob.login(&http).await,
+        carol.login(&http).await,
+    );
     let caption = format!("story caption canary {}", random_hex(6));
     let blobs = blob_client();
     let story = post_story(&http, &blobs, &a, "everyone", Some(4), Some(&caption)).await;
@@ -358,26 +408,56 @@ async fn a_reported_story_keeps_caption_and_media() {
     add_close_friend(&http, &a, &carol.user_id).await;
 
     expect_status(
-        report(&http, &a, json!({ "story_id": story.story_id, "reason": "x" })).await,
+        report(
+            &http,
+            &a,
+            json!({ "story_id": story.story_id, "reason": "x" }),
+        )
+        .await,
         422,
         "the author reports her own story",
     );
     expect_status(
-        report(&http, &b, json!({ "story_id": secret.story_id, "reason": "x" })).await,
+        report(
+            &http,
+            &b,
+            json!({ "story_id": secret.story_id, "reason": "x" }),
+        )
+        .await,
         404,
         "a close-friends story bob may not see",
     );
     expect_status(
-        report(&http, &b, json!({ "story_id": random_hex(16), "reason": "x" })).await,
+        report(
+            &http,
+            &b,
+            json!({ "story_id": random_hex(16), "reason": "x" }),
+        )
+        .await,
         404,
         "no such story",
     );
-    let case = report_ok(&http, &b, json!({ "story_id": story.story_id, "reason": "spam" })).await;
-    report_ok(&http, &c, json!({ "story_id": secret.story_id, "reason": "spam" })).await;
+    let case = report_ok(
+        &http,
+        &b,
+        json!({ "story_id": story.story_id, "reason": "spam" }),
+    )
+    .await;
+    report_ok(
+        &http,
+        &c,
+        json!({ "story_id": secret.story_id, "reason": "spam" }),
+    )
+    .await;
 
     sleep_until_ms(story.expires_at + 6_000).await;
     expect_status(
-        report(&http, &b, json!({ "story_id": story.story_id, "reason": "late" })).await,
+        report(
+            &http,
+            &b,
+            json!({ "story_id": story.story_id, "reason": "late" }),
+        )
+        .await,
         404,
         "an expired story",
     );
@@ -386,7 +466,11 @@ async fn a_reported_story_keeps_caption_and_media() {
     assert_eq!(got["kind"], "story");
     assert_eq!(got["story_id"], story.story_id.as_str());
     assert_eq!(got["content"]["caption"], caption.as_str(), "{got}");
-    assert_eq!(open_case_media(&got).await, story.plain, "the story's photo decrypts");
+    assert_eq!(
+        open_case_media(&got).await,
+        story.plain,
+        "the story's photo decrypts"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,7 +481,11 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
     let alice = register_user(&http, "qh_alice").await;
     let bob = register_user(&http, "qh_bob").await;
     let carol = register_user(&http, "qh_carol").await;
-    let (a, b, c) = (alice.login(&http).await, bob.login(&http).await, carol.login(&http).await);
+    let (a, b, c) = (
+        alice.login(&http).await,
+        bob.login(&http).await,
+        carol.login(&http).await,
+    );
     grant(&server, &carol.user_id).await;
     let mut sock = TestSocket::connect(&server, &a, "alice").await;
     let (held_msg, _) = send_text(&mut sock, &bob.user_id, "held text", 600).await;
@@ -410,13 +498,30 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
     // A hold in the past (or now) is refused; a later one is kept.
     let hold_path = format!("/api/v1/moderation/cases/{held}/hold");
     expect_status(
-        call(&http, &c, Method::POST, &hold_path, Some(json!({ "until": now_ms() - 1 }))).await,
+        call(
+            &http,
+            &c,
+            Method::POST,
+            &hold_path,
+            Some(json!({ "until": now_ms() - 1 })),
+        )
+        .await,
         422,
         "a hold in the past",
     );
-    let hold_until = read_case(&http, &c, &held).await["retain_until"].as_i64().unwrap() + 8_000;
+    let hold_until = read_case(&http, &c, &held).await["retain_until"]
+        .as_i64()
+        .unwrap()
+        + 8_000;
     let answer = expect_status(
-        call(&http, &c, Method::POST, &hold_path, Some(json!({ "until": hold_until }))).await,
+        call(
+            &http,
+            &c,
+            Method::POST,
+            &hold_path,
+            Some(json!({ "until": hold_until })),
+        )
+        .await,
         200,
         "hold",
     );
@@ -429,7 +534,13 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
     let root = tempfile::tempdir().unwrap();
     let file = root.path().join("q.backup");
     ok(
-        ephemera(&["quarantine-backup", "--data-dir", path(server.data_dir()), "--out", path(&file)]),
+        ephemera(&[
+            "quarantine-backup",
+            "--data-dir",
+            path(server.data_dir()),
+            "--out",
+            path(&file),
+        ]),
         "quarantine-backup",
     );
     let key = case_key_in_backup(&file, &pic);
@@ -439,7 +550,14 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
         "control: the case key is on disk before the close"
     );
     let closed = expect_status(
-        call(&http, &c, Method::POST, &format!("/api/v1/moderation/cases/{pic}/close"), None).await,
+        call(
+            &http,
+            &c,
+            Method::POST,
+            &format!("/api/v1/moderation/cases/{pic}/close"),
+            None,
+        )
+        .await,
         200,
         "close",
     );
@@ -447,7 +565,12 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
     let after = read_case(&http, &c, &pic).await;
     assert!(after["content"].is_null(), "destroyed: {after}");
     let gone = blob_request(&blob_client(), Method::GET, &url, None).await;
-    assert_eq!(gone.status, 404, "the blob copy is deleted: {}", gone.describe());
+    assert_eq!(
+        gone.status,
+        404,
+        "the blob copy is deleted: {}",
+        gone.describe()
+    );
     assert_eq!(
         files_holding(&qdir, &key),
         Vec::<PathBuf>::new(),
@@ -456,24 +579,49 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
 
     // Past retain_until: the unheld case is destroyed by the sweep, the
     // held one is not.
-    let retain_until = read_case(&http, &c, &free).await["retain_until"].as_i64().unwrap();
+    let retain_until = read_case(&http, &c, &free).await["retain_until"]
+        .as_i64()
+        .unwrap();
     sleep_until_ms(retain_until + 2_500).await;
-    assert!(read_case(&http, &c, &free).await["content"].is_null(), "retention over");
+    assert!(
+        read_case(&http, &c, &free).await["content"].is_null(),
+        "retention over"
+    );
     let kept = read_case(&http, &c, &held).await;
-    assert_eq!(kept["content"]["body"], "held text", "the hold keeps it: {kept}");
+    assert_eq!(
+        kept["content"]["body"], "held text",
+        "the hold keeps it: {kept}"
+    );
     // Closing under a hold: closed, kept until the hold ends.
     let closed = expect_status(
-        call(&http, &c, Method::POST, &format!("/api/v1/moderation/cases/{held}/close"), None).await,
+        call(
+            &http,
+            &c,
+            Method::POST,
+            &format!("/api/v1/moderation/cases/{held}/close"),
+            None,
+        )
+        .await,
         200,
         "close under a hold",
     );
     assert_eq!(closed["status"], "closed");
-    assert_eq!(read_case(&http, &c, &held).await["content"]["body"], "held text");
+    assert_eq!(
+        read_case(&http, &c, &held).await["content"]["body"],
+        "held text"
+    );
     sleep_until_ms(hold_until + 2_500).await;
     let ended = read_case(&http, &c, &held).await;
     assert!(ended["content"].is_null(), "the hold ended: {ended}");
     expect_status(
-        call(&http, &c, Method::POST, &hold_path, Some(json!({ "until": now_ms() + 60_000 }))).await,
+        call(
+            &http,
+            &c,
+            Method::POST,
+            &hold_path,
+            Some(json!({ "until": now_ms() + 60_000 })),
+        )
+        .await,
         409,
         "a hold on destroyed content",
     );
@@ -482,7 +630,10 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
         .iter()
         .map(|e| str_of(e, "action").to_owned())
         .collect();
-    assert!(actions.iter().any(|a| a == "hold") && actions.iter().filter(|a| *a == "close").count() == 2);
+    assert!(
+        actions.iter().any(|a| a == "hold")
+            && actions.iter().filter(|a| *a == "close").count() == 2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -508,16 +659,31 @@ async fn a_quarantine_backup_restores_readable_cases() {
     let quarantine = root.path().join("quarantine.backup");
     let env_token = server.admin_token().to_owned();
     let out = Command::new(env!("CARGO_BIN_EXE_ephemera"))
-        .args(["backup", "--data-dir", path(server.data_dir()), "--out", path(&accounts)])
+        .args([
+            "backup",
+            "--data-dir",
+            path(server.data_dir()),
+            "--out",
+            path(&accounts),
+        ])
         .env("EPHEMERA_ADMIN_TOKEN", &env_token)
         .output()
         .unwrap();
     ok(out, "backup");
     let summary = ok(
-        ephemera(&["quarantine-backup", "--data-dir", path(server.data_dir()), "--out", path(&quarantine)]),
+        ephemera(&[
+            "quarantine-backup",
+            "--data-dir",
+            path(server.data_dir()),
+            "--out",
+            path(&quarantine),
+        ]),
         "quarantine-backup",
     );
-    assert!(summary.contains("2 cases") && summary.contains("1 blob copies"), "{summary}");
+    assert!(
+        summary.contains("2 cases") && summary.contains("1 blob copies"),
+        "{summary}"
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&quarantine).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the backup is readable by its owner only");
@@ -525,15 +691,36 @@ async fn a_quarantine_backup_restores_readable_cases() {
 
     let fresh = root.path().join("restored");
     ok(
-        ephemera(&["restore", "--data-dir", path(&fresh), "--from", path(&accounts)]),
+        ephemera(&[
+            "restore",
+            "--data-dir",
+            path(&fresh),
+            "--from",
+            path(&accounts),
+        ]),
         "restore",
     );
     ok(
-        ephemera(&["quarantine-restore", "--data-dir", path(&fresh), "--from", path(&quarantine)]),
+        ephemera(&[
+            "quarantine-restore",
+            "--data-dir",
+            path(&fresh),
+            "--from",
+            path(&quarantine),
+        ]),
         "quarantine-restore",
     );
-    let refused = ephemera(&["quarantine-restore", "--data-dir", path(&fresh), "--from", path(&quarantine)]);
-    assert!(!refused.status.success(), "a second restore into a non-empty quarantine is refused");
+    let refused = ephemera(&[
+        "quarantine-restore",
+        "--data-dir",
+        path(&fresh),
+        "--from",
+        path(&quarantine),
+    ]);
+    assert!(
+        !refused.status.success(),
+        "a second restore into a non-empty quarantine is refused"
+    );
 
     let restored = Server::start_in(&fresh, &[]).await;
     let http = restored.http();
@@ -541,7 +728,15 @@ async fn a_quarantine_backup_restores_readable_cases() {
     let text = read_case(&http, &c, &text_case).await;
     assert_eq!(text["content"]["body"], canary.as_str(), "{text}");
     let pic = read_case(&http, &c, &photo_case).await;
-    assert_eq!(open_case_media(&pic).await, plain, "the restored photo decrypts");
+    assert_eq!(
+        open_case_media(&pic).await,
+        plain,
+        "the restored photo decrypts"
+    );
     let log = access_log(&restored, 0).await;
-    assert_eq!(log.len(), 2, "the access log came back and goes on: {log:?}");
+    assert_eq!(
+        log.len(),
+        2,
+        "the access log came back and goes on: {log:?}"
+    );
 }

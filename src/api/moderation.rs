@@ -47,7 +47,12 @@ async fn moderator(state: &AppState, who: &Authed) -> Result<Moderator, ApiError
 }
 
 /// Appends to the access log (before the answer goes out).
-async fn log(state: &AppState, m: &Moderator, case: Option<Id>, action: Action) -> Result<(), ApiError> {
+async fn log(
+    state: &AppState,
+    m: &Moderator,
+    case: Option<Id>,
+    action: Action,
+) -> Result<(), ApiError> {
     let store = Arc::clone(state.quarantine.store());
     let who = m.0;
     web::block(move || store.log(who, case, action)).await??;
@@ -79,7 +84,11 @@ fn case_json(c: &CaseRecord) -> Value {
 }
 
 /// A moderator and the case id of the path (`403` before `404`).
-async fn moderator_on(state: &AppState, who: &Authed, path: &str) -> Result<(Moderator, Id), ApiError> {
+async fn moderator_on(
+    state: &AppState,
+    who: &Authed,
+    path: &str,
+) -> Result<(Moderator, Id), ApiError> {
     let m = moderator(state, who).await?;
     Ok((m, Id::parse(path).ok_or(NO_CASE)?))
 }
@@ -172,7 +181,9 @@ async fn hold(
     .await??;
     let rec = rec.ok_or(NO_CASE)?;
     if destroyed {
-        return Err(ApiError::Conflict("the case's content is already destroyed"));
+        return Err(ApiError::Conflict(
+            "the case's content is already destroyed",
+        ));
     }
     log(&state, &m, Some(id), Action::Hold).await?;
     Ok(no_store(case_json(&rec)))

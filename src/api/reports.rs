@@ -22,9 +22,7 @@ use serde_json::json;
 use super::error::ApiError;
 use super::{AppState, Authed};
 use crate::media::service::CopyError;
-use crate::quarantine::{
-    BlobState, CaseKind, CaseRecord, CaseStatus, Content, QuarantinedMedia,
-};
+use crate::quarantine::{BlobState, CaseKind, CaseRecord, CaseStatus, Content, QuarantinedMedia};
 
 /// Longest reason, in characters.
 const MAX_REASON_CHARS: usize = 1_000;
@@ -67,7 +65,9 @@ async fn report(
     } = body.into_inner();
     let n = reason.chars().count();
     if n == 0 || n > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
-        return Err(ApiError::Invalid("reason must be 1 to 1000 characters of text"));
+        return Err(ApiError::Invalid(
+            "reason must be 1 to 1000 characters of text",
+        ));
     }
     let reported = match (msg_id, story_id) {
         (Some(m), None) => message(&state, &who, &m).await?,

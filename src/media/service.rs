@@ -667,7 +667,11 @@ impl MediaService {
 
     /// A server-side request (HEAD, DELETE) on the object at `key`, signed
     /// in headers.
-    async fn signed_key(&self, method: reqwest::Method, key: &str) -> Result<reqwest::Response, ()> {
+    async fn signed_key(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+    ) -> Result<reqwest::Response, ()> {
         let url = self.0.endpoint.object_url(key).map_err(|_| ())?;
         self.signed_url(method, url).await
     }

@@ -141,7 +141,8 @@ fn read_exact_vec(r: &mut impl Read, n: usize) -> anyhow::Result<Vec<u8>> {
 /// Restores the backup `from` into `data_dir`, whose quarantine store must
 /// be absent or empty; returns a summary (counts only).
 pub fn restore(data_dir: &Path, from: &Path) -> anyhow::Result<String> {
-    let mut r = BufReader::new(File::open(from).with_context(|| format!("opening {}", from.display()))?);
+    let mut r =
+        BufReader::new(File::open(from).with_context(|| format!("opening {}", from.display()))?);
     if read_exact_vec(&mut r, HEADER.len())? != HEADER {
         bail!("{} is not a quarantine backup", from.display());
     }
@@ -149,8 +150,15 @@ pub fn restore(data_dir: &Path, from: &Path) -> anyhow::Result<String> {
     fs::create_dir_all(&dir)?;
     let db = open_db(&dir).context("opening the quarantine store")?;
     for c in QCf::ALL {
-        if db.iterator_cf(cf(&db, c), IteratorMode::Start).next().is_some() {
-            bail!("the quarantine store in {} is not empty", data_dir.display());
+        if db
+            .iterator_cf(cf(&db, c), IteratorMode::Start)
+            .next()
+            .is_some()
+        {
+            bail!(
+                "the quarantine store in {} is not empty",
+                data_dir.display()
+            );
         }
     }
     let mut batch = WriteBatch::default();
@@ -247,7 +255,8 @@ mod tests {
                 )
                 .unwrap();
             q.set_moderator(Id::random(), true).unwrap();
-            q.log(Id::random(), Some(rec.case_id), Action::Read).unwrap();
+            q.log(Id::random(), Some(rec.case_id), Action::Read)
+                .unwrap();
             rec.case_id
         };
         let bucket = src.path().join("blobs").join("media");
@@ -256,16 +265,28 @@ mod tests {
 
         let file = src.path().join("q.backup");
         let summary = backup(src.path(), &file).unwrap();
-        assert!(summary.contains("1 cases") && summary.contains("1 blob copies"), "{summary}");
+        assert!(
+            summary.contains("1 cases") && summary.contains("1 blob copies"),
+            "{summary}"
+        );
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
 
         let dst = tempfile::tempdir().unwrap();
         restore(dst.path(), &file).unwrap();
-        assert!(restore(dst.path(), &file).is_err(), "a non-empty store is refused");
+        assert!(
+            restore(dst.path(), &file).is_err(),
+            "a non-empty store is refused"
+        );
         let q = QuarantineStore::open(&dst.path().join("quarantine")).unwrap();
         let rec = q.case(case_id).unwrap().unwrap();
-        assert_eq!(q.content(&rec).unwrap().unwrap().caption.as_deref(), Some("cap"));
+        assert_eq!(
+            q.content(&rec).unwrap().unwrap().caption.as_deref(),
+            Some("cap")
+        );
         assert_eq!(q.log_after(0, 10).unwrap().len(), 1);
         assert_eq!(q.log(Id::random(), None, Action::List).unwrap().seq, 2);
         assert_eq!(

@@ -31,8 +31,8 @@ use ephemera_actors::ids::{random_bytes, Id, UserId};
 use ephemera_actors::store::{now_ms, Millis};
 use ring::aead::{Aad, Nonce, NONCE_LEN};
 use rocksdb::{
-    BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions,
-    FlushOptions, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor, CompactOptions, FlushOptions,
+    IteratorMode, Options, WriteBatch, WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 
@@ -285,7 +285,8 @@ pub(crate) fn open_db(dir: &Path) -> Result<DB, StoreError> {
 /// [`open_read_only`].
 pub(crate) fn cf(db: &DB, c: QCf) -> &ColumnFamily {
     // Every family in `QCf::ALL` is opened in `open_db`/`open_read_only`.
-    db.cf_handle(c.name()).expect("quarantine column family opened")
+    db.cf_handle(c.name())
+        .expect("quarantine column family opened")
 }
 
 /// Seals `content` under `key`, bound to `case`: nonce, ciphertext, tag.
@@ -381,9 +382,15 @@ impl QuarantineStore {
     /// Every case, oldest report first.
     pub fn cases(&self) -> Result<Vec<CaseRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(cf(&self.db, QCf::Cases), IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(cf(&self.db, QCf::Cases), IteratorMode::Start)
+        {
             let (_, v) = item?;
-            out.push(serde_json::from_slice::<CaseRecord>(&v).map_err(|_| StoreError::Corrupt("cases"))?);
+            out.push(
+                serde_json::from_slice::<CaseRecord>(&v)
+                    .map_err(|_| StoreError::Corrupt("cases"))?,
+            );
         }
         out.sort_by_key(|c| (c.reported_at, c.case_id));
         Ok(out)
@@ -394,7 +401,10 @@ impl QuarantineStore {
         let Some(sealed) = &rec.sealed else {
             return Ok(None);
         };
-        let Some(key) = self.db.get_pinned_cf(cf(&self.db, QCf::CaseKeys), rec.case_id.0)? else {
+        let Some(key) = self
+            .db
+            .get_pinned_cf(cf(&self.db, QCf::CaseKeys), rec.case_id.0)?
+        else {
             return Ok(None);
         };
         let key: [u8; 32] = key
@@ -421,8 +431,12 @@ impl QuarantineStore {
             return Ok(None);
         };
         f(&mut rec);
-        self.db
-            .put_cf_opt(cf(&self.db, QCf::Cases), id.0, Self::encode(&rec)?, &synced())?;
+        self.db.put_cf_opt(
+            cf(&self.db, QCf::Cases),
+            id.0,
+            Self::encode(&rec)?,
+            &synced(),
+        )?;
         Ok(Some(rec))
     }
 
@@ -802,13 +816,15 @@ mod tests {
             .decode(&stored)
             .unwrap();
         assert!(!sealed.windows(canary.len()).any(|w| w == canary.as_bytes()));
-        let got = q.content(&q.case(rec.case_id).unwrap().unwrap()).unwrap().unwrap();
-        assert_eq!(got.body.as_deref(), Some(canary));
-        let key = q
-            .db
-            .get_cf(cf(&q.db, QCf::CaseKeys), rec.case_id.0)
+        let got = q
+            .content(&q.case(rec.case_id).unwrap().unwrap())
             .unwrap()
             .unwrap();
+        assert_eq!(got.body.as_deref(), Some(canary));
+        let key =
+            q.db.get_cf(cf(&q.db, QCf::CaseKeys), rec.case_id.0)
+                .unwrap()
+                .unwrap();
         q.purge().unwrap();
 
         let after = q.destroy_content(rec.case_id, now_ms()).unwrap().unwrap();
