@@ -23,7 +23,7 @@ use anyhow::{bail, Context};
 use ephemera_actors::ids::Id;
 use rocksdb::{IteratorMode, WriteBatch, WriteOptions};
 
-use super::{cf, open_db, open_read_only, BlobState, CaseRecord, QCf};
+use super::{cf, open_db, BlobState, CaseRecord, QCf, QuarantineStore};
 use crate::media::service::QUARANTINE_PREFIX;
 
 const HEADER: &[u8] = b"EPHEMERA-QUARANTINE-BACKUP v1\n";
@@ -67,7 +67,9 @@ pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<String> {
     if !dir.join("CURRENT").exists() {
         bail!("no quarantine store in {}", data_dir.display());
     }
-    let db = open_read_only(&dir).context("opening the quarantine store read-only")?;
+    let store =
+        QuarantineStore::open_read_only(&dir).context("opening the quarantine store read-only")?;
+    let db = &store.db;
     let tmp = out.with_extension("partial");
     let file = {
         use std::os::unix::fs::OpenOptionsExt;
@@ -84,7 +86,7 @@ pub fn backup(data_dir: &Path, out: &Path) -> anyhow::Result<String> {
     let mut counts = [0usize; 4];
     let mut held = Vec::new();
     for (i, c) in QCf::ALL.iter().enumerate() {
-        for item in db.iterator_cf(cf(&db, *c), IteratorMode::Start) {
+        for item in db.iterator_cf(cf(db, *c), IteratorMode::Start) {
             let (k, v) = item.context("reading the quarantine store")?;
             if *c == QCf::Cases {
                 let rec: CaseRecord =
@@ -280,6 +282,19 @@ mod tests {
         assert!(
             restore(dst.path(), &file).is_err(),
             "a non-empty store is refused"
+        );
+        // The census, read-only (as verify-deletion reads it).
+        let census = QuarantineStore::open_read_only(&dst.path().join("quarantine"))
+            .unwrap()
+            .census()
+            .unwrap();
+        assert_eq!(
+            (
+                census.open_cases,
+                census.cases_holding_content,
+                census.blobs_held
+            ),
+            (1, 1, 1)
         );
         let q = QuarantineStore::open(&dst.path().join("quarantine")).unwrap();
         let rec = q.case(case_id).unwrap().unwrap();

@@ -268,7 +268,7 @@ fn options() -> Options {
 
 /// Opens the instance at `dir` read-only (for a backup while the server
 /// runs): it sees every synced write.
-pub(crate) fn open_read_only(dir: &Path) -> Result<DB, StoreError> {
+fn open_read_only(dir: &Path) -> Result<DB, StoreError> {
     let names: Vec<&str> = QCf::ALL.iter().map(|c| c.name()).collect();
     Ok(DB::open_cf_for_read_only(&options(), dir, names, false)?)
 }
@@ -326,7 +326,18 @@ fn unseal(key: &[u8; 32], case: Id, sealed: &[u8]) -> Option<Content> {
 impl QuarantineStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = open_db(dir)?;
+        Self::over(open_db(dir)?)
+    }
+
+    /// Opens the store in `dir` read-only, beside a running server (it
+    /// sees every synced write): for a backup, or for `verify-deletion`'s
+    /// [`QuarantineStore::census`]. Writes through it fail.
+    pub fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        Self::over(open_read_only(dir)?)
+    }
+
+    /// The store over an open instance.
+    fn over(db: DB) -> Result<Self, StoreError> {
         let last = db
             .iterator_cf(cf(&db, QCf::AccessLog), IteratorMode::End)
             .next()
