@@ -1750,3 +1750,116 @@ async fn third_party_s3_over_https() {
         "a store whose certificate is not trusted is not used: {answer}"
     );
 }
+
+/// Against s3s-fs: a reported photo's blob is copied, as is, to
+/// `quarantine/<case_id>` in the same bucket; the sweep deletes the
+/// original when the message ends and walks the bucket for orphans, but
+/// never touches the copy, which a moderator fetches and opens with the
+/// case's data key; closing the case deletes it with a signed DELETE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_s3_keeps_quarantine_copies_until_closed() {
+    let s3 = S3sFs::start().await;
+    let server = Server::start_with_env(
+        &[
+            "--s3-endpoint",
+            &s3.endpoint,
+            "--s3-bucket",
+            S3_BUCKET,
+            "--s3-access-key-id",
+            S3_ACCESS_KEY,
+            // A sweep tick every 2 s.
+            "--deletion-window-seconds",
+            "8",
+        ],
+        &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)],
+    )
+    .await;
+    let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
+    let sent = send_timed_photo(&mut s, 1500, 2).await;
+    let call = |method: Method, path: String, token: String, body: Option<Value>| {
+        let http = s.http.clone();
+        async move {
+            http.raw(
+                method,
+                &path,
+                Some(&token),
+                body.map(|b| b.to_string()).as_deref(),
+            )
+            .await
+            .expect("calling the server")
+        }
+    };
+    let reported = call(
+        Method::POST,
+        "/api/v1/reports".into(),
+        s.bob_session.token.clone(),
+        Some(json!({ "msg_id": sent.msg_id, "reason": "s3" })),
+    )
+    .await;
+    assert_eq!(reported.status, 201, "report: {reported:?}");
+    let case_id = str_of(reported.json.as_ref().unwrap(), "case_id").to_owned();
+    let copy = s3.object_file(&format!("quarantine/{case_id}"));
+    assert_eq!(
+        std::fs::read(&copy).ok().as_deref(),
+        Some(sent.sealed.as_slice()),
+        "the copy is the sealed object, as is"
+    );
+
+    // The original goes when the message ends; the copy stays.
+    let original = s3.object_file(&format!("m/{}", sent.upload.media_key));
+    let deadline = now_ms() + 30_000;
+    while original.exists() {
+        assert!(
+            now_ms() < deadline,
+            "the original blob outlived its message by 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        copy.exists(),
+        "the sweep must never delete a quarantine copy"
+    );
+
+    let carol = register_user(&s.http, "carol").await;
+    let granted = server
+        .admin_http()
+        .raw(
+            Method::PUT,
+            &format!("/admin/moderators/{}", carol.user_id),
+            Some(server.admin_token()),
+            None,
+        )
+        .await
+        .expect("granting the moderator role");
+    assert_eq!(granted.status, 204);
+    let carol = carol.login(&s.http).await;
+    let case = call(
+        Method::GET,
+        format!("/api/v1/moderation/cases/{case_id}"),
+        carol.token.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(case.status, 200, "{case:?}");
+    let media = &case.json.as_ref().unwrap()["content"]["media"];
+    let got = blob_request(&s.blobs, Method::GET, str_of(media, "get_url"), None).await;
+    assert_eq!(
+        got.status,
+        200,
+        "s3s-fs serves the copy: {}",
+        got.describe()
+    );
+    let key = crypto::data_key(str_of(media, "data_key")).expect("a data key");
+    assert_eq!(crypto::open(&key, &got.body).expect("it opens"), sent.plain);
+
+    let closed = call(
+        Method::POST,
+        format!("/api/v1/moderation/cases/{case_id}/close"),
+        carol.token.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(closed.status, 200, "{closed:?}");
+    assert!(!copy.exists(), "closing deletes the copy from the bucket");
+}
