@@ -1392,6 +1392,12 @@ impl S3sFs {
         s3
     }
 
+    /// A server storing media here (path-style, us-east-1), with `extra`
+    /// flags.
+    async fn server(&self, extra: &[&str]) -> Server {
+        s3_server(&self.endpoint, extra).await
+    }
+
     /// Where s3s-fs keeps the object `key` of our bucket.
     fn object_file(&self, key: &str) -> PathBuf {
         self.root.path().join("data").join(S3_BUCKET).join(key)
@@ -1400,6 +1406,25 @@ impl S3sFs {
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// A server storing media at the S3 `endpoint` (our bucket, path-style,
+/// us-east-1, our credentials), with `extra` flags.
+async fn s3_server(endpoint: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--s3-endpoint",
+        endpoint,
+        "--s3-bucket",
+        S3_BUCKET,
+        "--s3-region",
+        "us-east-1",
+        "--s3-addressing",
+        "path",
+        "--s3-access-key-id",
+        S3_ACCESS_KEY,
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with_env(&args, &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)]).await
 }
 
 impl Drop for S3sFs {
@@ -1418,22 +1443,7 @@ impl Drop for S3sFs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_party_s3_round_trip_and_refusals() {
     let s3 = S3sFs::start().await;
-    let server = Server::start_with_env(
-        &[
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--s3-bucket",
-            S3_BUCKET,
-            "--s3-region",
-            "us-east-1",
-            "--s3-addressing",
-            "path",
-            "--s3-access-key-id",
-            S3_ACCESS_KEY,
-        ],
-        &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)],
-    )
-    .await;
+    let server = s3.server(&[]).await;
     let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
 
     // Sending before uploading: the server's HEAD finds nothing.
@@ -1685,22 +1695,7 @@ async fn third_party_s3_over_https() {
     let s3 = S3sFs::start().await;
     let tls = Stunnel::start(&s3).await;
     let cert = tls.cert().display().to_string();
-    let args = [
-        "--s3-endpoint",
-        &tls.endpoint,
-        "--s3-bucket",
-        S3_BUCKET,
-        "--s3-region",
-        "us-east-1",
-        "--s3-addressing",
-        "path",
-        "--s3-access-key-id",
-        S3_ACCESS_KEY,
-        "--s3-ca-file",
-        &cert,
-    ];
-    let server =
-        Server::start_with_env(&args, &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)]).await;
+    let server = s3_server(&tls.endpoint, &["--s3-ca-file", &cert]).await;
     let mut s = scene(&server, format!("{}/{S3_BUCKET}", tls.endpoint)).await;
     s.blobs = tls.client();
     let sent = send_timed_photo(&mut s, 50_000, 600).await;
@@ -1723,11 +1718,7 @@ async fn third_party_s3_over_https() {
 
     // The same store without its certificate trusted: the server's HEAD
     // at send fails, so the send is refused, not trusted blindly.
-    let untrusted = Server::start_with_env(
-        &args[..args.len() - 2],
-        &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)],
-    )
-    .await;
+    let untrusted = s3_server(&tls.endpoint, &[]).await;
     let mut u = scene(&untrusted, format!("{}/{S3_BUCKET}", tls.endpoint)).await;
     u.blobs = tls.client();
     let upload = mint_for_file(&u.http, &u.alice_session, JPEG, 1000).await;
@@ -1759,21 +1750,8 @@ async fn third_party_s3_over_https() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_party_s3_keeps_quarantine_copies_until_closed() {
     let s3 = S3sFs::start().await;
-    let server = Server::start_with_env(
-        &[
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--s3-bucket",
-            S3_BUCKET,
-            "--s3-access-key-id",
-            S3_ACCESS_KEY,
-            // A sweep tick every 2 s.
-            "--deletion-window-seconds",
-            "8",
-        ],
-        &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)],
-    )
-    .await;
+    // A sweep tick every 2 s.
+    let server = s3.server(&["--deletion-window-seconds", "8"]).await;
     let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
     let sent = send_timed_photo(&mut s, 1500, 2).await;
     let call = |method: Method, path: String, token: String, body: Option<Value>| {

@@ -14,6 +14,7 @@ use common::media::{blob_client, blob_request, media_send, mint_for_file, photo,
 use common::stories::{add_close_friend, call, expect_status, post_story};
 use common::{
     new_cid, now_ms, random_hex, register_user, sleep_until_ms, str_of, Server, TestSocket,
+    TestUser,
 };
 use ephemera_load::client::{timed_text, Http, Session, Target};
 use ephemera_load::crypto;
@@ -49,6 +50,14 @@ fn path(p: &Path) -> &str {
 /// `POST /api/v1/reports` with `body` as `s`.
 async fn report(http: &Http, s: &Session, body: Value) -> ephemera_load::client::RawResponse {
     call(http, s, Method::POST, "/api/v1/reports", Some(body)).await
+}
+
+/// Each `(reporter, body, status, what)`: the report is refused with
+/// `status`.
+async fn refused<const N: usize>(http: &Http, refusals: [(&Session, Value, u16, &str); N]) {
+    for (s, body, status, what) in refusals {
+        expect_status(report(http, s, body).await, status, what);
+    }
 }
 
 /// Reports `body` as `s`, asserting `201`; the case id.
@@ -97,6 +106,14 @@ async fn read_case(http: &Http, s: &Session, case_id: &str) -> Value {
         200,
         "GET a case",
     )
+}
+
+/// `POST .../cases/{case_id}/close` as a moderator: `200`, closed.
+async fn close_case(http: &Http, s: &Session, case_id: &str) -> Value {
+    let path = format!("/api/v1/moderation/cases/{case_id}/close");
+    let closed = expect_status(call(http, s, Method::POST, &path, None).await, 200, "close");
+    assert_eq!(closed["status"], "closed", "{closed}");
+    closed
 }
 
 /// Fetches a case's media through its `get_url` and opens it with its
@@ -152,6 +169,57 @@ async fn send_photo(
         ack["expires_at"].as_i64().unwrap(),
         plain,
     )
+}
+
+/// Alice writes, bob reports, carol moderates: the three users and a
+/// session of each.
+async fn cast(http: &Http) -> (TestUser, TestUser, TestUser, Session, Session, Session) {
+    let alice = register_user(http, "q_alice").await;
+    let bob = register_user(http, "q_bob").await;
+    let carol = register_user(http, "q_carol").await;
+    let (a, b, c) = (
+        alice.login(http).await,
+        bob.login(http).await,
+        carol.login(http).await,
+    );
+    (alice, bob, carol, a, b, c)
+}
+
+/// A canary text and a photo alice sent bob, both reported by bob.
+struct Reported {
+    text_id: String,
+    canary: String,
+    plain: Vec<u8>,
+    /// The later expiry of the two.
+    expires_at: i64,
+    text_case: String,
+    photo_case: String,
+}
+
+/// `a` sends `bob` a canary text and a photo, timed `ttl` seconds, and
+/// `b` (bob) reports both.
+async fn send_and_report(
+    server: &Server,
+    http: &Http,
+    a: &Session,
+    b: &Session,
+    bob: &str,
+    ttl: u64,
+) -> Reported {
+    let mut sock = TestSocket::connect(server, a, "alice").await;
+    let canary = format!("quarantine canary {}", random_hex(8));
+    let (text_id, text_exp) = send_text(&mut sock, bob, &canary, ttl).await;
+    let (photo_id, photo_exp, plain) = send_photo(http, a, &mut sock, bob, ttl).await;
+    let text_case = report_ok(http, b, json!({ "msg_id": text_id, "reason": "abuse" })).await;
+    let photo_case = report_ok(http, b, json!({ "msg_id": photo_id, "reason": "nsfw" })).await;
+    Reported {
+        text_id,
+        canary,
+        plain,
+        expires_at: text_exp.max(photo_exp),
+        text_case,
+        photo_case,
+    }
 }
 
 /// Every moderation call as `s` answers `403`.
@@ -234,58 +302,46 @@ fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
 async fn a_reported_message_outlives_its_expiry_for_moderators_only() {
     let mut server = Server::start(&[]).await;
     let http = server.http();
-    let alice = register_user(&http, "q_alice").await;
-    let bob = register_user(&http, "q_bob").await;
-    let carol = register_user(&http, "q_carol").await;
-    let mallory = register_user(&http, "q_mallory").await;
-    let (a, b, c, m) = (
-        alice.login(&http).await,
-        bob.login(&http).await,
-        carol.login(&http).await,
-        mallory.login(&http).await,
-    );
-    let mut sock = TestSocket::connect(&server, &a, "alice").await;
-    let canary = format!("quarantine canary {}", random_hex(8));
-    let (text_id, text_exp) = send_text(&mut sock, &bob.user_id, &canary, 3).await;
-    let (photo_id, photo_exp, plain) = send_photo(&http, &a, &mut sock, &bob.user_id, 3).await;
+    let (alice, bob, carol, a, b, c) = cast(&http).await;
+    let m = register_user(&http, "q_mallory").await.login(&http).await;
+    let r = send_and_report(&server, &http, &a, &b, &bob.user_id, 3).await;
+    let (text_id, canary, plain) = (r.text_id, r.canary, r.plain);
+    let (text_case, photo_case) = (r.text_case, r.photo_case);
 
     // Only a recipient may report; the sender gets 422, anyone else 404.
-    let text_case = report_ok(&http, &b, json!({ "msg_id": text_id, "reason": "abuse" })).await;
-    let photo_case = report_ok(&http, &b, json!({ "msg_id": photo_id, "reason": "nsfw" })).await;
-    expect_status(
-        report(&http, &m, json!({ "msg_id": text_id, "reason": "x" })).await,
-        404,
-        "a non-member reports",
-    );
-    expect_status(
-        report(&http, &a, json!({ "msg_id": text_id, "reason": "x" })).await,
-        422,
-        "the sender reports her own message",
-    );
-    expect_status(
-        report(
-            &http,
+    let refusals = [
+        (
+            &m,
+            json!({ "msg_id": text_id, "reason": "x" }),
+            404,
+            "a non-member reports",
+        ),
+        (
+            &a,
+            json!({ "msg_id": text_id, "reason": "x" }),
+            422,
+            "the sender's own message",
+        ),
+        (
             &b,
             json!({ "msg_id": text_id, "story_id": text_id, "reason": "x" }),
-        )
-        .await,
-        422,
-        "both ids",
-    );
-    expect_status(
-        report(&http, &b, json!({ "msg_id": text_id, "reason": "" })).await,
-        422,
-        "an empty reason",
-    );
+            422,
+            "both ids",
+        ),
+        (
+            &b,
+            json!({ "msg_id": text_id, "reason": "" }),
+            422,
+            "an empty reason",
+        ),
+    ];
+    refused(&http, refusals).await;
 
     // Past the messages' expiry, and past a few media sweeps (every 5 s,
     // which delete the original blob and walk the bucket for orphans).
-    sleep_until_ms(text_exp.max(photo_exp) + 7_000).await;
-    expect_status(
-        report(&http, &b, json!({ "msg_id": text_id, "reason": "late" })).await,
-        404,
-        "an expired message",
-    );
+    sleep_until_ms(r.expires_at + 7_000).await;
+    let late = json!({ "msg_id": text_id, "reason": "late" });
+    refused(&http, [(&b, late, 404, "an expired message")]).await;
 
     // Not a moderator yet: 403 everywhere, for the reporter too.
     assert_forbidden_everywhere(&http, &c, &text_case, "carol before the grant").await;
@@ -393,50 +449,22 @@ async fn a_reported_message_outlives_its_expiry_for_moderators_only() {
 async fn a_reported_story_keeps_caption_and_media() {
     let server = Server::start(&[]).await;
     let http = server.http();
-    let alice = register_user(&http, "qs_alice").await;
-    let bob = register_user(&http, "qs_bob").await;
-    let carol = register_user(&http, "qs_carol").await;
-    let (a, b, c) = (
-        alice.login(&http).await,
-        bob.login(&http).await,
-        carol.login(&http).await,
-    );
+    let (_, _, carol, a, b, c) = cast(&http).await;
     let caption = format!("story caption canary {}", random_hex(6));
     let blobs = blob_client();
     let story = post_story(&http, &blobs, &a, "everyone", Some(4), Some(&caption)).await;
     let secret = post_story(&http, &blobs, &a, "close_friends", Some(60), None).await;
     add_close_friend(&http, &a, &carol.user_id).await;
 
-    expect_status(
-        report(
-            &http,
-            &a,
-            json!({ "story_id": story.story_id, "reason": "x" }),
-        )
-        .await,
-        422,
-        "the author reports her own story",
-    );
-    expect_status(
-        report(
-            &http,
-            &b,
-            json!({ "story_id": secret.story_id, "reason": "x" }),
-        )
-        .await,
-        404,
-        "a close-friends story bob may not see",
-    );
-    expect_status(
-        report(
-            &http,
-            &b,
-            json!({ "story_id": random_hex(16), "reason": "x" }),
-        )
-        .await,
-        404,
-        "no such story",
-    );
+    let own = json!({ "story_id": story.story_id, "reason": "x" });
+    let unseen = json!({ "story_id": secret.story_id, "reason": "x" });
+    let unknown = json!({ "story_id": random_hex(16), "reason": "x" });
+    let refusals = [
+        (&a, own, 422, "the author's own story"),
+        (&b, unseen, 404, "a close-friends story bob may not see"),
+        (&b, unknown, 404, "no such story"),
+    ];
+    refused(&http, refusals).await;
     let case = report_ok(
         &http,
         &b,
@@ -451,16 +479,8 @@ async fn a_reported_story_keeps_caption_and_media() {
     .await;
 
     sleep_until_ms(story.expires_at + 6_000).await;
-    expect_status(
-        report(
-            &http,
-            &b,
-            json!({ "story_id": story.story_id, "reason": "late" }),
-        )
-        .await,
-        404,
-        "an expired story",
-    );
+    let late = json!({ "story_id": story.story_id, "reason": "late" });
+    refused(&http, [(&b, late, 404, "an expired story")]).await;
     grant(&server, &carol.user_id).await;
     let got = read_case(&http, &c, &case).await;
     assert_eq!(got["kind"], "story");
@@ -478,14 +498,7 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
     // A retention of 0.0002 days: 17.28 s.
     let server = Server::start(&["--quarantine-retention-days", "0.0002"]).await;
     let http = server.http();
-    let alice = register_user(&http, "qh_alice").await;
-    let bob = register_user(&http, "qh_bob").await;
-    let carol = register_user(&http, "qh_carol").await;
-    let (a, b, c) = (
-        alice.login(&http).await,
-        bob.login(&http).await,
-        carol.login(&http).await,
-    );
+    let (_, bob, carol, a, b, c) = cast(&http).await;
     grant(&server, &carol.user_id).await;
     let mut sock = TestSocket::connect(&server, &a, "alice").await;
     let (held_msg, _) = send_text(&mut sock, &bob.user_id, "held text", 600).await;
@@ -497,34 +510,21 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
 
     // A hold in the past (or now) is refused; a later one is kept.
     let hold_path = format!("/api/v1/moderation/cases/{held}/hold");
-    expect_status(
+    let hold = |until: i64| {
         call(
             &http,
             &c,
             Method::POST,
             &hold_path,
-            Some(json!({ "until": now_ms() - 1 })),
+            Some(json!({ "until": until })),
         )
-        .await,
-        422,
-        "a hold in the past",
-    );
+    };
+    expect_status(hold(now_ms() - 1).await, 422, "a hold in the past");
     let hold_until = read_case(&http, &c, &held).await["retain_until"]
         .as_i64()
         .unwrap()
         + 8_000;
-    let answer = expect_status(
-        call(
-            &http,
-            &c,
-            Method::POST,
-            &hold_path,
-            Some(json!({ "until": hold_until })),
-        )
-        .await,
-        200,
-        "hold",
-    );
+    let answer = expect_status(hold(hold_until).await, 200, "hold");
     assert_eq!(answer["hold_until"].as_i64(), Some(hold_until));
 
     // Close of the photo case: destroyed at once, blob and key with it.
@@ -549,19 +549,7 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
         !files_holding(&qdir, &key).is_empty(),
         "control: the case key is on disk before the close"
     );
-    let closed = expect_status(
-        call(
-            &http,
-            &c,
-            Method::POST,
-            &format!("/api/v1/moderation/cases/{pic}/close"),
-            None,
-        )
-        .await,
-        200,
-        "close",
-    );
-    assert_eq!(closed["status"], "closed");
+    close_case(&http, &c, &pic).await;
     let after = read_case(&http, &c, &pic).await;
     assert!(after["content"].is_null(), "destroyed: {after}");
     let gone = blob_request(&blob_client(), Method::GET, &url, None).await;
@@ -593,19 +581,7 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
         "the hold keeps it: {kept}"
     );
     // Closing under a hold: closed, kept until the hold ends.
-    let closed = expect_status(
-        call(
-            &http,
-            &c,
-            Method::POST,
-            &format!("/api/v1/moderation/cases/{held}/close"),
-            None,
-        )
-        .await,
-        200,
-        "close under a hold",
-    );
-    assert_eq!(closed["status"], "closed");
+    close_case(&http, &c, &held).await;
     assert_eq!(
         read_case(&http, &c, &held).await["content"]["body"],
         "held text"
@@ -613,18 +589,8 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
     sleep_until_ms(hold_until + 2_500).await;
     let ended = read_case(&http, &c, &held).await;
     assert!(ended["content"].is_null(), "the hold ended: {ended}");
-    expect_status(
-        call(
-            &http,
-            &c,
-            Method::POST,
-            &hold_path,
-            Some(json!({ "until": now_ms() + 60_000 })),
-        )
-        .await,
-        409,
-        "a hold on destroyed content",
-    );
+    let late_hold = hold(now_ms() + 60_000).await;
+    expect_status(late_hold, 409, "a hold on destroyed content");
     let actions: Vec<String> = access_log(&server, 0)
         .await
         .iter()
@@ -640,18 +606,12 @@ async fn holds_keep_content_past_retention_and_close_destroys_it() {
 async fn a_quarantine_backup_restores_readable_cases() {
     let mut server = Server::start(&[]).await;
     let http = server.http();
-    let alice = register_user(&http, "qb_alice").await;
-    let bob = register_user(&http, "qb_bob").await;
-    let carol = register_user(&http, "qb_carol").await;
-    let (a, b) = (alice.login(&http).await, bob.login(&http).await);
+    let (_, bob, carol, a, b, _) = cast(&http).await;
     grant(&server, &carol.user_id).await;
-    let mut sock = TestSocket::connect(&server, &a, "alice").await;
-    let canary = format!("backup canary {}", random_hex(6));
-    let (text_msg, _) = send_text(&mut sock, &bob.user_id, &canary, 2).await;
-    let (photo_msg, exp, plain) = send_photo(&http, &a, &mut sock, &bob.user_id, 2).await;
-    let text_case = report_ok(&http, &b, json!({ "msg_id": text_msg, "reason": "r" })).await;
-    let photo_case = report_ok(&http, &b, json!({ "msg_id": photo_msg, "reason": "r" })).await;
-    sleep_until_ms(exp + 1_000).await;
+    let r = send_and_report(&server, &http, &a, &b, &bob.user_id, 2).await;
+    let (canary, plain) = (r.canary, r.plain);
+    let (text_case, photo_case) = (r.text_case, r.photo_case);
+    sleep_until_ms(r.expires_at + 1_000).await;
 
     // Both backups while the server runs.
     let root = tempfile::tempdir().unwrap();
