@@ -324,14 +324,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         roots,
     )
     .context("counting pending uploads")?;
-    let sweep = sweep::Sweep::new(
-        Arc::clone(&store),
-        Arc::clone(&keys),
-        media.clone(),
-        Arc::clone(&metrics),
-        cfg.deletion_window,
-    );
-    sweep.start();
     let quarantine = quarantine::Quarantine::new(
         quarantined,
         media.clone(),
@@ -339,8 +331,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .round()
             .max(1.0) as u64,
     );
-    // TODO(sweep): called by the sweep
-    quarantine.start_interim_sweep(std::time::Duration::from_secs(1));
+    let sweep = sweep::Sweep::new(
+        Arc::clone(&store),
+        Arc::clone(&keys),
+        media.clone(),
+        quarantine.clone(),
+        Arc::clone(&metrics),
+        cfg.deletion_window,
+    );
+    sweep.start();
     match quarantine.census() {
         Ok(c) => tracing::info!(
             open_cases = c.open_cases,

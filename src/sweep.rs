@@ -8,6 +8,10 @@
 //! * deletes the blobs of media objects whose life is over, then their
 //!   keys and records, and takes a step of the walk of the bucket for
 //!   orphaned blobs (embedded store or external S3, signed DELETEs);
+//! * destroys the quarantined content whose retention (and hold) is over,
+//!   or whose case was closed with no hold in force (see
+//!   [`crate::quarantine`]: the one sanctioned exception, with a clock of
+//!   its own);
 //!
 //! and each pass (a quarter of the window, at most 15 minutes) it
 //! * flushes every column family of the main database, so each WAL file
@@ -33,6 +37,7 @@ use serde::Serialize;
 use crate::deletion::DbCensus;
 use crate::keystore::KeyStore;
 use crate::media::service::MediaService;
+use crate::quarantine::{Quarantine, QuarantineCensus};
 use crate::store::{Cf, RocksStore, StoreError};
 
 /// The longest gap between two passes over the main database.
@@ -50,6 +55,7 @@ struct Inner {
     store: Arc<RocksStore>,
     keys: Arc<KeyStore>,
     media: MediaService,
+    quarantine: Quarantine,
     metrics: Arc<Metrics>,
     /// The promise: expired bytes leave the disk within this.
     window: Duration,
@@ -121,6 +127,9 @@ pub struct Report {
     pub pass_every_seconds: u64,
     /// When the main database's census was taken.
     pub measured_at: Option<u64>,
+    /// The quarantine, reported apart: the sanctioned exception, kept on
+    /// purpose until its own retention or hold ends.
+    pub quarantine: QuarantineCensus,
 }
 
 impl Sweep {
@@ -129,6 +138,7 @@ impl Sweep {
         store: Arc<RocksStore>,
         keys: Arc<KeyStore>,
         media: MediaService,
+        quarantine: Quarantine,
         metrics: Arc<Metrics>,
         window: Duration,
     ) -> Self {
@@ -136,6 +146,7 @@ impl Sweep {
             store,
             keys,
             media,
+            quarantine,
             metrics,
             window,
             started_at: now_ms(),
@@ -184,6 +195,7 @@ impl Sweep {
                 sweep.keys_step(held).await;
                 if !held {
                     orphan_walk = sweep.0.media.sweep_step(orphan_walk).await;
+                    sweep.0.quarantine.sweep(now_ms()).await;
                 }
                 if tokio::time::Instant::now() >= next_pass {
                     sweep.pass(held).await;
@@ -261,12 +273,14 @@ impl Sweep {
     /// logical backlog and the blobs pending.
     pub async fn report(&self) -> Result<Report, StoreError> {
         let store = Arc::clone(&self.0.store);
+        let quarantine = self.0.quarantine.clone();
         let now = now_ms();
-        let (backlog, (blobs, first_blob)) =
+        let (backlog, (blobs, first_blob), quarantined) =
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 Ok((
                     store.overdue_deadlines(now, BACKLOG_GRACE_MS, 1_000_000)?,
                     store.media_pending(now)?,
+                    quarantine.census()?,
                 ))
             })
             .await
@@ -313,6 +327,7 @@ impl Sweep {
             key_purge_age_seconds: secs(purge_age),
             pass_every_seconds: self.pass_every().as_secs(),
             measured_at: st.db.as_ref().map(|c| c.at),
+            quarantine: quarantined,
         })
     }
 

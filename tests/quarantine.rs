@@ -343,6 +343,26 @@ async fn a_reported_message_outlives_its_expiry_for_moderators_only() {
     let late = json!({ "msg_id": text_id, "reason": "late" });
     refused(&http, [(&b, late, 404, "an expired message")]).await;
 
+    // The auditor's tool counts the quarantined content apart, as the
+    // sanctioned exception: it does not fail the verdict, and the expired
+    // originals are judged as usual (within the server's window).
+    let audit = ok(
+        ephemera(&[
+            "verify-deletion",
+            "--data-dir",
+            path(server.data_dir()),
+            "--grace-seconds",
+            "3600",
+        ]),
+        "verify-deletion",
+    );
+    assert!(audit.contains("verdict: clean"), "{audit}");
+    assert!(
+        audit.contains("2 cases holding content") && audit.contains("1 blob copies"),
+        "the quarantine is reported apart: {audit}"
+    );
+    assert!(!audit.contains(&canary), "verify-deletion printed content");
+
     // Not a moderator yet: 403 everywhere, for the reporter too.
     assert_forbidden_everywhere(&http, &c, &text_case, "carol before the grant").await;
     assert_forbidden_everywhere(&http, &b, &text_case, "the reporter").await;
@@ -495,8 +515,16 @@ async fn a_reported_story_keeps_caption_and_media() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_keep_content_past_retention_and_close_destroys_it() {
-    // A retention of 0.0002 days: 17.28 s.
-    let server = Server::start(&["--quarantine-retention-days", "0.0002"]).await;
+    // A retention of 0.0002 days: 17.28 s. The sweep that destroys due
+    // cases ticks every quarter of the deletion window (1 to 5 s): a 4 s
+    // window makes it tick every second.
+    let server = Server::start(&[
+        "--quarantine-retention-days",
+        "0.0002",
+        "--deletion-window-seconds",
+        "4",
+    ])
+    .await;
     let http = server.http();
     let (_, bob, carol, a, b, c) = cast(&http).await;
     grant(&server, &carol.user_id).await;

@@ -742,20 +742,6 @@ impl Quarantine {
     pub fn census(&self) -> Result<QuarantineCensus, StoreError> {
         self.store.census()
     }
-
-    /// Until the sweep owner wires [`Quarantine::sweep`] into the one
-    /// sweep, a task calling it every `every`.
-    pub fn start_interim_sweep(&self, every: std::time::Duration) {
-        let q = self.clone();
-        // TODO(sweep): called by the sweep
-        actix_web::rt::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            loop {
-                tick.tick().await;
-                q.sweep(now_ms()).await;
-            }
-        });
-    }
 }
 
 /// The embedded blob store's upload gate with the quarantine's prefix:
