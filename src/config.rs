@@ -204,6 +204,18 @@ pub struct Settings {
     /// Bytes a user's pending uploads may declare in total; over it: 429 with Retry-After, or 413 for one upload larger than this on its own [default: 1073741824]
     #[arg(long, env = "EPHEMERA_MEDIA_MAX_PENDING_BYTES")]
     pub media_max_pending_bytes: Option<u64>,
+    /// Largest image/* upload in bytes (the sealed file), at most 100 MiB; over it: 413 [default: 104857600]
+    #[arg(long, env = "EPHEMERA_MAX_IMAGE_BYTES")]
+    pub max_image_bytes: Option<u64>,
+    /// Largest video/* upload in bytes (the sealed file), at most 100 MiB; over it: 413 [default: 104857600]
+    #[arg(long, env = "EPHEMERA_MAX_VIDEO_BYTES")]
+    pub max_video_bytes: Option<u64>,
+    /// Largest audio/* upload (voice notes) in bytes (the sealed file), at most 100 MiB; over it: 413 [default: 16777216]
+    #[arg(long, env = "EPHEMERA_MAX_AUDIO_BYTES")]
+    pub max_audio_bytes: Option<u64>,
+    /// Largest application/* upload (documents: PDF and others) in bytes (the sealed file), at most 100 MiB; over it: 413 [default: 104857600]
+    #[arg(long, env = "EPHEMERA_MAX_DOCUMENT_BYTES")]
+    pub max_document_bytes: Option<u64>,
     /// Base URL clients use to reach the public listener, for the embedded blob store's presigned URLs [default: http://LISTEN]
     #[arg(long, env = "EPHEMERA_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -308,6 +320,10 @@ impl Settings {
             media_max_pending_bytes: self
                 .media_max_pending_bytes
                 .or(other.media_max_pending_bytes),
+            max_image_bytes: self.max_image_bytes.or(other.max_image_bytes),
+            max_video_bytes: self.max_video_bytes.or(other.max_video_bytes),
+            max_audio_bytes: self.max_audio_bytes.or(other.max_audio_bytes),
+            max_document_bytes: self.max_document_bytes.or(other.max_document_bytes),
             admin_token: self.admin_token.or(other.admin_token),
             public_url: self.public_url.or(other.public_url),
             s3_endpoint: self.s3_endpoint.or(other.s3_endpoint),
@@ -405,6 +421,8 @@ pub struct Config {
     pub deletion_window: Duration,
     /// Per-user bounds on media uploads.
     pub uploads: crate::media::quota::UploadLimits,
+    /// The largest upload of each kind of media.
+    pub media_sizes: crate::media::kinds::SizeLimits,
     /// Admin bearer token (never logged, never serialised).
     #[serde(skip)]
     pub admin_token: Option<String>,
@@ -517,6 +535,15 @@ impl Config {
                 max_pending: s.media_max_pending_uploads.unwrap_or(64),
                 max_pending_bytes: s.media_max_pending_bytes.unwrap_or(1 << 30),
             },
+            media_sizes: {
+                let d = crate::media::kinds::SizeLimits::DEFAULT;
+                crate::media::kinds::SizeLimits {
+                    image: s.max_image_bytes.unwrap_or(d.image),
+                    video: s.max_video_bytes.unwrap_or(d.video),
+                    audio: s.max_audio_bytes.unwrap_or(d.audio),
+                    document: s.max_document_bytes.unwrap_or(d.document),
+                }
+            },
             admin_token: s.admin_token.filter(|t| !t.is_empty()),
             public_url: s.public_url.map(|u| u.trim_end_matches('/').to_owned()),
             s3_bucket: s.s3_bucket.unwrap_or_else(|| "media".into()),
@@ -580,6 +607,12 @@ impl Config {
         if u.max_pending_bytes < crate::media::service::SEAL_OVERHEAD {
             return Err(ConfigError::Invalid(
                 "media_max_pending_bytes must be at least 28 (the smallest sealed file)",
+            ));
+        }
+        if !c.media_sizes.valid() {
+            return Err(ConfigError::Invalid(
+                "max_image_bytes, max_video_bytes, max_audio_bytes and max_document_bytes must \
+                 be within 28..=104857600 (100 MiB)",
             ));
         }
         if c.deletion_window.as_secs() == 0 {
@@ -688,6 +721,14 @@ mod tests {
         ));
         let cli = Settings {
             media_max_pending_uploads: Some(0),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            Config::resolve(cli, None),
+            Err(ConfigError::Invalid(_))
+        ));
+        let cli = Settings {
+            max_document_bytes: Some((100 << 20) + 1),
             ..Settings::default()
         };
         assert!(matches!(
