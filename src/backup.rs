@@ -53,7 +53,7 @@ pub const BACKED_UP: [Cf; 11] = [
 ];
 
 /// The column families a backup never holds.
-pub const NEVER_BACKED_UP: [Cf; 19] = [
+pub const NEVER_BACKED_UP: [Cf; 20] = [
     // Login tokens are secrets: restored users log in again.
     Cf::Tokens,
     // Message content and everything about single messages: bodies,
@@ -81,6 +81,8 @@ pub const NEVER_BACKED_UP: [Cf; 19] = [
     // Highlights are kept stories: content.
     Cf::Highlights,
     Cf::AuthorHighlights,
+    // Reactions are content of messages.
+    Cf::Reactions,
 ];
 
 /// The settings leave these out: they are secrets.

@@ -58,6 +58,12 @@ pub fn view(msg: MsgId, user: UserId) -> [u8; 40] {
     k
 }
 
+/// `reactions`: (conversation, seq, user): a message's reactions in one
+/// scan, so they go with it in one range.
+pub fn reaction(msg: MsgId, user: UserId) -> [u8; 40] {
+    view(msg, user)
+}
+
 /// `inbox`: (user, cursor).
 pub fn inbox(user: UserId, cursor: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
@@ -393,6 +399,29 @@ mod tests {
         assert_eq!(&k[..16], &[0xaa; 16]);
         assert_eq!(&k[16..24], &[0, 0, 0, 0, 0, 0, 0, 2]);
         assert_eq!(&k[24..], &[0xbb; 16]);
+    }
+
+    #[test]
+    fn reaction_key_is_message_then_user() {
+        let k = reaction(
+            MsgId {
+                conv: A,
+                seq: 0x0102,
+            },
+            B,
+        );
+        let mut want = vec![0xaa; 16];
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 2]);
+        want.extend_from_slice(&[0xbb; 16]);
+        assert_eq!(k.to_vec(), want);
+        // A message's reactions are the keys under its message key.
+        assert_eq!(
+            k[..24],
+            message(MsgId {
+                conv: A,
+                seq: 0x0102
+            })
+        );
     }
 
     #[test]

@@ -160,11 +160,14 @@ pub enum Cf {
     Highlights,
     /// (author, created_at, highlight) -> () : an author's highlights.
     AuthorHighlights,
+    /// (conversation, seq, user) -> emoji, sealed like a body: reactions
+    /// (PROTOCOL 11). Expire with their message and are deleted with it.
+    Reactions,
 }
 
 impl Cf {
     /// Every column family, in the order they are opened.
-    pub const ALL: [Cf; 30] = [
+    pub const ALL: [Cf; 31] = [
         Cf::Accounts,
         Cf::Usernames,
         Cf::Tokens,
@@ -195,6 +198,7 @@ impl Cf {
         Cf::StoryFanout,
         Cf::Highlights,
         Cf::AuthorHighlights,
+        Cf::Reactions,
     ];
 
     /// The name on disk.
@@ -230,6 +234,7 @@ impl Cf {
             Cf::StoryFanout => "story_fanout",
             Cf::Highlights => "highlights",
             Cf::AuthorHighlights => "author_highlights",
+            Cf::Reactions => "reactions",
         }
     }
 
@@ -897,6 +902,16 @@ impl Store for RocksStore {
             }),
         )?;
         Ok(n)
+    }
+
+    fn reaction(&self, msg: MsgId, by: UserId) -> Result<Option<String>, ReadError> {
+        let k = keys::reaction(msg, by);
+        read(self.get_live(Cf::Reactions, &k).and_then(|v| {
+            // A key already destroyed opens nothing: the reaction is gone.
+            v.and_then(|sealed| self.keys.open_body(&k, &sealed))
+                .map(|plain| String::from_utf8(plain).map_err(|_| StoreError::Corrupt("reactions")))
+                .transpose()
+        }))
     }
 
     fn viewers(&self, msg: MsgId) -> Result<Vec<UserId>, ReadError> {
