@@ -53,7 +53,7 @@ pub const BACKED_UP: [Cf; 11] = [
 ];
 
 /// The column families a backup never holds.
-pub const NEVER_BACKED_UP: [Cf; 20] = [
+pub const NEVER_BACKED_UP: [Cf; 22] = [
     // Login tokens are secrets: restored users log in again.
     Cf::Tokens,
     // Message content and everything about single messages: bodies,
@@ -83,6 +83,10 @@ pub const NEVER_BACKED_UP: [Cf; 20] = [
     Cf::AuthorHighlights,
     // Reactions are content of messages.
     Cf::Reactions,
+    // Devices' public keys: restored users log in again, as new devices
+    // with keys of their own.
+    Cf::DeviceKeys,
+    Cf::Prekeys,
 ];
 
 /// The settings leave these out: they are secrets.

@@ -216,6 +216,12 @@ pub struct Settings {
     /// Largest application/* upload (documents: PDF and others) in bytes (the sealed file), at most 100 MiB; over it: 413 [default: 104857600]
     #[arg(long, env = "EPHEMERA_MAX_DOCUMENT_BYTES")]
     pub max_document_bytes: Option<u64>,
+    /// Fetches of one user's keys (GET /api/v1/users/{id}/keys, each claims a one-time prekey per device) a minute per caller; over it: 429 with Retry-After [default: 10]
+    #[arg(long, env = "EPHEMERA_PREKEY_CLAIM_RATE_PER_MINUTE")]
+    pub prekey_claim_rate_per_minute: Option<u32>,
+    /// Such fetches a caller may save up above the rate, per user fetched [default: 20]
+    #[arg(long, env = "EPHEMERA_PREKEY_CLAIM_BURST")]
+    pub prekey_claim_burst: Option<u32>,
     /// Base URL clients use to reach the public listener, for the embedded blob store's presigned URLs [default: http://LISTEN]
     #[arg(long, env = "EPHEMERA_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -324,6 +330,10 @@ impl Settings {
             max_video_bytes: self.max_video_bytes.or(other.max_video_bytes),
             max_audio_bytes: self.max_audio_bytes.or(other.max_audio_bytes),
             max_document_bytes: self.max_document_bytes.or(other.max_document_bytes),
+            prekey_claim_rate_per_minute: self
+                .prekey_claim_rate_per_minute
+                .or(other.prekey_claim_rate_per_minute),
+            prekey_claim_burst: self.prekey_claim_burst.or(other.prekey_claim_burst),
             admin_token: self.admin_token.or(other.admin_token),
             public_url: self.public_url.or(other.public_url),
             s3_endpoint: self.s3_endpoint.or(other.s3_endpoint),
@@ -423,6 +433,10 @@ pub struct Config {
     pub uploads: crate::media::quota::UploadLimits,
     /// The largest upload of each kind of media.
     pub media_sizes: crate::media::kinds::SizeLimits,
+    /// Key fetches a minute per (caller, user fetched).
+    pub prekey_claim_rate_per_minute: u32,
+    /// Key fetches saved up per (caller, user fetched).
+    pub prekey_claim_burst: u32,
     /// Admin bearer token (never logged, never serialised).
     #[serde(skip)]
     pub admin_token: Option<String>,
@@ -544,6 +558,8 @@ impl Config {
                     document: s.max_document_bytes.unwrap_or(d.document),
                 }
             },
+            prekey_claim_rate_per_minute: s.prekey_claim_rate_per_minute.unwrap_or(10).max(1),
+            prekey_claim_burst: s.prekey_claim_burst.unwrap_or(20).max(1),
             admin_token: s.admin_token.filter(|t| !t.is_empty()),
             public_url: s.public_url.map(|u| u.trim_end_matches('/').to_owned()),
             s3_bucket: s.s3_bucket.unwrap_or_else(|| "media".into()),

@@ -5,6 +5,7 @@
 
 pub mod filter;
 pub mod keys;
+pub mod prekeys;
 pub mod stories;
 mod writer;
 
@@ -163,11 +164,17 @@ pub enum Cf {
     /// (conversation, seq, user) -> emoji, sealed like a body: reactions
     /// (PROTOCOL 11). Expire with their message and are deleted with it.
     Reactions,
+    /// (user, device) -> identity key and signed prekey (public keys,
+    /// PROTOCOL 12); deleted when the device logs out.
+    DeviceKeys,
+    /// (user, device, key_id) -> a one-time prekey (public), deleted when
+    /// claimed or when the device logs out.
+    Prekeys,
 }
 
 impl Cf {
     /// Every column family, in the order they are opened.
-    pub const ALL: [Cf; 31] = [
+    pub const ALL: [Cf; 33] = [
         Cf::Accounts,
         Cf::Usernames,
         Cf::Tokens,
@@ -199,6 +206,8 @@ impl Cf {
         Cf::Highlights,
         Cf::AuthorHighlights,
         Cf::Reactions,
+        Cf::DeviceKeys,
+        Cf::Prekeys,
     ];
 
     /// The name on disk.
@@ -235,6 +244,8 @@ impl Cf {
             Cf::Highlights => "highlights",
             Cf::AuthorHighlights => "author_highlights",
             Cf::Reactions => "reactions",
+            Cf::DeviceKeys => "device_keys",
+            Cf::Prekeys => "prekeys",
         }
     }
 
@@ -320,6 +331,8 @@ pub struct RocksStore {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Serialises account creation (username uniqueness).
     accounts_lock: Mutex<()>,
+    /// Serialise writes and claims of a user's public keys (by user).
+    prekey_locks: [Mutex<()>; prekeys::LOCKS],
     /// Usernames already read (they never change), for trays.
     names: std::sync::RwLock<std::collections::HashMap<UserId, Arc<str>>>,
     durability: Durability,
@@ -428,6 +441,7 @@ impl RocksStore {
             write_opts,
             writer: OnceLock::new(),
             accounts_lock: Mutex::new(()),
+            prekey_locks: Default::default(),
             names: Default::default(),
             writer_thread: Mutex::new(None),
             durability,
