@@ -766,21 +766,7 @@ async fn unsend_shreds_the_key_and_deletes_the_blob() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_key_on_disk(&server, &key(&sent.upload), "before unsend").await;
 
-    s.a1.send(json!({ "type": "unsend", "msg_id": sent.msg_id }))
-        .await;
-    let unsent_at = now_ms();
-    for sock in [&mut s.a1, &mut s.b1, &mut s.b2] {
-        let burned = sock.expect_about("burned", &sent.msg_id).await;
-        assert_eq!(str_of(&burned, "reason"), "unsent", "{}", sock.label());
-    }
-    wait_until_shredded(
-        &server,
-        &key(&sent.upload),
-        &blob_file,
-        unsent_at + SHRED_WINDOW_MS,
-        "unsent timed photo",
-    )
-    .await;
+    unsend_and_wait_until_shredded(&server, &mut s, &sent, &blob_file, "unsent timed photo").await;
     // The get_url bob got is still within its validity: the object is gone.
     let gone = blob_request(&s.blobs, Method::GET, sent.get_url(), None).await;
     assert_eq!(
@@ -790,6 +776,32 @@ async fn unsend_shreds_the_key_and_deletes_the_blob() {
         gone.describe()
     );
     assert_key_not_logged(&server, &key(&sent.upload));
+}
+
+/// Alice unsends `sent`: every device gets `burned` (`unsent`), and within
+/// the window its key leaves every file and `blob_file` is deleted.
+async fn unsend_and_wait_until_shredded(
+    server: &Server,
+    s: &mut Scene,
+    sent: &SentPhoto,
+    blob_file: &Path,
+    what: &str,
+) {
+    s.a1.send(json!({ "type": "unsend", "msg_id": sent.msg_id }))
+        .await;
+    let unsent_at = now_ms();
+    for sock in [&mut s.a1, &mut s.b1, &mut s.b2] {
+        let burned = sock.expect_about("burned", &sent.msg_id).await;
+        assert_eq!(str_of(&burned, "reason"), "unsent", "{}", sock.label());
+    }
+    wait_until_shredded(
+        server,
+        &key(&sent.upload),
+        blob_file,
+        unsent_at + SHRED_WINDOW_MS,
+        what,
+    )
+    .await;
 }
 
 /// A view-once photo nobody views, with a 3-second life: at expiry its key
@@ -1429,13 +1441,10 @@ impl Drop for S3sFs {
     }
 }
 
-/// Against s3s-fs, a third-party S3 server that verifies SigV4: the timed
-/// round trip, the refusals of forged, misused and expired URLs, and the
-/// deletion of the blob after unsend.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn third_party_s3_round_trip_and_refusals() {
-    let s3 = S3sFs::start().await;
-    let server = Server::start_with_env(
+/// The server with `s3` as its object storage (path addressing, region
+/// us-east-1, the test credentials).
+async fn server_on(s3: &S3sFs) -> Server {
+    Server::start_with_env(
         &[
             "--s3-endpoint",
             &s3.endpoint,
@@ -1450,7 +1459,39 @@ async fn third_party_s3_round_trip_and_refusals() {
         ],
         &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)],
     )
-    .await;
+    .await
+}
+
+/// Alice unsends `msg_id`; bob-1 gets `burned`, and within the window the
+/// server deletes `object` from the third-party store.
+async fn unsend_and_wait_until_deleted(
+    server: &Server,
+    s: &mut Scene,
+    msg_id: &str,
+    object: &Path,
+) {
+    s.a1.send(json!({ "type": "unsend", "msg_id": msg_id }))
+        .await;
+    let unsent_at = now_ms();
+    s.b1.expect_about("burned", msg_id).await;
+    while object.exists() {
+        assert!(
+            now_ms() < unsent_at + SHRED_WINDOW_MS,
+            "s3s-fs still holds {} {SHRED_WINDOW_MS} ms after unsend; server log tail:\n{}",
+            object.display(),
+            tail(&server.logs())
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Against s3s-fs, a third-party S3 server that verifies SigV4: the timed
+/// round trip, the refusals of forged, misused and expired URLs, and the
+/// deletion of the blob after unsend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_s3_round_trip_and_refusals() {
+    let s3 = S3sFs::start().await;
+    let server = server_on(&s3).await;
     let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
 
     // Sending before uploading: the server's HEAD finds nothing.
@@ -1528,19 +1569,7 @@ async fn third_party_s3_round_trip_and_refusals() {
     expired_url_is_refused(&mut s, "s3s-fs").await;
 
     // Unsend: the server deletes the object from the third-party store.
-    s.a1.send(json!({ "type": "unsend", "msg_id": sent.msg_id }))
-        .await;
-    let unsent_at = now_ms();
-    s.b1.expect_about("burned", &sent.msg_id).await;
-    while object.exists() {
-        assert!(
-            now_ms() < unsent_at + SHRED_WINDOW_MS,
-            "s3s-fs still holds {} {SHRED_WINDOW_MS} ms after unsend; server log tail:\n{}",
-            object.display(),
-            tail(&server.logs())
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    unsend_and_wait_until_deleted(&server, &mut s, &sent.msg_id, &object).await;
     let gone = blob_request(&s.blobs, Method::GET, sent.get_url(), None).await;
     assert_eq!(
         gone.status,
@@ -1821,21 +1850,7 @@ async fn voice_notes_and_documents_on_the_embedded_store() {
         "the PDF's blob is {}",
         blob_file.display()
     );
-    s.a1.send(json!({ "type": "unsend", "msg_id": document.msg_id }))
-        .await;
-    let unsent_at = now_ms();
-    for sock in [&mut s.a1, &mut s.b1, &mut s.b2] {
-        let burned = sock.expect_about("burned", &document.msg_id).await;
-        assert_eq!(str_of(&burned, "reason"), "unsent", "{}", sock.label());
-    }
-    wait_until_shredded(
-        &server,
-        &key(&document.upload),
-        &blob_file,
-        unsent_at + SHRED_WINDOW_MS,
-        "unsent PDF",
-    )
-    .await;
+    unsend_and_wait_until_shredded(&server, &mut s, &document, &blob_file, "unsent PDF").await;
     assert_key_not_logged(&server, &key(&document.upload));
 
     // Limits per type: audio 16 MiB by default, documents lowered to 1 MB
@@ -1866,18 +1881,7 @@ async fn voice_notes_and_documents_on_the_embedded_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_party_s3_voice_note_and_document() {
     let s3 = S3sFs::start().await;
-    let server = Server::start_with_env(
-        &[
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--s3-bucket",
-            S3_BUCKET,
-            "--s3-access-key-id",
-            S3_ACCESS_KEY,
-        ],
-        &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)],
-    )
-    .await;
+    let server = server_on(&s3).await;
     let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
     let sent = voice_note_and_pdf_round_trip(&mut s, "s3s-fs").await;
     for file in &sent {
@@ -1885,18 +1889,6 @@ async fn third_party_s3_voice_note_and_document() {
         let stored = std::fs::read(&object)
             .unwrap_or_else(|err| panic!("s3s-fs must hold {}: {err}", object.display()));
         assert!(stored == file.sealed, "s3s-fs holds exactly the ciphertext");
-        s.a1.send(json!({ "type": "unsend", "msg_id": file.msg_id }))
-            .await;
-        let unsent_at = now_ms();
-        s.b1.expect_about("burned", &file.msg_id).await;
-        while object.exists() {
-            assert!(
-                now_ms() < unsent_at + SHRED_WINDOW_MS,
-                "s3s-fs still holds {} {SHRED_WINDOW_MS} ms after unsend; server log tail:\n{}",
-                object.display(),
-                tail(&server.logs())
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        unsend_and_wait_until_deleted(&server, &mut s, &file.msg_id, &object).await;
     }
 }

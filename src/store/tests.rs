@@ -153,15 +153,21 @@ async fn group_commit_assigns_cursors_in_order_and_dedups() {
     assert!(store.message(m.id).unwrap().is_none());
 }
 
-#[tokio::test]
-async fn compaction_drops_expired_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = Arc::new(KeyStore::open(&dir.path().join("keys")).unwrap());
-    let store = RocksStore::open(&dir.path().join("db"), keys, Durability::Wal, 3600).unwrap();
+/// A store in `dir` (database and key store) with its writer running.
+fn started(dir: &std::path::Path) -> RocksStore {
+    let keys = Arc::new(KeyStore::open(&dir.join("keys")).unwrap());
+    let store = RocksStore::open(&dir.join("db"), keys, Durability::Wal, 3600).unwrap();
     store.start_writer(
         Arc::new(Recorder::default()),
         Arc::new(ephemera_actors::metrics::Metrics::new()),
     );
+    store
+}
+
+#[tokio::test]
+async fn compaction_drops_expired_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = started(dir.path());
     let conv = Id([6; 16]);
     let short = message(conv, 1, "short-lived", 1);
     let long = message(conv, 2, "long-lived", 600_000);
@@ -319,17 +325,11 @@ async fn deadline_indexes_change_together() {
 
 /// A reaction is sealed at rest, readable while its message lives, and
 /// deleted with its message, whether the deletion comes in a later batch
-/// or in the same batch as the reaction; a message without reactions
-/// leaves no range deletion behind.
+/// or in the same batch as the reaction.
 #[tokio::test]
 async fn reactions_are_sealed_and_burn_with_their_message() {
     let dir = tempfile::tempdir().unwrap();
-    let keys = Arc::new(KeyStore::open(&dir.path().join("keys")).unwrap());
-    let store = RocksStore::open(&dir.path().join("db"), keys, Durability::Wal, 3600).unwrap();
-    store.start_writer(
-        Arc::new(Recorder::default()),
-        Arc::new(ephemera_actors::metrics::Metrics::new()),
-    );
+    let store = started(dir.path());
     let conv = Id([5; 16]);
     let (bob, carol) = (Id([2; 16]), Id([3; 16]));
     let put = |m: &StoredMessage, by: UserId, emoji: &str| Op::PutReaction {
