@@ -1,7 +1,8 @@
 //! Storage on RocksDB (embedded): one column family per kind of row, typed
 //! keys (`keys`), every value prefixed with its expiry and a compaction
 //! filter that drops expired rows (`filter`), and a group-commit writer
-//! (`writer`) through which every actor write goes.
+//! (`writer`) through which every actor write goes; stories and the
+//! social graph (`stories`); the key directory's public keys (`prekeys`).
 
 pub mod filter;
 pub mod keys;
