@@ -1421,6 +1421,12 @@ impl S3sFs {
         s3
     }
 
+    /// A server storing media here (path-style, us-east-1), with `extra`
+    /// flags.
+    async fn server(&self, extra: &[&str]) -> Server {
+        s3_server(&self.endpoint, extra).await
+    }
+
     /// Where s3s-fs keeps the object `key` of our bucket.
     fn object_file(&self, key: &str) -> PathBuf {
         self.root.path().join("data").join(S3_BUCKET).join(key)
@@ -1431,6 +1437,25 @@ impl S3sFs {
     }
 }
 
+/// A server storing media at the S3 `endpoint` (our bucket, path-style,
+/// us-east-1, our credentials), with `extra` flags.
+async fn s3_server(endpoint: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--s3-endpoint",
+        endpoint,
+        "--s3-bucket",
+        S3_BUCKET,
+        "--s3-region",
+        "us-east-1",
+        "--s3-addressing",
+        "path",
+        "--s3-access-key-id",
+        S3_ACCESS_KEY,
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with_env(&args, &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)]).await
+}
+
 impl Drop for S3sFs {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -1439,27 +1464,6 @@ impl Drop for S3sFs {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The server with `s3` as its object storage (path addressing, region
-/// us-east-1, the test credentials).
-async fn server_on(s3: &S3sFs) -> Server {
-    Server::start_with_env(
-        &[
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--s3-bucket",
-            S3_BUCKET,
-            "--s3-region",
-            "us-east-1",
-            "--s3-addressing",
-            "path",
-            "--s3-access-key-id",
-            S3_ACCESS_KEY,
-        ],
-        &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)],
-    )
-    .await
 }
 
 /// Alice unsends `msg_id`; bob-1 gets `burned`, and within the window the
@@ -1491,7 +1495,7 @@ async fn unsend_and_wait_until_deleted(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_party_s3_round_trip_and_refusals() {
     let s3 = S3sFs::start().await;
-    let server = server_on(&s3).await;
+    let server = s3.server(&[]).await;
     let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
 
     // Sending before uploading: the server's HEAD finds nothing.
@@ -1731,22 +1735,7 @@ async fn third_party_s3_over_https() {
     let s3 = S3sFs::start().await;
     let tls = Stunnel::start(&s3).await;
     let cert = tls.cert().display().to_string();
-    let args = [
-        "--s3-endpoint",
-        &tls.endpoint,
-        "--s3-bucket",
-        S3_BUCKET,
-        "--s3-region",
-        "us-east-1",
-        "--s3-addressing",
-        "path",
-        "--s3-access-key-id",
-        S3_ACCESS_KEY,
-        "--s3-ca-file",
-        &cert,
-    ];
-    let server =
-        Server::start_with_env(&args, &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)]).await;
+    let server = s3_server(&tls.endpoint, &["--s3-ca-file", &cert]).await;
     let mut s = scene(&server, format!("{}/{S3_BUCKET}", tls.endpoint)).await;
     s.blobs = tls.client();
     let sent = send_timed_photo(&mut s, 50_000, 600).await;
@@ -1769,11 +1758,7 @@ async fn third_party_s3_over_https() {
 
     // The same store without its certificate trusted: the server's HEAD
     // at send fails, so the send is refused, not trusted blindly.
-    let untrusted = Server::start_with_env(
-        &args[..args.len() - 2],
-        &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)],
-    )
-    .await;
+    let untrusted = s3_server(&tls.endpoint, &[]).await;
     let mut u = scene(&untrusted, format!("{}/{S3_BUCKET}", tls.endpoint)).await;
     u.blobs = tls.client();
     let upload = mint_for_file(&u.http, &u.alice_session, JPEG, 1000).await;
@@ -1797,98 +1782,102 @@ async fn third_party_s3_over_https() {
     );
 }
 
-// ---------------------------------------------------------------------------
-// Voice notes and documents
-// ---------------------------------------------------------------------------
-
-/// A voice note (`audio/ogg`) and a PDF (`application/pdf`) from alice to
-/// bob as `timed` media: minted, sealed, PUT and sent like a photo; both of
-/// bob's devices get `media` with the declared type, and the `get_url`
-/// returns the ciphertext that the data key opens to the original file.
-/// Returns what was sent, voice note first.
-async fn voice_note_and_pdf_round_trip(s: &mut Scene, store: &str) -> [SentPhoto; 2] {
-    let mut sent = Vec::new();
-    for (content_type, plain) in [
-        ("audio/ogg", voice_note(48_000)),
-        ("application/pdf", pdf(300_000)),
-    ] {
-        let file = send_timed_file(s, content_type, plain, 600).await;
-        for (i, media) in file.media.iter().enumerate() {
-            fetch_and_open(
-                &s.blobs,
-                media,
-                &file.sealed,
-                &file.plain,
-                &format!("{store}: {content_type} on bob-{}", i + 1),
-            )
-            .await;
-        }
-        sent.push(file);
-    }
-    match sent.try_into() {
-        Ok(two) => two,
-        Err(_) => unreachable!("two files were sent"),
-    }
-}
-
-/// Voice notes and documents on the embedded store: the round trip, the
-/// same shredding as photos (unsent, the PDF's key leaves every file and
-/// its blob is deleted), the per-type size limits (a voice note over
-/// `max_audio_bytes` gets the 413 of an oversized upload while a video of
-/// the same size passes; a document over a lowered `max_document_bytes`
-/// too) and `text/plain` refused as no media type.
+/// Against s3s-fs: a reported photo's blob is copied, as is, to
+/// `quarantine/<case_id>` in the same bucket; the sweep deletes the
+/// original when the message ends and walks the bucket for orphans, but
+/// never touches the copy, which a moderator fetches and opens with the
+/// case's data key; closing the case deletes it with a signed DELETE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn voice_notes_and_documents_on_the_embedded_store() {
-    let server = Server::start(&["--max-document-bytes", "1000000"]).await;
-    let mut s = scene(&server, embedded_base(&server)).await;
-    let [voice, document] = voice_note_and_pdf_round_trip(&mut s, "embedded store").await;
-    assert!(embedded_blob_file(&server, &voice.upload.media_key).exists());
-
-    let blob_file = embedded_blob_file(&server, &document.upload.media_key);
-    assert!(
-        blob_file.exists(),
-        "the PDF's blob is {}",
-        blob_file.display()
-    );
-    unsend_and_wait_until_shredded(&server, &mut s, &document, &blob_file, "unsent PDF").await;
-    assert_key_not_logged(&server, &key(&document.upload));
-
-    // Limits per type: audio 16 MiB by default, documents lowered to 1 MB
-    // here, video still 100 MiB.
-    for (content_type, bytes, status, code) in [
-        ("audio/ogg", 16 << 20, 200, None),
-        ("audio/ogg", (16 << 20) + 1, 413, Some("too_large")),
-        ("video/mp4", (16 << 20) + 1, 200, None),
-        ("application/pdf", 1_000_000, 200, None),
-        ("application/pdf", 1_000_001, 413, Some("too_large")),
-        ("application/zip", 1_000_001, 413, Some("too_large")),
-        ("image/jpeg", 104_857_601, 413, Some("too_large")),
-        ("text/plain", 1000, 422, Some("invalid")),
-        ("audio", 1000, 422, Some("invalid")),
-    ] {
-        let answer = request_upload(&s.http, &s.bob_session, content_type, bytes).await;
-        assert_eq!(
-            (answer.status, answer.error_code()),
-            (status, code),
-            "upload-urls for {content_type} of {bytes} bytes: {answer:?}"
-        );
-    }
-}
-
-/// A voice note and a PDF through a third-party S3 server (s3s-fs): it
-/// holds exactly the ciphertext, the round trip opens, and unsend deletes
-/// the object from it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn third_party_s3_voice_note_and_document() {
+async fn third_party_s3_keeps_quarantine_copies_until_closed() {
     let s3 = S3sFs::start().await;
-    let server = server_on(&s3).await;
+    // A sweep tick every 2 s.
+    let server = s3.server(&["--deletion-window-seconds", "8"]).await;
     let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
-    let sent = voice_note_and_pdf_round_trip(&mut s, "s3s-fs").await;
-    for file in &sent {
-        let object = s3.object_file(&format!("m/{}", file.upload.media_key));
-        let stored = std::fs::read(&object)
-            .unwrap_or_else(|err| panic!("s3s-fs must hold {}: {err}", object.display()));
-        assert!(stored == file.sealed, "s3s-fs holds exactly the ciphertext");
-        unsend_and_wait_until_deleted(&server, &mut s, &file.msg_id, &object).await;
+    let sent = send_timed_photo(&mut s, 1500, 2).await;
+    let call = |method: Method, path: String, token: String, body: Option<Value>| {
+        let http = s.http.clone();
+        async move {
+            http.raw(
+                method,
+                &path,
+                Some(&token),
+                body.map(|b| b.to_string()).as_deref(),
+            )
+            .await
+            .expect("calling the server")
+        }
+    };
+    let reported = call(
+        Method::POST,
+        "/api/v1/reports".into(),
+        s.bob_session.token.clone(),
+        Some(json!({ "msg_id": sent.msg_id, "reason": "s3" })),
+    )
+    .await;
+    assert_eq!(reported.status, 201, "report: {reported:?}");
+    let case_id = str_of(reported.json.as_ref().unwrap(), "case_id").to_owned();
+    let copy = s3.object_file(&format!("quarantine/{case_id}"));
+    assert_eq!(
+        std::fs::read(&copy).ok().as_deref(),
+        Some(sent.sealed.as_slice()),
+        "the copy is the sealed object, as is"
+    );
+
+    // The original goes when the message ends; the copy stays.
+    let original = s3.object_file(&format!("m/{}", sent.upload.media_key));
+    let deadline = now_ms() + 30_000;
+    while original.exists() {
+        assert!(
+            now_ms() < deadline,
+            "the original blob outlived its message by 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        copy.exists(),
+        "the sweep must never delete a quarantine copy"
+    );
+
+    let carol = register_user(&s.http, "carol").await;
+    let granted = server
+        .admin_http()
+        .raw(
+            Method::PUT,
+            &format!("/admin/moderators/{}", carol.user_id),
+            Some(server.admin_token()),
+            None,
+        )
+        .await
+        .expect("granting the moderator role");
+    assert_eq!(granted.status, 204);
+    let carol = carol.login(&s.http).await;
+    let case = call(
+        Method::GET,
+        format!("/api/v1/moderation/cases/{case_id}"),
+        carol.token.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(case.status, 200, "{case:?}");
+    let media = &case.json.as_ref().unwrap()["content"]["media"];
+    let got = blob_request(&s.blobs, Method::GET, str_of(media, "get_url"), None).await;
+    assert_eq!(
+        got.status,
+        200,
+        "s3s-fs serves the copy: {}",
+        got.describe()
+    );
+    let key = crypto::data_key(str_of(media, "data_key")).expect("a data key");
+    assert_eq!(crypto::open(&key, &got.body).expect("it opens"), sent.plain);
+
+    let closed = call(
+        Method::POST,
+        format!("/api/v1/moderation/cases/{case_id}/close"),
+        carol.token.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(closed.status, 200, "{closed:?}");
+    assert!(!copy.exists(), "closing deletes the copy from the bucket");
 }
