@@ -1881,3 +1881,99 @@ async fn third_party_s3_keeps_quarantine_copies_until_closed() {
     assert_eq!(closed.status, 200, "{closed:?}");
     assert!(!copy.exists(), "closing deletes the copy from the bucket");
 }
+
+// ---------------------------------------------------------------------------
+// Voice notes and documents
+// ---------------------------------------------------------------------------
+
+/// A voice note (`audio/ogg`) and a PDF (`application/pdf`) from alice to
+/// bob as `timed` media: minted, sealed, PUT and sent like a photo; both of
+/// bob's devices get `media` with the declared type, and the `get_url`
+/// returns the ciphertext that the data key opens to the original file.
+/// Returns what was sent, voice note first.
+async fn voice_note_and_pdf_round_trip(s: &mut Scene, store: &str) -> [SentPhoto; 2] {
+    let mut sent = Vec::new();
+    for (content_type, plain) in [
+        ("audio/ogg", voice_note(48_000)),
+        ("application/pdf", pdf(300_000)),
+    ] {
+        let file = send_timed_file(s, content_type, plain, 600).await;
+        for (i, media) in file.media.iter().enumerate() {
+            fetch_and_open(
+                &s.blobs,
+                media,
+                &file.sealed,
+                &file.plain,
+                &format!("{store}: {content_type} on bob-{}", i + 1),
+            )
+            .await;
+        }
+        sent.push(file);
+    }
+    match sent.try_into() {
+        Ok(two) => two,
+        Err(_) => unreachable!("two files were sent"),
+    }
+}
+
+/// Voice notes and documents on the embedded store: the round trip, the
+/// same shredding as photos (unsent, the PDF's key leaves every file and
+/// its blob is deleted), the per-type size limits (a voice note over
+/// `max_audio_bytes` gets the 413 of an oversized upload while a video of
+/// the same size passes; a document over a lowered `max_document_bytes`
+/// too) and `text/plain` refused as no media type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_notes_and_documents_on_the_embedded_store() {
+    let server = Server::start(&["--max-document-bytes", "1000000"]).await;
+    let mut s = scene(&server, embedded_base(&server)).await;
+    let [voice, document] = voice_note_and_pdf_round_trip(&mut s, "embedded store").await;
+    assert!(embedded_blob_file(&server, &voice.upload.media_key).exists());
+
+    let blob_file = embedded_blob_file(&server, &document.upload.media_key);
+    assert!(
+        blob_file.exists(),
+        "the PDF's blob is {}",
+        blob_file.display()
+    );
+    unsend_and_wait_until_shredded(&server, &mut s, &document, &blob_file, "unsent PDF").await;
+    assert_key_not_logged(&server, &key(&document.upload));
+
+    // Limits per type: audio 16 MiB by default, documents lowered to 1 MB
+    // here, video still 100 MiB.
+    for (content_type, bytes, status, code) in [
+        ("audio/ogg", 16 << 20, 200, None),
+        ("audio/ogg", (16 << 20) + 1, 413, Some("too_large")),
+        ("video/mp4", (16 << 20) + 1, 200, None),
+        ("application/pdf", 1_000_000, 200, None),
+        ("application/pdf", 1_000_001, 413, Some("too_large")),
+        ("application/zip", 1_000_001, 413, Some("too_large")),
+        ("image/jpeg", 104_857_601, 413, Some("too_large")),
+        ("text/plain", 1000, 422, Some("invalid")),
+        ("audio", 1000, 422, Some("invalid")),
+    ] {
+        let answer = request_upload(&s.http, &s.bob_session, content_type, bytes).await;
+        assert_eq!(
+            (answer.status, answer.error_code()),
+            (status, code),
+            "upload-urls for {content_type} of {bytes} bytes: {answer:?}"
+        );
+    }
+}
+
+/// A voice note and a PDF through a third-party S3 server (s3s-fs): it
+/// holds exactly the ciphertext, the round trip opens, and unsend deletes
+/// the object from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_s3_voice_note_and_document() {
+    let s3 = S3sFs::start().await;
+    let server = s3.server(&[]).await;
+    let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
+    let sent = voice_note_and_pdf_round_trip(&mut s, "s3s-fs").await;
+    for file in &sent {
+        let object = s3.object_file(&format!("m/{}", file.upload.media_key));
+        let stored = std::fs::read(&object)
+            .unwrap_or_else(|err| panic!("s3s-fs must hold {}: {err}", object.display()));
+        assert!(stored == file.sealed, "s3s-fs holds exactly the ciphertext");
+        unsend_and_wait_until_deleted(&server, &mut s, &file.msg_id, &object).await;
+    }
+}
