@@ -53,7 +53,7 @@ pub const BACKED_UP: [Cf; 11] = [
 ];
 
 /// The column families a backup never holds.
-pub const NEVER_BACKED_UP: [Cf; 19] = [
+pub const NEVER_BACKED_UP: [Cf; 22] = [
     // Login tokens are secrets: restored users log in again.
     Cf::Tokens,
     // Message content and everything about single messages: bodies,
@@ -81,6 +81,12 @@ pub const NEVER_BACKED_UP: [Cf; 19] = [
     // Highlights are kept stories: content.
     Cf::Highlights,
     Cf::AuthorHighlights,
+    // Reactions are content of messages.
+    Cf::Reactions,
+    // Devices' public keys: restored users log in again, as new devices
+    // with keys of their own.
+    Cf::DeviceKeys,
+    Cf::Prekeys,
 ];
 
 /// The settings leave these out: they are secrets.

@@ -207,6 +207,24 @@ pub struct Settings {
     /// Bytes a user's pending uploads may declare in total; over it: 429 with Retry-After, or 413 for one upload larger than this on its own [default: 1073741824]
     #[arg(long, env = "EPHEMERA_MEDIA_MAX_PENDING_BYTES")]
     pub media_max_pending_bytes: Option<u64>,
+    /// Largest image/* upload in bytes (the sealed file), at most 100 MiB; over it: 413 [default: 104857600]
+    #[arg(long, env = "EPHEMERA_MAX_IMAGE_BYTES")]
+    pub max_image_bytes: Option<u64>,
+    /// Largest video/* upload in bytes (the sealed file), at most 100 MiB; over it: 413 [default: 104857600]
+    #[arg(long, env = "EPHEMERA_MAX_VIDEO_BYTES")]
+    pub max_video_bytes: Option<u64>,
+    /// Largest audio/* upload (voice notes) in bytes (the sealed file), at most 100 MiB; over it: 413 [default: 16777216]
+    #[arg(long, env = "EPHEMERA_MAX_AUDIO_BYTES")]
+    pub max_audio_bytes: Option<u64>,
+    /// Largest application/* upload (documents: PDF and others) in bytes (the sealed file), at most 100 MiB; over it: 413 [default: 104857600]
+    #[arg(long, env = "EPHEMERA_MAX_DOCUMENT_BYTES")]
+    pub max_document_bytes: Option<u64>,
+    /// Fetches of one user's keys (GET /api/v1/users/{id}/keys, each claims a one-time prekey per device) a minute per caller; over it: 429 with Retry-After [default: 10]
+    #[arg(long, env = "EPHEMERA_PREKEY_CLAIM_RATE_PER_MINUTE")]
+    pub prekey_claim_rate_per_minute: Option<u32>,
+    /// Such fetches a caller may save up above the rate, per user fetched [default: 20]
+    #[arg(long, env = "EPHEMERA_PREKEY_CLAIM_BURST")]
+    pub prekey_claim_burst: Option<u32>,
     /// Base URL clients use to reach the public listener, for the embedded blob store's presigned URLs [default: http://LISTEN]
     #[arg(long, env = "EPHEMERA_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -314,6 +332,14 @@ impl Settings {
             media_max_pending_bytes: self
                 .media_max_pending_bytes
                 .or(other.media_max_pending_bytes),
+            max_image_bytes: self.max_image_bytes.or(other.max_image_bytes),
+            max_video_bytes: self.max_video_bytes.or(other.max_video_bytes),
+            max_audio_bytes: self.max_audio_bytes.or(other.max_audio_bytes),
+            max_document_bytes: self.max_document_bytes.or(other.max_document_bytes),
+            prekey_claim_rate_per_minute: self
+                .prekey_claim_rate_per_minute
+                .or(other.prekey_claim_rate_per_minute),
+            prekey_claim_burst: self.prekey_claim_burst.or(other.prekey_claim_burst),
             admin_token: self.admin_token.or(other.admin_token),
             public_url: self.public_url.or(other.public_url),
             s3_endpoint: self.s3_endpoint.or(other.s3_endpoint),
@@ -413,6 +439,12 @@ pub struct Config {
     pub quarantine_retention_days: f64,
     /// Per-user bounds on media uploads.
     pub uploads: crate::media::quota::UploadLimits,
+    /// The largest upload of each kind of media.
+    pub media_sizes: crate::media::kinds::SizeLimits,
+    /// Key fetches a minute per (caller, user fetched).
+    pub prekey_claim_rate_per_minute: u32,
+    /// Key fetches saved up per (caller, user fetched).
+    pub prekey_claim_burst: u32,
     /// Admin bearer token (never logged, never serialised).
     #[serde(skip)]
     pub admin_token: Option<String>,
@@ -526,6 +558,17 @@ impl Config {
                 max_pending: s.media_max_pending_uploads.unwrap_or(64),
                 max_pending_bytes: s.media_max_pending_bytes.unwrap_or(1 << 30),
             },
+            media_sizes: {
+                let d = crate::media::kinds::SizeLimits::DEFAULT;
+                crate::media::kinds::SizeLimits {
+                    image: s.max_image_bytes.unwrap_or(d.image),
+                    video: s.max_video_bytes.unwrap_or(d.video),
+                    audio: s.max_audio_bytes.unwrap_or(d.audio),
+                    document: s.max_document_bytes.unwrap_or(d.document),
+                }
+            },
+            prekey_claim_rate_per_minute: s.prekey_claim_rate_per_minute.unwrap_or(10).max(1),
+            prekey_claim_burst: s.prekey_claim_burst.unwrap_or(20).max(1),
             admin_token: s.admin_token.filter(|t| !t.is_empty()),
             public_url: s.public_url.map(|u| u.trim_end_matches('/').to_owned()),
             s3_bucket: s.s3_bucket.unwrap_or_else(|| "media".into()),
@@ -589,6 +632,12 @@ impl Config {
         if u.max_pending_bytes < crate::media::service::SEAL_OVERHEAD {
             return Err(ConfigError::Invalid(
                 "media_max_pending_bytes must be at least 28 (the smallest sealed file)",
+            ));
+        }
+        if !c.media_sizes.valid() {
+            return Err(ConfigError::Invalid(
+                "max_image_bytes, max_video_bytes, max_audio_bytes and max_document_bytes must \
+                 be within 28..=104857600 (100 MiB)",
             ));
         }
         // At most about 100 years, so the retention in ms stays exact.
@@ -703,6 +752,14 @@ mod tests {
         ));
         let cli = Settings {
             media_max_pending_uploads: Some(0),
+            ..Settings::default()
+        };
+        assert!(matches!(
+            Config::resolve(cli, None),
+            Err(ConfigError::Invalid(_))
+        ));
+        let cli = Settings {
+            max_document_bytes: Some((100 << 20) + 1),
             ..Settings::default()
         };
         assert!(matches!(

@@ -383,6 +383,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         group_counts: Default::default(),
         logins,
         sockets: Default::default(),
+        prekey_claims: api::keys::ClaimLimits::new(
+            cfg.prekey_claim_rate_per_minute,
+            cfg.prekey_claim_burst,
+        ),
     });
     let public = HttpServer::new(move || {
         let app = App::new()

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use common::media::{
     access_key_id, amz_date_unix_secs, assert_s3_refusal, blob_client, blob_request, media_send,
-    mint_for_file, mint_upload, photo, put_chunked, query_param, request_upload, seal_and_put,
-    signed_headers, tamper_signature, url_expires_in, url_valid_until_ms, with_access_key_id,
-    with_query_param, BlobResponse, Upload,
+    mint_for_file, mint_upload, pdf, photo, put_chunked, query_param, request_upload, seal_and_put,
+    signed_headers, tamper_signature, url_expires_in, url_valid_until_ms, voice_note,
+    with_access_key_id, with_query_param, BlobResponse, Upload,
 };
 use common::shred::{
     assert_key_not_logged, assert_key_on_disk, wait_until_shredded, DataKey, SHRED_WINDOW_MS,
@@ -162,8 +162,21 @@ fn check_put_url(s: &Scene, upload: &Upload) {
 /// Alice uploads a photo of `size` bytes and sends it `timed` to bob; both
 /// of bob's devices get the `message` with `media`.
 async fn send_timed_photo(s: &mut Scene, size: usize, ttl_seconds: u64) -> SentPhoto {
-    let alice_session = s.alice_session.clone();
-    let (upload, plain, sealed) = upload_photo(s, &alice_session, size).await;
+    send_timed_file(s, JPEG, photo(size), ttl_seconds).await
+}
+
+/// Alice uploads `plain` declared as `content_type` (sealed, as a client
+/// does) and sends it `timed` to bob; both of bob's devices get the
+/// `message` with `media`.
+async fn send_timed_file(
+    s: &mut Scene,
+    content_type: &str,
+    plain: Vec<u8>,
+    ttl_seconds: u64,
+) -> SentPhoto {
+    let upload = mint_for_file(&s.http, &s.alice_session, content_type, plain.len()).await;
+    check_put_url(s, &upload);
+    let sealed = seal_and_put(&s.blobs, &upload, &plain).await;
     let ack =
         s.a1.send_ok(media_send(
             &new_cid("photo"),
@@ -228,7 +241,11 @@ fn check_media(
         upload.media_key,
         "{what}: {media}"
     );
-    assert_eq!(str_of(media, "content_type"), JPEG, "{what}: {media}");
+    assert_eq!(
+        str_of(media, "content_type"),
+        upload.content_type,
+        "{what}: {media}"
+    );
     assert_eq!(
         u64_of(media, "bytes"),
         upload.bytes as u64,
@@ -749,21 +766,7 @@ async fn unsend_shreds_the_key_and_deletes_the_blob() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_key_on_disk(&server, &key(&sent.upload), "before unsend").await;
 
-    s.a1.send(json!({ "type": "unsend", "msg_id": sent.msg_id }))
-        .await;
-    let unsent_at = now_ms();
-    for sock in [&mut s.a1, &mut s.b1, &mut s.b2] {
-        let burned = sock.expect_about("burned", &sent.msg_id).await;
-        assert_eq!(str_of(&burned, "reason"), "unsent", "{}", sock.label());
-    }
-    wait_until_shredded(
-        &server,
-        &key(&sent.upload),
-        &blob_file,
-        unsent_at + SHRED_WINDOW_MS,
-        "unsent timed photo",
-    )
-    .await;
+    unsend_and_wait_until_shredded(&server, &mut s, &sent, &blob_file, "unsent timed photo").await;
     // The get_url bob got is still within its validity: the object is gone.
     let gone = blob_request(&s.blobs, Method::GET, sent.get_url(), None).await;
     assert_eq!(
@@ -773,6 +776,32 @@ async fn unsend_shreds_the_key_and_deletes_the_blob() {
         gone.describe()
     );
     assert_key_not_logged(&server, &key(&sent.upload));
+}
+
+/// Alice unsends `sent`: every device gets `burned` (`unsent`), and within
+/// the window its key leaves every file and `blob_file` is deleted.
+async fn unsend_and_wait_until_shredded(
+    server: &Server,
+    s: &mut Scene,
+    sent: &SentPhoto,
+    blob_file: &Path,
+    what: &str,
+) {
+    s.a1.send(json!({ "type": "unsend", "msg_id": sent.msg_id }))
+        .await;
+    let unsent_at = now_ms();
+    for sock in [&mut s.a1, &mut s.b1, &mut s.b2] {
+        let burned = sock.expect_about("burned", &sent.msg_id).await;
+        assert_eq!(str_of(&burned, "reason"), "unsent", "{}", sock.label());
+    }
+    wait_until_shredded(
+        server,
+        &key(&sent.upload),
+        blob_file,
+        unsent_at + SHRED_WINDOW_MS,
+        what,
+    )
+    .await;
 }
 
 /// A view-once photo nobody views, with a 3-second life: at expiry its key
@@ -1437,6 +1466,29 @@ impl Drop for S3sFs {
     }
 }
 
+/// Alice unsends `msg_id`; bob-1 gets `burned`, and within the window the
+/// server deletes `object` from the third-party store.
+async fn unsend_and_wait_until_deleted(
+    server: &Server,
+    s: &mut Scene,
+    msg_id: &str,
+    object: &Path,
+) {
+    s.a1.send(json!({ "type": "unsend", "msg_id": msg_id }))
+        .await;
+    let unsent_at = now_ms();
+    s.b1.expect_about("burned", msg_id).await;
+    while object.exists() {
+        assert!(
+            now_ms() < unsent_at + SHRED_WINDOW_MS,
+            "s3s-fs still holds {} {SHRED_WINDOW_MS} ms after unsend; server log tail:\n{}",
+            object.display(),
+            tail(&server.logs())
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Against s3s-fs, a third-party S3 server that verifies SigV4: the timed
 /// round trip, the refusals of forged, misused and expired URLs, and the
 /// deletion of the blob after unsend.
@@ -1521,19 +1573,7 @@ async fn third_party_s3_round_trip_and_refusals() {
     expired_url_is_refused(&mut s, "s3s-fs").await;
 
     // Unsend: the server deletes the object from the third-party store.
-    s.a1.send(json!({ "type": "unsend", "msg_id": sent.msg_id }))
-        .await;
-    let unsent_at = now_ms();
-    s.b1.expect_about("burned", &sent.msg_id).await;
-    while object.exists() {
-        assert!(
-            now_ms() < unsent_at + SHRED_WINDOW_MS,
-            "s3s-fs still holds {} {SHRED_WINDOW_MS} ms after unsend; server log tail:\n{}",
-            object.display(),
-            tail(&server.logs())
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    unsend_and_wait_until_deleted(&server, &mut s, &sent.msg_id, &object).await;
     let gone = blob_request(&s.blobs, Method::GET, sent.get_url(), None).await;
     assert_eq!(
         gone.status,
@@ -1840,4 +1880,100 @@ async fn third_party_s3_keeps_quarantine_copies_until_closed() {
     .await;
     assert_eq!(closed.status, 200, "{closed:?}");
     assert!(!copy.exists(), "closing deletes the copy from the bucket");
+}
+
+// ---------------------------------------------------------------------------
+// Voice notes and documents
+// ---------------------------------------------------------------------------
+
+/// A voice note (`audio/ogg`) and a PDF (`application/pdf`) from alice to
+/// bob as `timed` media: minted, sealed, PUT and sent like a photo; both of
+/// bob's devices get `media` with the declared type, and the `get_url`
+/// returns the ciphertext that the data key opens to the original file.
+/// Returns what was sent, voice note first.
+async fn voice_note_and_pdf_round_trip(s: &mut Scene, store: &str) -> [SentPhoto; 2] {
+    let mut sent = Vec::new();
+    for (content_type, plain) in [
+        ("audio/ogg", voice_note(48_000)),
+        ("application/pdf", pdf(300_000)),
+    ] {
+        let file = send_timed_file(s, content_type, plain, 600).await;
+        for (i, media) in file.media.iter().enumerate() {
+            fetch_and_open(
+                &s.blobs,
+                media,
+                &file.sealed,
+                &file.plain,
+                &format!("{store}: {content_type} on bob-{}", i + 1),
+            )
+            .await;
+        }
+        sent.push(file);
+    }
+    match sent.try_into() {
+        Ok(two) => two,
+        Err(_) => unreachable!("two files were sent"),
+    }
+}
+
+/// Voice notes and documents on the embedded store: the round trip, the
+/// same shredding as photos (unsent, the PDF's key leaves every file and
+/// its blob is deleted), the per-type size limits (a voice note over
+/// `max_audio_bytes` gets the 413 of an oversized upload while a video of
+/// the same size passes; a document over a lowered `max_document_bytes`
+/// too) and `text/plain` refused as no media type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn voice_notes_and_documents_on_the_embedded_store() {
+    let server = Server::start(&["--max-document-bytes", "1000000"]).await;
+    let mut s = scene(&server, embedded_base(&server)).await;
+    let [voice, document] = voice_note_and_pdf_round_trip(&mut s, "embedded store").await;
+    assert!(embedded_blob_file(&server, &voice.upload.media_key).exists());
+
+    let blob_file = embedded_blob_file(&server, &document.upload.media_key);
+    assert!(
+        blob_file.exists(),
+        "the PDF's blob is {}",
+        blob_file.display()
+    );
+    unsend_and_wait_until_shredded(&server, &mut s, &document, &blob_file, "unsent PDF").await;
+    assert_key_not_logged(&server, &key(&document.upload));
+
+    // Limits per type: audio 16 MiB by default, documents lowered to 1 MB
+    // here, video still 100 MiB.
+    for (content_type, bytes, status, code) in [
+        ("audio/ogg", 16 << 20, 200, None),
+        ("audio/ogg", (16 << 20) + 1, 413, Some("too_large")),
+        ("video/mp4", (16 << 20) + 1, 200, None),
+        ("application/pdf", 1_000_000, 200, None),
+        ("application/pdf", 1_000_001, 413, Some("too_large")),
+        ("application/zip", 1_000_001, 413, Some("too_large")),
+        ("image/jpeg", 104_857_601, 413, Some("too_large")),
+        ("text/plain", 1000, 422, Some("invalid")),
+        ("audio", 1000, 422, Some("invalid")),
+    ] {
+        let answer = request_upload(&s.http, &s.bob_session, content_type, bytes).await;
+        assert_eq!(
+            (answer.status, answer.error_code()),
+            (status, code),
+            "upload-urls for {content_type} of {bytes} bytes: {answer:?}"
+        );
+    }
+}
+
+/// A voice note and a PDF through a third-party S3 server (s3s-fs): it
+/// holds exactly the ciphertext, the round trip opens, and unsend deletes
+/// the object from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_s3_voice_note_and_document() {
+    let s3 = S3sFs::start().await;
+    let server = s3.server(&[]).await;
+    let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
+    let sent = voice_note_and_pdf_round_trip(&mut s, "s3s-fs").await;
+    for file in &sent {
+        let object = s3.object_file(&format!("m/{}", file.upload.media_key));
+        let stored = std::fs::read(&object)
+            .unwrap_or_else(|err| panic!("s3s-fs must hold {}: {err}", object.display()));
+        assert!(stored == file.sealed, "s3s-fs holds exactly the ciphertext");
+        unsend_and_wait_until_deleted(&server, &mut s, &file.msg_id, &object).await;
+    }
 }

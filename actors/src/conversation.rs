@@ -60,6 +60,18 @@ pub struct Screenshot {
     pub by: UserId,
 }
 
+/// `by` reacts to `msg` with `emoji`, or takes their reaction back (`None`).
+#[derive(Message)]
+#[rtype(result = "Result<(), FrameError>")]
+pub struct React {
+    /// The message.
+    pub msg: MsgId,
+    /// Who.
+    pub by: UserId,
+    /// The emoji (checked by the session), or `None`.
+    pub emoji: Option<String>,
+}
+
 /// The sender takes a message back.
 #[derive(Message)]
 #[rtype(result = "Result<(), FrameError>")]
@@ -495,7 +507,7 @@ impl Handler<crate::Panic> for Conversation {
 }
 
 // Every message routed through the directory arrives `Counted`.
-crate::counted_draining!(Conversation; Post, Delivered, Read, Screenshot, Unsend, Typing, View, Arm, Leave);
+crate::counted_draining!(Conversation; Post, Delivered, Read, Screenshot, Unsend, Typing, View, Arm, Leave, React);
 
 impl crate::directory::Keyed for Conversation {
     const KIND: crate::metrics::Kind = crate::metrics::Kind {
@@ -681,6 +693,63 @@ impl Handler<Screenshot> for Conversation {
             }
             .into_actor(self),
         )
+    }
+}
+
+impl Handler<React> for Conversation {
+    type Result = ResponseFuture<Result<(), FrameError>>;
+
+    /// A reaction is stored with its message's expiry and told to every
+    /// member's devices, guarded on the message still being there: a
+    /// message that burns takes its reactions with it (the writer deletes
+    /// them with the message), and none is stored or told after. The read
+    /// and the hand-over to the writer happen in the mailbox's order, so a
+    /// member's reactions to a message land in the order they were made.
+    fn handle(&mut self, msg: React, ctx: &mut Self::Context) -> Self::Result {
+        self.last_active = std::time::Instant::now();
+        let read = match self.live_message(msg.msg, msg.by) {
+            Ok(f) => f,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ctx.wait(read.into_actor(self).map(move |res, act, _| {
+            let submitted = res.map(|m| {
+                let emoji: Option<Arc<str>> = msg.emoji.map(Into::into);
+                let mut ops = vec![match &emoji {
+                    Some(e) => Op::PutReaction {
+                        msg: m.id,
+                        by: msg.by,
+                        emoji: e.to_string(),
+                        until: m.expires_at,
+                    },
+                    None => Op::DeleteReaction {
+                        msg: m.id,
+                        by: msg.by,
+                    },
+                }];
+                act.notify_all(
+                    &mut ops,
+                    &Event::Reaction {
+                        msg: m.id,
+                        by: msg.by,
+                        emoji,
+                        expires_at: m.expires_at,
+                    },
+                );
+                act.deps.store.submit(Txn {
+                    guards: vec![Guard::MessagePresent(m.id)],
+                    ops,
+                })
+            });
+            let _ = tx.send(submitted);
+        }));
+        Box::pin(async move {
+            let pending = rx.await.unwrap_or(Err(UNAVAILABLE))?;
+            match pending.await {
+                Ok(r) => r.map_err(commit_error),
+                Err(_) => Err(commit_error(CommitError::Failed)),
+            }
+        })
     }
 }
 

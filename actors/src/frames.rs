@@ -51,6 +51,15 @@ pub enum ClientFrame {
         /// Started or stopped.
         is_typing: bool,
     },
+    /// React to a message, or take one's reaction back (PROTOCOL 11).
+    React {
+        /// The message.
+        msg_id: String,
+        /// The emoji (at most [`MAX_EMOJI_BYTES`]), or `null` to take it
+        /// back; the field itself is required.
+        #[serde(deserialize_with = "present_or_null")]
+        emoji: Option<String>,
+    },
     /// Replay what this device missed.
     Sync {
         /// The last cursor the device saw (0 for everything).
@@ -58,6 +67,15 @@ pub enum ClientFrame {
     },
     /// Liveness check.
     Ping,
+}
+
+/// The longest emoji of a `react`, in UTF-8 bytes.
+pub const MAX_EMOJI_BYTES: usize = 32;
+
+/// A field that must be present, as a value or `null` (serde would take a
+/// missing `Option` for `null`).
+fn present_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Option::deserialize(d)
 }
 
 /// The fields of a `send` frame, checked further by the session.
@@ -273,6 +291,19 @@ pub enum ServerFrame<'a> {
         /// `expired` or `deleted`.
         reason: StoryEnd,
     },
+    /// A member reacted to a message, or took it back (`emoji` null).
+    Reaction {
+        /// The user's cursor.
+        cursor: u64,
+        /// The message.
+        msg_id: MsgId,
+        /// Its conversation.
+        conversation_id: ConvId,
+        /// Who.
+        by: UserId,
+        /// The emoji, or `null` for taken back.
+        emoji: Option<&'a str>,
+    },
     /// End of a sync.
     Synced {
         /// The cursor to sync from next time.
@@ -396,12 +427,12 @@ impl ServerFrame<'_> {
 }
 
 /// Renders a persisted inbox event that carries everything its frame needs
-/// (burns, receipts, screenshots, stories); `None` for a message
-/// reference, whose frame needs the message itself. (A `story_posted`
+/// (burns, receipts, screenshots, stories); `None` for a message or
+/// reaction reference, whose frame needs the message or reaction itself. (A `story_posted`
 /// renders here; whether it may still be replayed is the caller's call.)
 pub fn render_record(cursor: u64, record: &EventRecord) -> Option<String> {
     Some(match *record {
-        EventRecord::Message { .. } => return None,
+        EventRecord::Message { .. } | EventRecord::Reaction { .. } => return None,
         EventRecord::Burned { msg, reason } => burned(cursor, msg, reason),
         EventRecord::Receipt {
             conv,
@@ -461,6 +492,18 @@ pub fn burned(cursor: u64, msg: MsgId, reason: BurnReason) -> String {
     .to_text()
 }
 
+/// A `reaction` frame.
+pub fn reaction(cursor: u64, msg: MsgId, by: UserId, emoji: Option<&str>) -> String {
+    ServerFrame::Reaction {
+        cursor,
+        msg_id: msg,
+        conversation_id: msg.conv,
+        by,
+        emoji,
+    }
+    .to_text()
+}
+
 /// An `error` frame.
 pub fn error(err: &FrameError, reference: Option<&str>) -> String {
     ServerFrame::Error {
@@ -500,7 +543,8 @@ pub fn fuzz_check(text: &str) {
         Ok(ClientFrame::View { .. })
         | Ok(ClientFrame::Delivered { .. })
         | Ok(ClientFrame::Screenshot { .. })
-        | Ok(ClientFrame::Unsend { .. }) => assert!(salvaged.is_some()),
+        | Ok(ClientFrame::Unsend { .. })
+        | Ok(ClientFrame::React { .. }) => assert!(salvaged.is_some()),
         Ok(_) | Err(_) => {}
     }
     // Ids: what parses renders back to exactly the text it came from
@@ -543,6 +587,8 @@ mod tests {
         r#"{"type":"unsend","msg_id":"00112233445566778899aabbccddeeff0000000000000001","client_msg_id":"x"}"#,
         r#"{"type":"typing","conversation_id":"00112233445566778899aabbccddeeff","is_typing":true}"#,
         r#"{"type":"sync","after":18446744073709551615}"#,
+        r#"{"type":"react","msg_id":"00112233445566778899aabbccddeeff0000000000000001","emoji":"\ud83d\udc4d"}"#,
+        r#"{"type":"react","msg_id":"00112233445566778899aabbccddeeff0000000000000001","emoji":null}"#,
         r#"{"type":"ping"}"#,
         r#"{"type":"send","client_msg_id":"é\u00e9\ud83d\ude00","view_policy":"x","ttl_seconds":-1}"#,
         r#"{"type":"view","msg_id":7}"#,
@@ -616,6 +662,14 @@ mod tests {
         let f: ClientFrame = serde_json::from_str(r#"{"type":"sync","after":3}"#).unwrap();
         assert!(matches!(f, ClientFrame::Sync { after: 3 }));
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"sync"}"#).is_err());
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"react","msg_id":"m","emoji":null}"#).unwrap();
+        assert!(matches!(f, ClientFrame::React { emoji: None, .. }));
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"react","msg_id":"m","emoji":"x"}"#).unwrap();
+        assert!(matches!(f, ClientFrame::React { emoji: Some(e), .. } if e == "x"));
+        // `emoji` is required: null takes a reaction back, absence is a bad frame.
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"react","msg_id":"m"}"#).is_err());
         assert_eq!(
             salvage_ref(r#"{"type":"send","client_msg_id":"a"}"#).as_deref(),
             Some("a")

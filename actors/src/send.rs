@@ -36,7 +36,8 @@ use actix_web_actors::ws;
 use crate::conversation::{self, Conversation};
 use crate::directory::Directory;
 use crate::frames::{
-    self, error, render_record, ErrorCode, FrameError, MessageView, SendFrame, ServerFrame,
+    self, error, reaction, render_record, ErrorCode, FrameError, MessageView, SendFrame,
+    ServerFrame,
 };
 use crate::ids::{DeviceId, Id, MsgId, UserId};
 use crate::session::{Session, SessionLink};
@@ -626,6 +627,10 @@ pub fn deliver(dir: &Directory, batch: Vec<(UserId, Vec<Delivery>)>) {
             let text: Arc<str> = match &d.event {
                 Event::Message(m) if m.expires_at <= now => continue,
                 Event::StoryPosted { expires_at, .. } if *expires_at <= now => continue,
+                Event::Reaction { expires_at, .. } if *expires_at <= now => continue,
+                Event::Reaction { msg, by, emoji, .. } => {
+                    reaction(d.cursor, *msg, *by, emoji.as_deref()).into()
+                }
                 Event::Message(m) => {
                     metrics
                         .delivery_latency

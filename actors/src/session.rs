@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_web_actors::ws;
 
-use crate::conversation::{self, Delivered, Read, Screenshot, Typing, Unsend, View, Viewed};
+use crate::conversation::{self, Delivered, React, Read, Screenshot, Typing, Unsend, View, Viewed};
 use crate::directory::Directory;
 use crate::frames::{
-    burned, error, parse_msg_id, render_record, salvage_ref, ClientFrame, ErrorCode, FrameError,
-    MediaView, MessageView, ServerFrame,
+    burned, error, parse_msg_id, reaction, render_record, salvage_ref, ClientFrame, ErrorCode,
+    FrameError, MediaView, MessageView, ServerFrame, MAX_EMOJI_BYTES,
 };
 use crate::ids::{DeviceId, Id, MsgId, UserId};
 use crate::metrics::Kind;
@@ -238,6 +238,7 @@ impl Session {
                 | ClientFrame::Delivered { .. }
                 | ClientFrame::Screenshot { .. }
                 | ClientFrame::Unsend { .. }
+                | ClientFrame::React { .. }
         );
         if stores_event {
             if let Err(wait) = Self::take(&self.event_bucket) {
@@ -284,6 +285,20 @@ impl Session {
                 self.route_msg(msg_id, ctx, move |msg| Unsend { msg, by });
             }
             ClientFrame::View { msg_id } => self.on_view(msg_id, ctx),
+            ClientFrame::React { msg_id, emoji } => {
+                if emoji
+                    .as_ref()
+                    .is_some_and(|e| e.is_empty() || e.len() > MAX_EMOJI_BYTES)
+                {
+                    let err = FrameError::new(
+                        ErrorCode::Invalid,
+                        "emoji must be 1 to 32 bytes of UTF-8, or null",
+                    );
+                    return Self::reply_error(ctx, &err, Some(&msg_id));
+                }
+                let by = self.user;
+                self.route_msg(msg_id, ctx, move |msg| React { msg, by, emoji });
+            }
         }
     }
 
@@ -693,6 +708,14 @@ pub fn replay_page(
                 }
             },
             EventRecord::Burned { msg, .. } if !burned_once.insert(msg) => continue,
+            // A reaction is replayed while its message lives, with the
+            // emoji as it now stands; after the message burned, never.
+            EventRecord::Reaction { msg, by } => match store.message(msg)? {
+                Some(m) if m.expires_at > now => {
+                    reaction(c, msg, by, store.reaction(msg, by)?.as_deref())
+                }
+                _ => continue,
+            },
             // A story that ended is never announced again: its
             // `story_gone` comes later in the inbox.
             EventRecord::StoryPosted { story, .. }

@@ -343,6 +343,18 @@ pub enum Event {
         /// Why.
         reason: StoryEnd,
     },
+    /// A member reacted to a message, or took their reaction back (PROTOCOL 11).
+    Reaction {
+        /// The message.
+        msg: MsgId,
+        /// Who.
+        by: UserId,
+        /// The emoji (content: live delivery only, never in the inbox row),
+        /// `None` for taken back.
+        emoji: Option<Arc<str>>,
+        /// The message's `expires_at`: the event lives no longer.
+        expires_at: Millis,
+    },
 }
 
 /// The persisted form of an [`Event`]: references, never content.
@@ -401,6 +413,14 @@ pub enum EventRecord {
         /// Why.
         reason: StoryEnd,
     },
+    /// A reaction, by reference: `sync` reads the reaction row (which
+    /// burns with its message) for the emoji as it now stands.
+    Reaction {
+        /// The message.
+        msg: MsgId,
+        /// Who.
+        by: UserId,
+    },
 }
 
 impl Event {
@@ -458,6 +478,13 @@ impl Event {
                 },
                 keep,
             ),
+            // Replayable while the message lives, and no longer.
+            Event::Reaction {
+                msg,
+                by,
+                expires_at,
+                ..
+            } => (EventRecord::Reaction { msg: *msg, by: *by }, *expires_at),
         }
     }
 }
@@ -651,6 +678,26 @@ pub enum Op {
         /// When the story ends.
         until: Millis,
     },
+    /// Store `by`'s reaction to `msg` (replacing theirs), sealed like a
+    /// body, until `until` (the message's expiry). Deleting the message
+    /// deletes its reactions in the same batch.
+    PutReaction {
+        /// The message.
+        msg: MsgId,
+        /// Who.
+        by: UserId,
+        /// The emoji.
+        emoji: String,
+        /// The message's `expires_at`.
+        until: Millis,
+    },
+    /// Remove `by`'s reaction to `msg` (taken back).
+    DeleteReaction {
+        /// The message.
+        msg: MsgId,
+        /// Who.
+        by: UserId,
+    },
     /// Append an event to a user's inbox and deliver it once durable.
     Notify {
         /// The recipient.
@@ -758,6 +805,8 @@ pub trait Store: Send + Sync + 'static {
     fn is_member(&self, user: UserId, conv: ConvId) -> Result<bool, ReadError>;
     /// How many groups `user` is in, counting at most to `stop_at`.
     fn group_count(&self, user: UserId, stop_at: usize) -> Result<usize, ReadError>;
+    /// `by`'s reaction to `msg`, if any (`None` too once its key is gone).
+    fn reaction(&self, msg: MsgId, by: UserId) -> Result<Option<String>, ReadError>;
     /// The users who have viewed a message.
     fn viewers(&self, msg: MsgId) -> Result<Vec<UserId>, ReadError>;
     /// How far a member has read.

@@ -158,7 +158,12 @@ async fn login(
 async fn logout(state: web::Data<AppState>, who: Authed) -> Result<HttpResponse, ApiError> {
     let store = Arc::clone(&state.store);
     let token = who.token;
-    web::block(move || store.delete_token(&token)).await??;
+    // The device's public keys go with it (PROTOCOL 12).
+    web::block(move || {
+        store.delete_token(&token)?;
+        store.delete_device_keys(who.user, who.device)
+    })
+    .await??;
     // Sockets of this device close now, with 4401.
     state.dir.tell_user(who.user, Revoke { device: who.device });
     Ok(HttpResponse::NoContent().finish())

@@ -134,7 +134,7 @@ pub fn address_key(peer: Option<IpAddr>) -> IpAddr {
 /// through more than `max_entries` keys faster than buckets refill can get
 /// an evicted key a fresh burst; the per-account budget and the hashing
 /// pool still hold.
-struct KeyedBuckets<K> {
+pub(crate) struct KeyedBuckets<K> {
     /// Tokens a second.
     rate_per_second: f64,
     /// Tokens saved up at most.
@@ -147,7 +147,7 @@ struct KeyedBuckets<K> {
 }
 
 impl<K: Hash + Eq> KeyedBuckets<K> {
-    fn new(rate_per_second: f64, burst: u32, max_entries: usize) -> Self {
+    pub(crate) fn new(rate_per_second: f64, burst: u32, max_entries: usize) -> Self {
         KeyedBuckets {
             rate_per_second,
             burst,
@@ -158,7 +158,7 @@ impl<K: Hash + Eq> KeyedBuckets<K> {
 
     /// Takes a token for `key` at `now`, or says in how many ms one will be
     /// there.
-    fn take(&self, key: K, now: Instant) -> Result<(), u64> {
+    pub(crate) fn take(&self, key: K, now: Instant) -> Result<(), u64> {
         // A panic elsewhere while holding the lock leaves only token counts
         // behind: still usable.
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);

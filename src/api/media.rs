@@ -6,7 +6,8 @@
 //! | refusal | status |
 //! |---|---|
 //! | `bytes` below 28 (no sealed file is smaller) | `422 invalid` |
-//! | `bytes` over 100 MiB, or over the user's pending-bytes quota on its own | `413 too_large` |
+//! | `content_type` not `image/*`, `video/*`, `audio/*` (voice notes) or `application/*` (documents) | `422 invalid` |
+//! | `bytes` over the limit of its kind (`max_image_bytes`, `max_video_bytes`, `max_audio_bytes`, `max_document_bytes`, each at most 100 MiB), or over the user's pending-bytes quota on its own | `413 too_large` |
 //! | the user's pending uploads (count or bytes) are at their quota | `429 rate_limited`, `Retry-After`: when the oldest ends at the latest (sending one frees its place at once) |
 //! | the user is over the rate of upload URLs | `429 rate_limited`, `Retry-After` |
 
@@ -16,8 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::{AppState, Authed};
+use crate::media::kinds::MediaKind;
 use crate::media::quota::Refusal;
-use crate::media::service::{MintError, MAX_MEDIA_BYTES, SEAL_OVERHEAD};
+use crate::media::service::{MintError, SEAL_OVERHEAD};
 
 /// Mounts the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -39,18 +41,6 @@ struct Minted {
     cipher: &'static str,
 }
 
-fn valid_content_type(t: &str) -> bool {
-    let Some((kind, sub)) = t.split_once('/') else {
-        return false;
-    };
-    matches!(kind, "image" | "video")
-        && !sub.is_empty()
-        && sub.len() <= 100
-        && sub
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
-}
-
 async fn upload_urls(
     state: web::Data<AppState>,
     who: Authed,
@@ -60,17 +50,19 @@ async fn upload_urls(
         content_type,
         bytes,
     } = body.into_inner();
-    if !valid_content_type(&content_type) {
-        return Err(ApiError::Invalid("content_type must be image/* or video/*"));
-    }
+    let Some(kind) = MediaKind::of(&content_type) else {
+        return Err(ApiError::Invalid(
+            "content_type must be image/*, video/*, audio/* or application/*",
+        ));
+    };
     if bytes < SEAL_OVERHEAD as i64 {
         return Err(ApiError::Invalid(
             "bytes is the size of the sealed file (plaintext + 28): at least 28",
         ));
     }
-    if bytes as u64 > MAX_MEDIA_BYTES {
+    if bytes as u64 > state.config.media_sizes.of(kind) {
         return Err(ApiError::TooLarge(
-            "media is limited to 100 MiB (the sealed file)",
+            "media is over the size limit of its type (the sealed file; at most 100 MiB)",
         ));
     }
     let media = state.media.clone();

@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod conversations;
 pub mod error;
 pub mod highlights;
+pub mod keys;
 pub mod login_limits;
 pub mod media;
 pub mod moderation;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub logins: login_limits::LoginGuard,
     /// Open sockets per client address.
     pub sockets: ws::SocketsPerAddress,
+    /// Claims of one-time prekeys per (caller, target user).
+    pub prekey_claims: keys::ClaimLimits,
 }
 
 /// Mounts every route of the public listener.
@@ -60,6 +63,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(media::configure)
             .configure(stories::configure)
             .configure(highlights::configure)
+            .configure(keys::configure)
             .configure(reports::configure)
             .configure(moderation::configure)
             .configure(ws::configure)

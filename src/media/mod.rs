@@ -11,6 +11,8 @@
 //! - `service`: upload URLs and data keys, claiming an upload for a
 //!   message, GET grants, shredding and the blob sweeper (which also
 //!   deletes orphaned blobs), and the embedded store's upload gate.
+//! - `kinds`: the kinds of media (photo, video, voice note, document)
+//!   and the size limit of each.
 //! - `quota`: per-user bounds on pending uploads and the rate of upload
 //!   URLs.
 //! - `fuzzing` (tests only): the bodies of the `sigv4` and `blobstore`
@@ -23,6 +25,7 @@
 pub mod blobstore;
 #[cfg(test)]
 mod fuzzing;
+pub mod kinds;
 pub mod quota;
 pub mod service;
 #[allow(dead_code)]

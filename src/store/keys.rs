@@ -58,6 +58,32 @@ pub fn view(msg: MsgId, user: UserId) -> [u8; 40] {
     k
 }
 
+/// `reactions`: (conversation, seq, user): a message's reactions in one
+/// scan, so they go with it in one range.
+pub fn reaction(msg: MsgId, user: UserId) -> [u8; 40] {
+    view(msg, user)
+}
+
+/// `device_keys`: (user, device): a user's devices' public keys in one scan.
+pub fn device_keys(user: UserId, device: Id) -> [u8; 32] {
+    pair(user, device)
+}
+
+/// `prekeys`: (user, device, key_id): a device's one-time prekeys, lowest
+/// id first.
+pub fn prekey(user: UserId, device: Id, key_id: u32) -> [u8; 36] {
+    let mut k = [0u8; 36];
+    k[..32].copy_from_slice(&pair(user, device));
+    k[32..].copy_from_slice(&key_id.to_be_bytes());
+    k
+}
+
+/// Decodes the key id of a `prekeys` key.
+pub fn decode_prekey_id(k: &[u8]) -> Option<u32> {
+    let id: [u8; 4] = k.get(32..)?.try_into().ok()?;
+    (k.len() == 36).then(|| u32::from_be_bytes(id))
+}
+
 /// `inbox`: (user, cursor).
 pub fn inbox(user: UserId, cursor: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
@@ -393,6 +419,43 @@ mod tests {
         assert_eq!(&k[..16], &[0xaa; 16]);
         assert_eq!(&k[16..24], &[0, 0, 0, 0, 0, 0, 0, 2]);
         assert_eq!(&k[24..], &[0xbb; 16]);
+    }
+
+    #[test]
+    fn reaction_key_is_message_then_user() {
+        let k = reaction(
+            MsgId {
+                conv: A,
+                seq: 0x0102,
+            },
+            B,
+        );
+        let mut want = vec![0xaa; 16];
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 2]);
+        want.extend_from_slice(&[0xbb; 16]);
+        assert_eq!(k.to_vec(), want);
+        // A message's reactions are the keys under its message key.
+        assert_eq!(
+            k[..24],
+            message(MsgId {
+                conv: A,
+                seq: 0x0102
+            })
+        );
+    }
+
+    #[test]
+    fn key_directory_keys_are_byte_exact() {
+        let mut want = vec![0xaa; 16];
+        want.extend_from_slice(&[0xbb; 16]);
+        assert_eq!(device_keys(A, B).to_vec(), want);
+        want.extend_from_slice(&[0, 0, 1, 2]);
+        let k = prekey(A, B, 0x0102);
+        assert_eq!(k.to_vec(), want);
+        assert_eq!(decode_prekey_id(&k), Some(0x0102));
+        assert_eq!(decode_prekey_id(&k[..35]), None);
+        // A device's pool scans lowest id first.
+        assert!(prekey(A, B, 255) < prekey(A, B, 256));
     }
 
     #[test]

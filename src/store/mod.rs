@@ -1,10 +1,12 @@
 //! Storage on RocksDB (embedded): one column family per kind of row, typed
 //! keys (`keys`), every value prefixed with its expiry and a compaction
 //! filter that drops expired rows (`filter`), and a group-commit writer
-//! (`writer`) through which every actor write goes.
+//! (`writer`) through which every actor write goes; stories and the
+//! social graph (`stories`); the key directory's public keys (`prekeys`).
 
 pub mod filter;
 pub mod keys;
+pub mod prekeys;
 pub mod stories;
 mod writer;
 
@@ -160,11 +162,20 @@ pub enum Cf {
     Highlights,
     /// (author, created_at, highlight) -> () : an author's highlights.
     AuthorHighlights,
+    /// (conversation, seq, user) -> emoji, sealed like a body: reactions
+    /// (PROTOCOL 11). Expire with their message and are deleted with it.
+    Reactions,
+    /// (user, device) -> identity key and signed prekey (public keys,
+    /// PROTOCOL 12); deleted when the device logs out.
+    DeviceKeys,
+    /// (user, device, key_id) -> a one-time prekey (public), deleted when
+    /// claimed or when the device logs out.
+    Prekeys,
 }
 
 impl Cf {
     /// Every column family, in the order they are opened.
-    pub const ALL: [Cf; 30] = [
+    pub const ALL: [Cf; 33] = [
         Cf::Accounts,
         Cf::Usernames,
         Cf::Tokens,
@@ -195,6 +206,9 @@ impl Cf {
         Cf::StoryFanout,
         Cf::Highlights,
         Cf::AuthorHighlights,
+        Cf::Reactions,
+        Cf::DeviceKeys,
+        Cf::Prekeys,
     ];
 
     /// The name on disk.
@@ -230,6 +244,9 @@ impl Cf {
             Cf::StoryFanout => "story_fanout",
             Cf::Highlights => "highlights",
             Cf::AuthorHighlights => "author_highlights",
+            Cf::Reactions => "reactions",
+            Cf::DeviceKeys => "device_keys",
+            Cf::Prekeys => "prekeys",
         }
     }
 
@@ -315,6 +332,8 @@ pub struct RocksStore {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Serialises account creation (username uniqueness).
     accounts_lock: Mutex<()>,
+    /// Serialise writes and claims of a user's public keys (by user).
+    prekey_locks: [Mutex<()>; prekeys::LOCKS],
     /// Usernames already read (they never change), for trays.
     names: std::sync::RwLock<std::collections::HashMap<UserId, Arc<str>>>,
     durability: Durability,
@@ -429,6 +448,7 @@ impl RocksStore {
             write_opts,
             writer: OnceLock::new(),
             accounts_lock: Mutex::new(()),
+            prekey_locks: Default::default(),
             names: Default::default(),
             writer_thread: Mutex::new(None),
             durability,
@@ -903,6 +923,16 @@ impl Store for RocksStore {
             }),
         )?;
         Ok(n)
+    }
+
+    fn reaction(&self, msg: MsgId, by: UserId) -> Result<Option<String>, ReadError> {
+        let k = keys::reaction(msg, by);
+        read(self.get_live(Cf::Reactions, &k).and_then(|v| {
+            // A key already destroyed opens nothing: the reaction is gone.
+            v.and_then(|sealed| self.keys.open_body(&k, &sealed))
+                .map(|plain| String::from_utf8(plain).map_err(|_| StoreError::Corrupt("reactions")))
+                .transpose()
+        }))
     }
 
     fn viewers(&self, msg: MsgId) -> Result<Vec<UserId>, ReadError> {

@@ -153,15 +153,21 @@ async fn group_commit_assigns_cursors_in_order_and_dedups() {
     assert!(store.message(m.id).unwrap().is_none());
 }
 
-#[tokio::test]
-async fn compaction_drops_expired_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let keys = Arc::new(KeyStore::open(&dir.path().join("keys")).unwrap());
-    let store = RocksStore::open(&dir.path().join("db"), keys, Durability::Wal, 3600).unwrap();
+/// A store in `dir` (database and key store) with its writer running.
+fn started(dir: &std::path::Path) -> RocksStore {
+    let keys = Arc::new(KeyStore::open(&dir.join("keys")).unwrap());
+    let store = RocksStore::open(&dir.join("db"), keys, Durability::Wal, 3600).unwrap();
     store.start_writer(
         Arc::new(Recorder::default()),
         Arc::new(ephemera_actors::metrics::Metrics::new()),
     );
+    store
+}
+
+#[tokio::test]
+async fn compaction_drops_expired_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = started(dir.path());
     let conv = Id([6; 16]);
     let short = message(conv, 1, "short-lived", 1);
     let long = message(conv, 2, "long-lived", 600_000);
@@ -315,4 +321,94 @@ async fn deadline_indexes_change_together() {
         .unwrap()
         .is_empty());
     assert_eq!(store.deadlines(None, u64::MAX, 10).unwrap(), vec![other]);
+}
+
+/// A reaction is sealed at rest, readable while its message lives, and
+/// deleted with its message, whether the deletion comes in a later batch
+/// or in the same batch as the reaction.
+#[tokio::test]
+async fn reactions_are_sealed_and_burn_with_their_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = started(dir.path());
+    let conv = Id([5; 16]);
+    let (bob, carol) = (Id([2; 16]), Id([3; 16]));
+    let put = |m: &StoredMessage, by: UserId, emoji: &str| Op::PutReaction {
+        msg: m.id,
+        by,
+        emoji: emoji.into(),
+        until: m.expires_at,
+    };
+    let txn = |ops| Txn {
+        guards: vec![],
+        ops,
+    };
+    let first = message(conv, 1, "one", 60_000);
+    let second = message(conv, 2, "two", 60_000);
+    commit(
+        &store,
+        txn(vec![
+            Op::PutMessage(first.clone()),
+            Op::PutMessage(second.clone()),
+            put(&first, bob, "canary-emoji-1"),
+            put(&first, carol, "canary-emoji-2"),
+        ]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store.reaction(first.id, bob).unwrap().as_deref(),
+        Some("canary-emoji-1")
+    );
+    commit(&store, txn(vec![put(&first, bob, "replaced")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.reaction(first.id, bob).unwrap().as_deref(),
+        Some("replaced")
+    );
+    commit(
+        &store,
+        txn(vec![Op::DeleteReaction {
+            msg: first.id,
+            by: bob,
+        }]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.reaction(first.id, bob).unwrap(), None);
+    // Sealed: the emoji is in no file of the database.
+    store.flush_all().unwrap();
+    for entry in walkdir(&dir.path().join("db")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(12).any(|w| w == b"canary-emoji"),
+            "{} holds an emoji in clear",
+            entry.display()
+        );
+    }
+    // Burned in a later batch: carol's reaction goes with the message.
+    commit(&store, txn(vec![Op::DeleteMessage(first.id)]))
+        .await
+        .unwrap();
+    assert_eq!(store.reaction(first.id, carol).unwrap(), None);
+    // Reacted and burned by two transactions queued together (one batch
+    // as a rule, so the burn must see the reaction the batch is writing).
+    let a = store.submit(txn(vec![put(&second, bob, "same-batch")]));
+    let b = store.submit(txn(vec![Op::DeleteMessage(second.id)]));
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    assert_eq!(store.reaction(second.id, bob).unwrap(), None);
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

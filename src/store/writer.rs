@@ -118,6 +118,8 @@ struct Overlay {
     counts: HashMap<UserId, (u64, u64)>,
     /// Story rows written (true) or deleted (false) by this batch.
     stories: HashMap<[u8; 16], bool>,
+    /// Messages (their keys) that this batch put a reaction to.
+    reacted: std::collections::HashSet<[u8; 24]>,
 }
 
 impl Writer {
@@ -239,6 +241,19 @@ impl Writer {
             ),
             None => None,
         })
+    }
+
+    /// Whether any stored row of `cf` starts with `prefix`.
+    fn has_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<bool, StoreError> {
+        let mut it = self.db.iterator_cf(
+            cf_handle(&self.db, cf),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        match it.next() {
+            Some(Ok((k, _))) => Ok(k.starts_with(prefix)),
+            Some(Err(e)) => Err(e.into()),
+            None => Ok(false),
+        }
     }
 
     /// Whether a follow row exists, as this batch has left it.
@@ -436,6 +451,32 @@ impl Writer {
                     let k = keys::message(id);
                     overlay.messages.insert(k, false);
                     b.delete_cf(cf_handle(db, Cf::Messages), k);
+                    // Its reactions burn with it, in this batch. Most
+                    // messages have none: a range delete only where one is
+                    // stored or being written.
+                    if overlay.reacted.contains(&k) || self.has_prefix(Cf::Reactions, &k)? {
+                        if let Some(end) = keys::prefix_end(&k) {
+                            b.delete_range_cf(cf_handle(db, Cf::Reactions), &k[..], &end[..]);
+                        }
+                    }
+                }
+                Op::PutReaction {
+                    msg,
+                    by,
+                    emoji,
+                    until,
+                } => {
+                    let k = keys::reaction(msg, by);
+                    let sealed = self.keys.seal_body(until, &k, emoji.as_bytes())?;
+                    b.put_cf(
+                        cf_handle(db, Cf::Reactions),
+                        k,
+                        filter::with_expiry(until, &sealed),
+                    );
+                    overlay.reacted.insert(keys::message(msg));
+                }
+                Op::DeleteReaction { msg, by } => {
+                    b.delete_cf(cf_handle(db, Cf::Reactions), keys::reaction(msg, by));
                 }
                 Op::BindMedia { media, msg, until } => {
                     let mut rec = self

@@ -30,6 +30,8 @@ pub struct Upload {
     pub data_key: [u8; 32],
     /// The declared `bytes`: the exact size of the object to `PUT`.
     pub bytes: usize,
+    /// The declared `content_type`, which `media` in a `message` repeats.
+    pub content_type: String,
 }
 
 /// `POST /api/v1/media/upload-urls` for a file of `plaintext_len` bytes,
@@ -104,6 +106,7 @@ pub async fn mint_upload(
         data_key_b64,
         data_key,
         bytes,
+        content_type: content_type.to_owned(),
     }
 }
 
@@ -260,6 +263,23 @@ pub fn photo(size: usize) -> Vec<u8> {
         .fill(&mut bytes)
         .expect("system randomness");
     let header = [0xFF, 0xD8, 0xFF, 0xE0];
+    let n = header.len().min(size);
+    bytes[..n].copy_from_slice(&header[..n]);
+    bytes
+}
+
+/// `size` random bytes that start like an Ogg Opus voice note.
+pub fn voice_note(size: usize) -> Vec<u8> {
+    with_header(b"OggS\0\x02", size)
+}
+
+/// `size` random bytes that start like a PDF document.
+pub fn pdf(size: usize) -> Vec<u8> {
+    with_header(b"%PDF-1.7\n", size)
+}
+
+fn with_header(header: &[u8], size: usize) -> Vec<u8> {
+    let mut bytes = photo(size);
     let n = header.len().min(size);
     bytes[..n].copy_from_slice(&header[..n]);
     bytes
