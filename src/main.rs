@@ -253,6 +253,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_outbound_bytes: cfg.max_outbound_bytes,
         max_outbound_frames: cfg.max_outbound_frames,
         story_fanout_max_followers: cfg.story_fanout_max_followers,
+        call_ring_timeout: cfg.call_ring_timeout,
+        max_calls_per_user: cfg.max_calls_per_user,
     };
     // Bind the public port first: the embedded blob store's URLs need it.
     let listener = std::net::TcpListener::bind(cfg.listen)
