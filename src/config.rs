@@ -253,7 +253,7 @@ pub struct Settings {
     #[arg(long, env = "EPHEMERA_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     #[serde(skip)]
     pub s3_secret_access_key: Option<String>,
-    /// URL (http or https) to POST a push to when a user with no device online gets a message or story reply; unset: no pushes. Never logged
+    /// URL (http or https) to POST a push to when a user with no device online gets a message, story reply or call; unset: no pushes. Never logged
     #[arg(long, env = "EPHEMERA_PUSH_WEBHOOK_URL", hide_env_values = true)]
     pub push_webhook_url: Option<String>,
     /// Key of the pushes' X-Ephemera-Signature (HMAC-SHA256); required with push_webhook_url; environment only in practice (flags show in `ps`)

@@ -331,3 +331,74 @@ async fn a_story_reply_to_an_offline_author_is_pushed_as_story_reply() {
     hook.assert_none(QUIET).await;
     assert!(!server.logs().contains(&canary));
 }
+
+/// A call to a user with no device online is pushed as `call`, with no
+/// conversation and none of the offer's SDP; a callee online is rung, not
+/// pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_an_offline_user_is_pushed_as_call_without_the_sdp() {
+    let Scene {
+        mut hook,
+        server,
+        alice,
+        bob,
+        mut a,
+    } = Scene::start(0).await;
+    let sdp = format!("v=0 canary-sdp-{}", random_hex(8));
+    let before = now_ms();
+    let offer = serde_json::json!({
+        "type": "call", "call_id": "push-call", "to": bob.user_id,
+        "action": "offer", "data": sdp,
+    });
+    a.send(offer).await;
+    let request = hook.next().await;
+    assert!(!String::from_utf8_lossy(&request.body).contains(&sdp));
+    assert!(!request.head.contains(&sdp));
+    let push = request.json();
+    assert_document("push.json", &push);
+    let mut keys: Vec<&str> = push
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["at", "from", "from_username", "kind", "user_id"],
+        "{push}"
+    );
+    assert_eq!(str_of(&push, "kind"), "call");
+    assert_eq!(str_of(&push, "user_id"), bob.user_id);
+    assert_eq!(str_of(&push, "from"), alice.user_id);
+    assert_eq!(str_of(&push, "from_username"), alice.username);
+    assert!(push["at"].as_i64().unwrap() >= before);
+    let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET.as_bytes());
+    let hex: String = hmac::sign(&key, &request.body)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        request.header("x-ephemera-signature"),
+        Some(format!("sha256={hex}").as_str())
+    );
+
+    // Bob online: his device rings, nothing is pushed.
+    let mut b = TestSocket::connect(&server, &bob.login(&server.http()).await, "bob").await;
+    b.expect("the first call ringing", |f| {
+        f["type"] == "call" && f["call_id"] == "push-call"
+    })
+    .await;
+    b.ping().await;
+    let offer = serde_json::json!({
+        "type": "call", "call_id": "push-call-2", "to": bob.user_id,
+        "action": "offer", "data": "v=0",
+    });
+    a.send(offer).await;
+    b.expect("the second call ringing", |f| {
+        f["type"] == "call" && f["call_id"] == "push-call-2"
+    })
+    .await;
+    hook.assert_none(QUIET).await;
+}
