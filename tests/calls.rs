@@ -44,177 +44,186 @@ async fn expect_call(socket: &mut TestSocket, call_id: &str, action: &str) -> Va
         .await
 }
 
-/// A server whose logs are as verbose as an operator may make them, with
-/// a ring timeout of `ring` seconds.
-async fn server_ringing(ring: u64) -> Server {
-    let ring = ring.to_string();
-    Server::start_with_env(
-        &["--call-ring-timeout-seconds", &ring],
-        &[("RUST_LOG", "debug")],
-    )
-    .await
+/// Sends `frame` and returns the code of the error answering it (by its
+/// call_id).
+async fn refused(socket: &mut TestSocket, frame: Value) -> String {
+    let id = str_of(&frame, "call_id").to_owned();
+    let e = socket.send_expect_error(frame, Some(&id)).await;
+    assert!(!str_of(&e, "message").is_empty(), "{e}");
+    str_of(&e, "code").to_owned()
 }
 
-/// [`server_ringing`] long enough for a test to answer.
-async fn server() -> Server {
-    server_ringing(20).await
-}
+/// A device: its login and its open socket.
+type Device = (Session, TestSocket);
 
-/// A user with `devices` sockets open.
+/// A user with `devices` sockets open (each answered a `ping`, so it is
+/// attached).
 async fn user_with(
     server: &Server,
     http: &Http,
     name: &str,
     devices: usize,
-) -> (TestUser, Vec<(Session, TestSocket)>) {
+) -> (TestUser, Vec<Device>) {
     let user = register_user(http, name).await;
     let mut out = Vec::new();
     for n in 0..devices {
         let s = user.login(http).await;
-        let socket = TestSocket::connect(server, &s, &format!("{name}{n}")).await;
+        let mut socket = TestSocket::connect(server, &s, &format!("{name}{n}")).await;
+        socket.ping().await;
         out.push((s, socket));
     }
     (user, out)
 }
 
-/// Makes sure every socket is attached (a `ping` answered after the
-/// upgrade means the session runs).
-async fn settle(sockets: &mut [(Session, TestSocket)]) {
-    for (_, s) in sockets.iter_mut() {
-        s.ping().await;
+/// A server (logging at `debug`, as verbose as an operator may make it)
+/// with a ring timeout of `ring` seconds; Alice with one device and Bob
+/// with `bob_devices`.
+struct Scene {
+    server: Server,
+    http: Http,
+    alice: TestUser,
+    a: TestSocket,
+    a_device: String,
+    bob: TestUser,
+    b: Vec<Device>,
+}
+
+impl Scene {
+    async fn start(ring: u64, bob_devices: usize) -> Scene {
+        let ring = ring.to_string();
+        let server = Server::start_with_env(
+            &["--call-ring-timeout-seconds", &ring],
+            &[("RUST_LOG", "debug")],
+        )
+        .await;
+        let http = server.http();
+        let (alice, mut a) = user_with(&server, &http, "caller", 1).await;
+        let (bob, b) = user_with(&server, &http, "callee", bob_devices).await;
+        let (session, a) = a.remove(0);
+        Scene {
+            server,
+            http,
+            alice,
+            a,
+            a_device: session.device_id,
+            bob,
+            b,
+        }
+    }
+
+    /// Alice calls Bob with `offer`: every device of his rings, with her
+    /// device as `from_device` and the offer as written.
+    async fn ring(&mut self, id: &str, offer: &str) {
+        self.a
+            .send(call_frame(id, &self.bob.user_id, "offer", Some(offer)))
+            .await;
+        for (_, s) in self.b.iter_mut() {
+            let ring = expect_call(s, id, "offer").await;
+            assert_eq!(str_of(&ring, "from"), self.alice.user_id);
+            assert_eq!(str_of(&ring, "from_device"), self.a_device);
+            assert_eq!(str_of(&ring, "data"), offer, "relayed as written");
+            assert!(ring.get("reason").is_none(), "{ring}");
+        }
+    }
+
+    /// Bob's device `n` answers: Alice gets the answer from that device.
+    async fn answer(&mut self, id: &str, n: usize, answer: &str) {
+        self.b[n]
+            .1
+            .send(call_frame(id, &self.alice.user_id, "answer", Some(answer)))
+            .await;
+        let got = expect_call(&mut self.a, id, "answer").await;
+        assert_eq!(str_of(&got, "from"), self.bob.user_id);
+        assert_eq!(str_of(&got, "from_device"), self.b[n].0.device_id);
+        assert_eq!(str_of(&got, "data"), answer);
+    }
+
+    /// A frame from Alice about call `id`.
+    fn to_bob(&self, id: &str, action: &str, data: Option<&str>) -> Value {
+        call_frame(id, &self.bob.user_id, action, data)
+    }
+
+    /// A frame from Bob about call `id`.
+    fn to_alice(&self, id: &str, action: &str, data: Option<&str>) -> Value {
+        call_frame(id, &self.alice.user_id, action, data)
     }
 }
 
 #[tokio::test]
 async fn a_call_rings_every_device_binds_to_the_first_answer_and_relays_only_between_the_pair() {
-    let server = server().await;
-    let http = server.http();
-    let (alice, mut a) = user_with(&server, &http, "caller", 1).await;
-    let (bob, mut b) = user_with(&server, &http, "callee", 2).await;
-    settle(&mut a).await;
-    settle(&mut b).await;
+    let mut s = Scene::start(20, 2).await;
     let canary = format!("CANARY-SDP-{}", random_hex(8));
-    let offer = format!("v=0 o=- {canary}-offer");
-    let answer = format!("v=0 o=- {canary}-answer");
     let early_ice = format!("candidate:1 {canary}-early");
     let caller_ice = format!("candidate:2 {canary}-caller");
     let callee_ice = format!("candidate:3 {canary}-callee");
     let id = format!("call-{}", random_hex(4));
-    let (a_dev, b1_dev, b2_dev) = (
-        a[0].0.device_id.clone(),
-        b[0].0.device_id.clone(),
-        b[1].0.device_id.clone(),
-    );
+    s.ring(&id, &format!("v=0 o=- {canary}-offer")).await;
 
-    // The offer rings both of bob's devices, from alice's device.
-    a[0].1
-        .send(call_frame(&id, &bob.user_id, "offer", Some(&offer)))
-        .await;
-    for (_, s) in b.iter_mut() {
-        let ring = expect_call(s, &id, "offer").await;
-        assert_eq!(str_of(&ring, "from"), alice.user_id);
-        assert_eq!(str_of(&ring, "from_device"), a_dev);
-        assert_eq!(str_of(&ring, "data"), offer, "relayed as written");
-        assert!(ring.get("reason").is_none());
-    }
-    // Before the answer, the caller's candidates reach every ringing device.
-    a[0].1
-        .send(call_frame(&id, &bob.user_id, "ice", Some(&early_ice)))
-        .await;
-    for (_, s) in b.iter_mut() {
-        let ice = expect_call(s, &id, "ice").await;
+    // Before the answer, the caller's candidates reach every ringing
+    // device; a callee device cannot send ICE before it answers.
+    s.a.send(s.to_bob(&id, "ice", Some(&early_ice))).await;
+    for (_, b) in s.b.iter_mut() {
+        let ice = expect_call(b, &id, "ice").await;
         assert_eq!(str_of(&ice, "data"), early_ice);
     }
-    // A callee device cannot send ICE before it answers.
-    let e = b[1]
-        .1
-        .send_expect_error(call_frame(&id, &alice.user_id, "ice", Some("x")), Some(&id))
-        .await;
-    assert_eq!(str_of(&e, "code"), "invalid");
+    let early = s.to_alice(&id, "ice", Some("x"));
+    assert_eq!(refused(&mut s.b[1].1, early).await, "invalid");
 
-    // The first answer binds the call to bob's first device.
-    b[0].1
-        .send(call_frame(&id, &alice.user_id, "answer", Some(&answer)))
-        .await;
-    let got = expect_call(&mut a[0].1, &id, "answer").await;
-    assert_eq!(str_of(&got, "from"), bob.user_id);
-    assert_eq!(str_of(&got, "from_device"), b1_dev);
-    assert_eq!(str_of(&got, "data"), answer);
-    let elsewhere = expect_call(&mut b[1].1, &id, "hangup").await;
+    // The first answer binds the call to Bob's first device; the second
+    // is told, and its own answer finds no call.
+    s.answer(&id, 0, &format!("v=0 o=- {canary}-answer")).await;
+    let elsewhere = expect_call(&mut s.b[1].1, &id, "hangup").await;
     assert_eq!(str_of(&elsewhere, "reason"), "answered_elsewhere");
-    assert_eq!(str_of(&elsewhere, "from"), alice.user_id);
-    // A second answer (from the other device) is refused: it is not in
-    // the call any more.
-    let e = b[1]
-        .1
-        .send_expect_error(
-            call_frame(&id, &alice.user_id, "answer", Some("x")),
-            Some(&id),
-        )
-        .await;
-    assert_eq!(str_of(&e, "code"), "not_found");
+    assert_eq!(str_of(&elsewhere, "from"), s.alice.user_id);
+    let late = s.to_alice(&id, "answer", Some("x"));
+    assert_eq!(refused(&mut s.b[1].1, late).await, "not_found");
 
-    // ICE both ways between the bound pair.
-    a[0].1
-        .send(call_frame(&id, &bob.user_id, "ice", Some(&caller_ice)))
-        .await;
-    let ice = expect_call(&mut b[0].1, &id, "ice").await;
+    // ICE both ways between the bound pair; the other device's is refused.
+    s.a.send(s.to_bob(&id, "ice", Some(&caller_ice))).await;
+    let ice = expect_call(&mut s.b[0].1, &id, "ice").await;
     assert_eq!(str_of(&ice, "data"), caller_ice);
-    b[0].1
-        .send(call_frame(&id, &alice.user_id, "ice", Some(&callee_ice)))
-        .await;
-    let ice = expect_call(&mut a[0].1, &id, "ice").await;
-    assert_eq!(str_of(&ice, "from_device"), b1_dev);
+    let frame = s.to_alice(&id, "ice", Some(&callee_ice));
+    s.b[0].1.send(frame).await;
+    let ice = expect_call(&mut s.a, &id, "ice").await;
+    assert_eq!(str_of(&ice, "from_device"), s.b[0].0.device_id);
     assert_eq!(str_of(&ice, "data"), callee_ice);
-    // The other device's ICE goes nowhere: refused.
-    let e = b[1]
-        .1
-        .send_expect_error(call_frame(&id, &alice.user_id, "ice", Some("y")), Some(&id))
-        .await;
-    assert_eq!(str_of(&e, "code"), "not_found");
+    let stray = s.to_alice(&id, "ice", Some("y"));
+    assert_eq!(refused(&mut s.b[1].1, stray).await, "not_found");
 
     // Hangup from the caller reaches the bound device; the call is gone.
-    a[0].1
-        .send(call_frame(&id, &bob.user_id, "hangup", None))
-        .await;
-    let hangup = expect_call(&mut b[0].1, &id, "hangup").await;
+    s.a.send(s.to_bob(&id, "hangup", None)).await;
+    let hangup = expect_call(&mut s.b[0].1, &id, "hangup").await;
     assert!(
         hangup.get("reason").is_none(),
         "relayed as written: {hangup}"
     );
-    assert_eq!(str_of(&hangup, "from_device"), a_dev);
-    let e = b[0]
-        .1
-        .send_expect_error(call_frame(&id, &alice.user_id, "ice", Some("z")), Some(&id))
-        .await;
-    assert_eq!(str_of(&e, "code"), "not_found");
+    assert_eq!(str_of(&hangup, "from_device"), s.a_device);
+    let after = s.to_alice(&id, "ice", Some("z"));
+    assert_eq!(refused(&mut s.b[0].1, after).await, "not_found");
 
-    // The third device got nothing after the answer: no ICE of the pair,
+    // The third device got nothing after the answer: not the pair's ICE,
     // no hangup but its own answered_elsewhere.
-    let after_answer = [caller_ice.as_str(), callee_ice.as_str()];
-    b[1].1
+    let pair = [caller_ice.as_str(), callee_ice.as_str()];
+    s.b[1]
+        .1
         .assert_never(Duration::from_millis(300), "the pair's ICE", |f| {
-            f["type"] == "call"
-                && f.get("data")
-                    .and_then(Value::as_str)
-                    .is_some_and(|d| after_answer.contains(&d))
+            f["type"] == "call" && f["data"].as_str().is_some_and(|d| pair.contains(&d))
         })
         .await;
-    let to_b2: Vec<&Value> = b[1]
+    let calls: Vec<&Value> = s.b[1]
         .1
         .seen()
         .iter()
         .filter(|f| f["type"] == "call")
         .collect();
     assert_eq!(
-        to_b2.len(),
+        calls.len(),
         3,
-        "offer, early ice, answered_elsewhere: {to_b2:?}"
+        "offer, early ice, answered_elsewhere: {calls:?}"
     );
-    assert_eq!(b1_dev.len(), b2_dev.len());
 
     // The SDP and ICE text were relayed but never logged.
-    let logs = server.logs();
+    let logs = s.server.logs();
     assert!(logs.contains("call ended"), "debug logs are on");
     assert!(
         !logs.contains(&canary),
@@ -224,159 +233,99 @@ async fn a_call_rings_every_device_binds_to_the_first_answer_and_relays_only_bet
 
 #[tokio::test]
 async fn a_reject_from_any_callee_device_ends_the_call() {
-    let server = server().await;
-    let http = server.http();
-    let (alice, mut a) = user_with(&server, &http, "caller", 1).await;
-    let (bob, mut b) = user_with(&server, &http, "callee", 2).await;
-    settle(&mut a).await;
-    settle(&mut b).await;
+    let mut s = Scene::start(20, 2).await;
     let id = "reject-me";
-    a[0].1
-        .send(call_frame(id, &bob.user_id, "offer", Some("v=0")))
-        .await;
-    for (_, s) in b.iter_mut() {
-        expect_call(s, id, "offer").await;
-    }
-    // The caller cannot reject their own call.
-    let e = a[0]
-        .1
-        .send_expect_error(call_frame(id, &bob.user_id, "reject", None), Some(id))
-        .await;
-    assert_eq!(str_of(&e, "code"), "invalid");
-    b[1].1
-        .send(call_frame(id, &alice.user_id, "reject", None))
-        .await;
-    let got = expect_call(&mut a[0].1, id, "reject").await;
+    s.ring(id, "v=0").await;
+    let own = s.to_bob(id, "reject", None);
+    assert_eq!(
+        refused(&mut s.a, own).await,
+        "invalid",
+        "the caller cannot reject"
+    );
+    let reject = s.to_alice(id, "reject", None);
+    s.b[1].1.send(reject).await;
+    let got = expect_call(&mut s.a, id, "reject").await;
     assert_eq!(str_of(&got, "reason"), "rejected");
-    assert_eq!(str_of(&got, "from_device"), b[1].0.device_id);
-    let other = expect_call(&mut b[0].1, id, "hangup").await;
+    assert_eq!(str_of(&got, "from_device"), s.b[1].0.device_id);
+    let other = expect_call(&mut s.b[0].1, id, "hangup").await;
     assert_eq!(str_of(&other, "reason"), "rejected");
     // Over: nothing more passes, and the call_id is free again.
-    let e = a[0]
-        .1
-        .send_expect_error(call_frame(id, &bob.user_id, "ice", Some("c")), Some(id))
-        .await;
-    assert_eq!(str_of(&e, "code"), "not_found");
-    a[0].1
-        .send(call_frame(id, &bob.user_id, "offer", Some("v=0 again")))
-        .await;
-    let ring = expect_call(&mut b[0].1, id, "offer").await;
-    assert_eq!(str_of(&ring, "data"), "v=0 again");
+    let ice = s.to_bob(id, "ice", Some("c"));
+    assert_eq!(refused(&mut s.a, ice).await, "not_found");
+    s.ring(id, "v=0 again").await;
 }
 
 #[tokio::test]
 async fn an_unanswered_call_times_out_on_both_sides() {
-    let server = server_ringing(2).await;
-    let http = server.http();
-    let (alice, mut a) = user_with(&server, &http, "caller", 1).await;
-    let (bob, mut b) = user_with(&server, &http, "callee", 2).await;
-    settle(&mut a).await;
-    settle(&mut b).await;
+    let mut s = Scene::start(2, 2).await;
     let id = "nobody-home";
     let started = Instant::now();
-    a[0].1
-        .send(call_frame(id, &bob.user_id, "offer", Some("v=0")))
-        .await;
+    s.ring(id, "v=0").await;
     let wait = Duration::from_secs(6);
-    let to_caller = a[0]
-        .1
-        .expect_within(wait, "timeout", |f| is_call(f, id, "hangup"))
-        .await;
+    let to_caller =
+        s.a.expect_within(wait, "timeout", |f| is_call(f, id, "hangup"))
+            .await;
     let rang_for = started.elapsed();
     assert_eq!(str_of(&to_caller, "reason"), "timeout");
-    assert_eq!(str_of(&to_caller, "from"), bob.user_id);
+    assert_eq!(str_of(&to_caller, "from"), s.bob.user_id);
     assert!(to_caller.get("from_device").is_none(), "{to_caller}");
     assert!(
         rang_for >= Duration::from_millis(1_800) && rang_for < Duration::from_secs(5),
         "call_ring_timeout_seconds is 2, it rang {rang_for:?}"
     );
-    for (_, s) in b.iter_mut() {
-        let f = s
+    for (_, b) in s.b.iter_mut() {
+        let f = b
             .expect_within(wait, "timeout", |f| is_call(f, id, "hangup"))
             .await;
         assert_eq!(str_of(&f, "reason"), "timeout");
     }
-    let e = b[0]
-        .1
-        .send_expect_error(
-            call_frame(id, &alice.user_id, "answer", Some("late")),
-            Some(id),
-        )
-        .await;
-    assert_eq!(
-        str_of(&e, "code"),
-        "not_found",
-        "a late answer finds no call"
-    );
+    let late = s.to_alice(id, "answer", Some("late"));
+    assert_eq!(refused(&mut s.b[0].1, late).await, "not_found");
 }
 
 #[tokio::test]
 async fn a_bound_device_going_offline_ends_the_call_for_the_other_side() {
-    let server = server().await;
-    let http = server.http();
-    let (alice, mut a) = user_with(&server, &http, "caller", 1).await;
-    let (bob, mut b) = user_with(&server, &http, "callee", 2).await;
-    settle(&mut a).await;
-    settle(&mut b).await;
+    let mut s = Scene::start(20, 2).await;
 
     // The callee's bound device goes away mid-call.
-    let id = "mid-call-1";
-    a[0].1
-        .send(call_frame(id, &bob.user_id, "offer", Some("v=0")))
-        .await;
-    expect_call(&mut b[0].1, id, "offer").await;
-    b[0].1
-        .send(call_frame(id, &alice.user_id, "answer", Some("v=0 a")))
-        .await;
-    expect_call(&mut a[0].1, id, "answer").await;
-    let (b1_session, b1) = b.remove(0);
-    b1.close().await;
-    let gone = expect_call(&mut a[0].1, id, "hangup").await;
+    s.ring("mid-call-1", "v=0").await;
+    s.answer("mid-call-1", 0, "v=0 a").await;
+    let (b0_session, b0) = s.b.remove(0);
+    b0.close().await;
+    let gone = expect_call(&mut s.a, "mid-call-1", "hangup").await;
     assert_eq!(str_of(&gone, "reason"), "disconnected");
-    assert_eq!(str_of(&gone, "from_device"), b1_session.device_id);
+    assert_eq!(str_of(&gone, "from_device"), b0_session.device_id);
 
     // The caller goes away mid-call.
-    let id = "mid-call-2";
-    a[0].1
-        .send(call_frame(id, &bob.user_id, "offer", Some("v=0")))
-        .await;
-    expect_call(&mut b[0].1, id, "offer").await;
-    b[0].1
-        .send(call_frame(id, &alice.user_id, "answer", Some("v=0 a")))
-        .await;
-    expect_call(&mut a[0].1, id, "answer").await;
-    let (a_session, a1) = a.remove(0);
-    a1.close().await;
-    let gone = expect_call(&mut b[0].1, id, "hangup").await;
+    s.ring("mid-call-2", "v=0").await;
+    s.answer("mid-call-2", 0, "v=0 a").await;
+    let session = s.alice.login(&s.http).await;
+    let a = std::mem::replace(
+        &mut s.a,
+        TestSocket::connect(&s.server, &session, "caller-again").await,
+    );
+    a.close().await;
+    let gone = expect_call(&mut s.b[0].1, "mid-call-2", "hangup").await;
     assert_eq!(str_of(&gone, "reason"), "disconnected");
-    assert_eq!(str_of(&gone, "from_device"), a_session.device_id);
+    assert_eq!(str_of(&gone, "from_device"), s.a_device);
 
     // And while ringing: the caller leaving stops the ring.
-    let mut a2 = TestSocket::connect(&server, &alice.login(&http).await, "caller-again").await;
-    a2.ping().await;
-    let id = "ringing-then-gone";
-    a2.send(call_frame(id, &bob.user_id, "offer", Some("v=0")))
-        .await;
-    expect_call(&mut b[0].1, id, "offer").await;
-    a2.close().await;
-    let gone = expect_call(&mut b[0].1, id, "hangup").await;
+    s.a.ping().await;
+    s.a_device = session.device_id;
+    s.ring("ringing-then-gone", "v=0").await;
+    s.a.close().await;
+    let gone = expect_call(&mut s.b[0].1, "ringing-then-gone", "hangup").await;
     assert_eq!(str_of(&gone, "reason"), "disconnected");
 }
 
 #[tokio::test]
 async fn a_device_that_connects_while_a_call_rings_is_rung_too() {
-    let server = server().await;
-    let http = server.http();
-    let (_alice, mut a) = user_with(&server, &http, "caller", 1).await;
-    let bob = register_user(&http, "callee").await;
-    settle(&mut a).await;
-    let id = "wake-up";
-    a[0].1
-        .send(call_frame(id, &bob.user_id, "offer", Some("v=0 late")))
-        .await;
+    let mut s = Scene::start(20, 0).await;
+    s.ring("wake-up", "v=0 late").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut b = TestSocket::connect(&server, &bob.login(&http).await, "late").await;
-    let ring = expect_call(&mut b, id, "offer").await;
+    let session = s.bob.login(&s.http).await;
+    let mut b = TestSocket::connect(&s.server, &session, "late").await;
+    let ring = expect_call(&mut b, "wake-up", "offer").await;
     assert_eq!(str_of(&ring, "data"), "v=0 late");
 }
 
@@ -386,101 +335,72 @@ async fn bad_call_frames_get_clear_errors() {
     let http = server.http();
     let (alice, mut a) = user_with(&server, &http, "caller", 1).await;
     let (bob, mut b) = user_with(&server, &http, "callee", 1).await;
-    let (_carol, mut c) = user_with(&server, &http, "third", 1).await;
-    settle(&mut a).await;
-    let s = &mut a[0].1;
-    let cases: [(Value, &str, &str); 6] = [
-        (
-            call_frame(&"x".repeat(65), &bob.user_id, "hangup", None),
-            &"x".repeat(65),
-            "invalid",
-        ),
+    let (carol, mut c) = user_with(&server, &http, "third", 1).await;
+    let (a, b, c) = (&mut a[0].1, &mut b[0].1, &mut c[0].1);
+    let long = "x".repeat(65);
+    let big = "a".repeat(16 * 1024 + 1);
+    let nobody = "0".repeat(32);
+    let cases = [
+        (call_frame(&long, &bob.user_id, "hangup", None), "invalid"),
         (
             call_frame("no-data", &bob.user_id, "offer", None),
-            "no-data",
             "invalid",
         ),
         (
             call_frame("me", &alice.user_id, "offer", Some("v=0")),
-            "me",
             "invalid",
         ),
         (
-            call_frame(
-                "big",
-                &bob.user_id,
-                "offer",
-                Some(&"a".repeat(16 * 1024 + 1)),
-            ),
-            "big",
+            call_frame("big", &bob.user_id, "offer", Some(&big)),
             "too_large",
         ),
         (
-            call_frame("who", &"0".repeat(32), "offer", Some("v=0")),
-            "who",
+            call_frame("who", &nobody, "offer", Some("v=0")),
             "not_found",
         ),
         (
             call_frame("none", &bob.user_id, "ice", Some("c")),
-            "none",
             "not_found",
         ),
     ];
-    for (frame, reference, code) in cases {
+    for (frame, code) in cases {
         let text = frame.to_string();
-        s.send_raw(&text).await.unwrap();
-        let e = s.expect_error(Some(reference)).await;
+        a.send_raw(&text).await.unwrap();
+        let e = a.expect_error(Some(str_of(&frame, "call_id"))).await;
         assert_eq!(str_of(&e, "code"), code, "{text:.120}");
-        assert!(!str_of(&e, "message").is_empty());
     }
     // An unknown action is a bad frame, its call_id still the ref.
-    s.send_raw(r#"{"type":"call","call_id":"k","to":"x","action":"dance"}"#)
-        .await
-        .unwrap();
-    let e = s.expect_error(Some("k")).await;
-    assert_eq!(str_of(&e, "code"), "bad_frame");
+    let dance = r#"{"type":"call","call_id":"k","to":"x","action":"dance"}"#;
+    a.send_raw(dance).await.unwrap();
+    assert_eq!(
+        str_of(&a.expect_error(Some("k")).await, "code"),
+        "bad_frame"
+    );
 
     // A call_id in use between the two users is refused, from either side.
-    s.send(call_frame("dup", &bob.user_id, "offer", Some("v=0")))
+    a.send(call_frame("dup", &bob.user_id, "offer", Some("v=0")))
         .await;
-    expect_call(&mut b[0].1, "dup", "offer").await;
-    let e = s
-        .send_expect_error(
-            call_frame("dup", &bob.user_id, "offer", Some("v=0")),
-            Some("dup"),
-        )
-        .await;
-    assert_eq!(str_of(&e, "code"), "invalid");
-    let e = b[0]
-        .1
-        .send_expect_error(
-            call_frame("dup", &alice.user_id, "offer", Some("v=0")),
-            Some("dup"),
-        )
-        .await;
-    assert_eq!(str_of(&e, "code"), "invalid");
+    expect_call(b, "dup", "offer").await;
+    let again = call_frame("dup", &bob.user_id, "offer", Some("v=0"));
+    assert_eq!(refused(a, again).await, "invalid");
+    let back = call_frame("dup", &alice.user_id, "offer", Some("v=0"));
+    assert_eq!(refused(b, back).await, "invalid");
 
-    // Bounded calls per user (2 here): bob is in one; a second caller
-    // fills him up, a third finds him busy; alice past her own bound is
-    // refused.
-    c[0].1
-        .send(call_frame("c1", &bob.user_id, "offer", Some("v=0")))
+    // Bounded calls per user (2 here): Bob is in one; Carol's call fills
+    // him up, so Alice finds him busy; Alice in two calls is refused a
+    // third.
+    c.send(call_frame("c1", &bob.user_id, "offer", Some("v=0")))
         .await;
-    expect_call(&mut b[0].1, "c1", "offer").await;
-    s.send(call_frame("a2", &bob.user_id, "offer", Some("v=0")))
+    expect_call(b, "c1", "offer").await;
+    a.send(call_frame("a2", &bob.user_id, "offer", Some("v=0")))
         .await;
-    let busy = expect_call(s, "a2", "hangup").await;
+    let busy = expect_call(a, "a2", "hangup").await;
     assert_eq!(str_of(&busy, "reason"), "busy");
-    s.send(call_frame("a3", &c[0].0.user_id, "offer", Some("v=0")))
+    a.send(call_frame("a3", &carol.user_id, "offer", Some("v=0")))
         .await;
-    expect_call(&mut c[0].1, "a3", "offer").await;
-    let e = s
-        .send_expect_error(
-            call_frame("a4", &c[0].0.user_id, "offer", Some("v=0")),
-            Some("a4"),
-        )
-        .await;
-    assert_eq!(str_of(&e, "code"), "rate_limited");
+    expect_call(c, "a3", "offer").await;
+    let fourth = call_frame("a4", &carol.user_id, "offer", Some("v=0"));
+    assert_eq!(refused(a, fourth).await, "rate_limited");
 }
 
 // ---------------------------------------------------------------------------

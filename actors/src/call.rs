@@ -268,6 +268,13 @@ impl Call {
         }
     }
 
+    /// The caller's `hangup` with `reason` to every rung socket of the
+    /// callee but `except`: they stop ringing.
+    fn stop_ringing(&self, reason: CallEnd, except: Option<&SessionLink>) {
+        let text = self.frame(&self.caller, CallAction::Hangup, None, Some(reason));
+        self.to_rung(&text, except);
+    }
+
     /// Rings one socket of the callee with the offer (once).
     fn ring(&mut self, p: Party) {
         let Some(sdp) = self.offer.as_deref() else {
@@ -329,27 +336,21 @@ impl Call {
         .to_text()
         .into();
         self.caller.link.push(None, to_caller);
-        let text = self.frame(
-            &self.caller,
-            CallAction::Hangup,
-            None,
-            Some(CallEnd::Timeout),
-        );
-        self.to_rung(&text, None);
+        self.stop_ringing(CallEnd::Timeout, None);
         self.end(ctx, "timeout");
     }
 
     /// The caller's socket went away.
     fn caller_gone(&mut self, ctx: &mut Context<Self>) {
-        let text = self.frame(
-            &self.caller,
-            CallAction::Hangup,
-            None,
-            Some(CallEnd::Disconnected),
-        );
         match &self.bound {
-            Some(b) => b.link.push(None, text),
-            None => self.to_rung(&text, None),
+            Some(b) => {
+                let reason = Some(CallEnd::Disconnected);
+                b.link.push(
+                    None,
+                    self.frame(&self.caller, CallAction::Hangup, None, reason),
+                );
+            }
+            None => self.stop_ringing(CallEnd::Disconnected, None),
         }
         self.end(ctx, "caller disconnected");
     }
@@ -417,13 +418,7 @@ impl Call {
                 self.offer = None;
                 let text = self.frame(&me, CallAction::Answer, s.data.as_deref(), None);
                 self.caller.link.push(None, text);
-                let elsewhere = self.frame(
-                    &self.caller,
-                    CallAction::Hangup,
-                    None,
-                    Some(CallEnd::AnsweredElsewhere),
-                );
-                self.to_rung(&elsewhere, Some(&me.link));
+                self.stop_ringing(CallEnd::AnsweredElsewhere, Some(&me.link));
                 self.rung.clear();
                 self.bound = Some(me);
                 self.watch(s.alive, ctx, Self::callee_gone);
@@ -433,13 +428,7 @@ impl Call {
             (None, CallAction::Reject | CallAction::Hangup) => {
                 let text = self.frame(&me, s.action, s.data.as_deref(), Some(CallEnd::Rejected));
                 self.caller.link.push(None, text);
-                let others = self.frame(
-                    &self.caller,
-                    CallAction::Hangup,
-                    None,
-                    Some(CallEnd::Rejected),
-                );
-                self.to_rung(&others, Some(&me.link));
+                self.stop_ringing(CallEnd::Rejected, Some(&me.link));
                 self.end(ctx, "rejected");
                 Ok(())
             }
