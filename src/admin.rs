@@ -9,6 +9,7 @@ use ring::digest;
 
 use crate::api::bearer;
 use crate::api::error::ApiError;
+use crate::quarantine::Quarantine;
 use crate::store::RocksStore;
 use crate::sweep::Sweep;
 use ephemera_actors::directory::Directory;
@@ -21,6 +22,8 @@ pub struct AdminState {
     pub sweep: Sweep,
     /// Live actors.
     pub dir: Arc<Directory>,
+    /// Reported content, cases, moderators and the access log.
+    pub quarantine: Quarantine,
     /// The admin token's SHA-256 (compared digest to digest, so timing does
     /// not tell how much of a guess was right).
     pub token_digest: Vec<u8>,
@@ -42,13 +45,23 @@ impl AdminState {
 
 /// Mounts the admin routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
+    cfg.app_data(web::QueryConfig::default().error_handler(crate::api::error::query_error))
+        .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
         .route("/admin/actors", web::get().to(actors))
         .route("/admin/actors/{kind}/{id}/restart", web::post().to(restart))
         .route("/admin/deletion", web::get().to(deletion))
-        .route("/admin/storage/compact", web::post().to(compact));
+        .route("/admin/storage/compact", web::post().to(compact))
+        .route(
+            "/admin/moderators/{user_id}",
+            web::put().to(grant_moderator),
+        )
+        .route(
+            "/admin/moderators/{user_id}",
+            web::delete().to(revoke_moderator),
+        )
+        .route("/admin/moderation/access-log", web::get().to(access_log));
     #[cfg(feature = "faults")]
     cfg.route(
         "/admin/faults/{kind}/{id}/panic",
@@ -77,6 +90,62 @@ async fn compact(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpR
     let store = Arc::clone(&state.store);
     web::block(move || store.flush_and_compact()).await??;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "flushed": true, "compacted": true })))
+}
+
+/// Grants (`true`) or revokes the moderator role of an existing user.
+async fn set_moderator(
+    state: &AdminState,
+    req: &HttpRequest,
+    user: &str,
+    moderator: bool,
+) -> Result<HttpResponse, ApiError> {
+    state.check(req)?;
+    const NO_USER: ApiError = ApiError::NotFound("no such user");
+    let user = ephemera_actors::ids::Id::parse(user).ok_or(NO_USER)?;
+    let store = Arc::clone(&state.store);
+    if !web::block(move || ephemera_actors::store::Store::user_exists(&*store, user)).await?? {
+        return Err(NO_USER);
+    }
+    let q = Arc::clone(state.quarantine.store());
+    web::block(move || q.set_moderator(user, moderator)).await??;
+    tracing::info!(%user, moderator, "operator changed the moderator role");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn grant_moderator(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    set_moderator(&state, &req, &path, true).await
+}
+
+async fn revoke_moderator(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    set_moderator(&state, &req, &path, false).await
+}
+
+#[derive(serde::Deserialize)]
+struct AfterQuery {
+    #[serde(default)]
+    after: u64,
+}
+
+/// The moderators' access log after `after`, in order, a page at a time
+/// ([`crate::quarantine::LOG_PAGE`] entries).
+async fn access_log(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    q: web::Query<AfterQuery>,
+) -> Result<HttpResponse, ApiError> {
+    state.check(&req)?;
+    let store = Arc::clone(state.quarantine.store());
+    let after = q.after;
+    let entries = web::block(move || store.log_after(after, crate::quarantine::LOG_PAGE)).await??;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "entries": entries })))
 }
 
 /// Prometheus text: every metric, with the deletion gauges refreshed.

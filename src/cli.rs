@@ -40,6 +40,29 @@ pub enum AdminCommand {
     },
     /// The deletion report: logical backlog, key-shred lag, physical window.
     Deletion,
+    /// Grant or revoke the moderator role (PROTOCOL 7).
+    Moderator {
+        /// grant or revoke.
+        #[arg(value_enum)]
+        action: ModeratorAction,
+        /// The user's id.
+        user_id: String,
+    },
+    /// The moderators' access log, in order, from after a seq.
+    AccessLog {
+        /// Only entries after this seq.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+}
+
+/// What `ephemera admin moderator` does.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ModeratorAction {
+    /// Make the user a moderator.
+    Grant,
+    /// Take the role away.
+    Revoke,
 }
 
 fn token(target: &AdminTarget) -> anyhow::Result<String> {
@@ -75,6 +98,17 @@ pub async fn run(target: AdminTarget, cmd: AdminCommand) -> anyhow::Result<Strin
             |_| "restart accepted".to_owned(),
         ),
         AdminCommand::Deletion => (client.get(format!("{base}/admin/deletion")), deletion_table),
+        AdminCommand::Moderator { action, user_id } => {
+            let url = format!("{base}/admin/moderators/{user_id}");
+            match action {
+                ModeratorAction::Grant => (client.put(url), |_| "moderator granted".to_owned()),
+                ModeratorAction::Revoke => (client.delete(url), |_| "moderator revoked".to_owned()),
+            }
+        }
+        AdminCommand::AccessLog { after } => (
+            client.get(format!("{base}/admin/moderation/access-log?after={after}")),
+            access_log_table,
+        ),
     };
     let resp = req
         .bearer_auth(token)
@@ -122,6 +156,20 @@ fn cell(v: &Value) -> String {
     }
 }
 
+/// The objects of `body[list]` as a table of `cols`, with a count line
+/// (`({n} {what})`).
+fn list_table(body: &Value, list: &str, cols: &[&str], what: &str) -> String {
+    let rows: Vec<Vec<String>> = body[list]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| cols.iter().map(|c| cell(&x[*c])).collect())
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("{}\n({} {what})", table(cols, &rows), rows.len())
+}
+
 fn actors_table(body: &Value) -> String {
     let cols = [
         "kind",
@@ -131,15 +179,12 @@ fn actors_table(body: &Value) -> String {
         "uptime_seconds",
         "restarts",
     ];
-    let rows: Vec<Vec<String>> = body["actors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|x| cols.iter().map(|c| cell(&x[*c])).collect())
-                .collect()
-        })
-        .unwrap_or_default();
-    format!("{}\n({} live)", table(&cols, &rows), rows.len())
+    list_table(body, "actors", &cols, "live")
+}
+
+fn access_log_table(body: &Value) -> String {
+    let cols = ["seq", "at", "moderator", "action", "case_id"];
+    list_table(body, "entries", &cols, "entries")
 }
 
 fn deletion_table(body: &Value) -> String {

@@ -216,6 +216,9 @@ pub struct Settings {
     /// Every storage file passes the expiry filter within this many seconds: the physical deletion window [default: 3600]
     #[arg(long, env = "EPHEMERA_DELETION_WINDOW_SECONDS")]
     pub deletion_window_seconds: Option<u64>,
+    /// Days a reported message or story stays in quarantine after its report, unless a later hold keeps it longer or a moderator closes the case; fractions allowed [default: 90]
+    #[arg(long, env = "EPHEMERA_QUARANTINE_RETENTION_DAYS")]
+    pub quarantine_retention_days: Option<f64>,
     /// Upload URLs (POST /api/v1/media/upload-urls) a user may mint a second on average; over it: 429 with Retry-After [default: 10]
     #[arg(long, env = "EPHEMERA_MEDIA_UPLOAD_RATE_PER_SECOND")]
     pub media_upload_rate_per_second: Option<u32>,
@@ -338,6 +341,9 @@ impl Settings {
             deletion_window_seconds: self
                 .deletion_window_seconds
                 .or(other.deletion_window_seconds),
+            quarantine_retention_days: self
+                .quarantine_retention_days
+                .or(other.quarantine_retention_days),
             media_upload_rate_per_second: self
                 .media_upload_rate_per_second
                 .or(other.media_upload_rate_per_second),
@@ -450,6 +456,8 @@ pub struct Config {
     /// Physical deletion window.
     #[serde(serialize_with = "whole_seconds")]
     pub deletion_window: Duration,
+    /// How long quarantined content is kept after its report, in days.
+    pub quarantine_retention_days: f64,
     /// Per-user bounds on media uploads.
     pub uploads: crate::media::quota::UploadLimits,
     /// Admin bearer token (never logged, never serialised).
@@ -565,6 +573,7 @@ impl Config {
             actor_threads: s.actor_threads.unwrap_or(1).clamp(1, 64),
             passivate_after: Duration::from_secs(s.passivate_after_seconds.unwrap_or(60).max(1)),
             deletion_window: Duration::from_secs(s.deletion_window_seconds.unwrap_or(3_600)),
+            quarantine_retention_days: s.quarantine_retention_days.unwrap_or(90.0),
             uploads: crate::media::quota::UploadLimits {
                 rate_per_second: s.media_upload_rate_per_second.unwrap_or(10),
                 burst: s.media_upload_burst.unwrap_or(100),
@@ -664,6 +673,12 @@ impl Config {
         if u.max_pending_bytes < crate::media::service::SEAL_OVERHEAD {
             return Err(ConfigError::Invalid(
                 "media_max_pending_bytes must be at least 28 (the smallest sealed file)",
+            ));
+        }
+        // At most about 100 years, so the retention in ms stays exact.
+        if !(c.quarantine_retention_days > 0.0 && c.quarantine_retention_days <= 36_500.0) {
+            return Err(ConfigError::Invalid(
+                "quarantine_retention_days must be above 0 (and at most 36500)",
             ));
         }
         if c.deletion_window.as_secs() == 0 {

@@ -15,6 +15,8 @@
 //! - `media`: uploads, SigV4 signing and the embedded blob store.
 //! - `fds`: the descriptor budget shared by sockets and storage.
 //! - `push`: the push webhook for users with no device online.
+//! - `quarantine`: reported content, cases, moderators and the access log,
+//!   a RocksDB instance of its own, and its backup.
 //!
 //! The actors (sessions, users, conversations, the sweeper and the
 //! directory) are in the `ephemera-actors` crate.
@@ -30,6 +32,7 @@ mod fds;
 mod keystore;
 mod media;
 mod push;
+mod quarantine;
 mod store;
 mod sweep;
 
@@ -96,6 +99,28 @@ enum Command {
         #[arg(long)]
         from: PathBuf,
     },
+    /// Write a backup of the quarantine (cases with their sealed content
+    /// and keys, the access log, the moderators, and the blob copies of the
+    /// embedded blob store). Works while the server runs. The file holds
+    /// reported content: mode 0600, keep it as such.
+    QuarantineBackup {
+        /// The server's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The backup file to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a quarantine backup into a data directory whose quarantine
+    /// store is absent or empty (the server stopped).
+    QuarantineRestore {
+        /// The data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The backup file.
+        #[arg(long)]
+        from: PathBuf,
+    },
     /// The auditor's check: scans the main database, the key store and
     /// the embedded blob store of a data directory (the server running or
     /// stopped) for expired or deleted content still physically present
@@ -152,6 +177,19 @@ fn main() -> anyhow::Result<()> {
                 "restored {summary} into {}; the backed-up settings are in {}",
                 data_dir.display(),
                 data_dir.join(backup::SETTINGS_FILE).display()
+            );
+            Ok(())
+        }
+        Command::QuarantineBackup { data_dir, out } => {
+            let summary = quarantine::backup::backup(&data_dir, &out)?;
+            println!("backed up the quarantine ({summary}) to {}", out.display());
+            Ok(())
+        }
+        Command::QuarantineRestore { data_dir, from } => {
+            let summary = quarantine::backup::restore(&data_dir, &from)?;
+            println!(
+                "restored the quarantine ({summary}) into {}",
+                data_dir.display()
             );
             Ok(())
         }
@@ -264,7 +302,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         .public_url
         .clone()
         .unwrap_or_else(|| format!("http://{http_addr}"));
-    let (endpoint, credentials, blobs) = media_backend(&cfg, &public_url, &store)?;
+    let quarantined = Arc::new(
+        quarantine::QuarantineStore::open(&cfg.data_dir.join("quarantine"))
+            .context("opening the quarantine store")?,
+    );
+    let (endpoint, credentials, blobs) = media_backend(&cfg, &public_url, &store, &quarantined)?;
     let roots = match cfg.s3.as_ref().and_then(|s3| s3.ca_file.as_ref()) {
         None => Vec::new(),
         Some(path) => {
@@ -292,6 +334,24 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         cfg.deletion_window,
     );
     sweep.start();
+    let quarantine = quarantine::Quarantine::new(
+        quarantined,
+        media.clone(),
+        (cfg.quarantine_retention_days * 86_400_000.0)
+            .round()
+            .max(1.0) as u64,
+    );
+    // TODO(sweep): called by the sweep
+    quarantine.start_interim_sweep(std::time::Duration::from_secs(1));
+    match quarantine.census() {
+        Ok(c) => tracing::info!(
+            open_cases = c.open_cases,
+            cases_holding_content = c.cases_holding_content,
+            blobs_held = c.blobs_held,
+            "quarantine opened"
+        ),
+        Err(e) => tracing::error!(error = %e, "the quarantine census failed"),
+    }
 
     // Conversation and user actors run on their own thread(s). One is the
     // measured best on 2 cores: every hop between actors is then a local
@@ -322,6 +382,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         dir: Arc::clone(&dir),
         config: Arc::clone(&cfg),
         media,
+        quarantine: quarantine.clone(),
         group_counts: Default::default(),
         logins,
         sockets: Default::default(),
@@ -350,6 +411,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         store: Arc::clone(&store),
         sweep,
         dir,
+        quarantine,
         token_digest: digest::digest(&digest::SHA256, token.as_bytes())
             .as_ref()
             .to_vec(),
@@ -407,12 +469,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
 /// embedded blob store under DATA_DIR/blobs, served on the public listener
 /// at `/blobs` with credentials of its own (kept in DATA_DIR/blobs.secret so
 /// presigned URLs survive a restart), accepting only uploads that `store`
-/// holds open (see [`media::service::upload_gate`]).
+/// holds open (see [`media::service::upload_gate`]) and the blob copies of
+/// reports being made in `quarantined` (see [`quarantine::upload_gate`]).
 #[allow(clippy::type_complexity)]
 fn media_backend(
     cfg: &Config,
     public_url: &str,
     store: &Arc<RocksStore>,
+    quarantined: &Arc<quarantine::QuarantineStore>,
 ) -> anyhow::Result<(
     sigv4::Endpoint,
     sigv4::Credentials,
@@ -456,7 +520,10 @@ fn media_backend(
         media::service::MAX_MEDIA_BYTES,
     )
     .context("opening the embedded blob store")?
-    .with_upload_gate(media::service::upload_gate(Arc::clone(store)));
+    .with_upload_gate(quarantine::upload_gate(
+        Arc::clone(quarantined),
+        media::service::upload_gate(Arc::clone(store)),
+    ));
     let endpoint = Endpoint::new(
         &format!("{public_url}/blobs"),
         &cfg.s3_bucket,

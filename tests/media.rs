@@ -1392,6 +1392,12 @@ impl S3sFs {
         s3
     }
 
+    /// A server storing media here (path-style, us-east-1), with `extra`
+    /// flags.
+    async fn server(&self, extra: &[&str]) -> Server {
+        s3_server(&self.endpoint, extra).await
+    }
+
     /// Where s3s-fs keeps the object `key` of our bucket.
     fn object_file(&self, key: &str) -> PathBuf {
         self.root.path().join("data").join(S3_BUCKET).join(key)
@@ -1400,6 +1406,25 @@ impl S3sFs {
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// A server storing media at the S3 `endpoint` (our bucket, path-style,
+/// us-east-1, our credentials), with `extra` flags.
+async fn s3_server(endpoint: &str, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--s3-endpoint",
+        endpoint,
+        "--s3-bucket",
+        S3_BUCKET,
+        "--s3-region",
+        "us-east-1",
+        "--s3-addressing",
+        "path",
+        "--s3-access-key-id",
+        S3_ACCESS_KEY,
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with_env(&args, &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)]).await
 }
 
 impl Drop for S3sFs {
@@ -1418,22 +1443,7 @@ impl Drop for S3sFs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn third_party_s3_round_trip_and_refusals() {
     let s3 = S3sFs::start().await;
-    let server = Server::start_with_env(
-        &[
-            "--s3-endpoint",
-            &s3.endpoint,
-            "--s3-bucket",
-            S3_BUCKET,
-            "--s3-region",
-            "us-east-1",
-            "--s3-addressing",
-            "path",
-            "--s3-access-key-id",
-            S3_ACCESS_KEY,
-        ],
-        &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)],
-    )
-    .await;
+    let server = s3.server(&[]).await;
     let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
 
     // Sending before uploading: the server's HEAD finds nothing.
@@ -1685,22 +1695,7 @@ async fn third_party_s3_over_https() {
     let s3 = S3sFs::start().await;
     let tls = Stunnel::start(&s3).await;
     let cert = tls.cert().display().to_string();
-    let args = [
-        "--s3-endpoint",
-        &tls.endpoint,
-        "--s3-bucket",
-        S3_BUCKET,
-        "--s3-region",
-        "us-east-1",
-        "--s3-addressing",
-        "path",
-        "--s3-access-key-id",
-        S3_ACCESS_KEY,
-        "--s3-ca-file",
-        &cert,
-    ];
-    let server =
-        Server::start_with_env(&args, &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)]).await;
+    let server = s3_server(&tls.endpoint, &["--s3-ca-file", &cert]).await;
     let mut s = scene(&server, format!("{}/{S3_BUCKET}", tls.endpoint)).await;
     s.blobs = tls.client();
     let sent = send_timed_photo(&mut s, 50_000, 600).await;
@@ -1723,11 +1718,7 @@ async fn third_party_s3_over_https() {
 
     // The same store without its certificate trusted: the server's HEAD
     // at send fails, so the send is refused, not trusted blindly.
-    let untrusted = Server::start_with_env(
-        &args[..args.len() - 2],
-        &[("EPHEMERA_S3_SECRET_ACCESS_KEY", S3_SECRET_KEY)],
-    )
-    .await;
+    let untrusted = s3_server(&tls.endpoint, &[]).await;
     let mut u = scene(&untrusted, format!("{}/{S3_BUCKET}", tls.endpoint)).await;
     u.blobs = tls.client();
     let upload = mint_for_file(&u.http, &u.alice_session, JPEG, 1000).await;
@@ -1749,4 +1740,104 @@ async fn third_party_s3_over_https() {
         is_type(&answer, "error"),
         "a store whose certificate is not trusted is not used: {answer}"
     );
+}
+
+/// Against s3s-fs: a reported photo's blob is copied, as is, to
+/// `quarantine/<case_id>` in the same bucket; the sweep deletes the
+/// original when the message ends and walks the bucket for orphans, but
+/// never touches the copy, which a moderator fetches and opens with the
+/// case's data key; closing the case deletes it with a signed DELETE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_s3_keeps_quarantine_copies_until_closed() {
+    let s3 = S3sFs::start().await;
+    // A sweep tick every 2 s.
+    let server = s3.server(&["--deletion-window-seconds", "8"]).await;
+    let mut s = scene(&server, format!("{}/{S3_BUCKET}", s3.endpoint)).await;
+    let sent = send_timed_photo(&mut s, 1500, 2).await;
+    let call = |method: Method, path: String, token: String, body: Option<Value>| {
+        let http = s.http.clone();
+        async move {
+            http.raw(
+                method,
+                &path,
+                Some(&token),
+                body.map(|b| b.to_string()).as_deref(),
+            )
+            .await
+            .expect("calling the server")
+        }
+    };
+    let reported = call(
+        Method::POST,
+        "/api/v1/reports".into(),
+        s.bob_session.token.clone(),
+        Some(json!({ "msg_id": sent.msg_id, "reason": "s3" })),
+    )
+    .await;
+    assert_eq!(reported.status, 201, "report: {reported:?}");
+    let case_id = str_of(reported.json.as_ref().unwrap(), "case_id").to_owned();
+    let copy = s3.object_file(&format!("quarantine/{case_id}"));
+    assert_eq!(
+        std::fs::read(&copy).ok().as_deref(),
+        Some(sent.sealed.as_slice()),
+        "the copy is the sealed object, as is"
+    );
+
+    // The original goes when the message ends; the copy stays.
+    let original = s3.object_file(&format!("m/{}", sent.upload.media_key));
+    let deadline = now_ms() + 30_000;
+    while original.exists() {
+        assert!(
+            now_ms() < deadline,
+            "the original blob outlived its message by 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        copy.exists(),
+        "the sweep must never delete a quarantine copy"
+    );
+
+    let carol = register_user(&s.http, "carol").await;
+    let granted = server
+        .admin_http()
+        .raw(
+            Method::PUT,
+            &format!("/admin/moderators/{}", carol.user_id),
+            Some(server.admin_token()),
+            None,
+        )
+        .await
+        .expect("granting the moderator role");
+    assert_eq!(granted.status, 204);
+    let carol = carol.login(&s.http).await;
+    let case = call(
+        Method::GET,
+        format!("/api/v1/moderation/cases/{case_id}"),
+        carol.token.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(case.status, 200, "{case:?}");
+    let media = &case.json.as_ref().unwrap()["content"]["media"];
+    let got = blob_request(&s.blobs, Method::GET, str_of(media, "get_url"), None).await;
+    assert_eq!(
+        got.status,
+        200,
+        "s3s-fs serves the copy: {}",
+        got.describe()
+    );
+    let key = crypto::data_key(str_of(media, "data_key")).expect("a data key");
+    assert_eq!(crypto::open(&key, &got.body).expect("it opens"), sent.plain);
+
+    let closed = call(
+        Method::POST,
+        format!("/api/v1/moderation/cases/{case_id}/close"),
+        carol.token.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(closed.status, 200, "{closed:?}");
+    assert!(!copy.exists(), "closing deletes the copy from the bucket");
 }

@@ -8,6 +8,8 @@ pub mod error;
 pub mod highlights;
 pub mod login_limits;
 pub mod media;
+pub mod moderation;
+pub mod reports;
 pub mod stories;
 pub mod ws;
 
@@ -33,6 +35,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Media keys and object storage.
     pub media: crate::media::service::MediaService,
+    /// Reported content, cases and moderators.
+    pub quarantine: crate::quarantine::Quarantine,
     /// How many groups each user is in, for `max_groups_per_user`.
     pub group_counts: conversations::GroupCounts,
     /// Rate limits and the hashing pool of the password calls.
@@ -58,6 +62,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(media::configure)
             .configure(stories::configure)
             .configure(highlights::configure)
+            .configure(reports::configure)
+            .configure(moderation::configure)
             .configure(ws::configure)
             // An unknown path gets the error envelope, like every answer.
             .default_service(web::to(|| async {

@@ -361,7 +361,7 @@ async fn story_handle(
 }
 
 /// Opens a story for `viewer` (counting the view if `count`).
-async fn opened(
+pub(crate) async fn opened(
     state: &AppState,
     path: &str,
     viewer: UserId,

@@ -56,6 +56,12 @@ pub const MAX_MEDIA_BYTES: u64 = 100 << 20;
 pub const SEAL_OVERHEAD: u64 = 28;
 /// Every media object's key starts with this (see [`object_key`]).
 const OBJECT_PREFIX: &str = "m/";
+/// The quarantine's blob copies (`quarantine/<case_id>`, see
+/// `crate::quarantine`) live under this prefix of the same bucket: outside
+/// [`OBJECT_PREFIX`], so the orphan walk never lists them.
+pub const QUARANTINE_PREFIX: &str = "quarantine/";
+/// How long a moderator's `get_url` for a quarantined blob is valid.
+const QUARANTINE_GET_URL_SECS: u64 = 300;
 /// Objects one step of the orphan walk lists (S3's page size).
 const ORPHAN_PAGE: &str = "1000";
 /// The `until` of a media record and key kept until they are shredded (a
@@ -140,6 +146,11 @@ pub struct MediaService(Arc<Inner>);
 /// The object key of a media id in the bucket.
 fn object_key(id: Id) -> String {
     format!("{OBJECT_PREFIX}{id}")
+}
+
+/// The object key of a quarantine case's blob copy.
+fn quarantine_key(case: Id) -> String {
+    format!("{QUARANTINE_PREFIX}{case}")
 }
 
 /// The media object an object key names (`m/<id>`), if it names one.
@@ -434,12 +445,20 @@ impl MediaService {
     /// The stored object `id`, which must be exactly `bytes` long (read
     /// whole; see [`MediaService::copy_sealed`]).
     async fn fetch(&self, id: Id, bytes: u64) -> Result<Vec<u8>, CopyError> {
+        self.fetch_object(&object_key(id), bytes).await
+    }
+
+    /// The stored object at `key`, exactly `bytes` long.
+    async fn fetch_object(&self, key: &str, bytes: u64) -> Result<Vec<u8>, CopyError> {
+        if bytes > MAX_MEDIA_BYTES {
+            return Err(CopyError::Damaged);
+        }
         // Presigned, as the embedded store takes header signing only for
         // HEAD, DELETE and listings.
         let url = sigv4::presign(
             "GET",
             &self.0.endpoint,
-            &object_key(id),
+            key,
             &self.0.credentials,
             SystemTime::now(),
             COPY_URL_SECS,
@@ -496,11 +515,27 @@ impl MediaService {
         mut rec: MediaRecord,
         sealed: Vec<u8>,
     ) -> Result<(), CopyError> {
+        self.put_object(&object_key(id), sealed).await?;
+        let inner = Arc::clone(&self.0);
+        let key = *key;
+        rec.until = KEPT;
+        tokio::task::spawn_blocking(move || {
+            inner.keys.put_media_key(&id.0, &key, KEPT)?;
+            inner.store.put_media(id, &rec)
+        })
+        .await
+        .map_err(|_| CopyError::Unavailable)??;
+        Ok(())
+    }
+
+    /// The PUT of `sealed` to `key`, through a presigned URL that signs
+    /// its length, as an upload's.
+    async fn put_object(&self, key: &str, sealed: Vec<u8>) -> Result<(), CopyError> {
         let length = sealed.len().to_string();
         let put_url = sigv4::presign_with_headers(
             "PUT",
             &self.0.endpoint,
-            &object_key(id),
+            key,
             &self.0.credentials,
             SystemTime::now(),
             COPY_URL_SECS,
@@ -527,16 +562,57 @@ impl MediaService {
             );
             return Err(CopyError::Unavailable);
         }
-        let inner = Arc::clone(&self.0);
-        let key = *key;
-        rec.until = KEPT;
-        tokio::task::spawn_blocking(move || {
-            inner.keys.put_media_key(&id.0, &key, KEPT)?;
-            inner.store.put_media(id, &rec)
-        })
-        .await
-        .map_err(|_| CopyError::Unavailable)??;
         Ok(())
+    }
+
+    /// The live data key of media `id` (`None` once its life is over).
+    /// Blocks (key store).
+    pub fn media_data_key(&self, id: Id) -> Result<Option<[u8; 32]>, StoreError> {
+        self.0.keys.media_key(&id.0)
+    }
+
+    /// The sealed object of media `media`, read whole (it must be exactly
+    /// its declared size): what a report copies into quarantine.
+    pub async fn fetch_media(&self, media: &MediaRef) -> Result<Vec<u8>, CopyError> {
+        self.fetch(media.id, media.bytes).await
+    }
+
+    /// Stores `sealed` as the blob copy of quarantine case `case`.
+    pub async fn put_quarantine(&self, case: Id, sealed: Vec<u8>) -> Result<(), CopyError> {
+        self.put_object(&quarantine_key(case), sealed).await
+    }
+
+    /// A presigned GET of quarantine case `case`'s blob copy, never cached.
+    pub fn quarantine_get_url(&self, case: Id) -> Option<String> {
+        sigv4::presign(
+            "GET",
+            &self.0.endpoint,
+            &quarantine_key(case),
+            &self.0.credentials,
+            SystemTime::now(),
+            QUARANTINE_GET_URL_SECS,
+            &[("response-cache-control", "no-store")],
+        )
+        .ok()
+    }
+
+    /// Deletes quarantine case `case`'s blob copy (signed DELETE); whether
+    /// it is gone (absent counts as gone).
+    pub async fn delete_quarantine(&self, case: Id) -> bool {
+        match self
+            .signed_key(reqwest::Method::DELETE, &quarantine_key(case))
+            .await
+        {
+            Ok(r) if r.status().is_success() || r.status().as_u16() == 404 => true,
+            Ok(r) => {
+                tracing::warn!(
+                    status = r.status().as_u16(),
+                    "object storage refused to delete a quarantine blob; retrying later"
+                );
+                false
+            }
+            Err(()) => false,
+        }
     }
 
     /// Undoes a copy that failed after its key and record were written:
@@ -586,11 +662,17 @@ impl MediaService {
     /// A server-side request (HEAD, DELETE) on a media object, signed in
     /// headers.
     async fn signed(&self, method: reqwest::Method, id: Id) -> Result<reqwest::Response, ()> {
-        let url = self
-            .0
-            .endpoint
-            .object_url(&object_key(id))
-            .map_err(|_| ())?;
+        self.signed_key(method, &object_key(id)).await
+    }
+
+    /// A server-side request (HEAD, DELETE) on the object at `key`, signed
+    /// in headers.
+    async fn signed_key(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+    ) -> Result<reqwest::Response, ()> {
+        let url = self.0.endpoint.object_url(key).map_err(|_| ())?;
         self.signed_url(method, url).await
     }
 
@@ -1424,5 +1506,10 @@ mod tests {
         let id = Id([0xab; 16]);
         assert_eq!(object_key(id), format!("m/{id}"));
         assert_eq!(media_id(&object_key(id)), Some(id));
+        // The quarantine's copies are outside the prefix the orphan walk
+        // lists, so it never deletes them.
+        assert_eq!(quarantine_key(id), format!("quarantine/{id}"));
+        assert!(!quarantine_key(id).starts_with(OBJECT_PREFIX));
+        assert_eq!(media_id(&quarantine_key(id)), None);
     }
 }

@@ -383,16 +383,22 @@ fn cf_options(cf: Cf, periodic_compaction: u64) -> Options {
     o
 }
 
+/// Deleted content must not survive in recycled or archived WALs: no WAL
+/// recycling, and no archive (DESIGN.md "Storage"). For every instance that
+/// holds content.
+pub fn no_wal_leftovers(opts: &mut Options) {
+    opts.set_recycle_log_file_num(0);
+    opts.set_wal_ttl_seconds(0);
+    opts.set_wal_size_limit_mb(0);
+}
+
 /// Opens (or creates) the database in `dir` with every column family and
 /// its options: the server's store, and `ephemera restore` writing a new one.
 pub fn open_db(dir: &Path, periodic_compaction_seconds: u64) -> Result<DB, StoreError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    // Deleted content must not survive in recycled or archived WALs.
-    opts.set_recycle_log_file_num(0);
-    opts.set_wal_ttl_seconds(0);
-    opts.set_wal_size_limit_mb(0);
+    no_wal_leftovers(&mut opts);
     // A quiet column family cannot pin an old WAL (and its bytes) for long.
     opts.set_max_total_wal_size(64 << 20);
     opts.set_keep_log_file_num(4);
