@@ -7,6 +7,9 @@ source scripts/setup.sh
 # tests/media.rs puts s3s-fs behind stunnel, with a certificate it makes
 # with the openssl CLI, to test an external S3 over https.
 apt_install stunnel4 openssl
+# tests/calls.rs checks the TURN credentials against a real TURN server:
+# coturn's turnserver, turnutils_uclient and turnutils_peer.
+apt_install coturn
 
 # tests/media.rs checks our presigned URLs against a third-party S3 server,
 # s3s-fs, which it finds on PATH or in ~/.cargo/bin. Install the pinned

@@ -90,7 +90,7 @@ pub const NEVER_BACKED_UP: [Cf; 22] = [
 ];
 
 /// The settings leave these out: they are secrets.
-pub const SECRETS_LEFT_OUT: [&str; 2] = ["admin_token", "s3_secret_access_key"];
+pub const SECRETS_LEFT_OUT: [&str; 3] = ["admin_token", "s3_secret_access_key", "turn_secret"];
 
 /// The first bytes of a backup file: the format and its version.
 const MAGIC: &[u8] = b"EPHEMERA-BACKUP 1\n";
@@ -405,6 +405,8 @@ mod tests {
             Settings {
                 data_dir: Some(data_dir.to_path_buf()),
                 admin_token: Some("admin-secret-canary".into()),
+                turn_urls: Some(vec!["turn:127.0.0.1:3478".into()]),
+                turn_secret: Some("turn-secret-canary".into()),
                 ..Settings::default()
             },
             None,
@@ -451,6 +453,7 @@ mod tests {
         let bytes = std::fs::read(&out).unwrap();
         assert!(bytes.starts_with(MAGIC));
         assert!(!bytes.windows(19).any(|w| w == b"admin-secret-canary"));
+        assert!(!bytes.windows(18).any(|w| w == b"turn-secret-canary"));
 
         let target = tmp.path().join("restored");
         restore(&target, &out).unwrap();
@@ -471,6 +474,7 @@ mod tests {
         let settings = std::fs::read_to_string(target.join(SETTINGS_FILE)).unwrap();
         assert!(settings.contains("\"max_body_bytes\":16384"), "{settings}");
         assert!(!settings.contains("admin-secret-canary"));
+        assert!(!settings.contains("turn-secret-canary"));
 
         let err = restore(&target, &out).unwrap_err().to_string();
         assert!(err.contains("not empty"), "{err}");

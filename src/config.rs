@@ -83,6 +83,30 @@ impl std::fmt::Debug for PushConfig {
     }
 }
 
+/// TURN REST credentials (PROTOCOL 10), minted by `GET /api/v1/calls/turn`.
+/// Serialised (into backups) without its secret.
+#[derive(Clone, Serialize)]
+pub struct TurnConfig {
+    /// The TURN/STUN URLs handed to clients (`turn:host:port?transport=udp`...).
+    pub urls: Vec<String>,
+    /// The shared secret the TURN server checks credentials with (its
+    /// `static-auth-secret`). Never logged, never serialised.
+    #[serde(skip)]
+    pub secret: String,
+    /// How long minted credentials work.
+    #[serde(serialize_with = "whole_seconds")]
+    pub ttl: Duration,
+}
+
+impl std::fmt::Debug for TurnConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnConfig")
+            .field("urls", &self.urls)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Every setting, each optional so file, environment and flags can be merged.
 #[derive(Args, Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
@@ -250,7 +274,7 @@ pub struct Settings {
     #[arg(long, env = "EPHEMERA_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     #[serde(skip)]
     pub s3_secret_access_key: Option<String>,
-    /// URL (http or https) to POST a push to when a user with no device online gets a message or story reply; unset: no pushes. Never logged
+    /// URL (http or https) to POST a push to when a user with no device online gets a message, story reply or call; unset: no pushes. Never logged
     #[arg(long, env = "EPHEMERA_PUSH_WEBHOOK_URL", hide_env_values = true)]
     pub push_webhook_url: Option<String>,
     /// Key of the pushes' X-Ephemera-Signature (HMAC-SHA256); required with push_webhook_url; environment only in practice (flags show in `ps`)
@@ -260,6 +284,22 @@ pub struct Settings {
     /// Pushes waiting to be posted at most; past it new ones are dropped (and counted) [default: 10000]
     #[arg(long, env = "EPHEMERA_PUSH_QUEUE")]
     pub push_queue: Option<usize>,
+    /// A call nobody answers within this many seconds ends with `hangup` `timeout` [default: 60]
+    #[arg(long, env = "EPHEMERA_CALL_RING_TIMEOUT_SECONDS")]
+    pub call_ring_timeout_seconds: Option<u64>,
+    /// Calls one user may be in at once, calling or called; past it an offer gets `rate_limited` (caller) or `hangup` `busy` (callee) [default: 4]
+    #[arg(long, env = "EPHEMERA_MAX_CALLS_PER_USER")]
+    pub max_calls_per_user: Option<usize>,
+    /// TURN/STUN URLs given to clients with TURN credentials (comma-separated in the environment); required with turn_secret
+    #[arg(long, env = "EPHEMERA_TURN_URLS", value_delimiter = ',')]
+    pub turn_urls: Option<Vec<String>>,
+    /// Shared secret of the TURN server (coturn `static-auth-secret`); unset: GET /api/v1/calls/turn answers 404. Environment only in practice (flags show in `ps`)
+    #[arg(long, env = "EPHEMERA_TURN_SECRET", hide_env_values = true)]
+    #[serde(skip)]
+    pub turn_secret: Option<String>,
+    /// Lifetime of minted TURN credentials in seconds [default: 3600]
+    #[arg(long, env = "EPHEMERA_TURN_TTL_SECONDS")]
+    pub turn_ttl_seconds: Option<u64>,
     /// Bearer token for the admin listener; prefer the environment over the flag (flags show in `ps`). If unset, a random one is written to DATA_DIR/admin.token
     #[arg(long, env = "EPHEMERA_ADMIN_TOKEN", hide_env_values = true)]
     #[serde(skip)]
@@ -352,6 +392,13 @@ impl Settings {
             push_webhook_url: self.push_webhook_url.or(other.push_webhook_url),
             push_webhook_secret: self.push_webhook_secret.or(other.push_webhook_secret),
             push_queue: self.push_queue.or(other.push_queue),
+            call_ring_timeout_seconds: self
+                .call_ring_timeout_seconds
+                .or(other.call_ring_timeout_seconds),
+            max_calls_per_user: self.max_calls_per_user.or(other.max_calls_per_user),
+            turn_urls: self.turn_urls.or(other.turn_urls),
+            turn_secret: self.turn_secret.or(other.turn_secret),
+            turn_ttl_seconds: self.turn_ttl_seconds.or(other.turn_ttl_seconds),
         }
     }
 }
@@ -458,6 +505,13 @@ pub struct Config {
     /// backups): its secret is one, and a webhook URL may carry credentials.
     #[serde(skip)]
     pub push: Option<PushConfig>,
+    /// Ring timeout of a call.
+    #[serde(serialize_with = "whole_seconds")]
+    pub call_ring_timeout: Duration,
+    /// Calls one user may be in at once.
+    pub max_calls_per_user: usize,
+    /// TURN credentials, or `None` when no TURN server is configured.
+    pub turn: Option<TurnConfig>,
 }
 
 fn whole_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -603,7 +657,37 @@ impl Config {
                     queue: s.push_queue.unwrap_or(10_000).max(1),
                 }),
             },
+            call_ring_timeout: Duration::from_secs(
+                s.call_ring_timeout_seconds.unwrap_or(60).max(1),
+            ),
+            max_calls_per_user: s.max_calls_per_user.unwrap_or(4).max(1),
+            turn: match s.turn_secret.filter(|k| !k.is_empty()) {
+                None => None,
+                Some(secret) => Some(TurnConfig {
+                    urls: s
+                        .turn_urls
+                        .filter(|u| !u.is_empty())
+                        .ok_or(ConfigError::Invalid("turn_secret needs turn_urls"))?,
+                    secret,
+                    ttl: Duration::from_secs(s.turn_ttl_seconds.unwrap_or(3_600)),
+                }),
+            },
         };
+        if let Some(turn) = &c.turn {
+            let scheme_ok = |u: &String| {
+                ["turn:", "turns:", "stun:", "stuns:"]
+                    .iter()
+                    .any(|p| u.starts_with(p))
+            };
+            if !turn.urls.iter().all(scheme_ok) {
+                return Err(ConfigError::Invalid(
+                    "turn_urls must be turn:, turns:, stun: or stuns: URLs",
+                ));
+            }
+            if turn.ttl.as_secs() == 0 {
+                return Err(ConfigError::Invalid("turn_ttl_seconds must be above 0"));
+            }
+        }
         if c.pbkdf2_iterations < 1_000 {
             return Err(ConfigError::Invalid(
                 "pbkdf2_iterations must be at least 1000",
@@ -731,6 +815,57 @@ mod tests {
         assert_eq!((push.url.as_str(), push.queue), (url, 10_000));
         let shown = format!("{c:?}");
         assert!(!shown.contains("hidden-in-url") && !shown.contains("the-secret"));
+    }
+
+    #[test]
+    fn turn_needs_a_secret_and_urls_and_never_shows_the_secret() {
+        let with = |urls: Option<Vec<&str>>, secret: Option<&str>| Settings {
+            turn_urls: urls.map(|u| u.into_iter().map(Into::into).collect()),
+            turn_secret: secret.map(Into::into),
+            ..Settings::default()
+        };
+        let c = Config::resolve(Settings::default(), None).unwrap();
+        assert!(c.turn.is_none());
+        assert_eq!(
+            (c.call_ring_timeout.as_secs(), c.max_calls_per_user),
+            (60, 4)
+        );
+        assert!(Config::resolve(with(Some(vec!["turn:h:3478"]), None), None)
+            .unwrap()
+            .turn
+            .is_none());
+        for refused in [
+            with(None, Some("s")),
+            with(Some(vec![]), Some("s")),
+            with(Some(vec!["http://h"]), Some("s")),
+        ] {
+            assert!(matches!(
+                Config::resolve(refused, None),
+                Err(ConfigError::Invalid(_))
+            ));
+        }
+        let urls = vec!["turn:h:3478?transport=udp", "stun:h:3478"];
+        let c = Config::resolve(with(Some(urls), Some("turn-secret-canary")), None).unwrap();
+        let turn = c.turn.as_ref().unwrap();
+        assert_eq!((turn.urls.len(), turn.ttl.as_secs()), (2, 3_600));
+        let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
+        assert!(!shown.contains("turn-secret-canary"), "{shown}");
+        assert!(shown.contains("stun:h:3478"), "{shown}");
+    }
+
+    #[test]
+    fn turn_urls_are_comma_separated_in_the_environment() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            s: Settings,
+        }
+        let cli = Cli::parse_from(["x", "--turn-urls", "turn:a:1,turns:b:2"]);
+        assert_eq!(
+            cli.s.turn_urls.unwrap(),
+            vec!["turn:a:1".to_string(), "turns:b:2".to_string()]
+        );
     }
 
     #[test]

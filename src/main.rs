@@ -5,7 +5,8 @@
 //! - `store`: RocksDB: column families, typed keys, the TTL compaction
 //!   filter, the group-commit writer.
 //! - `auth`: password hashing and tokens.
-//! - `api`: the public HTTP routes and the WebSocket upgrade.
+//! - `api`: the public HTTP routes (TURN credentials for calls included)
+//!   and the WebSocket upgrade.
 //! - `admin`: the admin listener.
 //! - `cli`: `ephemera admin ...`, the operator's commands.
 //! - `backup`: `ephemera backup` and `ephemera restore`, without content.
@@ -14,12 +15,13 @@
 //! - `deletion`: what is still on disk, measured; `ephemera verify-deletion`.
 //! - `media`: uploads, SigV4 signing and the embedded blob store.
 //! - `fds`: the descriptor budget shared by sockets and storage.
-//! - `push`: the push webhook for users with no device online.
+//! - `push`: the push webhook for users with no device online (messages,
+//!   story replies, calls).
 //! - `quarantine`: reported content, cases, moderators and the access log,
 //!   a RocksDB instance of its own, and its backup.
 //!
-//! The actors (sessions, users, conversations, the sweeper and the
-//! directory) are in the `ephemera-actors` crate.
+//! The actors (sessions, users, conversations, stories, calls, the sweeper
+//! and the directory) are in the `ephemera-actors` crate.
 
 mod admin;
 mod api;
@@ -291,6 +293,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         max_outbound_bytes: cfg.max_outbound_bytes,
         max_outbound_frames: cfg.max_outbound_frames,
         story_fanout_max_followers: cfg.story_fanout_max_followers,
+        call_ring_timeout: cfg.call_ring_timeout,
+        max_calls_per_user: cfg.max_calls_per_user,
     };
     // Bind the public port first: the embedded blob store's URLs need it.
     let listener = std::net::TcpListener::bind(cfg.listen)

@@ -1,6 +1,7 @@
-//! Push without content (PROTOCOL 9): a message or story reply for a user
-//! with no device online here is `POST`ed to the webhook as
-//! `{"user_id","kind","from","from_username","conversation_id","at"}`,
+//! Push without content (PROTOCOL 9): a message, story reply or call for a
+//! user with no device online here is `POST`ed to the webhook as
+//! `{"user_id","kind","from","from_username","conversation_id","at"}`
+//! (a call has no `conversation_id`),
 //! signed with `X-Ephemera-Signature: sha256=<hex HMAC-SHA256 of the body>`.
 //!
 //! The fanout runs on the storage writer's thread, so [`Webhook::offline`]
@@ -47,6 +48,8 @@ pub enum Kind {
     Message,
     /// A reply or reaction to one of the user's stories.
     StoryReply,
+    /// An incoming call (PROTOCOL 10).
+    Call,
 }
 
 impl Kind {
@@ -55,6 +58,7 @@ impl Kind {
         match self {
             Kind::Message => "message",
             Kind::StoryReply => "story_reply",
+            Kind::Call => "call",
         }
     }
 }
@@ -64,19 +68,20 @@ struct Job {
     user: UserId,
     kind: Kind,
     from: UserId,
-    conversation: Id,
+    /// None for a call.
+    conversation: Option<Id>,
     at: Millis,
 }
 
-/// The body posted: `schema/push.json`. (A call, when there are calls,
-/// will have no `conversation_id`.)
+/// The body posted: `schema/push.json`. (A call has no `conversation_id`.)
 #[derive(Serialize)]
 struct Body<'a> {
     user_id: UserId,
     kind: Kind,
     from: UserId,
     from_username: &'a str,
-    conversation_id: Id,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversation_id: Option<Id>,
     at: Millis,
 }
 
@@ -96,9 +101,27 @@ impl OfflinePush for Webhook {
             user,
             kind,
             from: m.from,
-            conversation: m.id.conv,
+            conversation: Some(m.id.conv),
             at: m.sent_at,
         };
+        self.queue(job);
+    }
+
+    fn call(&self, user: UserId, from: UserId, at: Millis) {
+        self.queue(Job {
+            user,
+            kind: Kind::Call,
+            from,
+            conversation: None,
+            at,
+        });
+    }
+}
+
+impl Webhook {
+    /// Queues a push, or drops it (counted) when the queue is full.
+    fn queue(&self, job: Job) {
+        let kind = job.kind;
         if self.queue.try_send(job).is_err() {
             let dropped = label(kind, "queue_full");
             self.metrics.pushes_dropped.get_or_create(&dropped).inc();
@@ -239,7 +262,7 @@ mod tests {
             kind: Kind::StoryReply,
             from: Id([2; 16]),
             from_username: "ann",
-            conversation_id: Id([3; 16]),
+            conversation_id: Some(Id([3; 16])),
             at: 7,
         })
         .unwrap();

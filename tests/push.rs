@@ -177,9 +177,9 @@ impl Scene {
     }
 }
 
-/// Panics unless `request` is a signed push with exactly the documented
-/// fields and the `expected` values; its `at`.
-fn assert_push(request: &Request, (kind, user, from, conversation): Expected<'_>) -> i64 {
+/// Panics unless `request` is a push POSTed to the receiver, signed, and
+/// valid against `schema/push.json`; the push and its field names, sorted.
+fn signed_push(request: &Request) -> (Value, Vec<String>) {
     assert!(
         request.head.starts_with("POST /hook HTTP/1.1\r\n"),
         "{}",
@@ -195,13 +195,15 @@ fn assert_push(request: &Request, (kind, user, from, conversation): Expected<'_>
     );
     let push = request.json();
     assert_document("push.json", &push);
-    let mut keys: Vec<&str> = push
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(|k| k.as_str())
-        .collect();
+    let mut keys: Vec<String> = push.as_object().unwrap().keys().cloned().collect();
     keys.sort_unstable();
+    (push, keys)
+}
+
+/// Panics unless `request` is a signed push with exactly the documented
+/// fields and the `expected` values; its `at`.
+fn assert_push(request: &Request, (kind, user, from, conversation): Expected<'_>) -> i64 {
+    let (push, keys) = signed_push(request);
     assert_eq!(
         keys,
         [
@@ -330,4 +332,57 @@ async fn a_story_reply_to_an_offline_author_is_pushed_as_story_reply() {
     assert!(!String::from_utf8_lossy(&request.body).contains(&canary));
     hook.assert_none(QUIET).await;
     assert!(!server.logs().contains(&canary));
+}
+
+/// A call to a user with no device online is pushed as `call`, with no
+/// conversation and none of the offer's SDP; a callee online is rung, not
+/// pushed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_an_offline_user_is_pushed_as_call_without_the_sdp() {
+    let Scene {
+        mut hook,
+        server,
+        alice,
+        bob,
+        mut a,
+    } = Scene::start(0).await;
+    let sdp = format!("v=0 canary-sdp-{}", random_hex(8));
+    let before = now_ms();
+    let offer = serde_json::json!({
+        "type": "call", "call_id": "push-call", "to": bob.user_id,
+        "action": "offer", "data": sdp,
+    });
+    a.send(offer).await;
+    let request = hook.next().await;
+    assert!(!String::from_utf8_lossy(&request.body).contains(&sdp));
+    assert!(!request.head.contains(&sdp));
+    let (push, keys) = signed_push(&request);
+    assert_eq!(
+        keys,
+        ["at", "from", "from_username", "kind", "user_id"],
+        "a call has no conversation: {push}"
+    );
+    assert_eq!(str_of(&push, "kind"), "call");
+    assert_eq!(str_of(&push, "user_id"), bob.user_id);
+    assert_eq!(str_of(&push, "from"), alice.user_id);
+    assert_eq!(str_of(&push, "from_username"), alice.username);
+    assert!(push["at"].as_i64().unwrap() >= before);
+
+    // Bob online: his device rings, nothing is pushed.
+    let mut b = TestSocket::connect(&server, &bob.login(&server.http()).await, "bob").await;
+    b.expect("the first call ringing", |f| {
+        f["type"] == "call" && f["call_id"] == "push-call"
+    })
+    .await;
+    b.ping().await;
+    let offer = serde_json::json!({
+        "type": "call", "call_id": "push-call-2", "to": bob.user_id,
+        "action": "offer", "data": "v=0",
+    });
+    a.send(offer).await;
+    b.expect("the second call ringing", |f| {
+        f["type"] == "call" && f["call_id"] == "push-call-2"
+    })
+    .await;
+    hook.assert_none(QUIET).await;
 }

@@ -57,6 +57,10 @@ pub struct Limits {
     /// Authors with more followers than this are not fanned out: their
     /// stories are merged into trays at read time.
     pub story_fanout_max_followers: u64,
+    /// A call nobody answers within this ends with `timeout`.
+    pub call_ring_timeout: Duration,
+    /// Calls one user may be in at once (calling or called).
+    pub max_calls_per_user: usize,
 }
 
 /// One send admitted under [`Limits::max_sends_in_flight`]; the slot is
@@ -397,6 +401,7 @@ pub struct Directory {
     users: RwLock<HashMap<UserId, UserEntry>>,
     conversations: Registry<Conversation>,
     stories: Registry<Story>,
+    calls: crate::call::Calls,
 }
 
 impl Directory {
@@ -413,12 +418,18 @@ impl Directory {
             users: RwLock::new(HashMap::new()),
             conversations: Registry::new(),
             stories: Registry::new(),
+            calls: Default::default(),
         })
     }
 
     /// The dependencies the actors are built with.
     pub fn deps(&self) -> &Arc<Deps> {
         &self.deps
+    }
+
+    /// The calls in progress.
+    pub fn calls(&self) -> &crate::call::Calls {
+        &self.calls
     }
 
     /// A slot for one more send in flight, or `None` when the server is at

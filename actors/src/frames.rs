@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ConvId, Id, MsgId, UserId};
+use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
 use crate::store::{
     BurnReason, EventRecord, MediaGrant, MediaRef, Millis, ReceiptState, StoredMessage, StoryEnd,
     StoryId, ViewPolicy,
@@ -67,6 +67,64 @@ pub enum ClientFrame {
     },
     /// Liveness check.
     Ping,
+    /// Call signaling, relayed by the call's actor (PROTOCOL 10).
+    Call(CallFrame),
+}
+
+/// The fields of a `call` frame, checked further by [`crate::call`].
+#[derive(Deserialize)]
+pub struct CallFrame {
+    /// Chosen by the caller: 1 to 64 characters.
+    pub call_id: String,
+    /// The other party (a user id).
+    pub to: String,
+    /// What this frame does to the call.
+    pub action: CallAction,
+    /// Opaque SDP or ICE text, at most 16 KiB: relayed, never logged.
+    #[serde(default)]
+    pub data: Option<String>,
+}
+
+impl std::fmt::Debug for CallFrame {
+    /// Without `data`: SDP and ICE text never reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallFrame")
+            .field("action", &self.action)
+            .field("data_bytes", &self.data.as_ref().map(String::len))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `action` of a `call` frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallAction {
+    /// The caller rings the callee.
+    Offer,
+    /// One callee device takes the call.
+    Answer,
+    /// An ICE candidate.
+    Ice,
+    /// A callee device declines.
+    Reject,
+    /// Either side ends the call.
+    Hangup,
+}
+
+/// Why the server ended a call (the `reason` of a server `call` frame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallEnd {
+    /// Another device of the callee answered.
+    AnsweredElsewhere,
+    /// A callee device rejected it.
+    Rejected,
+    /// Nobody answered within the ring timeout.
+    Timeout,
+    /// The other side's device went offline mid-call.
+    Disconnected,
+    /// The callee is in too many calls already.
+    Busy,
 }
 
 /// The longest emoji of a `react`, in UTF-8 bytes.
@@ -163,11 +221,12 @@ impl FrameError {
 }
 
 /// Reads what can be read of a frame that failed to parse: whether it was
-/// JSON at all, and the `client_msg_id` or `msg_id` to echo as `ref`.
+/// JSON at all, and the `client_msg_id`, `msg_id` or `call_id` to echo as
+/// `ref`.
 pub fn salvage_ref(text: &str) -> Option<String> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     let obj = v.as_object()?;
-    ["client_msg_id", "msg_id"]
+    ["client_msg_id", "msg_id", "call_id"]
         .iter()
         .find_map(|k| obj.get(*k).and_then(|r| r.as_str()).map(str::to_owned))
 }
@@ -311,6 +370,24 @@ pub enum ServerFrame<'a> {
     },
     /// Answer to `ping`.
     Pong,
+    /// Call signaling from the other side of a call, or its end.
+    Call {
+        /// The caller's id for the call.
+        call_id: &'a str,
+        /// The other party of the call.
+        from: UserId,
+        /// The other party's device, when it has one in the call.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from_device: Option<DeviceId>,
+        /// What happened.
+        action: CallAction,
+        /// Opaque SDP or ICE text, as the other side wrote it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<&'a str>,
+        /// Why the call ended, when the server ended it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<CallEnd>,
+    },
     /// A refused frame.
     Error {
         /// The code.
@@ -545,6 +622,8 @@ pub fn fuzz_check(text: &str) {
         | Ok(ClientFrame::Screenshot { .. })
         | Ok(ClientFrame::Unsend { .. })
         | Ok(ClientFrame::React { .. }) => assert!(salvaged.is_some()),
+        // A call frame carries its call_id (echoed as `ref`).
+        Ok(ClientFrame::Call(_)) => assert!(salvaged.is_some()),
         Ok(_) | Err(_) => {}
     }
     // Ids: what parses renders back to exactly the text it came from
@@ -590,6 +669,8 @@ mod tests {
         r#"{"type":"react","msg_id":"00112233445566778899aabbccddeeff0000000000000001","emoji":"\ud83d\udc4d"}"#,
         r#"{"type":"react","msg_id":"00112233445566778899aabbccddeeff0000000000000001","emoji":null}"#,
         r#"{"type":"ping"}"#,
+        r#"{"type":"call","call_id":"k1","to":"00112233445566778899aabbccddeeff","action":"offer","data":"v=0"}"#,
+        r#"{"type":"call","call_id":"k1","to":"00112233445566778899aabbccddeeff","action":"hangup"}"#,
         r#"{"type":"send","client_msg_id":"é\u00e9\ud83d\ude00","view_policy":"x","ttl_seconds":-1}"#,
         r#"{"type":"view","msg_id":7}"#,
         "00112233445566778899aabbccddeeff",

@@ -16,8 +16,10 @@
 //! - [`user`]: one actor per online user; multi-device fanout, presence.
 //! - [`conversation`]: sequencer, persistence, receipts, TTL timers.
 //! - [`story`]: one actor per live story: its end, views, fanout.
+//! - [`call`]: one actor per call in progress: signaling relay, ring timer.
 //! - [`sweeper`]: the persistent deadline index scanner.
 
+pub mod call;
 pub mod conversation;
 pub mod directory;
 pub mod frames;

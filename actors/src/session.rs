@@ -153,8 +153,8 @@ pub struct Session {
     /// place in the per-address count), dropped with the session.
     _held: Option<Box<dyn std::any::Any>>,
     /// Dropped with this session (a crash included): its user actor waits
-    /// on it to forget the session.
-    alive: crate::Alive,
+    /// on it to forget the session, and a call it is in, to end it.
+    pub(crate) alive: crate::Alive,
 }
 
 /// How soon a session retries attaching while its user actor is held back
@@ -299,6 +299,7 @@ impl Session {
                 let by = self.user;
                 self.route_msg(msg_id, ctx, move |msg| React { msg, by, emoji });
             }
+            ClientFrame::Call(f) => self.on_call(f, ctx),
         }
     }
 
@@ -369,7 +370,7 @@ impl Session {
     /// a task of its own, not inside this actor's context (whose spawned
     /// futures are polled together: thousands in flight would cost
     /// quadratic time), and the frame comes back as a [`Reply`].
-    fn reply_later(
+    pub(crate) fn reply_later(
         &self,
         ctx: &mut ws::WebsocketContext<Self>,
         answer: impl std::future::Future<Output = Option<String>> + 'static,
@@ -576,6 +577,10 @@ impl Session {
         self.send_bucket = Some(handle.send_bucket);
         self.event_bucket = Some(handle.event_bucket);
         self.user_addr = Some(handle.addr);
+        // A call ringing this user rings this socket too.
+        self.dir
+            .calls()
+            .attached(self.user, self.device, &self.link(ctx));
         ctx.spawn(
             actix::fut::wrap_future::<_, Self>(crate::gone(handle.alive)).map(|(), act, ctx| {
                 tracing::warn!("user actor gone; attaching to its replacement");

@@ -764,6 +764,8 @@ pub trait Fanout: Send + Sync + 'static {
 pub trait OfflinePush: Send + Sync + 'static {
     /// `message` is new for `user`, who has no session here.
     fn offline(&self, user: UserId, message: &StoredMessage);
+    /// `from` calls `user`, who has no session here.
+    fn call(&self, user: UserId, from: UserId, at: Millis);
 }
 
 /// What runs with a submitted transaction's outcome.

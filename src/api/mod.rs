@@ -2,6 +2,7 @@
 //! `configure`; [`configure`] nests them under `/api/v1`.
 
 pub mod accounts;
+pub mod calls;
 pub mod conversations;
 pub mod error;
 pub mod highlights;
@@ -59,6 +60,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::scope("/api/v1")
             .configure(accounts::configure)
+            .configure(calls::configure)
             .configure(conversations::configure)
             .configure(media::configure)
             .configure(stories::configure)

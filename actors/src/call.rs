@@ -1,0 +1,678 @@
+//! The `Call` actor: one per call in progress (PROTOCOL 10). It owns the
+//! call's state, in memory only: who the caller is (the socket that sent
+//! the offer), which callee sockets ring, which one answered, and the ring
+//! timer. It relays `call` frames between the two sides as written and
+//! ends the call (stops, forgetting everything) on a hangup, a reject, the
+//! ring timeout, or a bound socket going away. Nothing of a call is stored,
+//! and SDP or ICE text (`data`) is never logged.
+//!
+//! A call is found by its two parties and the caller's `call_id`
+//! ([`Calls`]), so a frame from either side names it the same way: its
+//! own `call_id` and the other party in `to`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+
+use crate::directory::Directory;
+use crate::frames::{parse_id, CallAction, CallEnd, CallFrame, ErrorCode, FrameError, ServerFrame};
+use crate::ids::{DeviceId, UserId};
+use crate::metrics::Kind;
+use crate::session::{Session, SessionLink};
+use crate::store::{blocking, now_ms};
+
+/// Longest `call_id`, in characters.
+pub const MAX_CALL_ID_CHARS: usize = 64;
+/// Largest `data` (SDP or ICE text), in bytes.
+pub const MAX_DATA_BYTES: usize = 16 * 1024;
+
+const KIND: Kind = Kind { kind: "call" };
+
+/// The answer to a frame about a call that does not exist (any more), or
+/// that this socket is not part of: the same either way.
+const NO_SUCH_CALL: FrameError = FrameError::new(ErrorCode::NotFound, "no such call");
+
+/// A frame of one side of a call, for the call's actor.
+#[derive(Message)]
+#[rtype(result = "Result<(), FrameError>")]
+pub struct Signal {
+    /// The sending user.
+    pub user: UserId,
+    /// Their device.
+    pub device: DeviceId,
+    /// The sending socket: the one a call binds to.
+    pub link: SessionLink,
+    /// Closes when the sending socket is gone.
+    pub alive: crate::AliveWatch,
+    /// What the frame does.
+    pub action: CallAction,
+    /// Its opaque text.
+    pub data: Option<String>,
+}
+
+/// A socket of `user` attached: a call ringing that user rings it too (a
+/// device woken by a push gets the offer when it connects).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ring {
+    /// The user who attached.
+    pub user: UserId,
+    /// Their device.
+    pub device: DeviceId,
+    /// The socket.
+    pub link: SessionLink,
+}
+
+/// A call's key: its two parties in order, and the caller's `call_id`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Key {
+    lo: UserId,
+    hi: UserId,
+    call_id: Arc<str>,
+}
+
+impl Key {
+    fn new(a: UserId, b: UserId, call_id: &str) -> Self {
+        Key {
+            lo: a.min(b),
+            hi: a.max(b),
+            call_id: call_id.into(),
+        }
+    }
+}
+
+/// The calls in progress on this node, and the calls each user is in
+/// (bounded by `Limits::max_calls_per_user`).
+#[derive(Default)]
+pub struct Calls {
+    inner: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    by_key: HashMap<Key, Addr<Call>>,
+    by_user: HashMap<UserId, Vec<Addr<Call>>>,
+}
+
+/// What became of an offer.
+pub enum Offered {
+    /// The call's actor started: it rings the callee.
+    Ringing,
+    /// The callee is in too many calls already.
+    Busy,
+}
+
+impl Calls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The call between `user` and `peer` named `call_id`, if any.
+    fn find(&self, user: UserId, peer: UserId, call_id: &str) -> Option<Addr<Call>> {
+        self.lock()
+            .by_key
+            .get(&Key::new(user, peer, call_id))
+            .cloned()
+    }
+
+    /// Starts a call for an `offer` (its fields already checked).
+    fn offer(
+        &self,
+        dir: &Arc<Directory>,
+        caller: Party,
+        caller_alive: crate::AliveWatch,
+        callee: UserId,
+        call_id: &str,
+        sdp: String,
+    ) -> Result<Offered, FrameError> {
+        let max = dir.deps().limits.max_calls_per_user;
+        let key = Key::new(caller.user, callee, call_id);
+        let caller_user = caller.user;
+        let mut reg = self.lock();
+        if reg.by_key.contains_key(&key) {
+            return Err(IN_USE);
+        }
+        let count = |u: UserId| reg.by_user.get(&u).map_or(0, Vec::len);
+        if count(caller_user) >= max {
+            return Err(FrameError {
+                retry_after_ms: Some(1_000),
+                ..FrameError::new(ErrorCode::RateLimited, "too many calls at once")
+            });
+        }
+        if count(callee) >= max {
+            return Ok(Offered::Busy);
+        }
+        let addr = Call {
+            dir: Arc::clone(dir),
+            key: key.clone(),
+            caller,
+            caller_alive,
+            callee,
+            offer: Some(sdp),
+            rung: Vec::new(),
+            bound: None,
+            timer: None,
+        }
+        .start();
+        reg.by_key.insert(key, addr.clone());
+        for u in [caller_user, callee] {
+            reg.by_user.entry(u).or_default().push(addr.clone());
+        }
+        Ok(Offered::Ringing)
+    }
+
+    /// Forgets a call that ended.
+    fn remove(&self, key: &Key, addr: &Addr<Call>) {
+        let mut reg = self.lock();
+        if reg.by_key.get(key) == Some(addr) {
+            reg.by_key.remove(key);
+        }
+        for u in [key.lo, key.hi] {
+            if let Some(list) = reg.by_user.get_mut(&u) {
+                list.retain(|a| a != addr);
+                if list.is_empty() {
+                    reg.by_user.remove(&u);
+                }
+            }
+        }
+    }
+
+    /// A socket of `user` attached: every call ringing them rings it too.
+    pub(crate) fn attached(&self, user: UserId, device: DeviceId, link: &SessionLink) {
+        let Some(calls) = self.lock().by_user.get(&user).cloned() else {
+            return;
+        };
+        for call in calls {
+            call.do_send(Ring {
+                user,
+                device,
+                link: link.clone(),
+            });
+        }
+    }
+
+    /// Calls in progress.
+    pub fn len(&self) -> usize {
+        self.lock().by_key.len()
+    }
+
+    /// Whether no call is in progress.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The answer to an offer whose `call_id` names a call in progress.
+const IN_USE: FrameError = FrameError::new(
+    ErrorCode::Invalid,
+    "call_id is already in use between these users",
+);
+
+/// One side's socket in a call.
+#[derive(Clone)]
+struct Party {
+    user: UserId,
+    device: DeviceId,
+    link: SessionLink,
+}
+
+/// One call in progress.
+pub struct Call {
+    dir: Arc<Directory>,
+    key: Key,
+    /// The socket that sent the offer.
+    caller: Party,
+    /// Closes when the caller's socket is gone.
+    caller_alive: crate::AliveWatch,
+    callee: UserId,
+    /// The offer's SDP, kept while the call rings (for sockets of the
+    /// callee that attach meanwhile), dropped once answered.
+    offer: Option<String>,
+    /// The callee's sockets that were rung.
+    rung: Vec<Party>,
+    /// The callee's socket that answered.
+    bound: Option<Party>,
+    /// The ring timeout, until answered.
+    timer: Option<SpawnHandle>,
+}
+
+impl Call {
+    /// A `call` frame's text, from `from`'s side.
+    fn frame(
+        &self,
+        from: &Party,
+        action: CallAction,
+        data: Option<&str>,
+        reason: Option<CallEnd>,
+    ) -> Arc<str> {
+        ServerFrame::Call {
+            call_id: &self.key.call_id,
+            from: from.user,
+            from_device: Some(from.device),
+            action,
+            data,
+            reason,
+        }
+        .to_text()
+        .into()
+    }
+
+    /// The same frame to every rung socket of the callee but `except`.
+    fn to_rung(&self, text: &Arc<str>, except: Option<&SessionLink>) {
+        for p in &self.rung {
+            if except.is_none_or(|e| e.addr != p.link.addr) {
+                p.link.push(None, Arc::clone(text));
+            }
+        }
+    }
+
+    /// The caller's `hangup` with `reason` to every rung socket of the
+    /// callee but `except`: they stop ringing.
+    fn stop_ringing(&self, reason: CallEnd, except: Option<&SessionLink>) {
+        let text = self.frame(&self.caller, CallAction::Hangup, None, Some(reason));
+        self.to_rung(&text, except);
+    }
+
+    /// Rings one socket of the callee with the offer (once).
+    fn ring(&mut self, p: Party) {
+        let Some(sdp) = self.offer.as_deref() else {
+            return;
+        };
+        if self.rung.iter().any(|r| r.link.addr == p.link.addr) {
+            return;
+        }
+        let text = self.frame(&self.caller, CallAction::Offer, Some(sdp), None);
+        p.link.push(None, text);
+        self.rung.push(p);
+    }
+
+    /// Rings every socket of the callee online now, or pushes when none is.
+    fn ring_all(&mut self) {
+        let callee = self.callee;
+        let sessions: Vec<Party> = match self.dir.sessions_of(callee) {
+            Some(s) => s
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|a| Party {
+                    user: callee,
+                    device: a.device,
+                    link: a.link.clone(),
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        if sessions.is_empty() {
+            if let Some(push) = &self.dir.deps().push {
+                push.call(callee, self.caller.user, now_ms());
+            }
+        }
+        for p in sessions {
+            self.ring(p);
+        }
+    }
+
+    /// The end of the call: its actor stops, and with it all it knew.
+    fn end(&mut self, ctx: &mut Context<Self>, how: &'static str) {
+        tracing::debug!(how, "call ended");
+        ctx.stop();
+    }
+
+    /// Nobody answered in time: both sides hear `timeout`.
+    fn timed_out(&mut self, ctx: &mut Context<Self>) {
+        if self.bound.is_some() {
+            return;
+        }
+        let to_caller: Arc<str> = ServerFrame::Call {
+            call_id: &self.key.call_id,
+            from: self.callee,
+            from_device: None,
+            action: CallAction::Hangup,
+            data: None,
+            reason: Some(CallEnd::Timeout),
+        }
+        .to_text()
+        .into();
+        self.caller.link.push(None, to_caller);
+        self.stop_ringing(CallEnd::Timeout, None);
+        self.end(ctx, "timeout");
+    }
+
+    /// The caller's socket went away.
+    fn caller_gone(&mut self, ctx: &mut Context<Self>) {
+        match &self.bound {
+            Some(b) => {
+                let reason = Some(CallEnd::Disconnected);
+                b.link.push(
+                    None,
+                    self.frame(&self.caller, CallAction::Hangup, None, reason),
+                );
+            }
+            None => self.stop_ringing(CallEnd::Disconnected, None),
+        }
+        self.end(ctx, "caller disconnected");
+    }
+
+    /// The callee's bound socket went away.
+    fn callee_gone(&mut self, ctx: &mut Context<Self>) {
+        let Some(b) = &self.bound else {
+            return;
+        };
+        let text = self.frame(b, CallAction::Hangup, None, Some(CallEnd::Disconnected));
+        self.caller.link.push(None, text);
+        self.end(ctx, "callee disconnected");
+    }
+
+    /// Watches a socket: `then` runs when it is gone.
+    fn watch(
+        &self,
+        alive: crate::AliveWatch,
+        ctx: &mut Context<Self>,
+        then: fn(&mut Self, &mut Context<Self>),
+    ) {
+        ctx.spawn(
+            actix::fut::wrap_future::<_, Self>(crate::gone(alive))
+                .map(move |(), act, ctx| then(act, ctx)),
+        );
+    }
+
+    /// A frame from the caller's socket.
+    fn from_caller(&mut self, s: Signal, ctx: &mut Context<Self>) -> Result<(), FrameError> {
+        match s.action {
+            CallAction::Offer => Err(IN_USE),
+            CallAction::Answer | CallAction::Reject => Err(FrameError::new(
+                ErrorCode::Invalid,
+                "only the callee answers or rejects a call",
+            )),
+            // Before the answer, the caller's candidates go to every
+            // ringing socket: any of them may answer.
+            CallAction::Ice | CallAction::Hangup => {
+                let text = self.frame(&self.caller, s.action, s.data.as_deref(), None);
+                match &self.bound {
+                    Some(b) => b.link.push(None, text),
+                    None => self.to_rung(&text, None),
+                }
+                if s.action == CallAction::Hangup {
+                    self.end(ctx, "hangup");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// A frame from one of the callee's sockets.
+    fn from_callee(&mut self, s: Signal, ctx: &mut Context<Self>) -> Result<(), FrameError> {
+        let me = Party {
+            user: s.user,
+            device: s.device,
+            link: s.link,
+        };
+        match (&self.bound, s.action) {
+            (_, CallAction::Offer) => Err(IN_USE),
+            (None, CallAction::Answer) => {
+                if let Some(t) = self.timer.take() {
+                    ctx.cancel_future(t);
+                }
+                self.offer = None;
+                let text = self.frame(&me, CallAction::Answer, s.data.as_deref(), None);
+                self.caller.link.push(None, text);
+                self.stop_ringing(CallEnd::AnsweredElsewhere, Some(&me.link));
+                self.rung.clear();
+                self.bound = Some(me);
+                self.watch(s.alive, ctx, Self::callee_gone);
+                Ok(())
+            }
+            // A hangup before answering declines, like a reject.
+            (None, CallAction::Reject | CallAction::Hangup) => {
+                let text = self.frame(&me, s.action, s.data.as_deref(), Some(CallEnd::Rejected));
+                self.caller.link.push(None, text);
+                self.stop_ringing(CallEnd::Rejected, Some(&me.link));
+                self.end(ctx, "rejected");
+                Ok(())
+            }
+            (None, CallAction::Ice) => Err(FrameError::new(
+                ErrorCode::Invalid,
+                "answer the call before sending ice",
+            )),
+            // Another socket of the callee's: the call is not theirs now.
+            (Some(b), _) if b.link.addr != me.link.addr => Err(NO_SUCH_CALL),
+            (Some(_), CallAction::Ice | CallAction::Hangup) => {
+                let text = self.frame(&me, s.action, s.data.as_deref(), None);
+                self.caller.link.push(None, text);
+                if s.action == CallAction::Hangup {
+                    self.end(ctx, "hangup");
+                }
+                Ok(())
+            }
+            (Some(_), CallAction::Answer | CallAction::Reject) => Err(FrameError::new(
+                ErrorCode::Invalid,
+                "the call is already answered",
+            )),
+        }
+    }
+}
+
+impl Actor for Call {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.dir
+            .deps()
+            .metrics
+            .live_actors
+            .get_or_create(&KIND)
+            .inc();
+        let timeout = self.dir.deps().limits.call_ring_timeout;
+        self.timer = Some(ctx.run_later(timeout, |act, ctx| act.timed_out(ctx)));
+        self.watch(self.caller_alive.clone(), ctx, Self::caller_gone);
+        // Nothing else is handled until the callee is known to exist: a
+        // frame that follows the offer at once still finds the call.
+        let store = Arc::clone(&self.dir.deps().store);
+        let callee = self.callee;
+        ctx.wait(
+            blocking(move || store.user_exists(callee))
+                .into_actor(self)
+                .map(|res, act, ctx| {
+                    let refusal = match res {
+                        Ok(true) => return act.ring_all(),
+                        Ok(false) => FrameError::new(ErrorCode::NotFound, "no such user"),
+                        _ => FrameError::new(ErrorCode::Unavailable, "storage unavailable, retry"),
+                    };
+                    let text = crate::frames::error(&refusal, Some(&act.key.call_id));
+                    act.caller.link.reply(text);
+                    act.end(ctx, "no such callee");
+                }),
+        );
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.dir
+            .deps()
+            .metrics
+            .live_actors
+            .get_or_create(&KIND)
+            .dec();
+        self.dir.calls().remove(&self.key, &ctx.address());
+    }
+}
+
+impl Handler<Signal> for Call {
+    type Result = Result<(), FrameError>;
+
+    fn handle(&mut self, s: Signal, ctx: &mut Self::Context) -> Self::Result {
+        if s.user != self.caller.user {
+            return self.from_callee(s, ctx);
+        }
+        if s.link.addr != self.caller.link.addr {
+            // Another socket of the caller's: not in this call.
+            return Err(NO_SUCH_CALL);
+        }
+        self.from_caller(s, ctx)
+    }
+}
+
+impl Handler<Ring> for Call {
+    type Result = ();
+
+    fn handle(&mut self, r: Ring, _: &mut Self::Context) {
+        if r.user == self.callee && self.bound.is_none() {
+            self.ring(Party {
+                user: r.user,
+                device: r.device,
+                link: r.link,
+            });
+        }
+    }
+}
+
+/// Checks the fields of a `call` frame that need no call: the `call_id`,
+/// the size of `data` and whether the action needs it, and `to`.
+fn check(f: &CallFrame, me: UserId) -> Result<UserId, FrameError> {
+    let invalid = |m| Err(FrameError::new(ErrorCode::Invalid, m));
+    if f.call_id.is_empty() || f.call_id.chars().count() > MAX_CALL_ID_CHARS {
+        return invalid("call_id must be 1 to 64 characters");
+    }
+    match &f.data {
+        Some(d) if d.len() > MAX_DATA_BYTES => {
+            return Err(FrameError::new(ErrorCode::TooLarge, "data is over 16 KiB"));
+        }
+        None if matches!(
+            f.action,
+            CallAction::Offer | CallAction::Answer | CallAction::Ice
+        ) =>
+        {
+            return invalid("offer, answer and ice need data");
+        }
+        _ => {}
+    }
+    let to = parse_id(&f.to).map_err(|_| FrameError::new(ErrorCode::NotFound, "no such user"))?;
+    if to == me {
+        return invalid("a call needs another user");
+    }
+    Ok(to)
+}
+
+impl Session {
+    /// A `call` frame: an offer starts a call's actor, any other action goes
+    /// to the call it names. Refusals come back as error frames with the
+    /// `call_id` as `ref`.
+    pub(crate) fn on_call(&mut self, f: CallFrame, ctx: &mut ws::WebsocketContext<Self>) {
+        let to = match check(&f, self.user) {
+            Ok(to) => to,
+            Err(e) => return Self::reply_error(ctx, &e, Some(&f.call_id)),
+        };
+        let link = self.link(ctx);
+        let alive = self.alive.subscribe();
+        let calls = self.dir.calls();
+        if f.action == CallAction::Offer {
+            let caller = Party {
+                user: self.user,
+                device: self.device,
+                link,
+            };
+            let sdp = f.data.unwrap_or_default();
+            match calls.offer(&self.dir, caller, alive, to, &f.call_id, sdp) {
+                Ok(Offered::Ringing) => {}
+                Ok(Offered::Busy) => ctx.text(
+                    ServerFrame::Call {
+                        call_id: &f.call_id,
+                        from: to,
+                        from_device: None,
+                        action: CallAction::Hangup,
+                        data: None,
+                        reason: Some(CallEnd::Busy),
+                    }
+                    .to_text(),
+                ),
+                Err(e) => Self::reply_error(ctx, &e, Some(&f.call_id)),
+            }
+            return;
+        }
+        let Some(call) = calls.find(self.user, to, &f.call_id) else {
+            return Self::reply_error(ctx, &NO_SUCH_CALL, Some(&f.call_id));
+        };
+        let req = call.send(Signal {
+            user: self.user,
+            device: self.device,
+            link,
+            alive,
+            action: f.action,
+            data: f.data,
+        });
+        let call_id = f.call_id;
+        self.reply_later(ctx, async move {
+            let err = match req.await {
+                Ok(Ok(())) => return None,
+                Ok(Err(e)) => e,
+                // It ended meanwhile.
+                Err(_) => NO_SUCH_CALL,
+            };
+            Some(crate::frames::error(&err, Some(&call_id)))
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Id;
+
+    fn frame(call_id: &str, to: Id, action: CallAction, data: Option<&str>) -> CallFrame {
+        CallFrame {
+            call_id: call_id.into(),
+            to: to.to_string(),
+            action,
+            data: data.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn checks_call_id_data_and_peer() {
+        let (me, you) = (Id([1; 16]), Id([2; 16]));
+        let ok = |f: CallFrame| check(&f, me).ok();
+        let code = |f: CallFrame| check(&f, me).unwrap_err().code;
+        assert_eq!(
+            ok(frame("c", you, CallAction::Offer, Some("v=0"))),
+            Some(you)
+        );
+        assert_eq!(ok(frame("c", you, CallAction::Hangup, None)), Some(you));
+        assert_eq!(
+            ok(frame(&"é".repeat(64), you, CallAction::Reject, None)),
+            Some(you)
+        );
+        assert_eq!(
+            code(frame("", you, CallAction::Hangup, None)),
+            ErrorCode::Invalid
+        );
+        let long = "x".repeat(65);
+        assert_eq!(
+            code(frame(&long, you, CallAction::Hangup, None)),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            code(frame("c", you, CallAction::Ice, None)),
+            ErrorCode::Invalid
+        );
+        let big = "a".repeat(MAX_DATA_BYTES + 1);
+        assert_eq!(
+            code(frame("c", you, CallAction::Ice, Some(&big))),
+            ErrorCode::TooLarge
+        );
+        assert_eq!(
+            code(frame("c", me, CallAction::Hangup, None)),
+            ErrorCode::Invalid
+        );
+        let mut bad = frame("c", you, CallAction::Hangup, None);
+        bad.to = "nope".into();
+        assert_eq!(code(bad), ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn a_key_is_the_same_from_either_side() {
+        let (a, b) = (Id([1; 16]), Id([2; 16]));
+        assert_eq!(Key::new(a, b, "k"), Key::new(b, a, "k"));
+        assert_ne!(Key::new(a, b, "k"), Key::new(a, b, "j"));
+    }
+}
