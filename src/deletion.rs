@@ -350,12 +350,7 @@ pub fn verify(data_dir: &Path, grace: Duration) -> anyhow::Result<Verdict> {
     let families: Vec<&str> = crate::store::Cf::ALL.iter().map(|c| c.name()).collect();
     let s = scratch("verify-db")?;
     let db = open_secondary(&db_dir, &s.0, &families)?;
-    let expiring = |name: &str| {
-        crate::store::Cf::ALL
-            .iter()
-            .any(|c| c.name() == name && c.expires())
-    };
-    let main = census(&db, &db_dir, &families, expiring, now).context("reading the database")?;
+    let main = crate::store::census_of(&db, now).context("reading the database")?;
     judge(
         "main database",
         &main,

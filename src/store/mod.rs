@@ -694,9 +694,7 @@ impl RocksStore {
 
     /// The database's census (see [`crate::deletion`]) at `now`.
     pub fn census(&self, now: u64) -> Result<crate::deletion::DbCensus, StoreError> {
-        let names: Vec<&str> = Cf::ALL.iter().map(|c| c.name()).collect();
-        let expiring = |name: &str| Cf::ALL.iter().any(|c| c.name() == name && c.expires());
-        crate::deletion::census(&self.db, self.db.path(), &names, expiring, now)
+        census_of(&self.db, now)
     }
 
     /// Media objects whose life is over and whose blob is not yet
@@ -718,6 +716,16 @@ impl RocksStore {
         }
         Ok((n, first))
     }
+}
+
+/// The census (see [`crate::deletion`]) at `now` of a main database with
+/// every column family open: the server's own, or `verify-deletion`'s
+/// secondary instance. Rows are judged by their expiry header in the
+/// families the TTL filter runs on.
+pub fn census_of(db: &DB, now: u64) -> Result<crate::deletion::DbCensus, StoreError> {
+    let names: Vec<&str> = Cf::ALL.iter().map(|c| c.name()).collect();
+    let expiring = |name: &str| Cf::ALL.iter().any(|c| c.name() == name && c.expires());
+    crate::deletion::census(db, db.path(), &names, expiring, now)
 }
 
 /// The byte a membership row holds: which kind of conversation it is.
