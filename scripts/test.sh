@@ -10,6 +10,9 @@ apt_install stunnel4 openssl
 # tests/calls.rs checks the TURN credentials against a real TURN server:
 # coturn's turnserver, turnutils_uclient and turnutils_peer.
 apt_install coturn
+# tests/cluster.rs runs several nodes on a real Redis: Debian's redis-server
+# (started by the tests themselves on free ports, never as a service).
+apt_install redis-server
 
 # tests/media.rs checks our presigned URLs against a third-party S3 server,
 # s3s-fs, which it finds on PATH or in ~/.cargo/bin. Install the pinned

@@ -29,6 +29,8 @@ pub struct AdminState {
     pub token_digest: Vec<u8>,
     /// False until the server serves, and again once shutdown begins.
     pub ready: Arc<AtomicBool>,
+    /// The cluster this node is in, if any.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AdminState {
@@ -52,6 +54,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/admin/actors", web::get().to(actors))
         .route("/admin/actors/{kind}/{id}/restart", web::post().to(restart))
         .route("/admin/deletion", web::get().to(deletion))
+        .route("/admin/cluster", web::get().to(cluster))
         .route("/admin/storage/compact", web::post().to(compact))
         .route(
             "/admin/moderators/{user_id}",
@@ -69,6 +72,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/admin/faults/writer", web::post().to(inject_writer_fault))
     .route("/admin/faults/sweep", web::post().to(hold_sweep));
+}
+
+/// `GET /admin/cluster`: the mode, this node, its lease, and every
+/// registered node with its last heartbeat (as of this node's last one).
+async fn cluster(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    state.check(&req)?;
+    let (users, conversations, stories) = state.dir.live_counts();
+    let live_actors = serde_json::json!({
+        "user": users,
+        "conversation": conversations,
+        "story": stories,
+    });
+    Ok(HttpResponse::Ok().json(match &state.cluster {
+        None => serde_json::json!({
+            "mode": "single",
+            "live_actors": live_actors,
+        }),
+        Some(c) => serde_json::json!({
+            "mode": "cluster",
+            "node_id": c.node_id(),
+            "epoch": c.epoch(),
+            "lease_held": c.may_write(),
+            "live_actors": live_actors,
+            "members": c.members(),
+        }),
+    }))
 }
 
 async fn healthz() -> HttpResponse {

@@ -40,6 +40,8 @@ pub enum AdminCommand {
     },
     /// The deletion report: logical backlog, key-shred lag, physical window.
     Deletion,
+    /// The cluster: this node, its lease, every registered node and its heartbeat.
+    Cluster,
     /// Grant or revoke the moderator role (PROTOCOL 7).
     Moderator {
         /// grant or revoke.
@@ -98,6 +100,7 @@ pub async fn run(target: AdminTarget, cmd: AdminCommand) -> anyhow::Result<Strin
             |_| "restart accepted".to_owned(),
         ),
         AdminCommand::Deletion => (client.get(format!("{base}/admin/deletion")), deletion_table),
+        AdminCommand::Cluster => (client.get(format!("{base}/admin/cluster")), cluster_table),
         AdminCommand::Moderator { action, user_id } => {
             let url = format!("{base}/admin/moderators/{user_id}");
             match action {
@@ -185,6 +188,33 @@ fn actors_table(body: &Value) -> String {
 fn access_log_table(body: &Value) -> String {
     let cols = ["seq", "at", "moderator", "action", "case_id"];
     list_table(body, "entries", &cols, "entries")
+}
+
+fn cluster_table(body: &Value) -> String {
+    if body["mode"] == "single" {
+        return "single node (no cluster configured)".into();
+    }
+    let head = format!(
+        "node {}  epoch {}  lease {}",
+        cell(&body["node_id"]),
+        cell(&body["epoch"]),
+        if body["lease_held"] == true {
+            "held"
+        } else {
+            "LOST"
+        },
+    );
+    let cols = [
+        "node_id",
+        "live",
+        "last_heartbeat_at",
+        "epoch",
+        "advertise_url",
+    ];
+    format!(
+        "{head}\n{}",
+        list_table(body, "members", &cols, "registered")
+    )
 }
 
 fn deletion_table(body: &Value) -> String {

@@ -107,6 +107,40 @@ impl std::fmt::Debug for TurnConfig {
     }
 }
 
+/// Cluster mode (many nodes sharing Redis). Serialised (into backups)
+/// without the Redis URL, which may carry a password.
+#[derive(Clone, Serialize)]
+pub struct ClusterConfig {
+    /// Where Redis is. Never logged, never serialised.
+    #[serde(skip)]
+    pub redis_url: String,
+    /// This node's name.
+    pub node_id: String,
+    /// How this node's public listener is reached, if set.
+    pub advertise_url: Option<String>,
+    /// How long the node's lease lasts unrenewed.
+    #[serde(serialize_with = "whole_millis")]
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("node_id", &self.node_id)
+            .field("advertise_url", &self.advertise_url)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether `id` may name a node: 1 to 32 of `a-z`, `0-9`, `_`, `-`.
+pub fn valid_node_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
 /// Every setting, each optional so file, environment and flags can be merged.
 #[derive(Args, Deserialize, Debug, Default, Clone)]
 #[serde(deny_unknown_fields)]
@@ -300,6 +334,19 @@ pub struct Settings {
     /// Lifetime of minted TURN credentials in seconds [default: 3600]
     #[arg(long, env = "EPHEMERA_TURN_TTL_SECONDS")]
     pub turn_ttl_seconds: Option<u64>,
+    /// Redis URL (redis://[user:pass@]host:port/db) of the cluster this node joins; unset: a single node, no Redis. Never logged; environment only in practice when it carries a password
+    #[arg(long, env = "EPHEMERA_REDIS_URL", hide_env_values = true)]
+    #[serde(skip)]
+    pub redis_url: Option<String>,
+    /// This node's name in the cluster (1 to 32 of a-z 0-9 _ -); required with redis_url. A node is its data directory: keep the same node_id with the same data_dir
+    #[arg(long, env = "EPHEMERA_NODE_ID")]
+    pub node_id: Option<String>,
+    /// How other nodes and operators reach this node's public listener (shown in /admin/cluster) [default: public_url]
+    #[arg(long, env = "EPHEMERA_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Milliseconds a node's lease in Redis lasts unrenewed: a node that stops heartbeating drops out of the live set after this, and a node that cannot renew stops writing before it ends [default: 5000]
+    #[arg(long, env = "EPHEMERA_CLUSTER_LEASE_MS")]
+    pub cluster_lease_ms: Option<u64>,
     /// Bearer token for the admin listener; prefer the environment over the flag (flags show in `ps`). If unset, a random one is written to DATA_DIR/admin.token
     #[arg(long, env = "EPHEMERA_ADMIN_TOKEN", hide_env_values = true)]
     #[serde(skip)]
@@ -399,6 +446,10 @@ impl Settings {
             turn_urls: self.turn_urls.or(other.turn_urls),
             turn_secret: self.turn_secret.or(other.turn_secret),
             turn_ttl_seconds: self.turn_ttl_seconds.or(other.turn_ttl_seconds),
+            redis_url: self.redis_url.or(other.redis_url),
+            node_id: self.node_id.or(other.node_id),
+            advertise_url: self.advertise_url.or(other.advertise_url),
+            cluster_lease_ms: self.cluster_lease_ms.or(other.cluster_lease_ms),
         }
     }
 }
@@ -512,6 +563,12 @@ pub struct Config {
     pub max_calls_per_user: usize,
     /// TURN credentials, or `None` when no TURN server is configured.
     pub turn: Option<TurnConfig>,
+    /// Cluster mode, or `None` for a single node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+fn whole_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
 }
 
 fn whole_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -672,7 +729,29 @@ impl Config {
                     ttl: Duration::from_secs(s.turn_ttl_seconds.unwrap_or(3_600)),
                 }),
             },
+            cluster: match s.redis_url.filter(|u| !u.is_empty()) {
+                None => None,
+                Some(redis_url) => Some(ClusterConfig {
+                    redis_url,
+                    node_id: s
+                        .node_id
+                        .filter(|n| valid_node_id(n))
+                        .ok_or(ConfigError::Invalid(
+                            "redis_url needs node_id (1 to 32 of a-z 0-9 _ -)",
+                        ))?,
+                    advertise_url: s.advertise_url.map(|u| u.trim_end_matches('/').to_owned()),
+                    lease: Duration::from_millis(s.cluster_lease_ms.unwrap_or(5_000)),
+                }),
+            },
         };
+        if c.cluster
+            .as_ref()
+            .is_some_and(|k| k.lease < Duration::from_millis(1_000))
+        {
+            return Err(ConfigError::Invalid(
+                "cluster_lease_ms must be at least 1000",
+            ));
+        }
         if let Some(turn) = &c.turn {
             let scheme_ok = |u: &String| {
                 ["turn:", "turns:", "stun:", "stuns:"]

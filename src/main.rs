@@ -28,6 +28,7 @@ mod api;
 mod auth;
 mod backup;
 mod cli;
+mod cluster;
 mod config;
 mod deletion;
 mod fds;
@@ -276,6 +277,15 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         )
         .context("opening the database")?,
     );
+    // Cluster mode: join before anything is written (the lease first).
+    let cluster = match cfg.cluster.clone() {
+        Some(c) => {
+            let joined = cluster::Cluster::join(c, Arc::clone(&metrics)).await?;
+            store.join_cluster(Arc::clone(&joined));
+            Some(joined)
+        }
+        None => None,
+    };
     let limits = Limits {
         max_frame_bytes: cfg.max_frame_bytes,
         max_body_bytes: cfg.max_body_bytes,
@@ -374,6 +384,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         metrics,
     );
     actix_web::rt::spawn(supervise_sweeper(Arc::clone(&dir)));
+    if let Some(c) = &cluster {
+        // A logout on any node closes this node's sockets of the device.
+        let dir = Arc::clone(&dir);
+        c.start(move |user, device| {
+            dir.tell_user(user, ephemera_actors::user::Revoke { device });
+        });
+    }
     let shutdown_dir = Arc::clone(&dir);
     actix_web::rt::spawn(return_freed_memory());
 
@@ -421,6 +438,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .as_ref()
             .to_vec(),
         ready: Arc::clone(&ready),
+        cluster: cluster.clone(),
     });
     let admin = HttpServer::new(move || {
         App::new()
@@ -441,6 +459,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         let ready = Arc::clone(&ready);
         let dir = Arc::clone(&shutdown_dir);
         let store = Arc::clone(&store);
+        let cluster = cluster.clone();
         actix_web::rt::spawn(async move {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -455,6 +474,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             public_handle.stop(true).await;
             if let Err(e) = store.shutdown().await {
                 tracing::error!(error = %e, "final flush failed");
+            }
+            if let Some(c) = &cluster {
+                c.leave().await;
             }
             admin_handle.stop(true).await;
             tracing::info!("stopped");

@@ -110,6 +110,23 @@ pub struct Metrics {
     pub pushes_retried: Family<PushLabel, Counter>,
     /// Pushes given up, by kind and reason.
     pub pushes_dropped: Family<PushLabel, Counter>,
+    /// Round trips to Redis (cluster mode), seconds.
+    pub redis_latency: Histogram,
+    /// Redis calls that failed (unreachable, timed out, refused).
+    pub redis_errors: Counter,
+    /// Registered nodes, by state (`live`, `down`), as this node last saw them.
+    pub cluster_members: Family<StateLabel, Gauge>,
+    /// 1 while this node holds its lease (may write), 0 otherwise.
+    pub cluster_lease_held: Gauge,
+    /// Token revocations received from the cluster's channel.
+    pub cluster_revocations: Counter,
+}
+
+/// A node's state in the cluster.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    /// `live` or `down`.
+    pub state: &'static str,
 }
 
 impl Metrics {
@@ -149,6 +166,11 @@ impl Metrics {
             pushes_sent: Family::default(),
             pushes_retried: Family::default(),
             pushes_dropped: Family::default(),
+            redis_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            redis_errors: Counter::default(),
+            cluster_members: Family::default(),
+            cluster_lease_held: Gauge::default(),
+            cluster_revocations: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open WebSockets", m.connections.clone());
@@ -306,6 +328,31 @@ impl Metrics {
             "pushes_dropped",
             "Pushes given up, by kind and reason (queue_full, exhausted, no_account)",
             m.pushes_dropped.clone(),
+        );
+        registry.register(
+            "redis_latency_seconds",
+            "Round trips to Redis (cluster mode)",
+            m.redis_latency.clone(),
+        );
+        registry.register(
+            "redis_errors",
+            "Redis calls that failed: unreachable, timed out or refused",
+            m.redis_errors.clone(),
+        );
+        registry.register(
+            "cluster_members",
+            "Registered nodes by state (live, down) as this node last saw them",
+            m.cluster_members.clone(),
+        );
+        registry.register(
+            "cluster_lease_held",
+            "1 while this node holds its lease in Redis and may write, 0 otherwise",
+            m.cluster_lease_held.clone(),
+        );
+        registry.register(
+            "cluster_revocations_received",
+            "Token revocations received on the cluster's channel",
+            m.cluster_revocations.clone(),
         );
         Metrics { registry, ..m }
     }

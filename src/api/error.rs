@@ -138,6 +138,8 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => ApiError::Conflict("already exists"),
+            // Logged where it happened (the kind only).
+            StoreError::Shared(_) => ApiError::Unavailable,
             other => {
                 tracing::error!(error = %other, "storage failure");
                 ApiError::Internal

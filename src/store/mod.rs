@@ -87,6 +87,10 @@ pub enum StoreError {
     /// Listing or reading the store's files failed.
     #[error("storage files: {0}")]
     Io(#[from] std::io::Error),
+    /// The cluster's Redis, which holds accounts and logins in cluster
+    /// mode, did not answer.
+    #[error("{0}")]
+    Shared(#[from] crate::cluster::RedisDown),
 }
 
 /// The column families, one per kind of row. Code names them through this
@@ -337,6 +341,9 @@ pub struct RocksStore {
     /// Usernames already read (they never change), for trays.
     names: std::sync::RwLock<std::collections::HashMap<UserId, Arc<str>>>,
     durability: Durability,
+    /// In cluster mode: where accounts and logins live (Redis), and the
+    /// lease without which this node must not write.
+    cluster: OnceLock<Arc<crate::cluster::Cluster>>,
     /// Test-only: failures the writer injects on request.
     #[cfg(feature = "faults")]
     pub writer_faults: Arc<writer::WriterFaults>,
@@ -452,6 +459,7 @@ impl RocksStore {
             names: Default::default(),
             writer_thread: Mutex::new(None),
             durability,
+            cluster: OnceLock::new(),
             #[cfg(feature = "faults")]
             writer_faults: Default::default(),
         })
@@ -477,6 +485,20 @@ impl RocksStore {
         );
         let _ = self.writer.set(tx);
         *self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+    }
+
+    /// Joins a cluster: accounts and logins are Redis's from now on, and
+    /// transactions are refused while the node does not hold its lease.
+    pub fn join_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The account of a user, from wherever accounts live.
+    pub fn account(&self, user: UserId) -> Result<Option<AccountRecord>, StoreError> {
+        match self.cluster.get() {
+            Some(c) => Ok(c.account(user)?),
+            None => self.get_json(Cf::Accounts, &keys::account(user)),
+        }
     }
 
     fn cf(&self, cf: Cf) -> &ColumnFamily {
@@ -510,6 +532,12 @@ impl RocksStore {
 
     /// Creates an account; `Conflict` if the username is taken.
     pub fn create_account(&self, rec: &AccountRecord) -> Result<(), StoreError> {
+        if let Some(c) = self.cluster.get() {
+            return match c.create_account(rec)? {
+                true => Ok(()),
+                false => Err(StoreError::Conflict),
+            };
+        }
         let _guard = self.accounts_lock.lock().unwrap_or_else(|p| p.into_inner());
         let uk = keys::username(&rec.username);
         if self.get_live(Cf::Usernames, &uk)?.is_some() {
@@ -532,6 +560,9 @@ impl RocksStore {
 
     /// The account with this username.
     pub fn account_by_username(&self, name: &str) -> Result<Option<AccountRecord>, StoreError> {
+        if let Some(c) = self.cluster.get() {
+            return Ok(c.account_by_username(name)?);
+        }
         let Some(id) = self.get_live(Cf::Usernames, &keys::username(name))? else {
             return Ok(None);
         };
@@ -543,6 +574,9 @@ impl RocksStore {
 
     /// Stores a login under the digest of its token.
     pub fn put_token(&self, token: &str, rec: &TokenRecord) -> Result<(), StoreError> {
+        if let Some(c) = self.cluster.get() {
+            return Ok(c.put_token(token, rec)?);
+        }
         let v = filter::with_expiry(rec.expires_at, &json(rec));
         self.db
             .put_cf_opt(self.cf(Cf::Tokens), keys::token(token), v, &self.write_opts)?;
@@ -551,6 +585,9 @@ impl RocksStore {
 
     /// The live login of a token.
     pub fn token(&self, token: &str) -> Result<Option<TokenRecord>, StoreError> {
+        if let Some(c) = self.cluster.get() {
+            return Ok(c.token(token)?);
+        }
         self.get_json(Cf::Tokens, &keys::token(token))
     }
 
@@ -647,6 +684,9 @@ impl RocksStore {
 
     /// Revokes a token at once.
     pub fn delete_token(&self, token: &str) -> Result<(), StoreError> {
+        if let Some(c) = self.cluster.get() {
+            return Ok(c.delete_token(token)?);
+        }
         self.db
             .delete_cf_opt(self.cf(Cf::Tokens), keys::token(token), &self.write_opts)?;
         Ok(())
@@ -794,6 +834,9 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn user_exists(&self, user: UserId) -> Result<bool, ReadError> {
+        if let Some(c) = self.cluster.get() {
+            return read(c.user_exists(user).map_err(StoreError::from));
+        }
         read(
             self.get_live(Cf::Accounts, &keys::account(user))
                 .map(|v| v.is_some()),
@@ -1131,6 +1174,11 @@ impl Store for RocksStore {
         let Some(tx) = self.writer.get() else {
             return done(Err(CommitError::Failed));
         };
+        // A node without its lease writes nothing: another process may
+        // hold its node id (and so its conversations) by now.
+        if self.cluster.get().is_some_and(|c| !c.may_write()) {
+            return done(Err(CommitError::Overloaded));
+        }
         if let Err(e) = tx.try_send(writer::Job { txn, done }) {
             let (job, err) = match e {
                 mpsc::error::TrySendError::Full(j) => (j, CommitError::Overloaded),

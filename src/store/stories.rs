@@ -372,9 +372,7 @@ impl RocksStore {
         {
             return Ok(Some(n.clone()));
         }
-        let Some(acc) =
-            self.get_json::<super::AccountRecord>(Cf::Accounts, &keys::account(user))?
-        else {
+        let Some(acc) = self.account(user)? else {
             return Ok(None);
         };
         let name: std::sync::Arc<str> = acc.username.into();

@@ -20,6 +20,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod media;
 pub mod schema;
 pub mod shred;
