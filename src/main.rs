@@ -282,10 +282,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Some(c) => {
             let joined = cluster::Cluster::join(c, Arc::clone(&metrics)).await?;
             store.join_cluster(Arc::clone(&joined));
+            // Before the writer starts: events a previous run left
+            // outbound go to Redis first, in order.
+            cluster::bus::Bus::new(&joined, &store)?;
             Some(joined)
         }
         None => None,
     };
+    let bus = cluster.as_ref().and_then(|c| c.bus().cloned());
     let limits = Limits {
         max_frame_bytes: cfg.max_frame_bytes,
         max_body_bytes: cfg.max_body_bytes,
@@ -376,13 +380,22 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         push: cfg.push.as_ref().map(|p| {
             push::start(p, Arc::clone(&store), Arc::clone(&metrics)) as Arc<dyn OfflinePush>
         }),
+        router: bus
+            .clone()
+            .map(|b| b as Arc<dyn ephemera_actors::remote::Router>),
     });
     let dir = Directory::new(deps, arbiters.iter().map(|a| a.handle()).collect());
     let logins = api::login_limits::LoginGuard::new(&cfg, Arc::clone(&metrics));
-    store.start_writer(
-        Arc::clone(&dir) as Arc<dyn ephemera_actors::store::Fanout>,
-        metrics,
-    );
+    store
+        .start_writer(
+            Arc::clone(&dir) as Arc<dyn ephemera_actors::store::Fanout>,
+            bus.as_ref().map(|b| b.forwarder()),
+            metrics,
+        )
+        .context("starting the writer")?;
+    if let Some(b) = &bus {
+        b.serve(Arc::clone(&dir));
+    }
     actix_web::rt::spawn(supervise_sweeper(Arc::clone(&dir)));
     if let Some(c) = &cluster {
         // A logout on any node closes this node's sockets of the device.

@@ -27,6 +27,7 @@ async fn a_killed_node_drops_out_of_the_live_set_within_seconds_and_rejoins() {
 
     c.kill9();
     let took = await_live(&a, &["node-a", "node-b"], Duration::from_secs(10)).await;
+    await_live(&b, &["node-a", "node-b"], Duration::from_secs(2)).await;
     assert!(
         took <= Duration::from_millis(LEASE_MS * 2 + 1_000),
         "a dead node must leave the live set within about a lease, took {took:?}"
@@ -165,4 +166,438 @@ async fn accounts_and_logins_are_shared_and_a_logout_revokes_everywhere_at_once(
             .await
             >= 1.0
     );
+}
+
+use common::{is_type, new_cid, str_of, u64_of};
+use ephemera_load::client::{timed_text, Target};
+use serde_json::{json, Value};
+
+/// A view-once text `send` frame.
+fn once_text(cid: &str, target: Target<'_>, body: &str, ttl_seconds: u64) -> Value {
+    let mut f = timed_text(cid, target, body, ttl_seconds);
+    f["view_policy"] = json!("once");
+    f
+}
+
+/// The cursors of the frames `sock` has seen that carry one, in order.
+fn cursors(sock: &TestSocket) -> Vec<u64> {
+    sock.seen()
+        .iter()
+        .filter_map(|f| f.get("cursor").and_then(Value::as_u64))
+        .collect()
+}
+
+#[tokio::test]
+async fn users_on_different_nodes_exchange_messages_receipts_and_one_view() {
+    let redis = Redis::start().await;
+    let a = start_node(&redis, "node-a", &[]).await;
+    let b = start_node(&redis, "node-b", &[]).await;
+    let c = start_node(&redis, "node-c", &[]).await;
+    let alice = register_user(&a.http(), "alice").await;
+    let bob = register_user(&b.http(), "bob").await;
+    let mut alice_a = TestSocket::connect(&a, &alice.login(&a.http()).await, "alice@a").await;
+    let mut bob_b = TestSocket::connect(&b, &bob.login(&b.http()).await, "bob@b").await;
+    let mut bob_c = TestSocket::connect(&c, &bob.login(&c.http()).await, "bob@c").await;
+    for s in [&mut alice_a, &mut bob_b, &mut bob_c] {
+        s.ping().await;
+    }
+
+    // Alice (node a) writes first: the conversation is node a's; both of
+    // Bob's devices, on b and c, get each message with the same cursor.
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let ack = alice_a
+            .send_ok(timed_text(
+                &new_cid("hi"),
+                Target::User(&bob.user_id),
+                &format!("hello {i}"),
+                600,
+            ))
+            .await;
+        sent.push(str_of(&ack, "msg_id").to_owned());
+    }
+    let conv = alice_a
+        .seen()
+        .iter()
+        .find(|f| is_type(f, "ack"))
+        .map(|f| str_of(f, "conversation_id").to_owned())
+        .unwrap();
+    for (i, id) in sent.iter().enumerate() {
+        for s in [&mut bob_b, &mut bob_c] {
+            let m = s.expect_about("message", id).await;
+            assert_eq!(m["body"], format!("hello {i}"));
+            assert_eq!(m["from"], alice.user_id.as_str());
+        }
+    }
+    let (on_b, on_c) = (cursors(&bob_b), cursors(&bob_c));
+    assert_eq!(on_b.len(), 5, "{on_b:?}");
+    assert_eq!(
+        on_b, on_c,
+        "one cursor sequence for a user's devices on two nodes"
+    );
+    assert!(
+        on_b.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing: {on_b:?}"
+    );
+
+    // Receipts from node b reach the sender on node a.
+    bob_b
+        .send(json!({"type": "delivered", "msg_id": sent[0]}))
+        .await;
+    let r = alice_a.expect_about("receipt", &sent[0]).await;
+    assert_eq!(r["state"], "delivered");
+    assert_eq!(r["by"], bob.user_id.as_str());
+    bob_c
+        .send(json!({"type": "read", "conversation_id": conv, "up_to_seq": 5}))
+        .await;
+    let r = alice_a
+        .expect("read receipt", |f| {
+            is_type(f, "receipt") && f["state"] == "read"
+        })
+        .await;
+    assert_eq!(r["up_to_seq"], 5);
+
+    // Bob answers from node c into Alice's conversation (owned by a).
+    let ack = bob_c
+        .send_ok(timed_text(
+            &new_cid("re"),
+            Target::Conversation(&conv),
+            "hi alice",
+            600,
+        ))
+        .await;
+    let reply = str_of(&ack, "msg_id").to_owned();
+    let m = alice_a.expect_about("message", &reply).await;
+    assert_eq!(m["body"], "hi alice");
+    // Bob's other device learns of his own message too, the sender's not.
+    bob_b.expect_about("message", &reply).await;
+
+    // A view-once message, viewed at once from both of Bob's nodes: one grant.
+    let ack = alice_a
+        .send_ok(once_text(
+            &new_cid("once"),
+            Target::User(&bob.user_id),
+            "for your eyes",
+            600,
+        ))
+        .await;
+    let once = str_of(&ack, "msg_id").to_owned();
+    let m = bob_b.expect_about("message", &once).await;
+    assert!(
+        m.get("body").is_none(),
+        "a view-once message is never pushed: {m}"
+    );
+    bob_c.expect_about("message", &once).await;
+    let view = json!({"type": "view", "msg_id": once});
+    bob_b.send(view.clone()).await;
+    bob_c.send(view).await;
+    let rb = bob_b.expect_about("view_result", &once).await;
+    let rc = bob_c.expect_about("view_result", &once).await;
+    let granted: Vec<&Value> = [&rb, &rc]
+        .into_iter()
+        .filter(|r| r["result"] == "granted")
+        .collect();
+    assert_eq!(granted.len(), 1, "exactly one grant: {rb} {rc}");
+    assert_eq!(granted[0]["body"], "for your eyes");
+    for s in [&mut alice_a, &mut bob_b, &mut bob_c] {
+        let burned = s.expect_about("burned", &once).await;
+        assert_eq!(burned["reason"], "viewed");
+    }
+
+    // A fresh device of Bob on node a replays everything, content fetched
+    // from the owner, in the same cursor order.
+    let mut bob_a = TestSocket::connect(&a, &bob.login(&a.http()).await, "bob@a").await;
+    let synced = bob_a.sync(0).await;
+    let replayed: Vec<u64> = synced.events.iter().map(|f| u64_of(f, "cursor")).collect();
+    assert!(replayed.windows(2).all(|w| w[0] < w[1]), "{replayed:?}");
+    for (i, id) in sent.iter().enumerate() {
+        let m = synced
+            .about("message", id)
+            .next()
+            .unwrap_or_else(|| panic!("sync lacks {id}: {:?}", synced.events));
+        assert_eq!(m["body"], format!("hello {i}"));
+    }
+    assert!(synced.about("burned", &once).next().is_some());
+    assert!(
+        a.metric("ephemera_cluster_calls_out_total").await
+            + c.metric("ephemera_cluster_calls_out_total").await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn expiry_fires_exactly_once_cluster_wide() {
+    let redis = Redis::start().await;
+    let a = start_node(&redis, "node-a", &[]).await;
+    let b = start_node(&redis, "node-b", &[]).await;
+    let c = start_node(&redis, "node-c", &[]).await;
+    let alice = register_user(&a.http(), "alice").await;
+    let bob = register_user(&b.http(), "bob").await;
+    let mut alice_a = TestSocket::connect(&a, &alice.login(&a.http()).await, "alice@a").await;
+    let mut alice_c = TestSocket::connect(&c, &alice.login(&c.http()).await, "alice@c").await;
+    let mut bob_b = TestSocket::connect(&b, &bob.login(&b.http()).await, "bob@b").await;
+    let mut bob_c = TestSocket::connect(&c, &bob.login(&c.http()).await, "bob@c").await;
+    for s in [&mut alice_a, &mut alice_c, &mut bob_b, &mut bob_c] {
+        s.ping().await;
+    }
+    // Owned by node b: Bob writes first.
+    let ack = bob_b
+        .send_ok(timed_text(
+            &new_cid("short"),
+            Target::User(&alice.user_id),
+            "brief",
+            2,
+        ))
+        .await;
+    let id = str_of(&ack, "msg_id").to_owned();
+    let expires_at = ack["expires_at"].as_i64().unwrap();
+    for s in [&mut alice_a, &mut alice_c, &mut bob_c] {
+        s.expect_about("message", &id).await;
+    }
+    common::sleep_until_ms(expires_at + 4_000).await;
+    for s in [&mut alice_a, &mut alice_c, &mut bob_b, &mut bob_c] {
+        s.assert_never(Duration::from_millis(300), "more frames", |_| false)
+            .await;
+        let burns: Vec<&Value> = s
+            .seen()
+            .iter()
+            .filter(|f| is_type(f, "burned") && f["msg_id"] == id.as_str())
+            .collect();
+        assert_eq!(burns.len(), 1, "{}: exactly one burn: {burns:?}", s.label());
+        assert_eq!(burns[0]["reason"], "expired");
+    }
+    // One burn committed in the whole cluster: only the owner burned it.
+    let mut burned = 0.0;
+    for n in [&a, &b, &c] {
+        burned += n.metric("ephemera_burn_lag_seconds_count").await;
+    }
+    assert_eq!(burned, 1.0, "the owner alone burns a message");
+}
+
+/// Sends until acked, retrying the same `client_msg_id` on `unavailable`
+/// (what a client does): the ack's `msg_id`.
+async fn send_until_acked(sock: &mut TestSocket, frame: Value, within: Duration) -> String {
+    let cid = str_of(&frame, "client_msg_id").to_owned();
+    let deadline = Instant::now() + within;
+    loop {
+        sock.send(frame.clone()).await;
+        let answer = sock
+            .expect(&format!("ack or error for {cid}"), |f| {
+                (is_type(f, "ack") && f["client_msg_id"] == cid.as_str())
+                    || (is_type(f, "error") && f["ref"] == cid.as_str())
+            })
+            .await;
+        if is_type(&answer, "ack") {
+            return str_of(&answer, "msg_id").to_owned();
+        }
+        assert_eq!(
+            answer["code"], "unavailable",
+            "only unavailable is retried: {answer}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "{cid} not acked within {within:?}: {answer}"
+        );
+        let wait = answer["retry_after_ms"].as_u64().unwrap_or(100).min(500);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_owner_holds_only_its_conversations_and_returns_with_every_acked_message() {
+    let redis = Redis::start().await;
+    let a = start_node(&redis, "node-a", &[]).await;
+    let b = start_node(&redis, "node-b", &[]).await;
+    let mut c = start_node(&redis, "node-c", &[]).await;
+    let alice = register_user(&a.http(), "alice").await;
+    let bob = register_user(&b.http(), "bob").await;
+    let carol = register_user(&c.http(), "carol").await;
+    let mut alice_a = TestSocket::connect(&a, &alice.login(&a.http()).await, "alice@a").await;
+    let bob_device = bob.login(&b.http()).await;
+    let mut bob_b = TestSocket::connect(&b, &bob_device, "bob@b").await;
+    let mut carol_c = TestSocket::connect(&c, &carol.login(&c.http()).await, "carol@c").await;
+    for s in [&mut alice_a, &mut bob_b, &mut carol_c] {
+        s.ping().await;
+    }
+    // Carol's conversation with Bob is node c's; Alice's is node a's.
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let ack = carol_c
+            .send_ok(timed_text(
+                &new_cid("c"),
+                Target::User(&bob.user_id),
+                &format!("carol {i}"),
+                600,
+            ))
+            .await;
+        acked.push(str_of(&ack, "msg_id").to_owned());
+    }
+    let carol_conv = acked[0].split(':').next().map(str::to_owned);
+    let ack = alice_a
+        .send_ok(timed_text(
+            &new_cid("a"),
+            Target::User(&bob.user_id),
+            "alice 0",
+            600,
+        ))
+        .await;
+    acked.push(str_of(&ack, "msg_id").to_owned());
+    for id in &acked {
+        bob_b.expect_about("message", id).await;
+    }
+    let carol_conv = bob_b
+        .seen()
+        .iter()
+        .find(|f| is_type(f, "message") && f["from"] == carol.user_id.as_str())
+        .map(|f| str_of(f, "conversation_id").to_owned())
+        .or(carol_conv)
+        .unwrap();
+    let alice_conv = str_of(&ack, "conversation_id").to_owned();
+
+    c.kill9();
+    await_live(&a, &["node-a", "node-b"], Duration::from_secs(10)).await;
+    await_live(&b, &["node-a", "node-b"], Duration::from_secs(2)).await;
+    // Its conversations wait, and say so.
+    let cid = new_cid("wait");
+    let err = bob_b
+        .send_expect_error(
+            timed_text(
+                &cid,
+                Target::Conversation(&carol_conv),
+                "are you there",
+                600,
+            ),
+            Some(&cid),
+        )
+        .await;
+    assert_eq!(err["code"], "unavailable", "{err}");
+    assert!(
+        err["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{err}"
+    );
+    // Everything else works: the other conversation, logins, new sockets.
+    let ack = bob_b
+        .send_ok(timed_text(
+            &new_cid("b"),
+            Target::Conversation(&alice_conv),
+            "still here",
+            600,
+        ))
+        .await;
+    let still = str_of(&ack, "msg_id").to_owned();
+    alice_a.expect_about("message", &still).await;
+    let alice2 = alice.login(&b.http()).await;
+    let mut alice_b = TestSocket::connect(&b, &alice2, "alice@b").await;
+    alice_b.ping().await;
+
+    // Back on the same data directory: everything acked is there, the
+    // waiting conversation works again, nothing came twice.
+    c.restart().await;
+    await_live(&a, &["node-a", "node-b", "node-c"], Duration::from_secs(10)).await;
+    let after = send_until_acked(
+        &mut bob_b,
+        timed_text(
+            &new_cid("back"),
+            Target::Conversation(&carol_conv),
+            "welcome back",
+            600,
+        ),
+        Duration::from_secs(10),
+    )
+    .await;
+    let mut bob_fresh = TestSocket::connect(&a, &bob.login(&a.http()).await, "bob@a").await;
+    let synced = bob_fresh.sync(0).await;
+    for id in acked.iter().chain([&still, &after]) {
+        let n = synced.about("message", id).count() + synced.about("burned", id).count();
+        assert_eq!(n, 1, "{id} replayed exactly once: {:?}", synced.events);
+    }
+    for (i, id) in acked.iter().take(10).enumerate() {
+        let m = synced.about("message", id).next().unwrap();
+        assert_eq!(m["body"], format!("carol {i}"));
+    }
+    bob_b
+        .assert_never(Duration::from_millis(500), "a message twice", |_| false)
+        .await;
+    let mut seen = std::collections::HashMap::new();
+    for f in bob_b.seen().iter().filter(|f| is_type(f, "message")) {
+        *seen.entry(str_of(f, "msg_id").to_owned()).or_insert(0) += 1;
+    }
+    assert!(
+        seen.values().all(|n| *n == 1),
+        "live delivery twice: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn redis_restarted_under_traffic_loses_no_acked_message() {
+    let mut redis = Redis::start().await;
+    let a = start_node(&redis, "node-a", &[]).await;
+    let b = start_node(&redis, "node-b", &[]).await;
+    let alice = register_user(&a.http(), "alice").await;
+    let bob = register_user(&b.http(), "bob").await;
+    let mut alice_a = TestSocket::connect(&a, &alice.login(&a.http()).await, "alice@a").await;
+    let mut bob_b = TestSocket::connect(&b, &bob.login(&b.http()).await, "bob@b").await;
+    alice_a.ping().await;
+    bob_b.ping().await;
+    let mut acked = Vec::new();
+    for i in 0..40 {
+        if i == 15 {
+            redis.restart().await;
+        }
+        let id = send_until_acked(
+            &mut alice_a,
+            timed_text(
+                &new_cid("r"),
+                Target::User(&bob.user_id),
+                &format!("m{i}"),
+                600,
+            ),
+            Duration::from_secs(20),
+        )
+        .await;
+        acked.push(id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Live: every acked message reaches Bob's socket, each once (the ones
+    // whose push was lost while Redis was away are replayed once the node
+    // hears the bus again).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got: Vec<String> = bob_b
+            .seen()
+            .iter()
+            .filter(|f| is_type(f, "message"))
+            .map(|f| str_of(f, "msg_id").to_owned())
+            .collect();
+        if acked.iter().all(|id| got.contains(id)) {
+            for id in &acked {
+                assert_eq!(
+                    got.iter().filter(|g| *g == id).count(),
+                    1,
+                    "{id} twice: {got:?}"
+                );
+            }
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "acked messages never reached bob@b: {:?}",
+            acked
+                .iter()
+                .filter(|id| !got.contains(id))
+                .collect::<Vec<_>>()
+        );
+        bob_b.next_frame(Duration::from_millis(500)).await;
+    }
+    // And from the inbox.
+    let mut bob_fresh = TestSocket::connect(&b, &bob.login(&b.http()).await, "bob@b2").await;
+    let synced = bob_fresh.sync(0).await;
+    for id in &acked {
+        assert_eq!(
+            synced.about("message", id).count(),
+            1,
+            "{id}: {:?}",
+            synced.events
+        );
+    }
 }

@@ -20,7 +20,6 @@ use crate::store::{
     blocking, commit, now_ms, BurnReason, CommitError, ConvKind, ConversationRecord, Deadline,
     Event, Guard, Millis, Op, ReceiptState, StoredMessage, Txn, ViewPolicy, EVENT_RETENTION_MS,
 };
-use crate::user::Ephemeral;
 
 /// How long a view-once media key and blob outlive the burn: the winning
 /// device's GET URL is valid this long.
@@ -1023,13 +1022,7 @@ impl Handler<Typing> for Conversation {
         .to_text()
         .into();
         for m in self.members().iter().filter(|m| **m != msg.by) {
-            self.dir.tell_user(
-                *m,
-                Ephemeral {
-                    text: Arc::clone(&text),
-                    except_device: None,
-                },
-            );
+            self.dir.tell_ephemeral(*m, Arc::clone(&text));
         }
         Ok(())
     }

@@ -91,6 +91,8 @@ struct UserEntry {
     /// Sessions that got this entry but whose `Attach` is not yet handled;
     /// the actor may retire only when this is zero.
     attaching: usize,
+    /// Whether the cluster's session registry was told this user is here.
+    registered: bool,
 }
 
 /// An actor the directory keeps one of per id (a conversation, a story):
@@ -391,6 +393,8 @@ pub struct Deps {
     pub limits: Limits,
     /// The push webhook for users offline here, if one is configured.
     pub push: Option<Arc<dyn OfflinePush>>,
+    /// Cluster mode: where conversations live and how to reach them.
+    pub router: Option<Arc<dyn crate::remote::Router>>,
 }
 
 /// Live actors by id, and the dependencies they are built with.
@@ -514,10 +518,17 @@ impl Directory {
                     self.deps.limits.event_burst,
                 ))),
                 attaching: 0,
+                registered: false,
                 started: std::time::Instant::now(),
                 crash_streak: streak,
             }
         });
+        if entry.attaching == 0 && !entry.registered {
+            entry.registered = true;
+            if let Some(r) = &self.deps.router {
+                r.user_here(user, true);
+            }
+        }
         entry.attaching += 1;
         UserHandle {
             addr: entry.addr.clone(),
@@ -542,6 +553,9 @@ impl Directory {
         match users.get(&user) {
             Some(e) if e.attaching == 0 && e.addr == *addr => {
                 users.remove(&user);
+                if let Some(r) = &self.deps.router {
+                    r.user_here(user, false);
+                }
                 true
             }
             _ => false,
@@ -574,6 +588,22 @@ impl Directory {
             }
             e.addr.do_send(Counted(msg));
         }
+    }
+
+    /// A frame that is not stored (typing, presence) for every device of
+    /// `user`: here through their actor, elsewhere (cluster mode) through
+    /// the nodes their other devices are on.
+    pub fn tell_ephemeral(&self, user: UserId, text: Arc<str>) {
+        if let Some(r) = &self.deps.router {
+            r.tell_elsewhere(user, Arc::clone(&text), None);
+        }
+        self.tell_user(
+            user,
+            user::Ephemeral {
+                text,
+                except_device: None,
+            },
+        );
     }
 
     /// A conversation's actor for a frame from `user`: the live actor (which
@@ -714,6 +744,29 @@ impl Directory {
                     .is_some()
             }
             _ => false,
+        }
+    }
+
+    /// Makes every socket on this node replay what it may have missed
+    /// (cluster mode: live events were lost while the bus was away).
+    pub fn resync_all(&self) {
+        let all: Vec<crate::user::Sessions> = self
+            .users
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|e| Arc::clone(&e.sessions))
+            .collect();
+        for sessions in all {
+            let addrs: Vec<_> = sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|a| a.link.addr.clone())
+                .collect();
+            for addr in addrs {
+                addr.do_send(crate::session::Resync);
+            }
         }
     }
 

@@ -163,7 +163,7 @@ pub struct SendFrame {
 }
 
 /// Error codes of socket error frames (PROTOCOL 2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Not JSON, unknown type, missing or mistyped field.

@@ -18,6 +18,7 @@
 //! - [`story`]: one actor per live story: its end, views, fanout.
 //! - [`call`]: one actor per call in progress: signaling relay, ring timer.
 //! - [`sweeper`]: the persistent deadline index scanner.
+//! - [`remote`]: conversations owned by another node (cluster mode).
 
 pub mod call;
 pub mod conversation;
@@ -27,6 +28,7 @@ pub mod ids;
 pub mod metrics;
 pub mod outbox;
 pub mod ratelimit;
+pub mod remote;
 pub mod send;
 pub mod session;
 pub mod store;

@@ -120,6 +120,12 @@ pub struct Metrics {
     pub cluster_lease_held: Gauge,
     /// Token revocations received from the cluster's channel.
     pub cluster_revocations: Counter,
+    /// Inbox events this node handed to Redis (cluster mode).
+    pub cluster_events_out: Counter,
+    /// Live events other nodes' batches delivered through this node's channel.
+    pub cluster_frames_in: Counter,
+    /// Conversation calls this node sent to other nodes.
+    pub cluster_calls_out: Counter,
 }
 
 /// A node's state in the cluster.
@@ -171,6 +177,9 @@ impl Metrics {
             cluster_members: Family::default(),
             cluster_lease_held: Gauge::default(),
             cluster_revocations: Counter::default(),
+            cluster_events_out: Counter::default(),
+            cluster_frames_in: Counter::default(),
+            cluster_calls_out: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("connections", "Open WebSockets", m.connections.clone());
@@ -353,6 +362,21 @@ impl Metrics {
             "cluster_revocations_received",
             "Token revocations received on the cluster's channel",
             m.cluster_revocations.clone(),
+        );
+        registry.register(
+            "cluster_events_out",
+            "Inbox events this node handed to Redis (cluster mode)",
+            m.cluster_events_out.clone(),
+        );
+        registry.register(
+            "cluster_frames_in",
+            "Live events delivered to this node through its bus channel",
+            m.cluster_frames_in.clone(),
+        );
+        registry.register(
+            "cluster_calls_out",
+            "Conversation calls sent to the owning node",
+            m.cluster_calls_out.clone(),
         );
         Metrics { registry, ..m }
     }

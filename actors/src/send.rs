@@ -139,6 +139,40 @@ impl Session {
         let Some(permit) = self.dir.admit_send() else {
             return Self::reply_error(ctx, &FrameError::busy(), Some(&client_msg_id));
         };
+        if let (Some(node), Some(router)) = (self.remote_owner(conv), self.deps.router.clone()) {
+            // Cluster mode: the conversation's owner is another node; the
+            // ack (or refusal) comes back from it.
+            let reply = AckTo {
+                dest: AckDest::Socket(self.link(ctx)),
+                client_msg_id,
+                received,
+                metrics: Arc::clone(&self.deps.metrics),
+                permit: Some(permit),
+            };
+            let answer = router.call(
+                node,
+                crate::remote::ConvCall::Post {
+                    conv,
+                    from: me,
+                    device: self.device,
+                    client_msg_id: f.client_msg_id,
+                    direct,
+                    body: f.body,
+                    media_key,
+                    view_policy,
+                    ttl_seconds: f.ttl_seconds as u64,
+                    burn_after_view_seconds,
+                },
+            );
+            actix::spawn(async move {
+                reply.answer(match crate::remote::answer_result(answer.await) {
+                    Ok(crate::remote::ConvAnswer::Ack { ack }) => Ok(ack),
+                    Ok(_) => Err(FrameError::new(ErrorCode::Internal, "unexpected answer")),
+                    Err(e) => Err(e),
+                });
+            });
+            return;
+        }
         // A direct conversation is created by its first message (the
         // actor checks that the peer exists); any other must be ours.
         let addr = match direct {

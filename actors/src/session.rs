@@ -155,7 +155,15 @@ pub struct Session {
     /// Dropped with this session (a crash included): its user actor waits
     /// on it to forget the session, and a call it is in, to end it.
     pub(crate) alive: crate::Alive,
+    /// Cluster mode: frames waiting, in order, while the owner of a
+    /// conversation is looked up.
+    held: VecDeque<ClientFrame>,
+    /// Whether a lookup is in progress (frames wait behind it).
+    locating: bool,
 }
+
+/// Frames a socket may have waiting behind an owner lookup.
+const MAX_HELD_FRAMES: usize = 256;
 
 /// How soon a session retries attaching while its user actor is held back
 /// by crash-loop backoff.
@@ -194,6 +202,8 @@ impl Session {
             token_expires_at: None,
             _held: None,
             alive: crate::alive(),
+            held: VecDeque::new(),
+            locating: false,
         }
     }
 
@@ -249,6 +259,82 @@ impl Session {
                 return Self::reply_error(ctx, &err, salvage_ref(text).as_deref());
             }
         }
+        if self.locating || !self.held.is_empty() {
+            if self.held.len() >= MAX_HELD_FRAMES {
+                let err = FrameError {
+                    retry_after_ms: Some(100),
+                    ..FrameError::new(ErrorCode::RateLimited, "too many frames waiting")
+                };
+                return Self::reply_error(ctx, &err, salvage_ref(text).as_deref());
+            }
+            self.held.push_back(frame);
+            return;
+        }
+        self.route(frame, ctx);
+    }
+
+    /// Cluster mode: a frame about a conversation whose owner is not known
+    /// yet waits (with every frame after it) until it is; one owned by
+    /// another node goes there. Everything else is handled here.
+    fn route(&mut self, frame: ClientFrame, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(router) = self.deps.router.clone() {
+            if let Some((conv, create)) = frame_conv(&frame, self.user) {
+                if router.cached(conv).is_none() {
+                    self.held.push_front(frame);
+                    self.locating = true;
+                    let lookup = router.locate(conv, create);
+                    ctx.spawn(
+                        actix::fut::wrap_future::<_, Self>(lookup).map(|res, act, ctx| {
+                            act.locating = false;
+                            if let Err(e) = res {
+                                if let Some(f) = act.held.pop_front() {
+                                    Self::reply_error(ctx, &e, frame_ref(&f).as_deref());
+                                }
+                            }
+                            while !act.locating {
+                                let Some(f) = act.held.pop_front() else { break };
+                                act.route(f, ctx);
+                            }
+                        }),
+                    );
+                    return;
+                }
+            }
+        }
+        self.dispatch(frame, ctx);
+    }
+
+    /// Where `conv` lives, when it is another node (cluster mode).
+    pub(crate) fn remote_owner(&self, conv: Id) -> Option<Arc<str>> {
+        match self.deps.router.as_ref()?.cached(conv)? {
+            crate::remote::Place::Remote(node) => Some(node),
+            crate::remote::Place::Local => None,
+        }
+    }
+
+    /// Sends `call` to the node that owns its conversation; a refusal
+    /// comes back as an error frame referring to `reference`.
+    fn call_remote(
+        &mut self,
+        node: Arc<str>,
+        call: crate::remote::ConvCall,
+        reference: Option<String>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let Some(router) = self.deps.router.clone() else {
+            return;
+        };
+        let answer = router.call(node, call);
+        self.reply_later(ctx, async move {
+            match crate::remote::answer_result(answer.await) {
+                Ok(_) => None,
+                Err(e) => Some(error(&e, reference.as_deref())),
+            }
+        });
+    }
+
+    fn dispatch(&mut self, frame: ClientFrame, ctx: &mut ws::WebsocketContext<Self>) {
+        use crate::remote::ConvCall;
         match frame {
             ClientFrame::Ping => ctx.text(ServerFrame::Pong.to_text()),
             ClientFrame::Send(f) => self.on_send(f, ctx),
@@ -259,30 +345,66 @@ impl Session {
             } => {
                 let by = self.user;
                 let device = self.device;
-                self.route_conv(&conversation_id, None, ctx, move |_| Typing {
-                    by,
-                    device,
-                    is_typing,
-                });
+                self.route_conv(
+                    &conversation_id,
+                    None,
+                    ctx,
+                    move |_| Typing {
+                        by,
+                        device,
+                        is_typing,
+                    },
+                    move |conv| ConvCall::Typing {
+                        conv,
+                        by,
+                        device,
+                        is_typing,
+                    },
+                );
             }
             ClientFrame::Read {
                 conversation_id,
                 up_to_seq,
             } => {
                 let by = self.user;
-                self.route_conv(&conversation_id, None, ctx, move |_| Read { by, up_to_seq });
+                self.route_conv(
+                    &conversation_id,
+                    None,
+                    ctx,
+                    move |_| Read { by, up_to_seq },
+                    move |conv| ConvCall::Read {
+                        conv,
+                        by,
+                        up_to_seq,
+                    },
+                );
             }
             ClientFrame::Delivered { msg_id } => {
                 let by = self.user;
-                self.route_msg(msg_id, ctx, move |msg| Delivered { msg, by });
+                self.route_msg(
+                    msg_id,
+                    ctx,
+                    move |msg| Delivered { msg, by },
+                    move |msg| ConvCall::Delivered { msg, by },
+                );
             }
             ClientFrame::Screenshot { msg_id } => {
                 let by = self.user;
-                self.route_msg(msg_id, ctx, move |msg| Screenshot { msg, by });
+                self.route_msg(
+                    msg_id,
+                    ctx,
+                    move |msg| Screenshot { msg, by },
+                    move |msg| ConvCall::Screenshot { msg, by },
+                );
             }
             ClientFrame::Unsend { msg_id } => {
                 let by = self.user;
-                self.route_msg(msg_id, ctx, move |msg| Unsend { msg, by });
+                self.route_msg(
+                    msg_id,
+                    ctx,
+                    move |msg| Unsend { msg, by },
+                    move |msg| ConvCall::Unsend { msg, by },
+                );
             }
             ClientFrame::View { msg_id } => self.on_view(msg_id, ctx),
             ClientFrame::React { msg_id, emoji } => {
@@ -297,20 +419,40 @@ impl Session {
                     return Self::reply_error(ctx, &err, Some(&msg_id));
                 }
                 let by = self.user;
-                self.route_msg(msg_id, ctx, move |msg| React { msg, by, emoji });
+                let remote_emoji = emoji.clone();
+                self.route_msg(
+                    msg_id,
+                    ctx,
+                    move |msg| React { msg, by, emoji },
+                    move |msg| ConvCall::React {
+                        msg,
+                        by,
+                        emoji: remote_emoji,
+                    },
+                );
             }
             ClientFrame::Call(f) => self.on_call(f, ctx),
         }
     }
 
     /// Sends a msg_id-scoped frame to the message's conversation.
-    fn route_msg<M, F>(&mut self, msg_id: String, ctx: &mut ws::WebsocketContext<Self>, make: F)
-    where
+    fn route_msg<M, F, R>(
+        &mut self,
+        msg_id: String,
+        ctx: &mut ws::WebsocketContext<Self>,
+        make: F,
+        remote: R,
+    ) where
         F: FnOnce(MsgId) -> M,
+        R: FnOnce(MsgId) -> crate::remote::ConvCall,
         M: Message<Result = Result<(), FrameError>> + Send + 'static,
         conversation::Conversation: Handler<crate::Counted<M>>,
     {
         match parse_msg_id(&msg_id) {
+            Ok(msg) if self.remote_owner(msg.conv).is_some() => {
+                let node = self.remote_owner(msg.conv).expect("just checked");
+                self.call_remote(node, remote(msg), Some(msg_id), ctx);
+            }
             Ok(msg) => match self.conversation(msg.conv) {
                 Ok(addr) => self.answer(addr.send(make(msg)), Some(msg_id), ctx),
                 Err(e) => Self::reply_error(ctx, &e, Some(&msg_id)),
@@ -320,17 +462,24 @@ impl Session {
     }
 
     /// Sends a conversation-scoped frame to its conversation.
-    fn route_conv<M, F>(
+    fn route_conv<M, F, R>(
         &mut self,
         conv: &str,
         reference: Option<String>,
         ctx: &mut ws::WebsocketContext<Self>,
         make: F,
+        remote: R,
     ) where
         F: FnOnce(Id) -> M,
+        R: FnOnce(Id) -> crate::remote::ConvCall,
         M: Message<Result = Result<(), FrameError>> + Send + 'static,
         conversation::Conversation: Handler<crate::Counted<M>>,
     {
+        if let Ok(id) = conversation::conversation_id(conv) {
+            if let Some(node) = self.remote_owner(id) {
+                return self.call_remote(node, remote(id), reference, ctx);
+            }
+        }
         match conversation::conversation_id(conv).and_then(|id| Ok((id, self.conversation(id)?))) {
             Ok((id, addr)) => self.answer(addr.send(make(id)), reference, ctx),
             Err(e) => Self::reply_error(ctx, &e, reference.as_deref()),
@@ -406,10 +555,26 @@ impl Session {
             Ok(m) => m,
             Err(e) => return Self::reply_error(ctx, &e, Some(&msg_id)),
         };
-        let req = match self.conversation(msg.conv) {
-            Ok(addr) => addr.send(View { msg, by: self.user }),
-            Err(e) => return Self::reply_error(ctx, &e, Some(&msg_id)),
-        };
+        let by = self.user;
+        let req: crate::remote::BoxFuture<Result<Result<Viewed, FrameError>, MailboxError>> =
+            match (self.remote_owner(msg.conv), self.deps.router.clone()) {
+                (Some(node), Some(router)) => {
+                    let answer = router.call(node, crate::remote::ConvCall::View { msg, by });
+                    Box::pin(async move {
+                        Ok(match crate::remote::answer_result(answer.await) {
+                            Ok(crate::remote::ConvAnswer::Granted { message }) => {
+                                Ok(Viewed::Granted(*message))
+                            }
+                            Ok(_) => Ok(Viewed::Burned),
+                            Err(e) => Err(e),
+                        })
+                    })
+                }
+                _ => match self.conversation(msg.conv) {
+                    Ok(addr) => Box::pin(addr.send(View { msg, by })),
+                    Err(e) => return Self::reply_error(ctx, &e, Some(&msg_id)),
+                },
+            };
         let media = Arc::clone(&self.deps.media);
         self.reply_later(ctx, async move {
             let res = req.await;
@@ -838,6 +1003,21 @@ impl Handler<Push> for Session {
     }
 }
 
+/// Replay what this socket may have missed since the last cursor it got
+/// (cluster mode: the bus was away for a while).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resync;
+
+impl Handler<Resync> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Resync, ctx: &mut Self::Context) {
+        let from = self.last_cursor;
+        self.on_sync(from, ctx);
+    }
+}
+
 impl Handler<Reply> for Session {
     type Result = ();
 
@@ -856,5 +1036,49 @@ impl Handler<CloseSocket> for Session {
             description: Some(msg.reason.into()),
         }));
         ctx.stop();
+    }
+}
+
+/// The conversation a frame is about, and whether a conversation nobody
+/// owns yet may be created by it (a first direct message): what cluster
+/// mode must place before the frame can go anywhere. `None` for frames
+/// about no conversation, or whose ids do not parse (answered as usual).
+fn frame_conv(frame: &ClientFrame, me: UserId) -> Option<(Id, bool)> {
+    match frame {
+        ClientFrame::Send(f) => match (&f.to, &f.conversation_id) {
+            (Some(to), None) => match crate::frames::parse_id(to) {
+                Ok(peer) if peer != me => Some((Id::direct(me, peer), true)),
+                _ => None,
+            },
+            (None, Some(c)) => conversation::conversation_id(c).ok().map(|id| (id, false)),
+            _ => None,
+        },
+        ClientFrame::View { msg_id }
+        | ClientFrame::Delivered { msg_id }
+        | ClientFrame::Screenshot { msg_id }
+        | ClientFrame::Unsend { msg_id }
+        | ClientFrame::React { msg_id, .. } => parse_msg_id(msg_id).ok().map(|m| (m.conv, false)),
+        ClientFrame::Read {
+            conversation_id, ..
+        }
+        | ClientFrame::Typing {
+            conversation_id, ..
+        } => conversation::conversation_id(conversation_id)
+            .ok()
+            .map(|id| (id, false)),
+        _ => None,
+    }
+}
+
+/// What an error about a held frame refers to.
+fn frame_ref(frame: &ClientFrame) -> Option<String> {
+    match frame {
+        ClientFrame::Send(f) => Some(f.client_msg_id.clone()),
+        ClientFrame::View { msg_id }
+        | ClientFrame::Delivered { msg_id }
+        | ClientFrame::Screenshot { msg_id }
+        | ClientFrame::Unsend { msg_id }
+        | ClientFrame::React { msg_id, .. } => Some(msg_id.clone()),
+        _ => None,
     }
 }

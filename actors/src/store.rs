@@ -294,7 +294,10 @@ pub enum ReceiptState {
 }
 
 /// An event in a user's inbox, as delivered live. Every one gets a cursor.
-#[derive(Clone, Debug)]
+/// It crosses between nodes in cluster mode (content included, for live
+/// delivery; never stored off the node that owns it).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
 pub enum Event {
     /// A new message (content included only for live delivery).
     Message(Arc<StoredMessage>),
@@ -741,7 +744,7 @@ pub enum CommitError {
 pub struct ReadError;
 
 /// A committed event, handed to the fanout with its cursor.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Delivery {
     /// The user's cursor for this event.
     pub cursor: u64,

@@ -301,13 +301,7 @@ impl Handler<Attach> for User {
             let me_online = presence_frame(act.id, true, None);
             if came_online {
                 for c in contacts.audience {
-                    act.dir.tell_user(
-                        c,
-                        Ephemeral {
-                            text: Arc::clone(&me_online),
-                            except_device: None,
-                        },
-                    );
+                    act.dir.tell_ephemeral(c, Arc::clone(&me_online));
                 }
             }
             for c in contacts.visible {
@@ -360,13 +354,7 @@ impl User {
             if let Ok(contacts) = res {
                 let frame = presence_frame(act.id, false, Some(last_seen));
                 for c in contacts.audience {
-                    act.dir.tell_user(
-                        c,
-                        Ephemeral {
-                            text: Arc::clone(&frame),
-                            except_device: None,
-                        },
-                    );
+                    act.dir.tell_ephemeral(c, Arc::clone(&frame));
                 }
             }
             ctx.stop();

@@ -118,6 +118,14 @@ async fn create(
         speakers: Some(vec![who.user]),
     };
     let conversation_id = rec.id;
+    // Cluster mode: the group is this node's (its rows and its actor).
+    if let Some(bus) = state.store.cluster_bus() {
+        match bus.claim(conversation_id).await {
+            Ok(true) => {}
+            Ok(false) => return Err(ApiError::Internal),
+            Err(_) => return Err(ApiError::Unavailable),
+        }
+    }
     commit(
         &*state.store,
         Txn {

@@ -19,6 +19,7 @@
 //! `kill -9`), and gives up after two leases (a live twin).
 
 pub mod accounts;
+pub mod bus;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -125,6 +126,8 @@ pub struct Cluster {
     started_at: u64,
     members: RwLock<Vec<Member>>,
     on_revoke: OnceLock<Box<dyn Fn(UserId, DeviceId) + Send + Sync>>,
+    /// The cross-node side, once built.
+    bus: OnceLock<Arc<bus::Bus>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -183,6 +186,7 @@ impl Cluster {
             started_at: now_ms(),
             members: RwLock::new(Vec::new()),
             on_revoke: OnceLock::new(),
+            bus: OnceLock::new(),
         });
         let give_up = Instant::now() + cluster.cfg.lease * 2 + Duration::from_secs(1);
         let mut waited = false;
@@ -234,6 +238,11 @@ impl Cluster {
         self.rt.spawn(async move { me.heartbeat_loop().await });
         let me = Arc::clone(self);
         self.rt.spawn(async move { me.listen_loop().await });
+    }
+
+    /// The cross-node side (placement, calls, inboxes), once built.
+    pub fn bus(&self) -> Option<&Arc<bus::Bus>> {
+        self.bus.get()
     }
 
     /// This node's name.
@@ -329,6 +338,20 @@ impl Cluster {
         async move {
             let t = Instant::now();
             let r = cmd.query_async::<T>(&mut conn).await;
+            observe(&metrics, t, r)
+        }
+    }
+
+    /// A pipeline, timed and counted.
+    pub(crate) fn query_pipe(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> impl std::future::Future<Output = Result<(), RedisDown>> + Send + 'static {
+        let mut conn = self.conn.clone();
+        let metrics = Arc::clone(&self.metrics);
+        async move {
+            let t = Instant::now();
+            let r = pipe.query_async::<()>(&mut conn).await;
             observe(&metrics, t, r)
         }
     }
@@ -454,15 +477,31 @@ impl Cluster {
     /// subscription drops.
     async fn listen_loop(self: Arc<Self>) {
         use futures_util::StreamExt;
+        let bus_channel = format!("eph:bus:{}", self.cfg.node_id);
+        let mut first = true;
         loop {
             match self.client.get_async_pubsub().await {
                 Ok(mut pubsub) => {
-                    if pubsub.subscribe(REVOKE_CHANNEL).await.is_ok() {
+                    let subscribed = pubsub.subscribe(REVOKE_CHANNEL).await.is_ok()
+                        && pubsub.subscribe(&bus_channel).await.is_ok();
+                    if subscribed {
+                        if !first {
+                            if let Some(b) = self.bus.get() {
+                                b.resubscribed();
+                            }
+                        }
+                        first = false;
                         let mut stream = pubsub.on_message();
                         while let Some(msg) = stream.next().await {
                             let Ok(payload) = msg.get_payload::<Vec<u8>>() else {
                                 continue;
                             };
+                            if msg.get_channel_name() == bus_channel {
+                                if let Some(b) = self.bus.get() {
+                                    b.on_message(&payload);
+                                }
+                                continue;
+                            }
                             if let Ok(r) = serde_json::from_slice::<Revocation>(&payload) {
                                 self.metrics.cluster_revocations.inc();
                                 if let Some(f) = self.on_revoke.get() {

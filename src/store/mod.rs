@@ -8,7 +8,7 @@ pub mod filter;
 pub mod keys;
 pub mod prekeys;
 pub mod stories;
-mod writer;
+pub mod writer;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -175,11 +175,14 @@ pub enum Cf {
     /// (user, device, key_id) -> a one-time prekey (public), deleted when
     /// claimed or when the device logs out.
     Prekeys,
+    /// Cluster mode: outbound seq -> an inbox event committed here and not
+    /// yet in Redis (references only; deleted once Redis has it).
+    Outbound,
 }
 
 impl Cf {
     /// Every column family, in the order they are opened.
-    pub const ALL: [Cf; 33] = [
+    pub const ALL: [Cf; 34] = [
         Cf::Accounts,
         Cf::Usernames,
         Cf::Tokens,
@@ -213,6 +216,7 @@ impl Cf {
         Cf::Reactions,
         Cf::DeviceKeys,
         Cf::Prekeys,
+        Cf::Outbound,
     ];
 
     /// The name on disk.
@@ -251,6 +255,7 @@ impl Cf {
             Cf::Reactions => "reactions",
             Cf::DeviceKeys => "device_keys",
             Cf::Prekeys => "prekeys",
+            Cf::Outbound => "outbound",
         }
     }
 
@@ -465,12 +470,18 @@ impl RocksStore {
         })
     }
 
-    /// Starts the group-commit writer, which hands committed events to `fanout`.
+    /// Starts the group-commit writer, which hands committed events to
+    /// `fanout`, or in cluster mode to `outbound`.
     pub fn start_writer(
         &self,
         fanout: Arc<dyn Fanout>,
+        outbound: Option<Arc<dyn writer::Outbound>>,
         metrics: Arc<ephemera_actors::metrics::Metrics>,
-    ) {
+    ) -> Result<(), StoreError> {
+        let outbound = match outbound {
+            None => None,
+            Some(o) => Some((o, self.outbound_head()?)),
+        };
         let (tx, rx) = mpsc::channel(WRITER_QUEUE);
         let db = Arc::clone(&self.db);
         let thread = writer::spawn(
@@ -478,6 +489,7 @@ impl RocksStore {
             Arc::clone(&self.keys),
             rx,
             fanout,
+            outbound,
             metrics,
             self.durability == Durability::Fsync,
             #[cfg(feature = "faults")]
@@ -485,12 +497,121 @@ impl RocksStore {
         );
         let _ = self.writer.set(tx);
         *self.writer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+        Ok(())
+    }
+
+    /// The last outbound seq handed out: the persisted head, or the last
+    /// row still queued if that is higher.
+    fn outbound_head(&self) -> Result<u64, StoreError> {
+        let head = self
+            .db
+            .get_pinned_cf(self.cf(Cf::Cursors), writer::OUTBOUND_HEAD)?
+            .and_then(|v| filter::split(&v).and_then(|(_, p)| p.try_into().ok()))
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let last = self
+            .db
+            .iterator_cf(self.cf(Cf::Outbound), rocksdb::IteratorMode::End)
+            .next()
+            .transpose()?
+            .and_then(|(k, _)| (*k).try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        Ok(head.max(last))
+    }
+
+    /// Cluster mode: the inbox events committed here and not yet in Redis,
+    /// oldest first (after a restart, or while Redis was away).
+    pub fn outbound_pending(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(u64, u64, writer::OutRow)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(Cf::Outbound), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            let seq = (*k)
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("outbound"))?;
+            let Some((until, p)) = filter::split(&v) else {
+                continue;
+            };
+            let row: writer::OutRow =
+                serde_json::from_slice(p).map_err(|_| StoreError::Corrupt("outbound"))?;
+            out.push((seq, until, row));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Cluster mode: Redis has every outbound event up to `seq`.
+    pub fn outbound_done(&self, seq: u64) -> Result<(), StoreError> {
+        self.db.delete_range_cf_opt(
+            self.cf(Cf::Outbound),
+            0u64.to_be_bytes(),
+            (seq + 1).to_be_bytes(),
+            &self.write_opts,
+        )?;
+        Ok(())
     }
 
     /// Joins a cluster: accounts and logins are Redis's from now on, and
     /// transactions are refused while the node does not hold its lease.
     pub fn join_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
         let _ = self.cluster.set(cluster);
+    }
+
+    /// Cluster mode: the bus and the node that owns `conv`, when that is
+    /// another node (its rows are there, not here).
+    #[allow(clippy::type_complexity)]
+    fn remote_owner(
+        &self,
+        conv: ConvId,
+    ) -> Result<Option<(&Arc<crate::cluster::bus::Bus>, Arc<str>)>, ReadError> {
+        let Some(bus) = self.cluster.get().and_then(|c| c.bus()) else {
+            return Ok(None);
+        };
+        let owner = read(bus.remote_owner_blocking(conv).map_err(StoreError::from))?;
+        Ok(owner.map(|node| (bus, node)))
+    }
+
+    /// A message row of this node, expired or not (the caller decides, and
+    /// burns the expired ones).
+    pub fn local_message(&self, id: MsgId) -> Result<Option<StoredMessage>, StoreError> {
+        let Some(v) = self
+            .db
+            .get_pinned_cf(self.cf(Cf::Messages), keys::message(id))?
+        else {
+            return Ok(None);
+        };
+        let (_, p) = filter::split(&v).ok_or(StoreError::Corrupt("messages"))?;
+        self.decode_message(&keys::message(id), p)
+    }
+
+    /// Why a message of this node is gone, if it burned.
+    pub fn local_tombstone(&self, id: MsgId) -> Result<Option<BurnReason>, StoreError> {
+        self.get_json(Cf::Tombstones, &keys::message(id))
+    }
+
+    /// A reaction stored on this node (`None` once its key is gone).
+    pub fn local_reaction(&self, msg: MsgId, by: UserId) -> Result<Option<String>, StoreError> {
+        let k = keys::reaction(msg, by);
+        self.get_live(Cf::Reactions, &k).and_then(|v| {
+            // A key already destroyed opens nothing: the reaction is gone.
+            v.and_then(|sealed| self.keys.open_body(&k, &sealed))
+                .map(|plain| String::from_utf8(plain).map_err(|_| StoreError::Corrupt("reactions")))
+                .transpose()
+        })
+    }
+
+    /// Cluster mode: the cross-node side.
+    pub fn cluster_bus(&self) -> Option<Arc<crate::cluster::bus::Bus>> {
+        self.cluster.get().and_then(|c| c.bus().cloned())
     }
 
     /// The account of a user, from wherever accounts live.
@@ -861,22 +982,17 @@ impl Store for RocksStore {
     }
 
     fn message(&self, id: MsgId) -> Result<Option<StoredMessage>, ReadError> {
-        // Messages are read whether or not they expired: the caller decides
-        // (and burns the expired ones).
-        read((|| {
-            let Some(v) = self
-                .db
-                .get_pinned_cf(self.cf(Cf::Messages), keys::message(id))?
-            else {
-                return Ok(None);
-            };
-            let (_, p) = filter::split(&v).ok_or(StoreError::Corrupt("messages"))?;
-            self.decode_message(&keys::message(id), p)
-        })())
+        if let Some((bus, node)) = self.remote_owner(id.conv)? {
+            return read(bus.remote_message(node, id).map_err(StoreError::from));
+        }
+        read(self.local_message(id))
     }
 
     fn tombstone(&self, id: MsgId) -> Result<Option<BurnReason>, ReadError> {
-        read(self.get_json(Cf::Tombstones, &keys::message(id)))
+        if let Some((bus, node)) = self.remote_owner(id.conv)? {
+            return read(bus.remote_tombstone(node, id).map_err(StoreError::from));
+        }
+        read(self.local_tombstone(id))
     }
 
     fn messages_after(
@@ -909,6 +1025,12 @@ impl Store for RocksStore {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, EventRecord)>, ReadError> {
+        if let Some(bus) = self.cluster.get().and_then(|c| c.bus()) {
+            return read(
+                bus.inbox_after(user, after, limit)
+                    .map_err(StoreError::from),
+            );
+        }
         let mut out = Vec::new();
         let now = now_ms();
         let from = keys::inbox(user, after.saturating_add(1));
@@ -977,13 +1099,10 @@ impl Store for RocksStore {
     }
 
     fn reaction(&self, msg: MsgId, by: UserId) -> Result<Option<String>, ReadError> {
-        let k = keys::reaction(msg, by);
-        read(self.get_live(Cf::Reactions, &k).and_then(|v| {
-            // A key already destroyed opens nothing: the reaction is gone.
-            v.and_then(|sealed| self.keys.open_body(&k, &sealed))
-                .map(|plain| String::from_utf8(plain).map_err(|_| StoreError::Corrupt("reactions")))
-                .transpose()
-        }))
+        if let Some((bus, node)) = self.remote_owner(msg.conv)? {
+            return read(bus.remote_reaction(node, msg, by).map_err(StoreError::from));
+        }
+        read(self.local_reaction(msg, by))
     }
 
     fn viewers(&self, msg: MsgId) -> Result<Vec<UserId>, ReadError> {

@@ -85,10 +85,13 @@ async fn group_commit_assigns_cursors_in_order_and_dedups() {
     let keys = Arc::new(KeyStore::open(&dir.path().join("keys")).unwrap());
     let store = RocksStore::open(&dir.path().join("db"), keys, Durability::Wal, 3600).unwrap();
     let rec = Arc::new(Recorder::default());
-    store.start_writer(
-        rec.clone(),
-        Arc::new(ephemera_actors::metrics::Metrics::new()),
-    );
+    store
+        .start_writer(
+            rec.clone(),
+            None,
+            Arc::new(ephemera_actors::metrics::Metrics::new()),
+        )
+        .unwrap();
     let user = Id([9; 16]);
     let conv = Id([5; 16]);
     let mut pending = Vec::new();
@@ -157,10 +160,13 @@ async fn group_commit_assigns_cursors_in_order_and_dedups() {
 fn started(dir: &std::path::Path) -> RocksStore {
     let keys = Arc::new(KeyStore::open(&dir.join("keys")).unwrap());
     let store = RocksStore::open(&dir.join("db"), keys, Durability::Wal, 3600).unwrap();
-    store.start_writer(
-        Arc::new(Recorder::default()),
-        Arc::new(ephemera_actors::metrics::Metrics::new()),
-    );
+    store
+        .start_writer(
+            Arc::new(Recorder::default()),
+            None,
+            Arc::new(ephemera_actors::metrics::Metrics::new()),
+        )
+        .unwrap();
     store
 }
 
@@ -202,7 +208,13 @@ fn open_with_writer(dir: &std::path::Path, rec: Arc<Recorder>) -> RocksStore {
             });
         match opened {
             Ok(store) => {
-                store.start_writer(rec, Arc::new(ephemera_actors::metrics::Metrics::new()));
+                store
+                    .start_writer(
+                        rec,
+                        None,
+                        Arc::new(ephemera_actors::metrics::Metrics::new()),
+                    )
+                    .unwrap();
                 return store;
             }
             Err(_) if std::time::Instant::now() < deadline => {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use ephemera_actors::ids::UserId;
 use ephemera_actors::store::{AckRecord, CommitError, Delivery, Done, Fanout, Guard, Op, Txn};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::{cf_handle, filter, json, keys, Cf, MessageRow, StoreError};
@@ -64,20 +65,69 @@ impl WriterFaults {
     }
 }
 
+/// An inbox event committed in cluster mode, on its way to the cluster:
+/// its cursor comes from Redis (see `cluster::bus`), not from this node.
+#[derive(Clone, Debug)]
+pub struct OutEntry {
+    /// Its place in this node's outbound queue.
+    pub seq: u64,
+    /// The recipient.
+    pub user: UserId,
+    /// What the inbox keeps of it (references, never content).
+    pub record: ephemera_actors::store::EventRecord,
+    /// When the inbox may forget it.
+    pub until: u64,
+    /// The event itself, for live delivery (`None` when rebuilt after a
+    /// restart and its message is gone).
+    pub event: Option<ephemera_actors::store::Event>,
+    /// A device that must not get it live.
+    pub except_device: Option<ephemera_actors::ids::DeviceId>,
+}
+
+/// The outbound row of an [`OutEntry`] (family `outbound`, key: its seq).
+#[derive(Serialize, Deserialize)]
+pub struct OutRow {
+    /// The recipient.
+    pub user: UserId,
+    /// The inbox record.
+    pub record: ephemera_actors::store::EventRecord,
+    /// A device that must not get it live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub except_device: Option<ephemera_actors::ids::DeviceId>,
+}
+
+/// Where committed inbox events go in cluster mode, in seq order.
+pub trait Outbound: Send + Sync + 'static {
+    /// Takes one committed batch's events (already durable in `outbound`).
+    fn forward(&self, entries: Vec<OutEntry>);
+}
+
+/// The key under which the last outbound seq handed out is kept (family
+/// `cursors`, whose other keys are 16-byte user ids).
+pub const OUTBOUND_HEAD: &[u8] = b"outbound-head";
+
 /// Starts the writer thread; it ends when every sender of `rx` is gone.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     db: Arc<DB>,
     keys: Arc<KeyStore>,
     rx: mpsc::Receiver<Job>,
     fanout: Arc<dyn Fanout>,
+    outbound: Option<(Arc<dyn Outbound>, u64)>,
     metrics: Arc<Metrics>,
     sync: bool,
     #[cfg(feature = "faults")] faults: Arc<WriterFaults>,
 ) -> std::thread::JoinHandle<()> {
+    let (outbound, out_head) = match outbound {
+        Some((o, head)) => (Some(o), head),
+        None => (None, 0),
+    };
     let mut w = Writer {
         db,
         keys,
         fanout,
+        outbound,
+        out_head,
         metrics,
         heads: HashMap::new(),
         sync,
@@ -95,6 +145,10 @@ struct Writer {
     /// Seals message bodies before they reach the database.
     keys: Arc<KeyStore>,
     fanout: Arc<dyn Fanout>,
+    /// Cluster mode: inbox events leave through here, with the last
+    /// outbound seq handed out.
+    outbound: Option<Arc<dyn Outbound>>,
+    out_head: u64,
     metrics: Arc<Metrics>,
     /// Last cursor given out per user (loaded from the inbox on first use).
     heads: HashMap<UserId, u64>,
@@ -120,6 +174,8 @@ struct Overlay {
     stories: HashMap<[u8; 16], bool>,
     /// Messages (their keys) that this batch put a reaction to.
     reacted: std::collections::HashSet<[u8; 24]>,
+    /// Cluster mode: the events this batch queued outbound.
+    outbound: Vec<OutEntry>,
 }
 
 impl Writer {
@@ -727,6 +783,34 @@ impl Writer {
                     user,
                     event,
                     except_device,
+                } if self.outbound.is_some() => {
+                    // Cluster mode: the user's cursor is the cluster's;
+                    // the event waits here, durable, until Redis has it.
+                    let seq = overlay.outbound.last().map_or(self.out_head, |e| e.seq) + 1;
+                    let (record, until) = event.record(now);
+                    let row = OutRow {
+                        user,
+                        record: record.clone(),
+                        except_device,
+                    };
+                    b.put_cf(
+                        cf_handle(db, Cf::Outbound),
+                        seq.to_be_bytes(),
+                        filter::with_expiry(until, &json(&row)),
+                    );
+                    overlay.outbound.push(OutEntry {
+                        seq,
+                        user,
+                        record,
+                        until,
+                        event: Some(event),
+                        except_device,
+                    });
+                }
+                Op::Notify {
+                    user,
+                    event,
+                    except_device,
                 } => {
                     let cursor = self.head(overlay, user)? + 1;
                     overlay.heads.insert(user, cursor);
@@ -778,6 +862,13 @@ impl Writer {
                 filter::with_expiry(u64::MAX, &head.to_be_bytes()),
             );
         }
+        if let Some(last) = overlay.outbound.last() {
+            batch.put_cf(
+                cf_handle(&self.db, Cf::Cursors),
+                OUTBOUND_HEAD,
+                filter::with_expiry(u64::MAX, &last.seq.to_be_bytes()),
+            );
+        }
         #[cfg(feature = "faults")]
         let injected = self.faults.fail_this_batch();
         #[cfg(not(feature = "faults"))]
@@ -817,6 +908,13 @@ impl Writer {
         self.heads.extend(overlay.heads);
         for (done, r) in outcomes {
             done(r);
+        }
+        if let Some(out) = &self.outbound {
+            if let Some(last) = overlay.outbound.last() {
+                self.out_head = last.seq;
+            }
+            out.forward(overlay.outbound);
+            return;
         }
         // Group per user, keeping cursor order.
         let mut by_user: HashMap<UserId, Vec<Delivery>> = HashMap::new();

@@ -1,0 +1,824 @@
+//! What crosses between nodes: conversation placement, the calls a node
+//! makes on another node's conversations, the users' inboxes (cursors and
+//! event references, in Redis), and live delivery.
+//!
+//! # Placement
+//! A conversation belongs to the node that created it (the first message
+//! of a direct conversation, or the group's creation): `eph:owner:{id}`,
+//! set once with `NX`. Its rows live in that node's RocksDB and its actor
+//! runs there alone; the node's lease fences a stale process (see the
+//! module above). While the owner is down, calls to its conversations are
+//! answered `unavailable` with `retry_after_ms`; nothing else waits.
+//!
+//! # Inboxes and delivery
+//! The writer of the owner node commits each inbox event to its own
+//! `outbound` family with the message (so an ack means the event will
+//! reach Redis, even across `kill -9` or a Redis restart). The forwarder
+//! here hands those events to Redis in commit order, in one script per
+//! batch: the user's cursor (`INCR eph:cursor:{user}`), the event's
+//! reference in `eph:inbox:{user}` (what `sync` reads), and the live frames
+//! published to the nodes where the user has devices (`eph:where:{user}`,
+//! the session registry), in the script, so every node hears a user's
+//! events in cursor order. A batch is applied once: the script skips
+//! outbound seqs at or below the node's `eph:applied:{node}`. Only then
+//! are the outbound rows deleted. Content crosses Redis only in published
+//! frames, which Redis never writes to disk.
+//!
+//! # Calls
+//! Requests and replies travel on the nodes' channels `eph:bus:{node}`,
+//! each waited for at most [`CALL_TIMEOUT`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::Duration;
+
+use ephemera_actors::directory::Directory;
+use ephemera_actors::frames::{ErrorCode, FrameError};
+use ephemera_actors::ids::{ConvId, DeviceId, MsgId, UserId};
+use ephemera_actors::remote::{BoxFuture, ConvAnswer, ConvCall, Place, Router};
+use ephemera_actors::store::{BurnReason, Delivery, Event, EventRecord, Fanout, StoredMessage};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{hex_id, Cluster, RedisDown};
+use crate::store::writer::{OutEntry, Outbound};
+use crate::store::RocksStore;
+
+/// How long a call to another node is waited for.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Outbound events handed to Redis in one script at most.
+const APPEND_BATCH: usize = 256;
+
+/// Appends a batch of inbox events (see the module doc). KEYS[1] is the
+/// node's applied seq; ARGV: the first seq, then five per event: user,
+/// record, until, except_device, live event ('' for none).
+const APPEND: &str = r#"
+local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
+local seq = tonumber(ARGV[1])
+local out = {}
+local bynode = {}
+local where = {}
+for i = 2, #ARGV, 5 do
+  local user = ARGV[i]
+  if seq > applied then
+    local c = redis.call('INCR', 'eph:cursor:' .. user)
+    redis.call('ZADD', 'eph:inbox:' .. user, c, c .. ' ' .. ARGV[i+2] .. ' ' .. ARGV[i+1])
+    out[#out+1] = c
+    if ARGV[i+4] ~= '' then
+      local nodes = where[user]
+      if nodes == nil then
+        nodes = redis.call('HKEYS', 'eph:where:' .. user)
+        where[user] = nodes
+      end
+      local x = 'null'
+      if ARGV[i+3] ~= '' then x = '"' .. ARGV[i+3] .. '"' end
+      local item = '{"u":"' .. user .. '","c":' .. c .. ',"x":' .. x .. ',"e":' .. ARGV[i+4] .. '}'
+      for _, n in ipairs(nodes) do
+        local t = bynode[n]
+        if t == nil then t = {}; bynode[n] = t end
+        t[#t+1] = item
+      end
+    end
+  else
+    out[#out+1] = 0
+  end
+  seq = seq + 1
+end
+if seq - 1 > applied then redis.call('SET', KEYS[1], seq - 1) end
+for n, items in pairs(bynode) do
+  redis.call('PUBLISH', 'eph:bus:' .. n, '{"t":"d","d":[' .. table.concat(items, ',') .. ']}')
+end
+return out
+"#;
+
+/// A read another node makes of a conversation's rows here (for `sync`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "r", rename_all = "snake_case")]
+enum ReadReq {
+    Message { msg: MsgId },
+    Tombstone { msg: MsgId },
+    Reaction { msg: MsgId, by: UserId },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "r", rename_all = "snake_case")]
+enum ReadAnswer {
+    Message { message: Option<Box<StoredMessage>> },
+    Tombstone { reason: Option<BurnReason> },
+    Reaction { emoji: Option<String> },
+    Failed,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireDelivery {
+    u: UserId,
+    c: u64,
+    x: Option<DeviceId>,
+    e: Event,
+}
+
+/// What travels on a node's channel.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "t")]
+enum BusMsg {
+    /// Live events for users with devices on this node (from [`APPEND`]).
+    #[serde(rename = "d")]
+    Deliver { d: Vec<serde_json::Value> },
+    /// A call on one of this node's conversations.
+    #[serde(rename = "q")]
+    Call {
+        id: u64,
+        from: String,
+        call: ConvCall,
+    },
+    /// The answer to a call this node made.
+    #[serde(rename = "a")]
+    Answer { id: u64, answer: ConvAnswer },
+    /// A read of this node's rows.
+    #[serde(rename = "m")]
+    Read {
+        id: u64,
+        from: String,
+        read: ReadReq,
+    },
+    /// The answer to a read this node made.
+    #[serde(rename = "n")]
+    ReadAnswer { id: u64, answer: ReadAnswer },
+    /// A frame that is not stored (typing, presence) for a user's devices here.
+    #[serde(rename = "e")]
+    Ephemeral {
+        user: UserId,
+        text: String,
+        except: Option<DeviceId>,
+    },
+}
+
+enum Waiting {
+    Call(oneshot::Sender<ConvAnswer>),
+    Read(oneshot::Sender<ReadAnswer>),
+}
+
+/// The cross-node side of this node.
+pub struct Bus {
+    cluster: Arc<Cluster>,
+    store: Weak<RocksStore>,
+    dir: OnceLock<Arc<Directory>>,
+    owners: RwLock<HashMap<ConvId, Place>>,
+    waiting: Mutex<HashMap<u64, Waiting>>,
+    next_id: AtomicU64,
+    here: mpsc::UnboundedSender<(UserId, bool)>,
+    /// Where the writer hands committed events (see [`Forwarder`]).
+    forward: mpsc::UnboundedSender<Vec<OutEntry>>,
+}
+
+/// The writer's end of the forwarder.
+pub struct Forwarder(mpsc::UnboundedSender<Vec<OutEntry>>);
+
+impl Outbound for Forwarder {
+    fn forward(&self, entries: Vec<OutEntry>) {
+        if !entries.is_empty() {
+            let _ = self.0.send(entries);
+        }
+    }
+}
+
+impl Bus {
+    /// The bus of `cluster`. Events left outbound by a previous run are
+    /// queued first (call before the writer starts).
+    pub fn new(cluster: &Arc<Cluster>, store: &Arc<RocksStore>) -> anyhow::Result<Arc<Bus>> {
+        let (here_tx, here_rx) = mpsc::unbounded_channel();
+        let (fwd_tx, fwd_rx) = mpsc::unbounded_channel();
+        let bus = Arc::new(Bus {
+            cluster: Arc::clone(cluster),
+            store: Arc::downgrade(store),
+            dir: OnceLock::new(),
+            owners: RwLock::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            here: here_tx,
+            forward: fwd_tx,
+        });
+        let left = store
+            .outbound_pending(usize::MAX)
+            .map_err(|e| anyhow::anyhow!("reading the outbound queue: {e}"))?;
+        if !left.is_empty() {
+            tracing::info!(events = left.len(), "resuming the outbound queue");
+            let entries = left
+                .into_iter()
+                .map(|(seq, until, row)| OutEntry {
+                    seq,
+                    user: row.user,
+                    event: live_event(&**store, &row.record),
+                    record: row.record,
+                    until,
+                    except_device: row.except_device,
+                })
+                .collect();
+            let _ = bus.forward.send(entries);
+        }
+        let _ = cluster.bus.set(Arc::clone(&bus));
+        let me = Arc::clone(&bus);
+        cluster
+            .rt
+            .spawn(async move { me.registry_loop(here_rx).await });
+        let me = Arc::clone(&bus);
+        cluster
+            .rt
+            .spawn(async move { me.forward_loop(fwd_rx).await });
+        Ok(bus)
+    }
+
+    /// What the storage writer hands committed events to.
+    pub fn forwarder(&self) -> Arc<dyn Outbound> {
+        Arc::new(Forwarder(self.forward.clone()))
+    }
+
+    /// Starts serving: calls from other nodes reach `dir`'s actors, and
+    /// events reach its sessions.
+    pub fn serve(&self, dir: Arc<Directory>) {
+        let _ = self.dir.set(dir);
+    }
+
+    fn channel(node: &str) -> String {
+        format!("eph:bus:{node}")
+    }
+
+    async fn publish(&self, node: &str, msg: &BusMsg) -> Result<(), RedisDown> {
+        let payload = serde_json::to_string(msg).map_err(|_| RedisDown)?;
+        let _: u64 = self
+            .cluster
+            .query(
+                redis::cmd("PUBLISH")
+                    .arg(Self::channel(node))
+                    .arg(payload)
+                    .clone(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn unavailable(&self) -> FrameError {
+        FrameError {
+            retry_after_ms: Some(self.cluster.lease_ms()),
+            ..FrameError::new(
+                ErrorCode::Unavailable,
+                "the node that holds this conversation is down, retry",
+            )
+        }
+    }
+
+    fn is_live(&self, node: &str) -> bool {
+        node == self.cluster.node_id()
+            || self
+                .cluster
+                .members()
+                .iter()
+                .any(|m| m.live && m.node_id == node)
+    }
+
+    /// Asks `node` and waits for its answer (`None`: no answer in time).
+    async fn ask<T>(
+        self: &Arc<Self>,
+        node: &str,
+        make: impl FnOnce(u64) -> BusMsg,
+        wait: impl FnOnce(oneshot::Sender<T>) -> Waiting,
+    ) -> Option<T> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock_waiting().insert(id, wait(tx));
+        let sent = self.publish(node, &make(id)).await;
+        let answer = match sent {
+            Ok(()) => tokio::time::timeout(CALL_TIMEOUT, rx).await.ok()?.ok(),
+            Err(_) => None,
+        };
+        self.lock_waiting().remove(&id);
+        answer
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where `conv` lives: the cache, else Redis (claimed for this node if
+    /// nobody owns it and `create`).
+    async fn place(
+        self: Arc<Self>,
+        conv: ConvId,
+        create: bool,
+    ) -> Result<Option<Place>, RedisDown> {
+        if let Some(p) = self.cached(conv) {
+            return Ok(Some(p));
+        }
+        let key = format!("eph:owner:{}", hex_id(conv));
+        let mut owner: Option<String> = self
+            .cluster
+            .query(redis::cmd("GET").arg(&key).clone())
+            .await?;
+        if owner.is_none() && create {
+            let _: Option<String> = self
+                .cluster
+                .query(
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(self.cluster.node_id())
+                        .arg("NX")
+                        .clone(),
+                )
+                .await?;
+            owner = self
+                .cluster
+                .query(redis::cmd("GET").arg(&key).clone())
+                .await?;
+        }
+        let Some(owner) = owner else {
+            return Ok(None);
+        };
+        let place = if owner == self.cluster.node_id() {
+            Place::Local
+        } else {
+            Place::Remote(owner.into())
+        };
+        self.owners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(conv, place.clone());
+        Ok(Some(place))
+    }
+
+    /// Claims a new conversation (a group being created) for this node.
+    pub async fn claim(self: &Arc<Self>, conv: ConvId) -> Result<bool, RedisDown> {
+        let me = Arc::clone(self);
+        let place = self
+            .cluster
+            .run(async move { me.place(conv, true).await })
+            .await?;
+        Ok(place == Some(Place::Local))
+    }
+
+    /// The owner of `conv` when it is another node, from a blocking
+    /// storage call (`None`: here, or nobody).
+    pub fn remote_owner_blocking(
+        self: &Arc<Self>,
+        conv: ConvId,
+    ) -> Result<Option<Arc<str>>, RedisDown> {
+        let me = Arc::clone(self);
+        match self
+            .cluster
+            .block_on(async move { me.place(conv, false).await })?
+        {
+            Some(Place::Remote(node)) => Ok(Some(node)),
+            _ => Ok(None),
+        }
+    }
+
+    fn read_blocking(
+        self: &Arc<Self>,
+        node: Arc<str>,
+        read: ReadReq,
+    ) -> Result<ReadAnswer, RedisDown> {
+        if !self.is_live(&node) {
+            return Err(RedisDown);
+        }
+        let me = Arc::clone(self);
+        let from = self.cluster.node_id().to_owned();
+        let answer = self.cluster.block_on(async move {
+            Ok(me
+                .ask(
+                    &node,
+                    move |id| BusMsg::Read { id, from, read },
+                    Waiting::Read,
+                )
+                .await)
+        })?;
+        match answer {
+            Some(ReadAnswer::Failed) | None => Err(RedisDown),
+            Some(a) => Ok(a),
+        }
+    }
+
+    /// A message row of a conversation another node owns.
+    pub fn remote_message(
+        self: &Arc<Self>,
+        node: Arc<str>,
+        msg: MsgId,
+    ) -> Result<Option<StoredMessage>, RedisDown> {
+        match self.read_blocking(node, ReadReq::Message { msg })? {
+            ReadAnswer::Message { message } => Ok(message.map(|m| *m)),
+            _ => Err(RedisDown),
+        }
+    }
+
+    /// Why a message of a conversation another node owns is gone.
+    pub fn remote_tombstone(
+        self: &Arc<Self>,
+        node: Arc<str>,
+        msg: MsgId,
+    ) -> Result<Option<BurnReason>, RedisDown> {
+        match self.read_blocking(node, ReadReq::Tombstone { msg })? {
+            ReadAnswer::Tombstone { reason } => Ok(reason),
+            _ => Err(RedisDown),
+        }
+    }
+
+    /// A reaction to a message of a conversation another node owns.
+    pub fn remote_reaction(
+        self: &Arc<Self>,
+        node: Arc<str>,
+        msg: MsgId,
+        by: UserId,
+    ) -> Result<Option<String>, RedisDown> {
+        match self.read_blocking(node, ReadReq::Reaction { msg, by })? {
+            ReadAnswer::Reaction { emoji } => Ok(emoji),
+            _ => Err(RedisDown),
+        }
+    }
+
+    /// A user's inbox after `after` (cursor order): the references the
+    /// forwarders appended.
+    pub fn inbox_after(
+        &self,
+        user: UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventRecord)>, RedisDown> {
+        let members: Vec<String> = self.cluster.block_on(
+            self.cluster.query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(format!("eph:inbox:{}", hex_id(user)))
+                    .arg(format!("({after}"))
+                    .arg("+inf")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .clone(),
+            ),
+        )?;
+        Ok(members
+            .iter()
+            .filter_map(|m| {
+                let mut parts = m.splitn(3, ' ');
+                let cursor = parts.next()?.parse().ok()?;
+                let _until: u64 = parts.next()?.parse().ok()?;
+                let rec = serde_json::from_str(parts.next()?).ok()?;
+                Some((cursor, rec))
+            })
+            .collect())
+    }
+
+    /// The session registry, kept in the order users come and go.
+    async fn registry_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(UserId, bool)>) {
+        let node = self.cluster.node_id().to_owned();
+        let users_here = format!("eph:users-on:{node}");
+        // A restart forgets the devices this node had before.
+        let stale: Vec<String> = self
+            .cluster
+            .query(redis::cmd("SMEMBERS").arg(&users_here).clone())
+            .await
+            .unwrap_or_default();
+        for u in stale {
+            let _: Result<u64, _> = self
+                .cluster
+                .query(
+                    redis::cmd("HDEL")
+                        .arg(format!("eph:where:{u}"))
+                        .arg(&node)
+                        .clone(),
+                )
+                .await;
+        }
+        let _: Result<u64, _> = self
+            .cluster
+            .query(redis::cmd("DEL").arg(&users_here).clone())
+            .await;
+        while let Some((user, here)) = rx.recv().await {
+            let hex = hex_id(user);
+            let mut pipe = redis::pipe();
+            if here {
+                pipe.cmd("HSET")
+                    .arg(format!("eph:where:{hex}"))
+                    .arg(&node)
+                    .arg(1);
+                pipe.cmd("SADD").arg(&users_here).arg(&hex);
+            } else {
+                pipe.cmd("HDEL").arg(format!("eph:where:{hex}")).arg(&node);
+                pipe.cmd("SREM").arg(&users_here).arg(&hex);
+            }
+            // Retried until Redis takes it: a lost registration would
+            // leave the user's devices here without their events.
+            loop {
+                let r: Result<(), RedisDown> = self.cluster.query_pipe(pipe.clone()).await;
+                if r.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Hands committed events to Redis in seq order, retrying until Redis
+    /// takes them, then forgets them locally.
+    async fn forward_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Vec<OutEntry>>) {
+        let mut queue: Vec<OutEntry> = Vec::new();
+        loop {
+            if queue.is_empty() {
+                match rx.recv().await {
+                    Some(more) => queue.extend(more),
+                    None => return,
+                }
+            }
+            while queue.len() < APPEND_BATCH {
+                match rx.try_recv() {
+                    Ok(more) => queue.extend(more),
+                    Err(_) => break,
+                }
+            }
+            let take = queue.len().min(APPEND_BATCH);
+            let batch: Vec<OutEntry> = queue.drain(..take).collect();
+            let mut pause = Duration::from_millis(50);
+            while self.append(&batch).await.is_err() {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            if let (Some(last), Some(store)) = (batch.last(), self.store.upgrade()) {
+                let seq = last.seq;
+                let _ = tokio::task::spawn_blocking(move || store.outbound_done(seq)).await;
+            }
+        }
+    }
+
+    async fn append(&self, batch: &[OutEntry]) -> Result<(), RedisDown> {
+        let Some(first) = batch.first() else {
+            return Ok(());
+        };
+        let mut args: Vec<String> = Vec::with_capacity(1 + batch.len() * 5);
+        args.push(first.seq.to_string());
+        for e in batch {
+            args.push(hex_id(e.user));
+            args.push(serde_json::to_string(&e.record).map_err(|_| RedisDown)?);
+            args.push(e.until.to_string());
+            args.push(e.except_device.map(hex_id).unwrap_or_default());
+            args.push(match &e.event {
+                Some(ev) => serde_json::to_string(ev).map_err(|_| RedisDown)?,
+                None => String::new(),
+            });
+        }
+        let key = format!("eph:applied:{}", self.cluster.node_id());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cursors: Vec<u64> = self.cluster.script(APPEND, &[&key], &args).await?;
+        self.cluster
+            .metrics
+            .cluster_events_out
+            .inc_by(cursors.iter().filter(|c| **c > 0).count() as u64);
+        Ok(())
+    }
+
+    /// One message on this node's channel.
+    pub(super) fn on_message(self: &Arc<Self>, payload: &[u8]) {
+        let Some(dir) = self.dir.get() else {
+            return;
+        };
+        let msg: BusMsg = match serde_json::from_slice(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "undecodable message on the bus");
+                return;
+            }
+        };
+        match msg {
+            BusMsg::Deliver { d } => {
+                // Grouped per user, each user's events in cursor order.
+                let mut batch: Vec<(UserId, Vec<Delivery>)> = Vec::new();
+                for item in d {
+                    let Ok(w) = serde_json::from_value::<WireDelivery>(item) else {
+                        continue;
+                    };
+                    let delivery = Delivery {
+                        cursor: w.c,
+                        event: w.e,
+                        except_device: w.x,
+                    };
+                    match batch.iter_mut().find(|(u, _)| *u == w.u) {
+                        Some((_, v)) => v.push(delivery),
+                        None => batch.push((w.u, vec![delivery])),
+                    }
+                }
+                self.cluster
+                    .metrics
+                    .cluster_frames_in
+                    .inc_by(batch.iter().map(|(_, v)| v.len() as u64).sum());
+                dir.deliver(batch);
+            }
+            BusMsg::Call { id, from, call } => {
+                let dir = Arc::clone(dir);
+                let me = Arc::clone(self);
+                self.cluster.rt.spawn(async move {
+                    let answer = ephemera_actors::remote::execute(&dir, call).await;
+                    let _ = me.publish(&from, &BusMsg::Answer { id, answer }).await;
+                });
+            }
+            BusMsg::Answer { id, answer } => {
+                if let Some(Waiting::Call(tx)) = self.lock_waiting().remove(&id) {
+                    let _ = tx.send(answer);
+                }
+            }
+            BusMsg::Read { id, from, read } => {
+                let me = Arc::clone(self);
+                self.cluster.rt.spawn(async move {
+                    let store = me.store.upgrade();
+                    let answer = tokio::task::spawn_blocking(move || match store {
+                        Some(s) => serve_read(&*s, read),
+                        None => ReadAnswer::Failed,
+                    })
+                    .await
+                    .unwrap_or(ReadAnswer::Failed);
+                    let _ = me.publish(&from, &BusMsg::ReadAnswer { id, answer }).await;
+                });
+            }
+            BusMsg::ReadAnswer { id, answer } => {
+                if let Some(Waiting::Read(tx)) = self.lock_waiting().remove(&id) {
+                    let _ = tx.send(answer);
+                }
+            }
+            BusMsg::Ephemeral { user, text, except } => {
+                dir.tell_user(
+                    user,
+                    ephemera_actors::user::Ephemeral {
+                        text: text.into(),
+                        except_device: except,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The subscription came back after a gap (Redis restarted, or the
+    /// connection dropped): live events published meanwhile never reached
+    /// this node, so every socket here replays what it may have missed.
+    pub(super) fn resubscribed(&self) {
+        if let Some(dir) = self.dir.get() {
+            tracing::warn!("bus subscription restored; sockets here resync");
+            dir.resync_all();
+        }
+    }
+}
+
+fn serve_read(store: &RocksStore, read: ReadReq) -> ReadAnswer {
+    let r = match read {
+        ReadReq::Message { msg } => store.local_message(msg).map(|m| ReadAnswer::Message {
+            message: m.map(Box::new),
+        }),
+        ReadReq::Tombstone { msg } => store
+            .local_tombstone(msg)
+            .map(|reason| ReadAnswer::Tombstone { reason }),
+        ReadReq::Reaction { msg, by } => store
+            .local_reaction(msg, by)
+            .map(|emoji| ReadAnswer::Reaction { emoji }),
+    };
+    r.unwrap_or(ReadAnswer::Failed)
+}
+
+/// The live form of an inbox record left outbound by a previous run, read
+/// back from this node's rows (`None`: its message is gone; the inbox still
+/// gets the reference, and `sync` says it burned).
+fn live_event(store: &RocksStore, rec: &EventRecord) -> Option<Event> {
+    Some(match rec {
+        EventRecord::Message { msg } => Event::Message(Arc::new(store.local_message(*msg).ok()??)),
+        EventRecord::Burned { msg, reason } => Event::Burned {
+            msg: *msg,
+            reason: *reason,
+        },
+        EventRecord::Receipt {
+            conv,
+            msg,
+            up_to_seq,
+            state,
+            by,
+        } => Event::Receipt {
+            conv: *conv,
+            msg: *msg,
+            up_to_seq: *up_to_seq,
+            state: *state,
+            by: *by,
+        },
+        EventRecord::Screenshot { msg, by } => Event::Screenshot { msg: *msg, by: *by },
+        EventRecord::StoryPosted {
+            story,
+            author,
+            expires_at,
+        } => Event::StoryPosted {
+            story: *story,
+            author: *author,
+            expires_at: *expires_at,
+        },
+        EventRecord::StoryGone {
+            story,
+            author,
+            reason,
+        } => Event::StoryGone {
+            story: *story,
+            author: *author,
+            reason: *reason,
+        },
+        EventRecord::Reaction { msg, by } => {
+            let m = store.local_message(*msg).ok()??;
+            Event::Reaction {
+                msg: *msg,
+                by: *by,
+                emoji: store.local_reaction(*msg, *by).ok()?.map(Into::into),
+                expires_at: m.expires_at,
+            }
+        }
+    })
+}
+
+impl Router for Bus {
+    fn node_id(&self) -> &str {
+        self.cluster.node_id()
+    }
+
+    fn cached(&self, conv: ConvId) -> Option<Place> {
+        self.owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&conv)
+            .cloned()
+    }
+
+    fn locate(&self, conv: ConvId, create: bool) -> BoxFuture<Result<Place, FrameError>> {
+        let Some(me) = self.cluster.bus.get().cloned() else {
+            return Box::pin(async { Err(FrameError::busy()) });
+        };
+        let cluster = Arc::clone(&self.cluster);
+        Box::pin(async move {
+            match cluster
+                .run(async move { me.place(conv, create).await })
+                .await
+            {
+                Ok(Some(p)) => Ok(p),
+                Ok(None) => Err(FrameError::new(ErrorCode::NotFound, "no such conversation")),
+                Err(_) => Err(FrameError::busy()),
+            }
+        })
+    }
+
+    fn call(&self, node: Arc<str>, call: ConvCall) -> BoxFuture<Result<ConvAnswer, FrameError>> {
+        let Some(me) = self.cluster.bus.get().cloned() else {
+            return Box::pin(async { Err(FrameError::busy()) });
+        };
+        if !self.is_live(&node) {
+            let e = self.unavailable();
+            return Box::pin(async move { Err(e) });
+        }
+        let unavailable = self.unavailable();
+        let cluster = Arc::clone(&self.cluster);
+        self.cluster.metrics.cluster_calls_out.inc();
+        Box::pin(async move {
+            let from = me.cluster.node_id().to_owned();
+            let asked = cluster
+                .run(async move {
+                    Ok(me
+                        .ask(
+                            &node,
+                            move |id| BusMsg::Call { id, from, call },
+                            Waiting::Call,
+                        )
+                        .await)
+                })
+                .await;
+            match asked {
+                Ok(Some(a)) => Ok(a),
+                _ => Err(unavailable),
+            }
+        })
+    }
+
+    fn user_here(&self, user: UserId, here: bool) {
+        let _ = self.here.send((user, here));
+    }
+
+    fn tell_elsewhere(&self, user: UserId, text: Arc<str>, except_device: Option<DeviceId>) {
+        let Some(me) = self.cluster.bus.get().cloned() else {
+            return;
+        };
+        self.cluster.rt.spawn(async move {
+            let nodes: Vec<String> = me
+                .cluster
+                .query(
+                    redis::cmd("HKEYS")
+                        .arg(format!("eph:where:{}", hex_id(user)))
+                        .clone(),
+                )
+                .await
+                .unwrap_or_default();
+            let msg = BusMsg::Ephemeral {
+                user,
+                text: text.to_string(),
+                except: except_device,
+            };
+            for n in nodes.iter().filter(|n| n.as_str() != me.cluster.node_id()) {
+                let _ = me.publish(n, &msg).await;
+            }
+        });
+    }
+}
