@@ -53,7 +53,7 @@ pub const BACKED_UP: [Cf; 11] = [
 ];
 
 /// The column families a backup never holds.
-pub const NEVER_BACKED_UP: [Cf; 22] = [
+pub const NEVER_BACKED_UP: [Cf; 23] = [
     // Login tokens are secrets: restored users log in again.
     Cf::Tokens,
     // Message content and everything about single messages: bodies,
@@ -64,6 +64,8 @@ pub const NEVER_BACKED_UP: [Cf; 22] = [
     Cf::Tombstones,
     Cf::Views,
     Cf::Inbox,
+    // Cluster mode: inbox events on their way to Redis.
+    Cf::Outbound,
     Cf::Dedup,
     Cf::Deadlines,
     Cf::ConversationDeadlines,
