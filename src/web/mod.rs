@@ -23,9 +23,19 @@ struct Asset {
 const HTML: &str = "text/html; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
 const CSS: &str = "text/css; charset=utf-8";
+const SVG: &str = "image/svg+xml";
+
+/// The tab icon, on both listeners (a page without one makes the browser
+/// ask for `/favicon.ico` and log the 404).
+const ICON: Asset = Asset {
+    path: "/favicon.svg",
+    content_type: SVG,
+    body: include_str!("assets/favicon.svg"),
+};
 
 /// The web client's files, on the public listener.
-const CLIENT: [Asset; 3] = [
+const CLIENT: [Asset; 4] = [
+    ICON,
     Asset {
         path: "/",
         content_type: HTML,
@@ -45,7 +55,8 @@ const CLIENT: [Asset; 3] = [
 
 /// The operator console's files, on the admin listener. The page holds no
 /// secret: every call it makes carries the admin token the operator types.
-const CONSOLE: [Asset; 3] = [
+const CONSOLE: [Asset; 4] = [
+    ICON,
     Asset {
         path: "/console",
         content_type: HTML,
@@ -84,7 +95,10 @@ fn serve(asset: &'static Asset) -> HttpResponse {
 
 fn mount(cfg: &mut web::ServiceConfig, assets: &'static [Asset]) {
     for asset in assets {
-        cfg.route(asset.path, web::get().to(move || async move { serve(asset) }));
+        cfg.route(
+            asset.path,
+            web::get().to(move || async move { serve(asset) }),
+        );
     }
 }
 

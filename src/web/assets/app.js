@@ -28,6 +28,7 @@ const state = {
   deliveredSent: new Set(),
   readSent: new Map(), // conversation_id -> seq
   viewing: null, // msg_id of the view-once photo on screen
+  following: new Set(), // user_ids this user followed from this tab
 };
 
 // ---------------------------------------------------------------- HTTP
@@ -505,6 +506,7 @@ function messageItem(m) {
   if (m.burned) {
     const why = { viewed: "Opened once, now burned", expired: "Expired", unsent: "Unsent" }[m.burned] || "Burned";
     li.append(el("p", { class: "burned" }, `🔥 ${why}`));
+    for (const by of m.screenshots || []) li.append(el("p", { class: "shot", role: "note" }, `📸 ${nameOf(by)} took a screenshot`));
     return li;
   }
   if (m.policy === "once") {
@@ -547,6 +549,7 @@ function renderChat() {
   $("chat-presence").textContent = p ? (p.status === "online" ? "online" : `last seen ${p.lastSeen ? new Date(p.lastSeen).toLocaleTimeString() : "a while ago"}`) : "";
   $("follow").hidden = !(peer && (!c || c.members.length <= 2));
   $("follow").dataset.userId = peer || "";
+  $("follow").textContent = state.following.has(peer) ? "Following" : "Follow";
   const now = Date.now();
   const list = [...state.msgs.values()]
     .filter((m) => m.conv === convId && (m.burned !== "expired") && !(m.expiresAt && m.expiresAt <= now && !m.burned))
@@ -798,7 +801,7 @@ function signOut(why) {
   sessionStorage.clear();
   for (const m of state.msgs.values()) if (m.url) URL.revokeObjectURL(m.url);
   Object.assign(state, { token: null, me: null, cursor: 0, open: null, connected: false });
-  for (const k of ["convs", "msgs", "pending", "presence", "typing", "readSent"]) state[k].clear();
+  for (const k of ["convs", "msgs", "pending", "presence", "typing", "readSent", "following"]) state[k].clear();
   state.deliveredSent.clear();
   $("app").hidden = true;
   $("me").hidden = true;
@@ -888,6 +891,7 @@ $("follow").addEventListener("click", async () => {
   const id = $("follow").dataset.userId;
   try {
     await api("PUT", `/following/${encodeURIComponent(id)}`);
+    state.following.add(id);
     $("follow").textContent = "Following";
     loadTray();
   } catch (e) {
@@ -917,11 +921,14 @@ $("my-stories-box").addEventListener("toggle", () => {
 // Keep-alive under the server's heartbeat timeout.
 setInterval(() => sendFrame({ type: "ping" }), 15000);
 
-// A test hook: drop the socket as a network would (no close frame from
-// us first matters not: the server sees the socket go), to show resume.
+// A test hook: drop the socket as a network outage would and stay away
+// `holdMs`, to show the resume with `sync` (what arrives meanwhile is lost
+// to this socket: a closing socket delivers nothing).
 window.ephemera = {
-  dropSocket() {
-    if (state.ws) state.ws.close(4000, "dropped");
+  dropSocket(holdMs = 500) {
+    if (!state.ws) return;
+    state.retryMs = holdMs;
+    state.ws.close(4000, "dropped");
   },
   get cursor() {
     return state.cursor;
