@@ -313,6 +313,26 @@ async fn web_client_and_console_in_chromium() {
         out.status,
         tail(&server.logs(), 40)
     );
+    // The client handles exactly the server frames the AsyncAPI document
+    // lists.
+    let handled: BTreeSet<&str> = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("handled: "))
+        .expect("the client's handler list")
+        .split(',')
+        .collect();
+    let doc = read_json(&root().join("schema/asyncapi.json"));
+    let server_frames: BTreeSet<&str> = doc["components"]["messages"]
+        .as_object()
+        .expect("components.messages")
+        .iter()
+        .filter(|(k, _)| k.starts_with("server."))
+        .map(|(_, m)| m["name"].as_str().expect("message name"))
+        .collect();
+    assert_eq!(
+        handled, server_frames,
+        "the web client's frame handlers and the AsyncAPI server messages"
+    );
     let passed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ok - ")).collect();
     assert_eq!(passed.len(), 9, "every scenario reported ok:\n{stdout}");
     assert!(stdout.contains("e2e: all scenarios passed"), "{stdout}");

@@ -162,6 +162,9 @@ async function main() {
     b2.on("pageerror", (e) => failures.push(`bob tab 2: page error: ${e.message}`));
     check((await signUp(b2, "bob", false)) === bobId, "bob's second tab is bob");
     console.log("ok - register, log in, a second tab of the recipient");
+    // The client's table of frame handlers, for tests/web.rs to hold
+    // against the server messages of schema/asyncapi.json.
+    console.log(`handled: ${(await a.evaluate(() => window.ephemera.handledFrames)).join(",")}`);
 
     // ------------------------------------ chat, unread, receipts, typing
     const hello = canary("hello");

@@ -504,9 +504,9 @@ function messageItem(m) {
   });
   li.append(el("span", { class: "from" }, mine ? "You" : nameOf(m.from)));
   if (m.burned) {
-    const why = { viewed: "Opened once, now burned", expired: "Expired", unsent: "Unsent" }[m.burned] || "Burned";
-    li.append(el("p", { class: "burned" }, `🔥 ${why}`));
-    for (const by of m.screenshots || []) li.append(el("p", { class: "shot", role: "note" }, `📸 ${nameOf(by)} took a screenshot`));
+    const why = { viewed: "opened once, gone", expired: "expired", unsent: "unsent" }[m.burned] || "gone";
+    li.append(el("p", { class: "burned" }, `Burned: ${why}`));
+    for (const by of m.screenshots || []) li.append(el("p", { class: "shot", role: "note" }, `${nameOf(by)} took a screenshot`));
     return li;
   }
   if (m.policy === "once") {
@@ -529,7 +529,7 @@ function messageItem(m) {
   const reacts = Object.entries(m.reactions || {});
   if (reacts.length) meta.append(el("span", { class: "reactions" }, " · " + reacts.map(([u, e]) => `${e} ${nameOf(u)}`).join(", ")));
   li.append(meta);
-  for (const by of m.screenshots || []) li.append(el("p", { class: "shot", role: "note" }, `📸 ${nameOf(by)} took a screenshot`));
+  for (const by of m.screenshots || []) li.append(el("p", { class: "shot", role: "note" }, `${nameOf(by)} took a screenshot`));
   return li;
 }
 
