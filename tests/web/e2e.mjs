@@ -340,7 +340,8 @@ async function main() {
     await msg(a, reply).waitFor({ timeout: 10000 });
     await until(async () => Number(await ops.locator("#m-connections").textContent()) >= 4, 10000, "the console counts the open sockets");
     await until(async () => Number(await ops.locator("#chart").getAttribute("data-points")) >= 3, 10000, "the deletion chart has points");
-    check(/^\d+(\.\d)?$/.test(await ops.locator("#m-sent-rate").textContent()), "a message rate");
+    await until(async () => Number(await ops.locator("#rates-chart").getAttribute("data-points")) >= 2, 10000, "the rates chart has points");
+    check(/^\d+\.\d$/.test(await ops.locator("#m-sent-rate").textContent()), "a message rate");
     await shot(ops, "09-console");
     await shot(a, "10-chat-after-restart");
     console.log("ok - the console restarts a conversation actor and the chat carries on");

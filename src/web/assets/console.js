@@ -11,6 +11,7 @@ let token = sessionStorage.getItem("ephemera.admin") || null;
 let timer = null;
 let lastMetrics = null; // {at, sent, delivered}
 const history = []; // {at, oldest, backlog}
+const rates = []; // {at, sockets, sent}
 
 async function admin(method, path) {
   const r = await fetch(path, { method, headers: { Authorization: `Bearer ${token}` } });
@@ -55,12 +56,17 @@ async function pollMetrics() {
     sent: metric(text, "ephemera_messages_sent_total"),
     delivered: metric(text, "ephemera_messages_delivered_total"),
   };
-  $("m-connections").textContent = String(metric(text, "ephemera_connections") ?? "–");
+  const sockets = metric(text, "ephemera_connections");
+  $("m-connections").textContent = String(sockets ?? "–");
   $("m-sent").textContent = String(cur.sent ?? "–");
   if (lastMetrics && cur.sent !== null) {
     const dt = (now - lastMetrics.at) / 1000;
-    $("m-sent-rate").textContent = ((cur.sent - lastMetrics.sent) / dt).toFixed(1);
+    const sent = (cur.sent - lastMetrics.sent) / dt;
+    $("m-sent-rate").textContent = sent.toFixed(1);
     $("m-delivered-rate").textContent = ((cur.delivered - lastMetrics.delivered) / dt).toFixed(1);
+    rates.push({ at: now, sockets: sockets || 0, sent });
+    if (rates.length > HISTORY) rates.shift();
+    drawChart("rates-chart", rates, ["sockets", "sent"], "rates-max", "sockets", "msg/s");
   }
   lastMetrics = cur;
 }
@@ -80,17 +86,18 @@ async function pollDeletion() {
   $("d-lastpass").textContent = d.last_full_pass_at ? new Date(d.last_full_pass_at).toLocaleTimeString() : "not yet";
   history.push({ at: Date.now(), oldest: Number(d.oldest_expired_on_disk_seconds) || 0, backlog: Number(d.logical_backlog) || 0 });
   if (history.length > HISTORY) history.shift();
-  drawChart();
+  drawChart("chart", history, ["oldest", "backlog"], "chart-max", "s", "rows");
 }
 
-function drawChart() {
-  const svg = $("chart");
+// Two series over time in one SVG, each scaled to its own maximum.
+function drawChart(svgId, points, [k1, k2], maxId, unit1, unit2) {
+  const svg = $(svgId);
   const W = 600, H = 160, pad = 6;
-  const maxO = Math.max(1, ...history.map((p) => p.oldest));
-  const maxB = Math.max(1, ...history.map((p) => p.backlog));
+  const max1 = Math.max(1, ...points.map((p) => p[k1]));
+  const max2 = Math.max(1, ...points.map((p) => p[k2]));
   const x = (i) => pad + (i * (W - 2 * pad)) / Math.max(1, HISTORY - 1);
   const line = (key, max) =>
-    history.map((p, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${(H - pad - (p[key] / max) * (H - 2 * pad)).toFixed(1)}`).join(" ");
+    points.map((p, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${(H - pad - (p[key] / max) * (H - 2 * pad)).toFixed(1)}`).join(" ");
   const ns = "http://www.w3.org/2000/svg";
   const path = (cls, d) => {
     const p = document.createElementNS(ns, "path");
@@ -98,9 +105,9 @@ function drawChart() {
     p.setAttribute("d", d || "M0,0");
     return p;
   };
-  svg.replaceChildren(path("l1", line("oldest", maxO)), path("l2", line("backlog", maxB)));
-  svg.dataset.points = String(history.length);
-  $("chart-max").textContent = `max ${maxO.toFixed(1)} s, ${maxB} rows`;
+  svg.replaceChildren(path("l1", line(k1, max1)), path("l2", line(k2, max2)));
+  svg.dataset.points = String(points.length);
+  $(maxId).textContent = `max ${Number(max1.toFixed(1))} ${unit1}, ${Number(max2.toFixed(1))} ${unit2}`;
 }
 
 async function pollActors() {
