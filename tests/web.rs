@@ -334,7 +334,7 @@ async fn web_client_and_console_in_chromium() {
         "the web client's frame handlers and the AsyncAPI server messages"
     );
     let passed: Vec<&str> = stdout.lines().filter(|l| l.starts_with("ok - ")).collect();
-    assert_eq!(passed.len(), 9, "every scenario reported ok:\n{stdout}");
+    assert_eq!(passed.len(), 10, "every scenario reported ok:\n{stdout}");
     assert!(stdout.contains("e2e: all scenarios passed"), "{stdout}");
     for name in [
         "01-sign-in",

@@ -355,6 +355,16 @@ async function main() {
     await until(async () => /^last seen/.test(await a.locator("#chat-presence").textContent()), 10000, "alice sees bob go offline");
     console.log("ok - presence: offline when the last tab closes");
 
+    // Logging out ends the device's token at once.
+    const aliceToken = secrets[0];
+    await a.getByRole("button", { name: "Log out", exact: true }).click();
+    await a.getByRole("button", { name: "Log in", exact: true }).waitFor({ timeout: 5000 });
+    check((await a.evaluate(() => sessionStorage.getItem("ephemera.token"))) === null, "the token left the tab");
+    const { status } = await fetch(`${BASE}/api/v1/conversations`, { headers: { Authorization: `Bearer ${aliceToken}` } });
+    check(status === 401, `the logged-out token is refused (${status})`);
+    check((await a.locator("#messages li").count()) === 0 && (await a.locator("#app").isHidden()), "nothing of the chat is left on screen");
+    console.log("ok - log out: the token stops working and the page forgets the chat");
+
     secrets.push(hello, away, brief, toGroup, after, reply);
     check(failures.length === 0, `no page errors: ${failures.join("; ")}`);
   } finally {

@@ -60,8 +60,10 @@ async function api(method, path, body) {
   return json;
 }
 
-function say(text) {
+// The one line of news: refusals and failures (red), or `info` (plain).
+function say(text, info = false) {
   $("alert").textContent = text;
+  $("alert").classList.toggle("info", info);
 }
 
 // --------------------------------------------------------------- crypto
@@ -794,7 +796,7 @@ function start(token, userId, name) {
   loadMyStories();
 }
 
-function signOut(why) {
+function signOut(why, info = false) {
   const ws = state.ws;
   state.ws = null;
   if (ws) ws.close(1000);
@@ -803,11 +805,15 @@ function signOut(why) {
   Object.assign(state, { token: null, me: null, cursor: 0, open: null, connected: false });
   for (const k of ["convs", "msgs", "pending", "presence", "typing", "readSent", "following"]) state[k].clear();
   state.deliveredSent.clear();
+  // Nothing of the session stays in the page, hidden or not.
+  for (const id of ["messages", "convs", "tray", "my-stories", "typing", "chat-title", "my-name", "my-id"]) $(id).replaceChildren();
+  if ($("viewer").open) $("viewer").close();
+  $("chat").hidden = true;
   $("app").hidden = true;
   $("me").hidden = true;
   $("auth").hidden = false;
   setConn("Not connected");
-  if (why) say(why);
+  if (why) say(why, info);
 }
 
 // ------------------------------------------------------------- wiring
@@ -826,7 +832,7 @@ $("logout").addEventListener("click", async () => {
   } catch {
     // Signed out locally either way.
   }
-  signOut("Logged out.");
+  signOut("Logged out.", true);
 });
 
 $("composer").addEventListener("submit", (ev) => {
@@ -907,7 +913,7 @@ $("story-form").addEventListener("submit", async (ev) => {
     const media_key = await upload(file);
     await api("POST", "/stories", { media_key, audience: "everyone" });
     $("story-file").value = "";
-    say("Story posted.");
+    say("Story posted.", true);
     $("my-stories-box").open = true;
     loadMyStories();
   } catch (e) {
