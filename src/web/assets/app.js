@@ -17,6 +17,7 @@ const state = {
   cursor: 0,
   ws: null,
   connected: false,
+  syncing: false, // between our `sync` and its `synced`: replayed messages do not count as unread
   retryMs: 500,
   convs: new Map(), // conversation_id -> {id, members, unread, lastSeq}
   msgs: new Map(), // msg_id -> message record
@@ -164,6 +165,7 @@ function connect() {
     state.connected = true;
     state.retryMs = 500;
     setConn("Connected, catching up…");
+    state.syncing = true;
     // Resume: everything live after the last cursor this tab saw.
     sendFrame({ type: "sync", after: state.cursor });
   };
@@ -272,7 +274,7 @@ const HANDLERS = {
         state.deliveredSent.add(f.msg_id);
         sendFrame({ type: "delivered", msg_id: f.msg_id });
       }
-      if (fresh && !(isOpen(c.id) && document.visibilityState === "visible")) c.unread += 1;
+      if (fresh && !state.syncing && !(isOpen(c.id) && document.visibilityState === "visible")) c.unread += 1;
     } else {
       m.state = m.state || "sent";
     }
@@ -353,18 +355,17 @@ const HANDLERS = {
   synced(f) {
     state.cursor = Math.max(state.cursor, f.cursor);
     sessionStorage.setItem("ephemera.cursor", String(state.cursor));
+    state.syncing = false;
     setConn("Connected");
-    loadConversations();
+    // The server's unread counts, now that the replay is in.
+    loadConversations(true);
     loadTray();
   },
   pong() {},
   error(f) {
-    for (const [cid, m] of state.pending) {
-      if (cid === f.ref) {
-        state.pending.delete(cid);
-        m.failed = f.message || f.code;
-      }
-    }
+    // A refused send stays on screen, marked as not sent.
+    const m = f.ref !== undefined ? state.pending.get(f.ref) : null;
+    if (m) m.failed = f.message || f.code;
     say(`The server refused that: ${f.message || f.code}`);
     renderAll();
   },
@@ -411,7 +412,10 @@ async function loadTimedMedia(m) {
 
 // ----------------------------------------------------------- HTTP loads
 
-async function loadConversations() {
+// `authoritative`: take the server's unread counts as they are (after a
+// sync, whose replayed messages were not counted here); otherwise keep the
+// larger of the server's and ours (a message may arrive during the call).
+async function loadConversations(authoritative = false) {
   try {
     const r = await api("GET", "/conversations");
     for (const c of r.conversations) {
@@ -420,7 +424,7 @@ async function loadConversations() {
       state.convs.set(c.conversation_id, {
         id: c.conversation_id,
         members: c.members,
-        unread: isOpen(c.conversation_id) ? 0 : Math.max(c.unread, have ? have.unread : 0),
+        unread: isOpen(c.conversation_id) ? 0 : authoritative ? c.unread : Math.max(c.unread, have ? have.unread : 0),
         lastSeq: Math.max(c.last_seq, have ? have.lastSeq : 0),
         name: names[c.conversation_id],
       });
@@ -554,7 +558,7 @@ function renderChat() {
   $("follow").textContent = state.following.has(peer) ? "Following" : "Follow";
   const now = Date.now();
   const list = [...state.msgs.values()]
-    .filter((m) => m.conv === convId && (m.burned !== "expired") && !(m.expiresAt && m.expiresAt <= now && !m.burned))
+    .filter((m) => m.conv === convId && m.burned !== "expired" && !(m.expiresAt && m.expiresAt <= now))
     .sort((a, b) => (a.seq || 1e15) - (b.seq || 1e15));
   const pend = [...state.pending.values()].filter((m) => (convId ? m.conv === convId : m.to === state.open.to));
   $("messages").replaceChildren(...list.concat(pend).map(messageItem));
