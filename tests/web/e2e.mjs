@@ -91,6 +91,29 @@ async function shot(page, name) {
   await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
 }
 
+// WCAG contrast of an element's text against the first opaque background
+// up its ancestors (white when none).
+async function contrast(page, selector) {
+  return page.locator(selector).first().evaluate((e) => {
+    const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+    const lum = ([r, g, b]) => {
+      const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+    };
+    const fg = rgb(getComputedStyle(e).color);
+    let bg = [255, 255, 255];
+    for (let n = e; n; n = n.parentElement) {
+      const c = rgb(getComputedStyle(n).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] === 1)) {
+        bg = c.slice(0, 3);
+        break;
+      }
+    }
+    const [l1, l2] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+    return (l1 + 0.05) / (l2 + 0.05);
+  });
+}
+
 // The colour of the middle pixel of the viewer's image, read back from a
 // canvas: proof the page decrypted the right bytes.
 async function viewerPixel(page) {
@@ -178,6 +201,7 @@ async function main() {
       await until(async () => (await convButton(p, conv).getAttribute("data-unread")) === "1", 10000, "bob sees 1 unread");
     }
     await shot(b1, "02-unread");
+    check((await contrast(b1, "#convs .badge")) >= 4.5, "contrast of the unread badge");
     await until(async () => (await msg(a, hello).locator(".receipt").getAttribute("data-receipt")) === "delivered", 10000, "delivered receipt");
     await convButton(b1, conv).click();
     await msg(b1, hello).waitFor({ timeout: 10000 });
@@ -192,7 +216,11 @@ async function main() {
     // A screenshot notice: the PrintScreen key on bob's page.
     await b1.keyboard.press("PrintScreen");
     await msg(a, hello).locator(".shot", { hasText: "bob took a screenshot" }).waitFor({ timeout: 5000 });
-    console.log("ok - chat: unread count, history, delivered and read receipts, typing, screenshot notice");
+    for (const [page, sel] of [[b1, "#messages .msg .body"], [b1, "#messages .msg .meta"], [a, "#messages .msg .shot"], [b1, "#send"], [b1, "small"]]) {
+      const ratio = await contrast(page, sel);
+      check(ratio >= 4.5, `contrast of ${sel} is ${ratio.toFixed(2)}, at least 4.5`);
+    }
+    console.log("ok - chat: unread count, history, delivered and read receipts, typing, screenshot notice, contrast");
 
     // ----------------------------------------- resume with sync, presence
     await a.evaluate(() => window.ephemera.dropSocket(2500));
@@ -216,7 +244,9 @@ async function main() {
     const onceId = await onceA.getAttribute("data-msg-id");
     const onceIn = (p) => p.locator(`#messages li.msg[data-msg-id="${onceId}"]`);
     for (const p of [b1, b2]) await onceIn(p).getByRole("button", { name: "Open view-once photo" }).waitFor({ timeout: 10000 });
-    await onceIn(b1).getByRole("button", { name: "Open view-once photo" }).click();
+    // By keyboard: focus the button and press Enter.
+    await onceIn(b1).getByRole("button", { name: "Open view-once photo" }).focus();
+    await b1.keyboard.press("Enter");
     await b1.locator("#viewer[open]").waitFor({ timeout: 10000 });
     const px = await until(() => viewerPixel(b1), 10000, "the view-once photo decrypts and shows");
     check(JSON.stringify(px) === JSON.stringify(secretColour), `the decrypted photo shows its colour (${px})`);
@@ -299,7 +329,8 @@ async function main() {
     const spx = await until(() => viewerPixel(b1), 10000, "the story decrypts and shows");
     check(JSON.stringify(spx) === JSON.stringify(storyColour), `the story shows its colour (${spx})`);
     await shot(b1, "07-story-view");
-    await b1.getByRole("button", { name: "Close", exact: true }).click();
+    await b1.keyboard.press("Escape"); // a dialog closes with Escape
+    await until(async () => !(await b1.locator("#viewer").evaluate((d) => d.open)), 3000, "Escape closes the story");
     await until(async () => (await ring(aliceId).getAttribute("data-unviewed")) === "false", 10000, "alice's ring turns viewed");
     const order = await b1.locator("#tray button.ring").evaluateAll((els) => els.map((e) => e.dataset.userId));
     check(order.indexOf(carolId) < order.indexOf(aliceId), `unviewed first in the tray (${order})`);
