@@ -233,7 +233,14 @@ async function main() {
     await msg(a, away).waitFor({ timeout: 10000 });
     await until(async () => (await a.locator("#conn").textContent()) === "Connected", 5000, "alice resumed");
     await until(async () => (await a.locator("#chat-presence").textContent()) === "online", 5000, "alice sees bob online");
-    console.log("ok - reconnect and resume with sync; presence");
+    // A reload keeps the tab's login and cursor: sync replays nothing old,
+    // so the chat's earlier messages come from the history call.
+    await a.reload();
+    await until(async () => (await a.locator("#conn").textContent()) === "Connected", 10000, "alice back after a reload");
+    await convButton(a, conv).click();
+    await msg(a, hello).waitFor({ timeout: 10000 });
+    await msg(a, away).waitFor({ timeout: 10000 });
+    console.log("ok - reconnect and resume with sync; presence; history after a reload");
 
     // --------------------------------------------------- view-once photo
     const secretColour = [200, 30, 60];
@@ -349,6 +356,11 @@ async function main() {
     const ops = await (await browser.newContext({ viewport })).newPage();
     ops.on("pageerror", (e) => failures.push(`console: page error: ${e.message}`));
     await ops.goto(ADMIN + "/");
+    // A wrong token opens nothing.
+    await ops.getByLabel("Admin token").fill("not-the-token");
+    await ops.getByRole("button", { name: "Open the console" }).click();
+    await until(async () => /refused/.test(await ops.locator("#alert").textContent()), 5000, "a wrong admin token is refused");
+    check(await ops.locator("#console").isHidden(), "the console stays closed");
     await ops.getByLabel("Admin token").fill(ADMIN_TOKEN);
     await ops.getByRole("button", { name: "Open the console" }).click();
     const row = ops.locator(`table[data-kind="conversation"] tr[data-id="${conv}"]`);
