@@ -152,6 +152,30 @@ fn asyncapi_describes_every_frame_and_nothing_else() {
     assert_eq!(channel, all, "the channel carries every message");
     assert_eq!(doc["channels"]["socket"]["address"], "/api/v1/ws");
 
+    // The document is AsyncAPI 3.0 as the ecosystem checks it: valid
+    // against the official JSON Schema of the spec (`@asyncapi/specs`,
+    // pinned in tests/web/package-lock.json; its `without-$id` variant
+    // resolves with no network).
+    let spec_path =
+        root().join("tests/web/node_modules/@asyncapi/specs/schemas/3.0.0-without-$id.json");
+    assert!(
+        spec_path.exists(),
+        "{} is missing: run `npm ci --prefix tests/web` (scripts/test.sh does)",
+        spec_path.display()
+    );
+    let spec = jsonschema::options()
+        .build(&read_json(&spec_path))
+        .expect("the AsyncAPI 3.0 schema compiles");
+    let errors: Vec<String> = spec
+        .iter_errors(&doc)
+        .map(|e| format!("{e} (at {})", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "schema/asyncapi.json is not valid AsyncAPI 3.0:\n{}",
+        errors.join("\n")
+    );
+
     // Every local reference in the document resolves.
     let mut refs = Vec::new();
     collect_refs(&doc, &mut refs);
