@@ -13,6 +13,20 @@ apt_install coturn
 # tests/cluster.rs runs several nodes on a real Redis: Debian's redis-server
 # (started by the tests themselves on free ports, never as a service).
 apt_install redis-server
+# tests/web.rs drives the web client and the operator console in Debian's
+# Chromium with Playwright (playwright-core, pinned in
+# tests/web/package-lock.json; it uses /usr/bin/chromium and downloads no
+# browser). Node.js and npm come with the machine; apt's when missing.
+apt_install chromium
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  apt_install nodejs npm
+fi
+# npm ci when node_modules is missing or older than the lock file.
+if [ ! -d tests/web/node_modules/playwright-core ] ||
+  [ tests/web/package-lock.json -nt tests/web/node_modules/.package-lock.json ]; then
+  echo "test: installing the browser tests' npm packages" >&2
+  npm ci --prefix tests/web --no-audit --no-fund >/dev/null
+fi
 
 # tests/media.rs checks our presigned URLs against a third-party S3 server,
 # s3s-fs, which it finds on PATH or in ~/.cargo/bin. Install the pinned

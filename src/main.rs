@@ -19,6 +19,8 @@
 //!   story replies, calls).
 //! - `quarantine`: reported content, cases, moderators and the access log,
 //!   a RocksDB instance of its own, and its backup.
+//! - `web`: the web client (public `/`) and the operator console (admin
+//!   `/console`), embedded pages over the public protocol and the admin API.
 //!
 //! The actors (sessions, users, conversations, stories, calls, the sweeper
 //! and the directory) are in the `ephemera-actors` crate.
@@ -38,6 +40,7 @@ mod push;
 mod quarantine;
 mod store;
 mod sweep;
+mod web;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,7 +48,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, Arbiter};
-use actix_web::{web, App, HttpServer};
+use actix_web::web::Data;
+use actix_web::{App, HttpServer};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ephemera_actors::directory::{Deps, Directory, Limits};
@@ -408,7 +412,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     actix_web::rt::spawn(return_freed_memory());
 
     let ready = Arc::new(AtomicBool::new(false));
-    let app_state = web::Data::new(api::AppState {
+    let app_state = Data::new(api::AppState {
         store: Arc::clone(&store),
         dir: Arc::clone(&dir),
         config: Arc::clone(&cfg),
@@ -425,7 +429,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let public = HttpServer::new(move || {
         let app = App::new()
             .app_data(app_state.clone())
-            .configure(api::configure);
+            .configure(api::configure)
+            .configure(web::configure_client);
         match &blobs {
             Some(b) => app.service(media::blobstore::service(b.clone())),
             None => app,
@@ -442,7 +447,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     .tcp_nodelay(true)
     .listen(listener)
     .with_context(|| format!("serving {http_addr}"))?;
-    let admin_state = web::Data::new(admin::AdminState {
+    let admin_state = Data::new(admin::AdminState {
         store: Arc::clone(&store),
         sweep,
         dir,
@@ -457,6 +462,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         App::new()
             .app_data(admin_state.clone())
             .configure(admin::configure)
+            .configure(web::configure_console)
     })
     .workers(1)
     .bind(cfg.admin_listen)
@@ -520,7 +526,7 @@ fn media_backend(
 ) -> anyhow::Result<(
     sigv4::Endpoint,
     sigv4::Credentials,
-    Option<web::Data<media::blobstore::BlobStore>>,
+    Option<Data<media::blobstore::BlobStore>>,
 )> {
     use media::sigv4::{Addressing, Credentials, Endpoint, Region};
     if let Some(s3) = &cfg.s3 {
@@ -574,7 +580,7 @@ fn media_backend(
     Ok((
         endpoint,
         Credentials::new(ACCESS_KEY, secret),
-        Some(web::Data::new(blobs)),
+        Some(Data::new(blobs)),
     ))
 }
 
