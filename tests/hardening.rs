@@ -434,6 +434,16 @@ async fn syncs_replay_one_at_a_time_in_pages() {
         b1.send(serde_json::json!({"type": "sync", "after": 0}))
             .await;
     }
+    // The sixth is refused when the server reads it, so by then the first
+    // replay has begun: live traffic starts after that (had it started
+    // earlier, events pushed live before the first sync was read would
+    // come ahead of the replay, and again inside it).
+    let refused = b1
+        .expect("the sixth sync refused", |f| {
+            is_type(f, "error") && f["code"] == "rate_limited"
+        })
+        .await;
+    assert!(refused["retry_after_ms"].as_u64().is_some(), "{refused}");
     // Live traffic while the replays run.
     let mut live = Vec::new();
     for i in 0..20 {
@@ -447,12 +457,6 @@ async fn syncs_replay_one_at_a_time_in_pages() {
             .await;
         live.push(str_of(&ack, "msg_id").to_owned());
     }
-    let refused = b1
-        .expect("the sixth sync refused", |f| {
-            is_type(f, "error") && f["code"] == "rate_limited"
-        })
-        .await;
-    assert!(refused["retry_after_ms"].as_u64().is_some(), "{refused}");
     let mut synced = 0;
     while synced < 5 {
         b1.expect_within(Duration::from_secs(20), "a synced", |f| {

@@ -516,6 +516,35 @@ async fn post_case(http: &Http, blobs: &reqwest::Client, case: &Case, world: &mu
             window: (before, after),
         });
     }
+    await_fanout(http, world).await;
+}
+
+/// A story's 201 comes once its row is durable; the tray references go to
+/// the followers right after, in the story's own time. Waits until the
+/// viewer's tray holds every story it may see of every author it follows.
+async fn await_fanout(http: &Http, world: &World) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let items = tray(http, &world.vs).await;
+        let done = world
+            .authors
+            .iter()
+            .filter(|a| a.spec.followed && !a.visible().is_empty())
+            .all(|a| {
+                items.iter().any(|i| {
+                    str_of(i, "user_id") == a.user.user_id
+                        && i["story_count"].as_u64() == Some(a.visible().len() as u64)
+                })
+            });
+        if done {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fanout never reached the viewer's tray: {items:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The viewer opens the first `views` stories it may see of each author.
