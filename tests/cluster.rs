@@ -240,6 +240,16 @@ async fn users_on_different_nodes_exchange_messages_receipts_and_one_view() {
         "strictly increasing: {on_b:?}"
     );
 
+    // Typing crosses nodes (not stored): both of Bob's devices see it.
+    alice_a.typing(&conv, true).await;
+    for s in [&mut bob_b, &mut bob_c] {
+        let t = s
+            .expect("typing", |f| is_type(f, "typing") && f["is_typing"] == true)
+            .await;
+        assert_eq!(t["user_id"], alice.user_id.as_str());
+        assert_eq!(t["conversation_id"], conv.as_str());
+    }
+
     // Receipts from node b reach the sender on node a.
     bob_b
         .send(json!({"type": "delivered", "msg_id": sent[0]}))
@@ -365,6 +375,25 @@ async fn expiry_fires_exactly_once_cluster_wide() {
             .collect();
         assert_eq!(burns.len(), 1, "{}: exactly one burn: {burns:?}", s.label());
         assert_eq!(burns[0]["reason"], "expired");
+    }
+    // Redis keeps no reference to it past its expiry; the burn stays, for
+    // a device that syncs later.
+    for user in [&alice.user_id, &bob.user_id] {
+        let inbox = redis.cli(&["ZRANGE", &format!("eph:inbox:{user}"), "0", "-1"]);
+        assert!(
+            !inbox
+                .iter()
+                .any(|m| m.contains(&id) && m.contains("\"k\":\"message\"")),
+            "the message's reference left {user}'s inbox: {inbox:?}"
+        );
+        if user == &alice.user_id {
+            assert!(
+                inbox
+                    .iter()
+                    .any(|m| m.contains(&id) && m.contains("\"k\":\"burned\"")),
+                "its burn is still there for sync: {inbox:?}"
+            );
+        }
     }
     // One burn committed in the whole cluster: only the owner burned it.
     let mut burned = 0.0;
@@ -579,14 +608,21 @@ async fn redis_restarted_under_traffic_loses_no_acked_message() {
             }
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "acked messages never reached bob@b: {:?}",
-            acked
-                .iter()
-                .filter(|id| !got.contains(id))
-                .collect::<Vec<_>>()
-        );
+        if Instant::now() >= deadline {
+            let warnings = |n: &common::Server| -> String {
+                n.logs()
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            panic!(
+                "acked messages never reached bob@b: {:?}\nnode-a warnings:\n{}\nnode-b warnings:\n{}",
+                acked.iter().filter(|id| !got.contains(id)).collect::<Vec<_>>(),
+                warnings(&a),
+                warnings(&b),
+            );
+        }
         bob_b.next_frame(Duration::from_millis(500)).await;
     }
     // And from the inbox.

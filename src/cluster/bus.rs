@@ -64,6 +64,7 @@ for i = 2, #ARGV, 5 do
   if seq > applied then
     local c = redis.call('INCR', 'eph:cursor:' .. user)
     redis.call('ZADD', 'eph:inbox:' .. user, c, c .. ' ' .. ARGV[i+2] .. ' ' .. ARGV[i+1])
+    redis.call('ZADD', 'eph:inbox-expiry', ARGV[i+2], user .. ':' .. c)
     out[#out+1] = c
     if ARGV[i+4] ~= '' then
       local nodes = where[user]
@@ -91,6 +92,23 @@ for n, items in pairs(bynode) do
 end
 return out
 "#;
+
+/// Forgets the inbox references whose life is over (a message's at its
+/// expiry, other events' after the week `sync` replays them): KEYS[1] is
+/// the index of every reference by its end; ARGV: now, how many at most.
+const TRIM: &str = r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, m in ipairs(due) do
+  local user, c = string.match(m, '^(%x+):(%d+)$')
+  if user then redis.call('ZREMRANGEBYSCORE', 'eph:inbox:' .. user, c, c) end
+  redis.call('ZREM', KEYS[1], m)
+end
+return #due
+"#;
+
+/// How often a node trims the inboxes, and how many references at most a time.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+const TRIM_BATCH: usize = 1_000;
 
 /// A read another node makes of a conversation's rows here (for `sync`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -226,6 +244,8 @@ impl Bus {
         cluster
             .rt
             .spawn(async move { me.forward_loop(fwd_rx).await });
+        let me = Arc::clone(&bus);
+        cluster.rt.spawn(async move { me.trim_loop().await });
         Ok(bus)
     }
 
@@ -543,6 +563,26 @@ impl Bus {
             if let (Some(last), Some(store)) = (batch.last(), self.store.upgrade()) {
                 let seq = last.seq;
                 let _ = tokio::task::spawn_blocking(move || store.outbound_done(seq)).await;
+            }
+        }
+    }
+
+    /// Every node trims (the script is atomic, so they never trim one
+    /// reference twice): what `sync` may no longer replay leaves Redis
+    /// within a second of its end.
+    async fn trim_loop(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(TRIM_EVERY).await;
+            loop {
+                let now = ephemera_actors::store::now_ms().to_string();
+                let batch = TRIM_BATCH.to_string();
+                let trimmed: Result<u64, _> = self
+                    .cluster
+                    .script(TRIM, &["eph:inbox-expiry"], &[&now, &batch])
+                    .await;
+                if !matches!(trimmed, Ok(n) if n as usize == TRIM_BATCH) {
+                    break;
+                }
             }
         }
     }

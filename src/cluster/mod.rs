@@ -128,6 +128,8 @@ pub struct Cluster {
     on_revoke: OnceLock<Box<dyn Fn(UserId, DeviceId) + Send + Sync>>,
     /// The cross-node side, once built.
     bus: OnceLock<Arc<bus::Bus>>,
+    /// Counts the times Redis answered again after failing.
+    redis_back: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -187,6 +189,7 @@ impl Cluster {
             members: RwLock::new(Vec::new()),
             on_revoke: OnceLock::new(),
             bus: OnceLock::new(),
+            redis_back: tokio::sync::watch::channel(0).0,
         });
         let give_up = Instant::now() + cluster.cfg.lease * 2 + Duration::from_secs(1);
         let mut waited = false;
@@ -464,57 +467,88 @@ impl Cluster {
 
     async fn heartbeat_loop(self: Arc<Self>) {
         let every = self.cfg.lease / 5;
+        let mut reachable = true;
         loop {
             tokio::time::sleep(every).await;
-            if self.renew().await.is_err() && !self.may_write() {
+            let renewed = self.renew().await;
+            if renewed.is_err() && !self.may_write() {
                 self.metrics.cluster_lease_held.set(0);
+            }
+            // Redis answers again after failing: the subscription may be
+            // dead without having noticed (a restart mid-handshake), so
+            // the listener subscribes afresh.
+            match (reachable, renewed.is_ok()) {
+                (true, false) => reachable = false,
+                (false, true) => {
+                    reachable = true;
+                    self.redis_back.send_modify(|n| *n += 1);
+                }
+                _ => {}
             }
             let _ = self.refresh_members().await;
         }
     }
 
-    /// Hears revocations, reconnecting (with a pause) whenever the
-    /// subscription drops.
+    /// Subscribes to this node's channels, within a bound (a connection
+    /// made while Redis restarts may never answer).
+    async fn subscribe(&self, bus_channel: &str) -> Option<redis::aio::PubSub> {
+        let attempt = async {
+            let mut pubsub = self.client.get_async_pubsub().await.ok()?;
+            pubsub.subscribe(REVOKE_CHANNEL).await.ok()?;
+            pubsub.subscribe(bus_channel).await.ok()?;
+            Some(pubsub)
+        };
+        tokio::time::timeout(Duration::from_secs(3), attempt)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Hears revocations and the bus, subscribing again (with a pause)
+    /// whenever the subscription drops or Redis comes back after failing.
     async fn listen_loop(self: Arc<Self>) {
         use futures_util::StreamExt;
         let bus_channel = format!("eph:bus:{}", self.cfg.node_id);
+        let mut back = self.redis_back.subscribe();
         let mut first = true;
         loop {
-            match self.client.get_async_pubsub().await {
-                Ok(mut pubsub) => {
-                    let subscribed = pubsub.subscribe(REVOKE_CHANNEL).await.is_ok()
-                        && pubsub.subscribe(&bus_channel).await.is_ok();
-                    if subscribed {
-                        if !first {
-                            if let Some(b) = self.bus.get() {
-                                b.resubscribed();
-                            }
+            match self.subscribe(&bus_channel).await {
+                Some(mut pubsub) => {
+                    back.borrow_and_update();
+                    if !first {
+                        if let Some(b) = self.bus.get() {
+                            b.resubscribed();
                         }
-                        first = false;
-                        let mut stream = pubsub.on_message();
-                        while let Some(msg) = stream.next().await {
-                            let Ok(payload) = msg.get_payload::<Vec<u8>>() else {
-                                continue;
-                            };
-                            if msg.get_channel_name() == bus_channel {
-                                if let Some(b) = self.bus.get() {
-                                    b.on_message(&payload);
-                                }
-                                continue;
+                    }
+                    first = false;
+                    let mut stream = pubsub.on_message();
+                    loop {
+                        let msg = tokio::select! {
+                            m = stream.next() => m,
+                            _ = back.changed() => None,
+                        };
+                        let Some(msg) = msg else { break };
+                        let Ok(payload) = msg.get_payload::<Vec<u8>>() else {
+                            continue;
+                        };
+                        if msg.get_channel_name() == bus_channel {
+                            if let Some(b) = self.bus.get() {
+                                b.on_message(&payload);
                             }
-                            if let Ok(r) = serde_json::from_slice::<Revocation>(&payload) {
-                                self.metrics.cluster_revocations.inc();
-                                if let Some(f) = self.on_revoke.get() {
-                                    f(r.user, r.device);
-                                }
+                            continue;
+                        }
+                        if let Ok(r) = serde_json::from_slice::<Revocation>(&payload) {
+                            self.metrics.cluster_revocations.inc();
+                            if let Some(f) = self.on_revoke.get() {
+                                f(r.user, r.device);
                             }
                         }
                     }
-                    tracing::warn!("the cluster's revocation channel dropped; subscribing again");
+                    tracing::warn!("the cluster's channels dropped; subscribing again");
                 }
-                Err(e) => {
+                None => {
                     self.metrics.redis_errors.inc();
-                    tracing::warn!(kind = ?e.kind(), "cannot subscribe to the cluster's channels");
+                    tracing::warn!("cannot subscribe to the cluster's channels");
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
