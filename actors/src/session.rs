@@ -644,6 +644,7 @@ impl Session {
             next: after,
             newest_live: 0,
             burned_once: HashSet::new(),
+            failures: 0,
         });
         self.next_page(ctx);
     }
@@ -675,15 +676,39 @@ impl Session {
                 let page = match res {
                     Ok((Ok(page), burned_once)) => {
                         r.burned_once = burned_once;
+                        r.failures = 0;
                         page
                     }
-                    _ => {
+                    other => {
+                        if let Ok((_, burned_once)) = other {
+                            r.burned_once = burned_once;
+                        }
+                        // Events pushed live while this replays are left to
+                        // it: a failed read is tried again (storage, or in
+                        // cluster mode another node, may answer shortly)
+                        // rather than dropping them.
+                        r.failures += 1;
+                        if r.failures < REPLAY_ATTEMPTS {
+                            ctx.run_later(REPLAY_RETRY_AFTER, |act, ctx| act.next_page(ctx));
+                            return;
+                        }
+                        let absorbed = r.newest_live > act.last_cursor;
                         act.replaying = None;
                         Self::reply_error(
                             ctx,
                             &FrameError::new(ErrorCode::Internal, "sync failed, retry"),
                             None,
                         );
+                        if absorbed {
+                            // Live events went to the failed replay: this
+                            // socket cannot show them, so it closes and the
+                            // device resumes with `sync` on a new one.
+                            ctx.notify(CloseSocket {
+                                code: SYNC_FAILED_CLOSE_CODE,
+                                reason: "sync failed: reconnect and sync",
+                            });
+                            return;
+                        }
                         return act.next_sync(ctx);
                     }
                 };
@@ -826,7 +851,17 @@ struct Replay {
     newest_live: u64,
     /// Messages already reported burned by this replay (once each).
     burned_once: HashSet<MsgId>,
+    /// Page reads that failed in a row.
+    failures: u32,
 }
+
+/// Reads of one replay page tried before the replay gives up.
+const REPLAY_ATTEMPTS: u32 = 10;
+/// The pause between them.
+const REPLAY_RETRY_AFTER: Duration = Duration::from_millis(500);
+/// The close code of a socket whose replay failed after taking live events
+/// (1011: the server met an unexpected condition).
+const SYNC_FAILED_CLOSE_CODE: u16 = 1011;
 
 /// One page of a replay.
 pub struct Page {
