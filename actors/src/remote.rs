@@ -57,28 +57,7 @@ pub trait Router: Send + Sync + 'static {
 #[serde(tag = "call", rename_all = "snake_case")]
 pub enum ConvCall {
     /// A validated `send`.
-    Post {
-        /// The conversation.
-        conv: ConvId,
-        /// The sender.
-        from: UserId,
-        /// The sending device.
-        device: DeviceId,
-        /// The idempotency key.
-        client_msg_id: String,
-        /// For a first direct message: the pair.
-        direct: Option<(UserId, UserId)>,
-        /// Text content (crosses the bus, is never stored off the owner).
-        body: Option<String>,
-        /// Media content.
-        media_key: Option<Id>,
-        /// Timed or once.
-        view_policy: ViewPolicy,
-        /// Lifetime.
-        ttl_seconds: u64,
-        /// Burn this long after the first view.
-        burn_after_view_seconds: Option<u64>,
-    },
+    Post(PostCall),
     /// `view`.
     View {
         /// The message.
@@ -138,11 +117,56 @@ pub enum ConvCall {
     },
 }
 
+/// A validated `send` as it crosses to the owner: a [`Post`] without the
+/// place its answer goes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PostCall {
+    /// The conversation.
+    pub conv: ConvId,
+    /// The sender.
+    pub from: UserId,
+    /// The sending device.
+    pub device: DeviceId,
+    /// The idempotency key.
+    pub client_msg_id: String,
+    /// For a first direct message: the pair.
+    pub direct: Option<(UserId, UserId)>,
+    /// Text content (crosses the bus, is never stored off the owner).
+    pub body: Option<String>,
+    /// Media content.
+    pub media_key: Option<Id>,
+    /// Timed or once.
+    pub view_policy: ViewPolicy,
+    /// Lifetime.
+    pub ttl_seconds: u64,
+    /// Burn this long after the first view.
+    pub burn_after_view_seconds: Option<u64>,
+}
+
+impl PostCall {
+    /// The local actor's message for it, answered through `reply`.
+    pub fn into_post(self, reply: AckTo) -> Post {
+        Post {
+            reply,
+            from: self.from,
+            device: self.device,
+            client_msg_id: self.client_msg_id,
+            direct: self.direct,
+            body: self.body,
+            media_key: self.media_key,
+            view_policy: self.view_policy,
+            ttl_seconds: self.ttl_seconds,
+            burn_after_view_seconds: self.burn_after_view_seconds,
+            story: None,
+        }
+    }
+}
+
 impl ConvCall {
     /// The conversation the call is about.
     pub fn conv(&self) -> ConvId {
         match self {
-            ConvCall::Post { conv, .. }
+            ConvCall::Post(PostCall { conv, .. })
             | ConvCall::Read { conv, .. }
             | ConvCall::Typing { conv, .. } => *conv,
             ConvCall::View { msg, .. }
@@ -156,7 +180,7 @@ impl ConvCall {
     /// The user the call is from.
     pub fn by(&self) -> UserId {
         match self {
-            ConvCall::Post { from, .. } => *from,
+            ConvCall::Post(p) => p.from,
             ConvCall::View { by, .. }
             | ConvCall::Delivered { by, .. }
             | ConvCall::Screenshot { by, .. }
@@ -282,44 +306,20 @@ pub async fn execute(dir: &Arc<Directory>, call: ConvCall) -> ConvAnswer {
 async fn run(dir: &Arc<Directory>, call: ConvCall) -> Result<ConvAnswer, FrameError> {
     let conv = call.conv();
     let by = call.by();
-    if let ConvCall::Post {
-        from,
-        device,
-        client_msg_id,
-        direct,
-        body,
-        media_key,
-        view_policy,
-        ttl_seconds,
-        burn_after_view_seconds,
-        ..
-    } = call
-    {
+    if let ConvCall::Post(post) = call {
         let permit = dir.admit_send().ok_or_else(FrameError::busy)?;
-        let addr = match direct {
+        let addr = match post.direct {
             Some(_) => dir.conversation(conv),
             None => dir
-                .member_conversation(from, conv)
+                .member_conversation(post.from, conv)
                 .ok_or(crate::conversation::NOT_FOUND)?,
         };
         let (reply, rx) = AckTo::call(
-            client_msg_id.clone(),
+            post.client_msg_id.clone(),
             Arc::clone(&dir.deps().metrics),
             permit,
         );
-        addr.do_send(Post {
-            reply,
-            from,
-            device,
-            client_msg_id,
-            direct,
-            body,
-            media_key,
-            view_policy,
-            ttl_seconds,
-            burn_after_view_seconds,
-            story: None,
-        });
+        addr.do_send(post.into_post(reply));
         return match rx.await {
             Ok(Ok(ack)) => Ok(ConvAnswer::Ack { ack }),
             Ok(Err(e)) => Err(e),
@@ -330,7 +330,7 @@ async fn run(dir: &Arc<Directory>, call: ConvCall) -> Result<ConvAnswer, FrameEr
         .member_conversation(by, conv)
         .ok_or(crate::conversation::NOT_FOUND)?;
     match call {
-        ConvCall::Post { .. } => unreachable!("handled above"),
+        ConvCall::Post(_) => unreachable!("handled above"),
         ConvCall::View { msg, by } => match addr.send(View { msg, by }).await {
             Ok(Ok(Viewed::Granted(m))) => Ok(ConvAnswer::Granted {
                 message: Box::new(m),

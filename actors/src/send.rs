@@ -139,48 +139,19 @@ impl Session {
         let Some(permit) = self.dir.admit_send() else {
             return Self::reply_error(ctx, &FrameError::busy(), Some(&client_msg_id));
         };
-        if let (Some(node), Some(router)) = (self.remote_owner(conv), self.deps.router.clone()) {
-            // Cluster mode: the conversation's owner is another node; the
-            // ack (or refusal) comes back from it.
-            let reply = AckTo {
-                dest: AckDest::Socket(self.link(ctx)),
-                client_msg_id,
-                received,
-                metrics: Arc::clone(&self.deps.metrics),
-                permit: Some(permit),
-            };
-            let answer = router.call(
-                node,
-                crate::remote::ConvCall::Post {
-                    conv,
-                    from: me,
-                    device: self.device,
-                    client_msg_id: f.client_msg_id,
-                    direct,
-                    body: f.body,
-                    media_key,
-                    view_policy,
-                    ttl_seconds: f.ttl_seconds as u64,
-                    burn_after_view_seconds,
+        // Cluster mode: a conversation another node owns is sent there, and
+        // the ack (or refusal) comes back from it. Here, a direct
+        // conversation is created by its first message (the actor checks
+        // that the peer exists); any other must be ours.
+        let owner = match (self.remote_owner(conv), self.deps.router.clone()) {
+            (Some(node), Some(router)) => Err((node, router)),
+            _ => Ok(match direct {
+                Some(_) => self.dir.conversation(conv),
+                None => match self.conversation(conv) {
+                    Ok(addr) => addr,
+                    Err(e) => return Self::reply_error(ctx, &e, Some(&client_msg_id)),
                 },
-            );
-            actix::spawn(async move {
-                reply.answer(match crate::remote::answer_result(answer.await) {
-                    Ok(crate::remote::ConvAnswer::Ack { ack }) => Ok(ack),
-                    Ok(_) => Err(FrameError::new(ErrorCode::Internal, "unexpected answer")),
-                    Err(e) => Err(e),
-                });
-            });
-            return;
-        }
-        // A direct conversation is created by its first message (the
-        // actor checks that the peer exists); any other must be ours.
-        let addr = match direct {
-            Some(_) => self.dir.conversation(conv),
-            None => match self.conversation(conv) {
-                Ok(addr) => addr,
-                Err(e) => return Self::reply_error(ctx, &e, Some(&client_msg_id)),
-            },
+            }),
         };
         let reply = AckTo {
             dest: AckDest::Socket(self.link(ctx)),
@@ -189,9 +160,8 @@ impl Session {
             metrics: Arc::clone(&self.deps.metrics),
             permit: Some(permit),
         };
-        // do_send: this socket's sends reach the conversation in order.
-        addr.do_send(Post {
-            reply,
+        let post = crate::remote::PostCall {
+            conv,
             from: me,
             device: self.device,
             client_msg_id: f.client_msg_id,
@@ -201,8 +171,21 @@ impl Session {
             view_policy,
             ttl_seconds: f.ttl_seconds as u64,
             burn_after_view_seconds,
-            story: None,
-        });
+        };
+        match owner {
+            // do_send: this socket's sends reach the conversation in order.
+            Ok(addr) => addr.do_send(post.into_post(reply)),
+            Err((node, router)) => {
+                let answer = router.call(node, crate::remote::ConvCall::Post(post));
+                actix::spawn(async move {
+                    reply.answer(match crate::remote::answer_result(answer.await) {
+                        Ok(crate::remote::ConvAnswer::Ack { ack }) => Ok(ack),
+                        Ok(_) => Err(FrameError::new(ErrorCode::Internal, "unexpected answer")),
+                        Err(e) => Err(e),
+                    });
+                });
+            }
+        }
     }
 }
 

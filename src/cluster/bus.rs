@@ -331,26 +331,27 @@ impl Bus {
             return Ok(Some(p));
         }
         let key = format!("eph:owner:{}", hex_id(conv));
-        let mut owner: Option<String> = self
-            .cluster
-            .query(redis::cmd("GET").arg(&key).clone())
-            .await?;
-        if owner.is_none() && create {
-            let _: Option<String> = self
+        let me = self.cluster.node_id();
+        let owner: Option<String> = if create {
+            // One round trip: set if absent, and say who held it before
+            // (nobody: it is ours now).
+            let before: Option<String> = self
                 .cluster
                 .query(
                     redis::cmd("SET")
                         .arg(&key)
-                        .arg(self.cluster.node_id())
+                        .arg(me)
                         .arg("NX")
+                        .arg("GET")
                         .clone(),
                 )
                 .await?;
-            owner = self
-                .cluster
+            Some(before.unwrap_or_else(|| me.to_owned()))
+        } else {
+            self.cluster
                 .query(redis::cmd("GET").arg(&key).clone())
-                .await?;
-        }
+                .await?
+        };
         let Some(owner) = owner else {
             return Ok(None);
         };

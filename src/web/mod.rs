@@ -33,6 +33,13 @@ const ICON: Asset = Asset {
     body: include_str!("assets/favicon.svg"),
 };
 
+/// The styles, shared by the client and the console.
+const STYLE: Asset = Asset {
+    path: "/app.css",
+    content_type: CSS,
+    body: include_str!("assets/app.css"),
+};
+
 /// The web client's files, on the public listener.
 const CLIENT: [Asset; 4] = [
     ICON,
@@ -46,11 +53,7 @@ const CLIENT: [Asset; 4] = [
         content_type: JS,
         body: include_str!("assets/app.js"),
     },
-    Asset {
-        path: "/app.css",
-        content_type: CSS,
-        body: include_str!("assets/app.css"),
-    },
+    STYLE,
 ];
 
 /// The operator console's files, on the admin listener. The page holds no
@@ -67,11 +70,7 @@ const CONSOLE: [Asset; 4] = [
         content_type: JS,
         body: include_str!("assets/console.js"),
     },
-    Asset {
-        path: "/app.css",
-        content_type: CSS,
-        body: include_str!("assets/app.css"),
-    },
+    STYLE,
 ];
 
 /// Everything from our own origin only: no external script, style, font or
