@@ -55,6 +55,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/admin/actors/{kind}/{id}/restart", web::post().to(restart))
         .route("/admin/deletion", web::get().to(deletion))
         .route("/admin/cluster", web::get().to(cluster))
+        .route(
+            "/admin/cluster/members/{node_id}",
+            web::delete().to(forget_member),
+        )
         .route("/admin/storage/compact", web::post().to(compact))
         .route(
             "/admin/moderators/{user_id}",
@@ -98,6 +102,35 @@ async fn cluster(state: web::Data<AdminState>, req: HttpRequest) -> Result<HttpR
             "members": c.members(),
         }),
     }))
+}
+
+/// `DELETE /admin/cluster/members/{node_id}`: forgets a lost node (see
+/// `Cluster::forget`): `200 {"node_id","placements_released"}`, `409`
+/// while it is live, `404` on a single node.
+async fn forget_member(
+    state: web::Data<AdminState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    state.check(&req)?;
+    let c = state
+        .cluster
+        .as_ref()
+        .ok_or(ApiError::NotFound("not in cluster mode"))?;
+    let node = path.into_inner();
+    if !crate::config::valid_node_id(&node) {
+        return Err(ApiError::NotFound("no such node"));
+    }
+    match c.forget(&node).await {
+        Ok(released) => Ok(HttpResponse::Ok().json(serde_json::json!({
+            "node_id": node,
+            "placements_released": released,
+        }))),
+        Err(crate::cluster::ForgetError::Live) => {
+            Err(ApiError::Conflict("the node is live; stop it first"))
+        }
+        Err(crate::cluster::ForgetError::Redis(_)) => Err(ApiError::Unavailable),
+    }
 }
 
 async fn healthz() -> HttpResponse {

@@ -40,8 +40,13 @@ pub enum AdminCommand {
     },
     /// The deletion report: logical backlog, key-shred lag, physical window.
     Deletion,
-    /// The cluster: this node, its lease, every registered node and its heartbeat.
-    Cluster,
+    /// The cluster: this node, its lease, every registered node and its
+    /// heartbeat; `forget NODE_ID` forgets a lost node.
+    Cluster {
+        /// What to do; nothing: show the cluster.
+        #[command(subcommand)]
+        action: Option<ClusterAction>,
+    },
     /// Grant or revoke the moderator role (PROTOCOL 7).
     Moderator {
         /// grant or revoke.
@@ -55,6 +60,19 @@ pub enum AdminCommand {
         /// Only entries after this seq.
         #[arg(long, default_value_t = 0)]
         after: u64,
+    },
+}
+
+/// What `ephemera admin cluster` does besides showing it.
+#[derive(Subcommand, Debug)]
+pub enum ClusterAction {
+    /// Forget a node whose data directory is lost: its conversations,
+    /// stories and users' homes are released (to be claimed anew, empty)
+    /// and its node id may start again on a new data directory. Refused
+    /// while the node is live.
+    Forget {
+        /// The lost node's id.
+        node_id: String,
     },
 }
 
@@ -100,7 +118,21 @@ pub async fn run(target: AdminTarget, cmd: AdminCommand) -> anyhow::Result<Strin
             |_| "restart accepted".to_owned(),
         ),
         AdminCommand::Deletion => (client.get(format!("{base}/admin/deletion")), deletion_table),
-        AdminCommand::Cluster => (client.get(format!("{base}/admin/cluster")), cluster_table),
+        AdminCommand::Cluster { action: None } => {
+            (client.get(format!("{base}/admin/cluster")), cluster_table)
+        }
+        AdminCommand::Cluster {
+            action: Some(ClusterAction::Forget { node_id }),
+        } => (
+            client.delete(format!("{base}/admin/cluster/members/{node_id}")),
+            |b| {
+                format!(
+                    "forgot {}: {} placements released",
+                    b["node_id"].as_str().unwrap_or("?"),
+                    b["placements_released"]
+                )
+            },
+        ),
         AdminCommand::Moderator { action, user_id } => {
             let url = format!("{base}/admin/moderators/{user_id}");
             match action {

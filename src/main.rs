@@ -281,10 +281,23 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         )
         .context("opening the database")?,
     );
+    // Bind the public port first: the embedded blob store's URLs need it,
+    // and so do the other nodes of a cluster (the member record says it).
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    let http_addr = listener.local_addr()?;
     // Cluster mode: join before anything is written (the lease first).
     let cluster = match cfg.cluster.clone() {
         Some(c) => {
-            let joined = cluster::Cluster::join(c, Arc::clone(&metrics)).await?;
+            let joined =
+                cluster::Cluster::join(c, Arc::clone(&metrics), format!("http://{http_addr}"))
+                    .await?;
+            let head = store.outbound_head().context("reading the outbound head")?;
+            if let Err(e) = joined.check_data_dir(head).await {
+                // Refused: the node id is free again at once.
+                joined.leave().await;
+                return Err(e);
+            }
             store.join_cluster(Arc::clone(&joined));
             // Before the writer starts: events a previous run left
             // outbound go to Redis first, in order.
@@ -314,10 +327,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         call_ring_timeout: cfg.call_ring_timeout,
         max_calls_per_user: cfg.max_calls_per_user,
     };
-    // Bind the public port first: the embedded blob store's URLs need it.
-    let listener = std::net::TcpListener::bind(cfg.listen)
-        .with_context(|| format!("binding {}", cfg.listen))?;
-    let http_addr = listener.local_addr()?;
     let public_url = cfg
         .public_url
         .clone()

@@ -55,13 +55,10 @@ async fn a_killed_node_drops_out_of_the_live_set_within_seconds_and_rejoins() {
     assert_eq!(c.metric("ephemera_cluster_lease_held").await, 1.0);
 }
 
-#[tokio::test]
-async fn a_second_process_cannot_take_a_live_node_id() {
-    let redis = Redis::start().await;
-    let a = start_node(&redis, "node-a", &[]).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ephemera"))
+/// Runs `ephemera serve` as node `node_id` on `dir` until it exits (for a
+/// start that must be refused).
+fn serve_once(redis: &Redis, node_id: &str, dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ephemera"))
         .args([
             "serve",
             "--listen",
@@ -70,13 +67,22 @@ async fn a_second_process_cannot_take_a_live_node_id() {
             "127.0.0.1:0",
         ])
         .arg("--data-dir")
-        .arg(dir.path())
+        .arg(dir)
         .args(["--cluster-lease-ms", &LEASE_MS.to_string()])
         .env("EPHEMERA_REDIS_URL", redis.url())
-        .env("EPHEMERA_NODE_ID", "node-a")
+        .env("EPHEMERA_NODE_ID", node_id)
         .env("EPHEMERA_ADMIN_TOKEN", "x")
         .output()
-        .expect("running a twin");
+        .expect("running ephemera serve")
+}
+
+#[tokio::test]
+async fn a_second_process_cannot_take_a_live_node_id() {
+    let redis = Redis::start().await;
+    let a = start_node(&redis, "node-a", &[]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = Instant::now();
+    let out = serve_once(&redis, "node-a", dir.path());
     assert!(
         !out.status.success(),
         "a twin of a live node must not start"
@@ -634,4 +640,336 @@ async fn redis_restarted_under_traffic_loses_no_acked_message() {
             synced.events
         );
     }
+}
+
+/// The conversation ids of `s`'s `GET /conversations` through `node`.
+async fn listed(node: &common::Server, s: &ephemera_load::client::Session) -> Vec<String> {
+    let body = common::stories::expect_status(
+        common::stories::call(
+            &node.http(),
+            s,
+            reqwest::Method::GET,
+            "/api/v1/conversations",
+            None,
+        )
+        .await,
+        200,
+        "GET /conversations",
+    );
+    body["conversations"]
+        .as_array()
+        .expect("conversations")
+        .iter()
+        .map(|c| str_of(c, "conversation_id").to_owned())
+        .collect()
+}
+
+/// Stories, the social graph and the conversation calls of the HTTP API
+/// answer alike through every node: a call about what one node owns (a
+/// user's home: their followers, stories and uploads; a conversation's
+/// owner: its history, leaving it) is forwarded there, and what a user has
+/// on every node (their conversations, their tray, a profile's counts) is
+/// gathered.
+#[tokio::test]
+async fn stories_and_the_http_api_answer_alike_through_every_node() {
+    use common::stories::{
+        call, counts, delete_story, expect_status, follow, get_story, open_story, post_story,
+        reply, seg, tray, user_stories,
+    };
+    use reqwest::Method;
+    let redis = Redis::start().await;
+    let mut a = start_node(&redis, "node-a", &[]).await;
+    let mut b = start_node(&redis, "node-b", &[]).await;
+    let mut c = start_node(&redis, "node-c", &[]).await;
+    let nodes = [&a, &b, &c];
+    let blobs = common::media::blob_client();
+    let alice = register_user(&a.http(), "alice").await;
+    let bob = register_user(&b.http(), "bob").await;
+    let carol = register_user(&c.http(), "carol").await;
+    let (alice_s, bob_s, carol_s) = (
+        alice.login(&a.http()).await,
+        bob.login(&b.http()).await,
+        carol.login(&c.http()).await,
+    );
+
+    // Followed through two nodes; counted alike through all three.
+    follow(&b.http(), &bob_s, &alice.user_id).await;
+    follow(&c.http(), &carol_s, &alice.user_id).await;
+    for node in nodes {
+        assert_eq!(counts(&node.http(), &bob_s, &alice.user_id).await, (2, 0));
+        assert_eq!(counts(&node.http(), &alice_s, &bob.user_id).await, (0, 1));
+    }
+
+    // Alice posts through node c; Bob's socket on node a hears of it, and
+    // the story opens, is listed and is in the tray through every node.
+    let mut bob_a = TestSocket::connect(&a, &bob_s, "bob@a").await;
+    bob_a.ping().await;
+    let posted = post_story(&c.http(), &blobs, &alice_s, "everyone", Some(600), None).await;
+    let story = posted.story_id.clone();
+    bob_a
+        .expect("story_posted", |f| {
+            is_type(f, "story_posted") && f["story_id"] == story.as_str()
+        })
+        .await;
+    for node in nodes {
+        let listed = user_stories(&node.http(), &bob_s, &alice.user_id).await;
+        assert_eq!(listed.len(), 1, "through {}: {listed:?}", node.http_base());
+        let t = tray(&node.http(), &carol_s).await;
+        assert_eq!(
+            t.len(),
+            1,
+            "carol's tray through {}: {t:?}",
+            node.http_base()
+        );
+        assert_eq!(t[0]["user_id"], alice.user_id.as_str());
+        assert_eq!(t[0]["story_count"], 1);
+    }
+    open_story(&a.http(), &carol_s, &story).await;
+    open_story(&b.http(), &carol_s, &story).await;
+    let seen = expect_status(
+        call(
+            &a.http(),
+            &alice_s,
+            Method::GET,
+            &format!("/api/v1/stories/{}/viewers", seg(&story)),
+            None,
+        )
+        .await,
+        200,
+        "viewers",
+    );
+    assert_eq!(seen["view_count"], 1, "one view however many nodes: {seen}");
+    let t = tray(&b.http(), &carol_s).await;
+    assert_eq!(t[0]["has_unviewed"], false, "{t:?}");
+
+    // Bob replies through node b; the reply reaches Alice's socket on
+    // node a, and the conversation is listed and readable through every node.
+    let mut alice_a = TestSocket::connect(&a, &alice_s, "alice@a").await;
+    alice_a.ping().await;
+    let r = expect_status(reply(&b.http(), &bob_s, &story, "nice").await, 201, "reply");
+    let conv = str_of(&r, "conversation_id").to_owned();
+    let m = alice_a.expect_about("message", str_of(&r, "msg_id")).await;
+    assert_eq!(m["body"], "nice");
+    assert_eq!(m["story_id"], story.as_str());
+    for node in nodes {
+        assert_eq!(listed(node, &alice_s).await, vec![conv.clone()]);
+        let h = expect_status(
+            call(
+                &node.http(),
+                &bob_s,
+                Method::GET,
+                &format!("/api/v1/conversations/{}/messages", seg(&conv)),
+                None,
+            )
+            .await,
+            200,
+            "history",
+        );
+        assert_eq!(h["messages"].as_array().map(Vec::len), Some(1), "{h}");
+        assert_eq!(h["messages"][0]["body"], "nice");
+    }
+
+    // A group made on node a, left by Carol through node c.
+    let g = expect_status(
+        call(
+            &a.http(),
+            &alice_s,
+            Method::POST,
+            "/api/v1/conversations",
+            Some(json!({"members": [bob.user_id, carol.user_id], "name": "trio"})),
+        )
+        .await,
+        201,
+        "create group",
+    );
+    let group = str_of(&g, "conversation_id").to_owned();
+    assert!(listed(&b, &carol_s).await.contains(&group));
+    let left = call(
+        &c.http(),
+        &carol_s,
+        Method::DELETE,
+        &format!("/api/v1/conversations/{}/members/me", seg(&group)),
+        None,
+    )
+    .await;
+    assert_eq!(left.status, 204, "{:?}", left.json);
+    for node in nodes {
+        assert!(!listed(node, &carol_s).await.contains(&group));
+        assert!(listed(node, &bob_s).await.contains(&group));
+    }
+
+    // Deleted through node b: gone through every node.
+    assert_eq!(delete_story(&b.http(), &alice_s, &story).await.status, 204);
+    for node in nodes {
+        assert_eq!(get_story(&node.http(), &carol_s, &story).await.status, 404);
+        assert!(tray(&node.http(), &carol_s).await.is_empty());
+    }
+
+    // A photo Alice uploads (it lands at her home) goes in a message from
+    // her socket on node a to Carol: the conversation is node a's, so the
+    // upload moves there when the message uses it, and Carol's device on
+    // node c gets it served by node a.
+    let mut carol_c = TestSocket::connect(&c, &carol_s, "carol@c").await;
+    carol_c.ping().await;
+    let (upload, _, sealed) =
+        common::stories::upload_photo(&c.http(), &blobs, &alice_s, 1200).await;
+    let ack = alice_a
+        .send_ok(common::media::media_send(
+            &new_cid("photo"),
+            &carol.user_id,
+            &upload.media_key,
+            "timed",
+            600,
+        ))
+        .await;
+    let m = carol_c
+        .expect_about("message", str_of(&ack, "msg_id"))
+        .await;
+    assert_eq!(str_of(&m["media"], "data_key"), upload.data_key_b64, "{m}");
+    let url = str_of(&m["media"], "get_url");
+    assert!(
+        url.starts_with(&a.http_base()),
+        "served by the owner, node a: {url}"
+    );
+    let got = blobs.get(url).send().await.expect("GET the photo");
+    assert_eq!(got.status(), 200);
+    assert_eq!(&got.bytes().await.expect("body")[..], &sealed[..]);
+
+    // Alice's home goes down: what it owns answers 503 with a retry hint;
+    // everything else keeps working through the other nodes.
+    let home = redis.cli(&["GET", &format!("eph:owner:{}", alice.user_id)]);
+    let home = home.first().cloned().expect("alice has a home node");
+    let mut others: Vec<&common::Server> = Vec::new();
+    let mut down = None;
+    for (name, node) in [("node-a", &mut a), ("node-b", &mut b), ("node-c", &mut c)] {
+        if name == home {
+            down = Some(node);
+        } else {
+            others.push(node);
+        }
+    }
+    let down = down.unwrap_or_else(|| panic!("alice's home {home:?} is not a node"));
+    down.kill9();
+    let live: Vec<&str> = ["node-a", "node-b", "node-c"]
+        .into_iter()
+        .filter(|n| *n != home)
+        .collect();
+    await_live(others[0], &live, Duration::from_secs(10)).await;
+    await_live(others[1], &live, Duration::from_secs(10)).await;
+    for node in &others {
+        let r = common::stories::get_user_stories(&node.http(), &bob_s, &alice.user_id).await;
+        assert_eq!(r.status, 503, "{:?}", r.json);
+        assert!(r.retry_after.is_some(), "a retry hint");
+        assert_eq!(r.json.expect("error body")["error"]["code"], "unavailable");
+        let dave = register_user(&node.http(), "dave").await;
+        let dave_s = dave.login(&node.http()).await;
+        assert!(listed(node, &dave_s).await.is_empty());
+        follow(&node.http(), &dave_s, &bob.user_id).await;
+    }
+}
+
+/// A node whose disk is lost: its id cannot start on a new data directory
+/// (its events would be taken for ones already applied) until an operator
+/// forgets it; then its conversations are claimed anew, empty, and the id
+/// starts again. A live node cannot be forgotten.
+#[tokio::test]
+async fn a_lost_node_is_forgotten_and_its_id_starts_again_on_a_new_directory() {
+    let redis = Redis::start().await;
+    let a = start_node(&redis, "node-a", &[]).await;
+    let mut b = start_node(&redis, "node-b", &[]).await;
+    let alice = register_user(&a.http(), "alice").await;
+    let bob = register_user(&a.http(), "bob").await;
+    let mut alice_a = TestSocket::connect(&a, &alice.login(&a.http()).await, "alice@a").await;
+    let mut bob_b = TestSocket::connect(&b, &bob.login(&b.http()).await, "bob@b").await;
+    alice_a.ping().await;
+    // Bob writes first, from node b: the conversation is node b's.
+    let ack = bob_b
+        .send_ok(timed_text(
+            &new_cid("b"),
+            Target::User(&alice.user_id),
+            "from b",
+            600,
+        ))
+        .await;
+    alice_a
+        .expect_about("message", str_of(&ack, "msg_id"))
+        .await;
+
+    // Node b and its disk are lost.
+    b.kill9();
+    await_live(&a, &["node-a"], Duration::from_secs(10)).await;
+    let fresh = tempfile::tempdir().expect("temp dir");
+    let out = serve_once(&redis, "node-b", fresh.path());
+    assert!(
+        !out.status.success(),
+        "a lost node's id must not start on a new directory"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("used with another data directory") && stderr.contains("forget"),
+        "the refusal says why and what to do: {stderr}"
+    );
+
+    // A live node cannot be forgotten; the lost one can (the CLI).
+    let live = a
+        .admin_http()
+        .raw(
+            reqwest::Method::DELETE,
+            "/admin/cluster/members/node-a",
+            Some(a.admin_token()),
+            None,
+        )
+        .await
+        .expect("forget a live node");
+    assert_eq!(live.status, 409);
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_ephemera"))
+        .args([
+            "admin",
+            "--admin-url",
+            &a.admin_base(),
+            "cluster",
+            "forget",
+            "node-b",
+        ])
+        .env("EPHEMERA_ADMIN_TOKEN", a.admin_token())
+        .output()
+        .expect("ephemera admin cluster forget");
+    let said = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        cli.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert!(said.contains("forgot node-b"), "{said}");
+    assert!(
+        !said.contains(": 0 placements"),
+        "the conversation was released: {said}"
+    );
+    let view = cluster_view(&a).await;
+    assert!(
+        !view["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .any(|m| m["node_id"] == "node-b"),
+        "forgotten: {view}"
+    );
+
+    // The id starts again on the new directory, and the conversation is
+    // claimed anew (empty) by whoever writes first.
+    let b2 = start_node(&redis, "node-b", &[]).await;
+    await_live(&a, &["node-a", "node-b"], Duration::from_secs(10)).await;
+    let mut bob_b2 = TestSocket::connect(&b2, &bob.login(&b2.http()).await, "bob@b2").await;
+    bob_b2.ping().await;
+    let ack = alice_a
+        .send_ok(timed_text(
+            &new_cid("a"),
+            Target::User(&bob.user_id),
+            "again",
+            600,
+        ))
+        .await;
+    let m = bob_b2.expect_about("message", str_of(&ack, "msg_id")).await;
+    assert_eq!(m["body"], "again");
+    assert_eq!(m["seq"], 1, "the conversation starts again, empty: {m}");
 }

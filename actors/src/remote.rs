@@ -141,6 +141,9 @@ pub struct PostCall {
     pub ttl_seconds: u64,
     /// Burn this long after the first view.
     pub burn_after_view_seconds: Option<u64>,
+    /// A reply (`false`) or reaction (`true`) to this story.
+    #[serde(default)]
+    pub story: Option<(crate::store::StoryId, bool)>,
 }
 
 impl PostCall {
@@ -157,7 +160,7 @@ impl PostCall {
             view_policy: self.view_policy,
             ttl_seconds: self.ttl_seconds,
             burn_after_view_seconds: self.burn_after_view_seconds,
-            story: None,
+            story: self.story,
         }
     }
 }
@@ -207,6 +210,9 @@ pub enum ConvAnswer {
     Granted {
         /// The message.
         message: Box<StoredMessage>,
+        /// For media: the owner's grant (the key and blob are there).
+        #[serde(default)]
+        grant: Option<crate::store::MediaGrant>,
     },
     /// A view found the message burned.
     Burned,
@@ -303,9 +309,37 @@ pub async fn execute(dir: &Arc<Directory>, call: ConvCall) -> ConvAnswer {
     }
 }
 
+/// Posts a message that does not come from a socket (a story's reply or
+/// reaction) wherever its conversation lives: here, or on its owner node.
+pub async fn post_anywhere(dir: &Arc<Directory>, post: PostCall) -> Result<AckRecord, FrameError> {
+    let call = ConvCall::Post(post);
+    let answer = match &dir.deps().router {
+        Some(r) => match r.locate(call.conv(), true).await? {
+            Place::Remote(node) => answer_result(r.call(node, call).await)?,
+            Place::Local => run(dir, call).await?,
+        },
+        None => run(dir, call).await?,
+    };
+    match answer {
+        ConvAnswer::Ack { ack } => Ok(ack),
+        _ => Err(restarting()),
+    }
+}
+
 async fn run(dir: &Arc<Directory>, call: ConvCall) -> Result<ConvAnswer, FrameError> {
     let conv = call.conv();
     let by = call.by();
+    // Only the owner runs a conversation's frames: a caller whose idea of
+    // the owner is stale (the conversation was released) is told to retry.
+    if let Some(r) = &dir.deps().router {
+        let create = matches!(&call, ConvCall::Post(p) if p.direct.is_some());
+        if r.locate(conv, create).await? != Place::Local {
+            return Err(FrameError::new(
+                ErrorCode::Unavailable,
+                "the conversation is not on this node, retry",
+            ));
+        }
+    }
     if let ConvCall::Post(post) = call {
         let permit = dir.admit_send().ok_or_else(FrameError::busy)?;
         let addr = match post.direct {
@@ -332,9 +366,20 @@ async fn run(dir: &Arc<Directory>, call: ConvCall) -> Result<ConvAnswer, FrameEr
     match call {
         ConvCall::Post(_) => unreachable!("handled above"),
         ConvCall::View { msg, by } => match addr.send(View { msg, by }).await {
-            Ok(Ok(Viewed::Granted(m))) => Ok(ConvAnswer::Granted {
-                message: Box::new(m),
-            }),
+            Ok(Ok(Viewed::Granted(m))) => {
+                let access = match m.view_policy {
+                    ViewPolicy::Once => crate::store::Access::Once,
+                    ViewPolicy::Timed => crate::store::Access::Timed,
+                };
+                let grant = m
+                    .media
+                    .as_ref()
+                    .and_then(|md| dir.deps().media.grant(md, access, m.expires_at));
+                Ok(ConvAnswer::Granted {
+                    message: Box::new(m),
+                    grant,
+                })
+            }
             Ok(Ok(Viewed::Burned)) => Ok(ConvAnswer::Burned),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(restarting()),

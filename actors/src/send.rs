@@ -171,6 +171,7 @@ impl Session {
             view_policy,
             ttl_seconds: f.ttl_seconds as u64,
             burn_after_view_seconds,
+            story: None,
         };
         match owner {
             // do_send: this socket's sends reach the conversation in order.

@@ -562,7 +562,7 @@ impl Session {
                     let answer = router.call(node, crate::remote::ConvCall::View { msg, by });
                     Box::pin(async move {
                         Ok(match crate::remote::answer_result(answer.await) {
-                            Ok(crate::remote::ConvAnswer::Granted { message }) => {
+                            Ok(crate::remote::ConvAnswer::Granted { message, .. }) => {
                                 Ok(Viewed::Granted(*message))
                             }
                             Ok(_) => Ok(Viewed::Burned),

@@ -127,7 +127,7 @@ pub struct MediaRef {
 }
 
 /// What an entitled reader gets to fetch and open a media object.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MediaGrant {
     /// A presigned GET of the ciphertext.
     pub get_url: String,
@@ -255,6 +255,10 @@ pub trait MediaAccess: Send + Sync + 'static {
     fn grant(&self, media: &MediaRef, access: Access, expires_at: Millis) -> Option<MediaGrant>;
     /// The content ended: destroy the key (and then the blob) after `fuse_ms`.
     fn shred(&self, media: &MediaRef, fuse_ms: u64);
+    /// Cluster mode: a grant the owner node minted for media it holds, for
+    /// a reader here (a delivery, a view, a replay); [`MediaAccess::grant`]
+    /// hands it out for a short while when the media is not this node's.
+    fn remember(&self, _media: Id, _grant: MediaGrant) {}
 }
 
 /// What the sender is told once a message is durable; kept so a resend of

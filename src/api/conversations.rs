@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::{AppState, Authed};
+use crate::store::RocksStore;
 
 /// Most messages one history page returns.
 const MAX_PAGE: usize = 500;
@@ -178,11 +179,13 @@ struct Listing {
     conversations: Vec<Summary>,
 }
 
-fn summarise(store: &dyn Store, me: UserId) -> Result<Vec<Summary>, ApiError> {
+/// The caller's conversations that this node holds (in cluster mode, the
+/// other nodes' are gathered by `cluster::route`).
+fn summarise(store: &RocksStore, me: UserId) -> Result<Vec<Summary>, ApiError> {
     let now = now_ms();
     let mut out = Vec::new();
-    for id in store.user_conversations(me)? {
-        let Some(rec) = store.conversation(id)? else {
+    for id in store.local_user_conversations(me)? {
+        let Some(rec) = store.local_conversation(id)? else {
             continue;
         };
         let last_seq = store.last_seq(id)?;

@@ -23,7 +23,12 @@ use crate::media::service::{MintError, SEAL_OVERHEAD};
 
 /// Mounts the routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/media/upload-urls", web::post().to(upload_urls));
+    cfg.route("/media/upload-urls", web::post().to(upload_urls))
+        // Between cluster nodes only (see `cluster::route`).
+        .route(
+            "/media/{media_key}/handover",
+            web::post().to(crate::cluster::route::hand_over),
+        );
 }
 
 #[derive(Deserialize)]

@@ -59,6 +59,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .app_data(web::PathConfig::default().error_handler(error::path_error))
     .service(
         web::scope("/api/v1")
+            // Cluster mode: calls about what another node owns go there.
+            .wrap(actix_web::middleware::from_fn(
+                crate::cluster::route::middleware,
+            ))
             .configure(accounts::configure)
             .configure(calls::configure)
             .configure(conversations::configure)

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use actix_web::{web, HttpResponse};
 use ephemera_actors::frames::MediaView;
 use ephemera_actors::ids::{Id, UserId};
-use ephemera_actors::send::{AckTo, Post};
 use ephemera_actors::store::{
     commit, now_ms, Access, Audience, Guard, MediaAccess, Op, StoryId, StoryRecord, Txn, ViewPolicy,
 };
@@ -264,6 +263,17 @@ async fn post(
         story_id: story.id,
         expires_at: story.expires_at,
     };
+    // Cluster mode: the story is this node's (its author's home, where the
+    // call was routed), so calls about it anywhere come here.
+    if let Some(bus) = state.store.cluster_bus() {
+        if !bus
+            .claim(story.id)
+            .await
+            .map_err(|_| ApiError::Unavailable)?
+        {
+            return Err(ApiError::Unavailable);
+        }
+    }
     state
         .dir
         .story(story.id)
@@ -452,30 +462,22 @@ async fn answer_story(
     if ttl_seconds == 0 {
         return Err(NO_STORY);
     }
-    let permit = state.dir.admit_send().ok_or(ApiError::Unavailable)?;
-    let client_msg_id = format!("story-{}", Id::random());
-    let (reply, answer) = AckTo::call(
-        client_msg_id.clone(),
-        Arc::clone(&state.dir.deps().metrics),
-        permit,
-    );
-    state
-        .dir
-        .conversation(Id::direct(who.user, s.author))
-        .do_send(Post {
-            reply,
-            from: who.user,
-            device: who.device,
-            client_msg_id,
-            direct: Some((who.user, s.author)),
-            body: Some(body),
-            media_key: None,
-            view_policy: ViewPolicy::Timed,
-            ttl_seconds,
-            burn_after_view_seconds: None,
-            story: Some((s.id, reaction)),
-        });
-    Ok(answer.await.map_err(|_| ApiError::Unavailable)??)
+    // The 1:1 conversation may live on another node (cluster mode): the
+    // reply goes wherever it is.
+    let post = ephemera_actors::remote::PostCall {
+        conv: Id::direct(who.user, s.author),
+        from: who.user,
+        device: who.device,
+        client_msg_id: format!("story-{}", Id::random()),
+        direct: Some((who.user, s.author)),
+        body: Some(body),
+        media_key: None,
+        view_policy: ViewPolicy::Timed,
+        ttl_seconds,
+        burn_after_view_seconds: None,
+        story: Some((s.id, reaction)),
+    };
+    Ok(ephemera_actors::remote::post_anywhere(&state.dir, post).await?)
 }
 
 #[derive(Deserialize)]

@@ -37,7 +37,10 @@ use ephemera_actors::directory::Directory;
 use ephemera_actors::frames::{ErrorCode, FrameError};
 use ephemera_actors::ids::{ConvId, DeviceId, MsgId, UserId};
 use ephemera_actors::remote::{BoxFuture, ConvAnswer, ConvCall, Place, Router};
-use ephemera_actors::store::{BurnReason, Delivery, Event, EventRecord, Fanout, StoredMessage};
+use ephemera_actors::store::{
+    Access, BurnReason, ConversationRecord, Delivery, Event, EventRecord, Fanout, MediaGrant,
+    StoredMessage, ViewPolicy,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -51,15 +54,17 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const APPEND_BATCH: usize = 256;
 
 /// Appends a batch of inbox events (see the module doc). KEYS[1] is the
-/// node's applied seq; ARGV: the first seq, then five per event: user,
-/// record, until, except_device, live event ('' for none).
+/// node's applied seq; ARGV: the first seq, then six per event: user,
+/// record, until, except_device, live event ('' for none), and the media
+/// grant of a timed media message ('' for none; the blob and key are here,
+/// so the nodes that deliver it hand this one out).
 const APPEND: &str = r#"
 local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
 local seq = tonumber(ARGV[1])
 local out = {}
 local bynode = {}
 local where = {}
-for i = 2, #ARGV, 5 do
+for i = 2, #ARGV, 6 do
   local user = ARGV[i]
   if seq > applied then
     local c = redis.call('INCR', 'eph:cursor:' .. user)
@@ -74,7 +79,9 @@ for i = 2, #ARGV, 5 do
       end
       local x = 'null'
       if ARGV[i+3] ~= '' then x = '"' .. ARGV[i+3] .. '"' end
-      local item = '{"u":"' .. user .. '","c":' .. c .. ',"x":' .. x .. ',"e":' .. ARGV[i+4] .. '}'
+      local g = ''
+      if ARGV[i+5] ~= '' then g = ',"g":' .. ARGV[i+5] end
+      local item = '{"u":"' .. user .. '","c":' .. c .. ',"x":' .. x .. ',"e":' .. ARGV[i+4] .. g .. '}'
       for _, n in ipairs(nodes) do
         local t = bynode[n]
         if t == nil then t = {}; bynode[n] = t end
@@ -114,17 +121,46 @@ const TRIM_BATCH: usize = 1_000;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "r", rename_all = "snake_case")]
 enum ReadReq {
-    Message { msg: MsgId },
-    Tombstone { msg: MsgId },
-    Reaction { msg: MsgId, by: UserId },
+    Message {
+        msg: MsgId,
+    },
+    Tombstone {
+        msg: MsgId,
+    },
+    Reaction {
+        msg: MsgId,
+        by: UserId,
+    },
+    Conversation {
+        conv: ConvId,
+    },
+    /// The conversations of a user that this node owns.
+    Memberships {
+        user: UserId,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "r", rename_all = "snake_case")]
 enum ReadAnswer {
-    Message { message: Option<Box<StoredMessage>> },
-    Tombstone { reason: Option<BurnReason> },
-    Reaction { emoji: Option<String> },
+    Message {
+        message: Option<Box<StoredMessage>>,
+        /// For timed media: the grant (minted here, where its key is).
+        #[serde(default)]
+        grant: Option<MediaGrant>,
+    },
+    Tombstone {
+        reason: Option<BurnReason>,
+    },
+    Reaction {
+        emoji: Option<String>,
+    },
+    Conversation {
+        record: Option<Box<ConversationRecord>>,
+    },
+    Memberships {
+        convs: Vec<ConvId>,
+    },
     Failed,
 }
 
@@ -134,6 +170,8 @@ struct WireDelivery {
     c: u64,
     x: Option<DeviceId>,
     e: Event,
+    #[serde(default)]
+    g: Option<MediaGrant>,
 }
 
 /// What travels on a node's channel.
@@ -163,6 +201,9 @@ enum BusMsg {
     /// The answer to a read this node made.
     #[serde(rename = "n")]
     ReadAnswer { id: u64, answer: ReadAnswer },
+    /// A lost node was forgotten: placements cached for it are stale.
+    #[serde(rename = "f")]
+    Forgot { node: String },
     /// A frame that is not stored (typing, presence) for a user's devices here.
     #[serde(rename = "e")]
     Ephemeral {
@@ -367,14 +408,43 @@ impl Bus {
         Ok(Some(place))
     }
 
+    /// Where `id` (a conversation, a story, a user's home) lives; with
+    /// `claim`, one nobody owns yet becomes this node's.
+    pub async fn owner(
+        self: &Arc<Self>,
+        id: ConvId,
+        claim: bool,
+    ) -> Result<Option<Place>, RedisDown> {
+        let me = Arc::clone(self);
+        self.cluster
+            .run(async move { me.place(id, claim).await })
+            .await
+    }
+
+    /// A lost node was forgotten (its placements released in Redis): this
+    /// node and every other live one drop what they cached of them.
+    pub async fn forgotten(&self, node: &str) {
+        self.forget_cached(node);
+        let msg = BusMsg::Forgot {
+            node: node.to_owned(),
+        };
+        for m in self.cluster.members() {
+            if m.live && m.node_id != self.cluster.node_id() {
+                let _ = self.publish(&m.node_id, &msg).await;
+            }
+        }
+    }
+
+    fn forget_cached(&self, node: &str) {
+        self.owners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, place| !matches!(place, Place::Remote(n) if &**n == node));
+    }
+
     /// Claims a new conversation (a group being created) for this node.
     pub async fn claim(self: &Arc<Self>, conv: ConvId) -> Result<bool, RedisDown> {
-        let me = Arc::clone(self);
-        let place = self
-            .cluster
-            .run(async move { me.place(conv, true).await })
-            .await?;
-        Ok(place == Some(Place::Local))
+        Ok(self.owner(conv, true).await? == Some(Place::Local))
     }
 
     /// The owner of `conv` when it is another node, from a blocking
@@ -425,8 +495,19 @@ impl Bus {
         msg: MsgId,
     ) -> Result<Option<StoredMessage>, RedisDown> {
         match self.read_blocking(node, ReadReq::Message { msg })? {
-            ReadAnswer::Message { message } => Ok(message.map(|m| *m)),
+            ReadAnswer::Message { message, grant } => {
+                self.remember(message.as_deref(), grant);
+                Ok(message.map(|m| *m))
+            }
             _ => Err(RedisDown),
+        }
+    }
+
+    /// Keeps the owner's grant of a message's media for readers here.
+    fn remember(&self, message: Option<&StoredMessage>, grant: Option<MediaGrant>) {
+        let media = message.and_then(|m| m.media.as_ref());
+        if let (Some(md), Some(g), Some(dir)) = (media, grant, self.dir.get()) {
+            dir.deps().media.remember(md.id, g);
         }
     }
 
@@ -453,6 +534,62 @@ impl Bus {
             ReadAnswer::Reaction { emoji } => Ok(emoji),
             _ => Err(RedisDown),
         }
+    }
+
+    /// The record of a conversation another node owns.
+    pub fn remote_conversation(
+        self: &Arc<Self>,
+        node: Arc<str>,
+        conv: ConvId,
+    ) -> Result<Option<ConversationRecord>, RedisDown> {
+        match self.read_blocking(node, ReadReq::Conversation { conv })? {
+            ReadAnswer::Conversation { record } => Ok(record.map(|r| *r)),
+            _ => Err(RedisDown),
+        }
+    }
+
+    /// The conversations of `user` that the other live nodes own (a node
+    /// that does not answer in time is left out: its conversations are
+    /// unavailable until it is back).
+    pub fn remote_memberships(self: &Arc<Self>, user: UserId) -> Vec<ConvId> {
+        let me = self.cluster.node_id();
+        let nodes: Vec<Arc<str>> = self
+            .cluster
+            .members()
+            .into_iter()
+            .filter(|m| m.live && m.node_id != me)
+            .map(|m| Arc::from(m.node_id))
+            .collect();
+        let bus = Arc::clone(self);
+        let from = me.to_owned();
+        let answers: Result<Vec<Option<ReadAnswer>>, RedisDown> =
+            self.cluster.block_on(async move {
+                let asks = nodes.into_iter().map(|node| {
+                    let bus = Arc::clone(&bus);
+                    let from = from.clone();
+                    async move {
+                        bus.ask(
+                            &node,
+                            move |id| BusMsg::Read {
+                                id,
+                                from,
+                                read: ReadReq::Memberships { user },
+                            },
+                            Waiting::Read,
+                        )
+                        .await
+                    }
+                });
+                Ok(futures_util::future::join_all(asks).await)
+            });
+        answers
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|a| match a {
+                Some(ReadAnswer::Memberships { convs }) => convs,
+                _ => Vec::new(),
+            })
+            .collect()
     }
 
     /// A user's inbox after `after` (cursor order): the references the
@@ -592,7 +729,7 @@ impl Bus {
         let Some(first) = batch.first() else {
             return Ok(());
         };
-        let mut args: Vec<String> = Vec::with_capacity(1 + batch.len() * 5);
+        let mut args: Vec<String> = Vec::with_capacity(1 + batch.len() * 6);
         args.push(first.seq.to_string());
         for e in batch {
             args.push(hex_id(e.user));
@@ -602,6 +739,13 @@ impl Bus {
             args.push(match &e.event {
                 Some(ev) => serde_json::to_string(ev).map_err(|_| RedisDown)?,
                 None => String::new(),
+            });
+            args.push(match (&e.event, self.dir.get()) {
+                (Some(Event::Message(m)), Some(dir)) => match timed_grant(dir, m) {
+                    Some(g) => serde_json::to_string(&g).map_err(|_| RedisDown)?,
+                    None => String::new(),
+                },
+                _ => String::new(),
             });
         }
         let key = format!("eph:applied:{}", self.cluster.node_id());
@@ -634,6 +778,11 @@ impl Bus {
                     let Ok(w) = serde_json::from_value::<WireDelivery>(item) else {
                         continue;
                     };
+                    if let (Some(g), Event::Message(m)) = (w.g, &w.e) {
+                        if let Some(md) = &m.media {
+                            dir.deps().media.remember(md.id, g);
+                        }
+                    }
                     let delivery = Delivery {
                         cursor: w.c,
                         event: w.e,
@@ -667,9 +816,10 @@ impl Bus {
                 let me = Arc::clone(self);
                 self.cluster.rt.spawn(async move {
                     let store = me.store.upgrade();
-                    let answer = tokio::task::spawn_blocking(move || match store {
-                        Some(s) => serve_read(&*s, read),
-                        None => ReadAnswer::Failed,
+                    let dir = me.dir.get().cloned();
+                    let answer = tokio::task::spawn_blocking(move || match (store, dir) {
+                        (Some(s), Some(d)) => serve_read(&*s, &d, read),
+                        _ => ReadAnswer::Failed,
                     })
                     .await
                     .unwrap_or(ReadAnswer::Failed);
@@ -681,6 +831,7 @@ impl Bus {
                     let _ = tx.send(answer);
                 }
             }
+            BusMsg::Forgot { node } => self.forget_cached(&node),
             BusMsg::Ephemeral { user, text, except } => {
                 dir.tell_user(
                     user,
@@ -704,9 +855,18 @@ impl Bus {
     }
 }
 
-fn serve_read(store: &RocksStore, read: ReadReq) -> ReadAnswer {
+/// The grant of a timed media message, minted here (where its key is).
+fn timed_grant(dir: &Directory, m: &StoredMessage) -> Option<MediaGrant> {
+    match (&m.media, m.view_policy) {
+        (Some(md), ViewPolicy::Timed) => dir.deps().media.grant(md, Access::Timed, m.expires_at),
+        _ => None,
+    }
+}
+
+fn serve_read(store: &RocksStore, dir: &Directory, read: ReadReq) -> ReadAnswer {
     let r = match read {
         ReadReq::Message { msg } => store.local_message(msg).map(|m| ReadAnswer::Message {
+            grant: m.as_ref().and_then(|m| timed_grant(dir, m)),
             message: m.map(Box::new),
         }),
         ReadReq::Tombstone { msg } => store
@@ -715,6 +875,16 @@ fn serve_read(store: &RocksStore, read: ReadReq) -> ReadAnswer {
         ReadReq::Reaction { msg, by } => store
             .local_reaction(msg, by)
             .map(|emoji| ReadAnswer::Reaction { emoji }),
+        ReadReq::Conversation { conv } => {
+            store
+                .local_conversation(conv)
+                .map(|record| ReadAnswer::Conversation {
+                    record: record.map(Box::new),
+                })
+        }
+        ReadReq::Memberships { user } => store
+            .local_user_conversations(user)
+            .map(|convs| ReadAnswer::Memberships { convs }),
     };
     r.unwrap_or(ReadAnswer::Failed)
 }
@@ -814,6 +984,7 @@ impl Router for Bus {
         let unavailable = self.unavailable();
         let cluster = Arc::clone(&self.cluster);
         self.cluster.metrics.cluster_calls_out.inc();
+        let me2 = Arc::clone(&me);
         Box::pin(async move {
             let from = me.cluster.node_id().to_owned();
             let asked = cluster
@@ -828,7 +999,16 @@ impl Router for Bus {
                 })
                 .await;
             match asked {
-                Ok(Some(a)) => Ok(a),
+                Ok(Some(a)) => {
+                    if let ConvAnswer::Granted {
+                        message,
+                        grant: Some(g),
+                    } = &a
+                    {
+                        me2.remember(Some(message), Some(g.clone()));
+                    }
+                    Ok(a)
+                }
                 _ => Err(unavailable),
             }
         })

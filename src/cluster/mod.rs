@@ -20,6 +20,7 @@
 
 pub mod accounts;
 pub mod bus;
+pub mod route;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
@@ -108,6 +109,28 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// Releases the placements (KEYS) that still name a node (ARGV[1]).
+const RELEASE_OWNED: &str = r"
+local n = 0
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then
+    redis.call('DEL', k)
+    n = n + 1
+  end
+end
+return n";
+
+/// Why a node could not be forgotten.
+#[derive(Debug, thiserror::Error)]
+pub enum ForgetError {
+    /// It holds its lease: it is not lost.
+    #[error("the node is live; stop it first")]
+    Live,
+    /// Redis failed.
+    #[error(transparent)]
+    Redis(#[from] RedisDown),
+}
+
 /// This node in the cluster.
 pub struct Cluster {
     cfg: ClusterConfig,
@@ -130,6 +153,14 @@ pub struct Cluster {
     bus: OnceLock<Arc<bus::Bus>>,
     /// Counts the times Redis answered again after failing.
     redis_back: tokio::sync::watch::Sender<u64>,
+    /// How other nodes reach this one when `advertise_url` is not set:
+    /// the public listener's bound address (`http://addr`).
+    bound_url: String,
+    /// What marks a call one node forwards to another (see [`route`]):
+    /// one random value for the whole cluster, kept in Redis.
+    forward_secret: OnceLock<String>,
+    /// The client of those calls.
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -144,7 +175,11 @@ impl Cluster {
     /// Connects to Redis and takes this node's lease (waiting up to two
     /// leases for a predecessor's to lapse). Fails if Redis cannot be
     /// reached or the node id stays held by another process.
-    pub async fn join(cfg: ClusterConfig, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Cluster>> {
+    pub async fn join(
+        cfg: ClusterConfig,
+        metrics: Arc<Metrics>,
+        bound_url: String,
+    ) -> anyhow::Result<Arc<Cluster>> {
         use anyhow::Context;
         // The runtime lives as long as the process: it carries the Redis
         // connections that storage calls block on from any thread.
@@ -190,6 +225,13 @@ impl Cluster {
             on_revoke: OnceLock::new(),
             bus: OnceLock::new(),
             redis_back: tokio::sync::watch::channel(0).0,
+            bound_url,
+            forward_secret: OnceLock::new(),
+            http: reqwest::Client::builder()
+                .timeout(route::FORWARD_TIMEOUT)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .context("building the HTTP client")?,
         });
         let give_up = Instant::now() + cluster.cfg.lease * 2 + Duration::from_secs(1);
         let mut waited = false;
@@ -219,6 +261,25 @@ impl Cluster {
             }
             tokio::time::sleep(cluster.cfg.lease / 5).await;
         }
+        // The cluster's forwarding secret: the first node sets it.
+        let mut fresh = [0u8; 32];
+        ephemera_actors::ids::random_bytes(&mut fresh);
+        let secret: Option<String> = cluster
+            .run(
+                cluster.query(
+                    redis::cmd("SET")
+                        .arg("eph:forward-secret")
+                        .arg(ephemera_actors::ids::to_hex(&fresh))
+                        .arg("NX")
+                        .arg("GET")
+                        .clone(),
+                ),
+            )
+            .await
+            .map_err(|_| anyhow::anyhow!("cannot read the cluster's secret in Redis"))?;
+        let _ = cluster
+            .forward_secret
+            .set(secret.unwrap_or_else(|| ephemera_actors::ids::to_hex(&fresh)));
         let me = Arc::clone(&cluster);
         cluster.run(async move { me.renew().await }).await?;
         let me = Arc::clone(&cluster);
@@ -243,6 +304,14 @@ impl Cluster {
         self.rt.spawn(async move { me.listen_loop().await });
     }
 
+    /// How other nodes reach this one.
+    fn advertised(&self) -> Option<String> {
+        self.cfg
+            .advertise_url
+            .clone()
+            .or_else(|| Some(self.bound_url.clone()))
+    }
+
     /// The cross-node side (placement, calls, inboxes), once built.
     pub fn bus(&self) -> Option<&Arc<bus::Bus>> {
         self.bus.get()
@@ -261,6 +330,101 @@ impl Cluster {
     /// Whether this node holds its lease now and so may write.
     pub fn may_write(&self) -> bool {
         self.elapsed_ms() < self.write_until.load(Ordering::Acquire)
+    }
+
+    /// Refuses a data directory that is not the one this node id had: if
+    /// Redis has applied more of the node's outbound events than this
+    /// directory ever queued (`head`), the node id was used with another
+    /// directory (this one is new, or an old copy), and its events would
+    /// be taken for ones already applied.
+    pub async fn check_data_dir(&self, head: u64) -> anyhow::Result<()> {
+        let applied: Option<u64> = self
+            .run(self.query(redis::cmd("GET").arg(self.key("applied")).clone()))
+            .await
+            .map_err(|_| anyhow::anyhow!("cannot read the node's progress in Redis"))?;
+        let applied = applied.unwrap_or(0);
+        if applied > head {
+            anyhow::bail!(
+                "node_id {} was used with another data directory (Redis has its events up to \
+                 {applied}, this directory only up to {head}); start it on its own data \
+                 directory, or, if that is lost, run `ephemera admin cluster forget {}` on a \
+                 live node first",
+                self.cfg.node_id,
+                self.cfg.node_id
+            );
+        }
+        Ok(())
+    }
+
+    /// Forgets a lost node (its disk is gone): its conversations, stories
+    /// and users' homes are released, so they can be claimed anew (empty),
+    /// and its registry entries, member record and progress are dropped,
+    /// so its node id can start again on a new data directory. Refused
+    /// while the node holds its lease. Returns how many placements were
+    /// released.
+    pub async fn forget(&self, node: &str) -> Result<u64, ForgetError> {
+        let lease: Option<String> = self
+            .run(self.query(redis::cmd("GET").arg(format!("eph:lease:{node}")).clone()))
+            .await?;
+        if node == self.node_id() || lease.is_some() {
+            return Err(ForgetError::Live);
+        }
+        let mut released = 0;
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .run(
+                    self.query(
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg("eph:owner:*")
+                            .arg("COUNT")
+                            .arg(1000)
+                            .clone(),
+                    ),
+                )
+                .await?;
+            if !keys.is_empty() {
+                let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                let n: u64 = self.run(self.script(RELEASE_OWNED, &keys, &[node])).await?;
+                released += n;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let users_on = format!("eph:users-on:{node}");
+        let users: Vec<String> = self
+            .run(self.query(redis::cmd("SMEMBERS").arg(&users_on).clone()))
+            .await?;
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.cmd("HDEL").arg(format!("eph:where:{u}")).arg(node);
+        }
+        pipe.cmd("DEL")
+            .arg(&users_on)
+            .arg(format!("eph:member:{node}"))
+            .arg(format!("eph:applied:{node}"));
+        pipe.cmd("HDEL").arg(HEARTBEATS).arg(node);
+        self.run(self.query_pipe(pipe)).await?;
+        if let Some(bus) = self.bus() {
+            bus.forgotten(node).await;
+        }
+        let _ = self.refresh_members().await;
+        tracing::warn!(node_id = %node, released, "forgot a lost node");
+        Ok(released)
+    }
+
+    /// How a live member's public listener is reached.
+    fn url_of(&self, node: &str) -> Option<String> {
+        self.members
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|m| m.live && m.node_id == node)
+            .and_then(|m| m.info.as_ref()?.advertise_url.clone())
     }
 
     /// The members as last seen (refreshed with every heartbeat).
@@ -383,7 +547,7 @@ impl Cluster {
         let sent = self.elapsed_ms();
         let info = MemberInfo {
             node_id: self.cfg.node_id.clone(),
-            advertise_url: self.cfg.advertise_url.clone(),
+            advertise_url: self.advertised(),
             epoch: self.epoch(),
             started_at: self.started_at,
             heartbeat_at: now_ms(),

@@ -25,6 +25,7 @@
 //! kept (record and key `until` [`KEPT`]) until it is shredded. A kept
 //! record is never open for upload nor claimable by a message.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +34,7 @@ use ephemera_actors::frames::{ErrorCode, FrameError};
 use ephemera_actors::ids::{random_bytes, Id, UserId};
 use ephemera_actors::store::{now_ms, Access, MediaAccess, MediaGrant, MediaRef, Millis};
 use ring::aead::{Aad, Nonce, NONCE_LEN};
+use serde::{Deserialize, Serialize};
 
 use super::blobstore::{Admission, UploadGate};
 use super::quota::{Refusal, UploadLimits, UploadQuota};
@@ -137,7 +139,13 @@ struct Inner {
     quota: UploadQuota,
     /// Places for copies running at once (see [`COPIES_AT_ONCE`]).
     copies: tokio::sync::Semaphore,
+    /// Cluster mode: grants other nodes minted for media they hold, kept
+    /// [`REMEMBERED`] for readers here (see [`MediaAccess::remember`]).
+    remembered: std::sync::Mutex<HashMap<Id, (MediaGrant, std::time::Instant)>>,
 }
+
+/// How long a grant minted by another node is handed out here.
+const REMEMBERED: Duration = Duration::from_secs(30);
 
 /// The media service (cheap to clone).
 #[derive(Clone)]
@@ -255,6 +263,7 @@ impl MediaService {
             http,
             quota,
             copies: tokio::sync::Semaphore::new(COPIES_AT_ONCE),
+            remembered: Default::default(),
         })))
     }
 
@@ -883,6 +892,166 @@ fn xml_unescape(text: &str) -> String {
     out
 }
 
+/// Ends media `id` at `until` (its key destroyed now with `destroy`, else
+/// set to die then; its record ended then, for the sweep to delete its
+/// blob and record). Blocks (storage).
+fn end_media(inner: &Inner, id: Id, until: Millis, destroy: bool) -> Result<(), StoreError> {
+    if destroy {
+        inner.keys.destroy_media_key(&id.0)?;
+    } else {
+        inner.keys.set_media_until(&id.0, until)?;
+    }
+    if let Some(mut rec) = inner.store.media(id)? {
+        rec.until = rec.until.min(until);
+        inner.store.put_media(id, &rec)?;
+    }
+    Ok(())
+}
+
+/// An upload on its way from the uploader's home node to the node that
+/// owns the conversation of the message using it (cluster mode): its
+/// record and data key; the sealed object travels beside it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HandOver {
+    /// Declared type.
+    pub content_type: String,
+    /// The sealed object's exact size.
+    pub bytes: u64,
+    /// When its key and blob go.
+    pub until: Millis,
+    /// The data key, base64.
+    pub key: String,
+}
+
+/// What the uploader's home says of an upload asked for.
+pub enum Handed {
+    /// Here it is; it is gone from the home node.
+    Over(HandOver, Vec<u8>),
+    /// Not a live, unused upload of that user.
+    Unknown,
+    /// Its object is not (completely) uploaded yet.
+    Incomplete,
+}
+
+impl MediaService {
+    /// At the uploader's home (cluster mode): gives up upload `id` of
+    /// `owner` if it is live, complete and unused, for the node that owns
+    /// the conversation of the message using it. From then on it is gone
+    /// here (its key destroyed and its record ended before the answer, so
+    /// a second claim finds nothing; the sweep deletes the blob).
+    pub async fn hand_over(&self, id: Id, owner: UserId) -> Result<Handed, CopyError> {
+        // One at a time: a check and its end are not split by another's.
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _one = ONE_AT_A_TIME.lock().await;
+        let inner = Arc::clone(&self.0);
+        let found = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let Some(rec) = inner.store.media(id)? else {
+                return Ok(None);
+            };
+            if rec.owner != owner || rec.until <= now_ms() || rec.until == KEPT || rec.is_bound() {
+                return Ok(None);
+            }
+            Ok(inner.keys.media_key(&id.0)?.map(|k| (rec, k)))
+        })
+        .await
+        .map_err(|_| CopyError::Unavailable)??;
+        let Some((rec, key)) = found else {
+            return Ok(Handed::Unknown);
+        };
+        let sealed = match self.fetch(id, rec.bytes).await {
+            Ok(b) => b,
+            Err(CopyError::Damaged | CopyError::Gone) => return Ok(Handed::Incomplete),
+            Err(e) => return Err(e),
+        };
+        let inner = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || end_media(&inner, id, now_ms(), true))
+            .await
+            .map_err(|_| CopyError::Unavailable)??;
+        Ok(Handed::Over(
+            HandOver {
+                content_type: rec.content_type,
+                bytes: rec.bytes,
+                until: rec.until,
+                key: base64::engine::general_purpose::STANDARD.encode(key),
+            },
+            sealed,
+        ))
+    }
+
+    /// At the conversation's owner: keeps a handed-over upload as one of
+    /// this node's own (key first, then record, then object, as a mint and
+    /// an upload would leave them).
+    pub async fn take_over(
+        &self,
+        id: Id,
+        owner: UserId,
+        h: HandOver,
+        sealed: Vec<u8>,
+    ) -> Result<(), CopyError> {
+        let key: [u8; 32] = base64::engine::general_purpose::STANDARD
+            .decode(&h.key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or(CopyError::Damaged)?;
+        if sealed.len() as u64 != h.bytes {
+            return Err(CopyError::Damaged);
+        }
+        let rec = MediaRecord {
+            owner,
+            content_type: h.content_type,
+            bytes: h.bytes,
+            created_at: now_ms(),
+            bound: None,
+            story: None,
+            until: h.until,
+        };
+        let inner = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            inner.keys.put_media_key(&id.0, &key, rec.until)?;
+            inner.store.put_media(id, &rec)
+        })
+        .await
+        .map_err(|_| CopyError::Unavailable)??;
+        self.put_object(&object_key(id), sealed).await
+    }
+
+    /// Cluster mode: the record of upload `id` of `owner` after moving it
+    /// here from the owner's home node, if it is there (`None`: no such
+    /// upload anywhere).
+    async fn moved_here(&self, id: Id, owner: UserId) -> Result<Option<MediaRecord>, FrameError> {
+        let unavailable = || refuse(ErrorCode::Unavailable, "media lookup failed, retry");
+        let Some(cluster) = self.0.store.cluster().cloned() else {
+            return Ok(None);
+        };
+        let Some(bus) = cluster.bus().cloned() else {
+            return Ok(None);
+        };
+        let node = match bus.owner(owner, false).await {
+            Ok(Some(ephemera_actors::remote::Place::Remote(node))) => node,
+            Ok(_) => return Ok(None),
+            Err(_) => return Err(unavailable()),
+        };
+        match crate::cluster::route::fetch_upload(&cluster, &node, id, owner).await {
+            Some(Handed::Over(h, sealed)) => {
+                self.take_over(id, owner, h, sealed).await.map_err(|e| {
+                    tracing::error!(error = %e, "keeping an upload handed over failed");
+                    unavailable()
+                })?;
+                let store = Arc::clone(&self.0.store);
+                tokio::task::spawn_blocking(move || store.media(id))
+                    .await
+                    .map_err(|_| unavailable())?
+                    .map_err(|_| refuse(ErrorCode::Internal, "storage failure"))
+            }
+            Some(Handed::Unknown) => Ok(None),
+            Some(Handed::Incomplete) => {
+                Err(refuse(ErrorCode::Invalid, "the upload is not complete"))
+            }
+            None => Err(unavailable()),
+        }
+    }
+}
+
 fn refuse(code: ErrorCode, message: &'static str) -> FrameError {
     FrameError::new(code, message)
 }
@@ -901,6 +1070,12 @@ impl MediaAccess for MediaService {
                 .await
                 .map_err(|_| refuse(ErrorCode::Unavailable, "media lookup failed, retry"))?
                 .map_err(|_| refuse(ErrorCode::Internal, "storage failure"))?;
+            // Cluster mode: an upload made at the sender's home moves to the
+            // conversation's owner when a message first uses it.
+            let rec = match rec {
+                None => svc.moved_here(id, owner).await?,
+                found => found,
+            };
             // Someone else's upload is indistinguishable from none at all.
             let rec = match rec {
                 Some(r) if r.owner == owner && r.until > now_ms() => r,
@@ -938,7 +1113,14 @@ impl MediaAccess for MediaService {
     }
 
     fn grant(&self, media: &MediaRef, access: Access, expires_at: Millis) -> Option<MediaGrant> {
-        let key = self.0.keys.media_key(&media.id.0).ok()??;
+        let Some(key) = self.0.keys.media_key(&media.id.0).ok()? else {
+            // Not this node's: a grant its owner minted, if one came lately.
+            let remembered = self.0.remembered.lock().unwrap_or_else(|p| p.into_inner());
+            return remembered
+                .get(&media.id)
+                .filter(|(_, at)| at.elapsed() < REMEMBERED)
+                .map(|(g, _)| g.clone());
+        };
         let left = expires_at.saturating_sub(now_ms()) / 1000;
         let cap = match access {
             Access::Once => ONCE_GET_URL_SECS,
@@ -974,24 +1156,20 @@ impl MediaAccess for MediaService {
         })
     }
 
+    fn remember(&self, media: Id, grant: MediaGrant) {
+        let mut remembered = self.0.remembered.lock().unwrap_or_else(|p| p.into_inner());
+        if remembered.len() >= 4_096 {
+            remembered.retain(|_, (_, at)| at.elapsed() < REMEMBERED);
+        }
+        remembered.insert(media, (grant, std::time::Instant::now()));
+    }
+
     fn shred(&self, media: &MediaRef, fuse_ms: u64) {
         let inner = Arc::clone(&self.0);
         let id = media.id;
         let until = now_ms() + fuse_ms;
         tokio::task::spawn_blocking(move || {
-            let shortened = (|| {
-                if fuse_ms == 0 {
-                    inner.keys.destroy_media_key(&id.0)?;
-                } else {
-                    inner.keys.set_media_until(&id.0, until)?;
-                }
-                if let Some(mut rec) = inner.store.media(id)? {
-                    rec.until = rec.until.min(until);
-                    inner.store.put_media(id, &rec)?;
-                }
-                Ok::<_, StoreError>(())
-            })();
-            if let Err(e) = shortened {
+            if let Err(e) = end_media(&inner, id, until, fuse_ms == 0) {
                 tracing::error!(error = %e, "shredding a media key failed; it still dies at its expiry");
             }
         });

@@ -502,7 +502,7 @@ impl RocksStore {
 
     /// The last outbound seq handed out: the persisted head, or the last
     /// row still queued if that is higher.
-    fn outbound_head(&self) -> Result<u64, StoreError> {
+    pub fn outbound_head(&self) -> Result<u64, StoreError> {
         let head = self
             .db
             .get_pinned_cf(self.cf(Cf::Cursors), writer::OUTBOUND_HEAD)?
@@ -607,6 +607,33 @@ impl RocksStore {
                 .map(|plain| String::from_utf8(plain).map_err(|_| StoreError::Corrupt("reactions")))
                 .transpose()
         })
+    }
+
+    /// A conversation's record on this node.
+    pub fn local_conversation(&self, id: ConvId) -> Result<Option<ConversationRecord>, StoreError> {
+        self.get_json(Cf::Conversations, &keys::conversation(id))
+    }
+
+    /// Whether `user` is a member of a conversation of this node.
+    pub fn local_is_member(&self, user: UserId, conv: ConvId) -> Result<bool, StoreError> {
+        self.get_live(Cf::Memberships, &keys::membership(user, conv))
+            .map(|v| v.is_some())
+    }
+
+    /// The conversations of `user` that this node holds.
+    pub fn local_user_conversations(&self, user: UserId) -> Result<Vec<ConvId>, StoreError> {
+        let mut out = Vec::new();
+        let from = keys::membership(user, ephemera_actors::ids::Id([0; 16]));
+        self.scan_prefix(Cf::Memberships, &from, 16, usize::MAX, |k, _| {
+            out.push(keys::id_at(k, 16));
+            Ok(Step::Take)
+        })?;
+        Ok(out)
+    }
+
+    /// Cluster mode: this node in the cluster.
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
     }
 
     /// Cluster mode: the cross-node side.
@@ -965,7 +992,10 @@ impl Store for RocksStore {
     }
 
     fn conversation(&self, id: ConvId) -> Result<Option<ConversationRecord>, ReadError> {
-        read(self.get_json(Cf::Conversations, &keys::conversation(id)))
+        if let Some((bus, node)) = self.remote_owner(id)? {
+            return read(bus.remote_conversation(node, id).map_err(StoreError::from));
+        }
+        read(self.local_conversation(id))
     }
 
     fn last_seq(&self, id: ConvId) -> Result<u64, ReadError> {
@@ -1052,22 +1082,21 @@ impl Store for RocksStore {
     }
 
     fn user_conversations(&self, user: UserId) -> Result<Vec<ConvId>, ReadError> {
-        let mut out = Vec::new();
-        let from = keys::membership(user, ephemera_actors::ids::Id([0; 16]));
-        read(
-            self.scan_prefix(Cf::Memberships, &from, 16, usize::MAX, |k, _| {
-                out.push(keys::id_at(k, 16));
-                Ok(Step::Take)
-            }),
-        )?;
+        let mut out = read(self.local_user_conversations(user))?;
+        // Cluster mode: and those the other nodes own.
+        if let Some(bus) = self.cluster.get().and_then(|c| c.bus()) {
+            out.extend(bus.remote_memberships(user));
+            out.sort();
+            out.dedup();
+        }
         Ok(out)
     }
 
     fn is_member(&self, user: UserId, conv: ConvId) -> Result<bool, ReadError> {
-        read(
-            self.get_live(Cf::Memberships, &keys::membership(user, conv))
-                .map(|v| v.is_some()),
-        )
+        // This node's rows only: actors ask it from their own threads,
+        // where a call to another node cannot wait (it is for conversations
+        // this node owns).
+        read(self.local_is_member(user, conv))
     }
 
     fn group_count(&self, user: UserId, stop_at: usize) -> Result<usize, ReadError> {
