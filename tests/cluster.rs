@@ -813,7 +813,7 @@ async fn stories_and_the_http_api_answer_alike_through_every_node() {
     carol_c.ping().await;
     let (upload, _, sealed) =
         common::stories::upload_photo(&c.http(), &blobs, &alice_s, 1200).await;
-    let ack = alice_a
+    let ack_photo = alice_a
         .send_ok(common::media::media_send(
             &new_cid("photo"),
             &carol.user_id,
@@ -823,7 +823,7 @@ async fn stories_and_the_http_api_answer_alike_through_every_node() {
         ))
         .await;
     let m = carol_c
-        .expect_about("message", str_of(&ack, "msg_id"))
+        .expect_about("message", str_of(&ack_photo, "msg_id"))
         .await;
     assert_eq!(str_of(&m["media"], "data_key"), upload.data_key_b64, "{m}");
     let url = str_of(&m["media"], "get_url");
@@ -834,6 +834,47 @@ async fn stories_and_the_http_api_answer_alike_through_every_node() {
     let got = blobs.get(url).send().await.expect("GET the photo");
     assert_eq!(got.status(), 200);
     assert_eq!(&got.bytes().await.expect("body")[..], &sealed[..]);
+
+    // View-once media across nodes: the owner (node a) grants it to
+    // Carol's view from node c, once; and a new device of Carol on node b
+    // replays the timed photo with a grant from the owner.
+    let (once, _, once_sealed) =
+        common::stories::upload_photo(&b.http(), &blobs, &alice_s, 900).await;
+    let ack = alice_a
+        .send_ok(common::media::media_send(
+            &new_cid("once"),
+            &carol.user_id,
+            &once.media_key,
+            "once",
+            600,
+        ))
+        .await;
+    let once_id = str_of(&ack, "msg_id").to_owned();
+    carol_c.expect_about("message", &once_id).await;
+    carol_c
+        .send(json!({"type": "view", "msg_id": once_id}))
+        .await;
+    let v = carol_c.expect_about("view_result", &once_id).await;
+    assert_eq!(v["result"], "granted", "{v}");
+    assert_eq!(str_of(&v["media"], "data_key"), once.data_key_b64, "{v}");
+    let got = blobs
+        .get(str_of(&v["media"], "get_url"))
+        .send()
+        .await
+        .expect("GET the once photo");
+    assert_eq!(&got.bytes().await.expect("body")[..], &once_sealed[..]);
+    let mut carol_b = TestSocket::connect(&b, &carol.login(&b.http()).await, "carol@b").await;
+    let synced = carol_b.sync(0).await;
+    let replayed = synced
+        .about("message", str_of(&ack_photo, "msg_id"))
+        .next()
+        .unwrap_or_else(|| panic!("the photo is replayed: {:?}", synced.events))
+        .clone();
+    assert_eq!(
+        str_of(&replayed["media"], "data_key"),
+        upload.data_key_b64,
+        "{replayed}"
+    );
 
     // Alice's home goes down: what it owns answers 503 with a retry hint;
     // everything else keeps working through the other nodes.

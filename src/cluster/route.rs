@@ -201,6 +201,18 @@ async fn caller(req: &ServiceRequest, state: &AppState) -> Option<UserId> {
         .map(|a| a.user)
 }
 
+/// Reads the members again from Redis (their liveness and addresses)
+/// unless `node`'s address is known already: the heartbeat refreshes them
+/// only every fifth of a lease, and a node that just started, or that
+/// gathers from every node, must not miss one that came meanwhile.
+async fn fresh_view(cluster: &Arc<Cluster>, node: Option<&str>) {
+    if node.is_some_and(|n| cluster.url_of(n).is_some()) {
+        return;
+    }
+    let me = Arc::clone(cluster);
+    let _ = cluster.run(async move { me.refresh_members().await }).await;
+}
+
 /// The call as it goes to another node: method, path and query, the
 /// caller's token and the body's type.
 fn outgoing(
@@ -260,6 +272,7 @@ async fn forward(
         Ok(b) => b,
         Err(e) => return Ok(req.error_response(e)),
     };
+    fresh_view(cluster, Some(node)).await;
     let Some(out) = outgoing(cluster, &req, node, FORWARDED) else {
         tracing::warn!(node_id = %node, "cannot forward: the node is down or has no address");
         return Ok(req.error_response(ApiError::Unavailable));
@@ -351,6 +364,7 @@ pub(crate) async fn fetch_upload(
     owner: UserId,
 ) -> Option<crate::media::service::Handed> {
     use crate::media::service::{HandOver, Handed};
+    fresh_view(cluster, Some(node)).await;
     let base = cluster.url_of(node)?;
     let secret = cluster.forward_secret.get()?.clone();
     let out = cluster
@@ -383,6 +397,7 @@ async fn gather(
     cluster: &Arc<Cluster>,
     what: Gather,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    fresh_view(cluster, None).await;
     let asks: Vec<_> = cluster
         .members()
         .into_iter()
