@@ -168,8 +168,17 @@ async fn set_moderator(
     if !web::block(move || ephemera_actors::store::Store::user_exists(&*store, user)).await?? {
         return Err(NO_USER);
     }
-    let q = Arc::clone(state.quarantine.store());
-    web::block(move || q.set_moderator(user, moderator)).await??;
+    // Cluster mode: the role is the cluster's (in Redis), so every node's
+    // moderation calls see it.
+    match state.store.cluster().cloned() {
+        Some(c) => web::block(move || c.set_moderator(user, moderator))
+            .await?
+            .map_err(|_| ApiError::Unavailable)?,
+        None => {
+            let q = Arc::clone(state.quarantine.store());
+            web::block(move || q.set_moderator(user, moderator)).await??
+        }
+    }
     tracing::info!(%user, moderator, "operator changed the moderator role");
     Ok(HttpResponse::NoContent().finish())
 }

@@ -1014,3 +1014,124 @@ async fn a_lost_node_is_forgotten_and_its_id_starts_again_on_a_new_directory() {
     assert_eq!(m["body"], "again");
     assert_eq!(m["seq"], 1, "the conversation starts again, empty: {m}");
 }
+
+/// Reports and moderation through any node: a report goes to the node
+/// that owns the reported message, the moderator role granted through one
+/// node's admin listener holds on every node, the case list is gathered
+/// from every node, and a case is read and closed through nodes that do
+/// not hold it.
+#[tokio::test]
+async fn reports_and_moderation_work_through_every_node() {
+    use common::stories::{call, expect_status, seg};
+    use reqwest::Method;
+    let redis = Redis::start().await;
+    let a = start_node(&redis, "node-a", &[]).await;
+    let b = start_node(&redis, "node-b", &[]).await;
+    let c = start_node(&redis, "node-c", &[]).await;
+    let alice = register_user(&a.http(), "alice").await;
+    let bob = register_user(&b.http(), "bob").await;
+    let mo = register_user(&c.http(), "mo").await;
+    let (alice_s, bob_s, mo_s) = (
+        alice.login(&a.http()).await,
+        bob.login(&b.http()).await,
+        mo.login(&c.http()).await,
+    );
+    let mut alice_a = TestSocket::connect(&a, &alice_s, "alice@a").await;
+    let mut bob_b = TestSocket::connect(&b, &bob_s, "bob@b").await;
+    bob_b.ping().await;
+    // Alice writes from node a: the conversation, and so the report, are a's.
+    let ack = alice_a
+        .send_ok(timed_text(
+            &new_cid("r"),
+            Target::User(&bob.user_id),
+            "spam spam",
+            600,
+        ))
+        .await;
+    let msg = str_of(&ack, "msg_id").to_owned();
+    bob_b.expect_about("message", &msg).await;
+    let r = expect_status(
+        call(
+            &c.http(),
+            &bob_s,
+            Method::POST,
+            "/api/v1/reports",
+            Some(json!({"msg_id": msg, "reason": "spam"})),
+        )
+        .await,
+        201,
+        "report through node c",
+    );
+    let case = str_of(&r, "case_id").to_owned();
+
+    // Not a moderator yet: 403 through every node.
+    let cases = |node: &common::Server| {
+        let http = node.http();
+        let s = mo_s.clone();
+        async move { call(&http, &s, Method::GET, "/api/v1/moderation/cases", None).await }
+    };
+    assert_eq!(cases(&b).await.status, 403);
+    // Granted through node b's admin listener: a moderator everywhere.
+    let granted = b
+        .admin_http()
+        .raw(
+            Method::PUT,
+            &format!("/admin/moderators/{}", mo.user_id),
+            Some(b.admin_token()),
+            None,
+        )
+        .await
+        .expect("grant");
+    assert_eq!(granted.status, 204);
+    for node in [&a, &b, &c] {
+        let listed = expect_status(cases(node).await, 200, "cases");
+        let ids: Vec<&str> = listed["cases"]
+            .as_array()
+            .expect("cases")
+            .iter()
+            .map(|k| str_of(k, "case_id"))
+            .collect();
+        assert_eq!(ids, vec![case.as_str()], "through {}", node.http_base());
+    }
+    let read = expect_status(
+        call(
+            &b.http(),
+            &mo_s,
+            Method::GET,
+            &format!("/api/v1/moderation/cases/{}", seg(&case)),
+            None,
+        )
+        .await,
+        200,
+        "read the case through node b",
+    );
+    assert_eq!(read["content"]["body"], "spam spam", "{read}");
+    assert_eq!(read["author"], alice.user_id.as_str());
+    let closed = call(
+        &c.http(),
+        &mo_s,
+        Method::POST,
+        &format!("/api/v1/moderation/cases/{}/close", seg(&case)),
+        None,
+    )
+    .await;
+    assert_eq!(closed.status, 200, "{:?}", closed.json);
+    // The reads were logged where the case is (node a).
+    let log = a
+        .admin_http()
+        .raw(
+            Method::GET,
+            "/admin/moderation/access-log",
+            Some(a.admin_token()),
+            None,
+        )
+        .await
+        .expect("access log");
+    let entries = log.json.expect("log")["entries"].clone();
+    assert!(
+        entries
+            .as_array()
+            .is_some_and(|e| e.iter().any(|x| x["case_id"] == case.as_str())),
+        "{entries}"
+    );
+}

@@ -37,9 +37,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 struct Moderator(Id);
 
 async fn moderator(state: &AppState, who: &Authed) -> Result<Moderator, ApiError> {
-    let store = Arc::clone(state.quarantine.store());
     let user = who.user;
-    if web::block(move || store.is_moderator(user)).await?? {
+    // Cluster mode: the role is the cluster's (in Redis).
+    let is = match state.store.cluster().cloned() {
+        Some(c) => web::block(move || c.is_moderator(user))
+            .await?
+            .map_err(|_| ApiError::Unavailable)?,
+        None => {
+            let store = Arc::clone(state.quarantine.store());
+            web::block(move || store.is_moderator(user)).await??
+        }
+    };
+    if is {
         Ok(Moderator(user))
     } else {
         Err(ApiError::Forbidden("moderators only"))

@@ -179,8 +179,20 @@ async fn quarantine(
 ) -> Result<Id, ApiError> {
     let q = state.quarantine.clone();
     let now = now_ms();
+    let case_id = Id::random();
+    // Cluster mode: the case is this node's (the content's owner, where
+    // the report was routed), so calls about it anywhere come here.
+    if let Some(bus) = state.store.cluster_bus() {
+        if !bus
+            .claim(case_id)
+            .await
+            .map_err(|_| ApiError::Unavailable)?
+        {
+            return Err(ApiError::Unavailable);
+        }
+    }
     let rec = CaseRecord {
-        case_id: Id::random(),
+        case_id,
         kind: r.kind,
         subject: r.subject,
         reason,

@@ -36,7 +36,37 @@ fn token_key(token: &str) -> String {
     format!("eph:token:{}", to_hex(&keys::token(token)))
 }
 
+/// The moderators of the whole cluster: user id (hex) -> when granted.
+const MODERATORS: &str = "eph:moderators";
+
 impl Cluster {
+    /// Whether `user` holds the moderator role (cluster-wide).
+    pub fn is_moderator(&self, user: UserId) -> Result<bool, RedisDown> {
+        self.block_on(
+            self.query(
+                redis::cmd("HEXISTS")
+                    .arg(MODERATORS)
+                    .arg(hex_id(user))
+                    .clone(),
+            ),
+        )
+    }
+
+    /// Grants or revokes the moderator role on every node at once.
+    pub fn set_moderator(&self, user: UserId, moderator: bool) -> Result<(), RedisDown> {
+        let cmd = if moderator {
+            redis::cmd("HSET")
+                .arg(MODERATORS)
+                .arg(hex_id(user))
+                .arg(now_ms())
+                .clone()
+        } else {
+            redis::cmd("HDEL").arg(MODERATORS).arg(hex_id(user)).clone()
+        };
+        let _: u64 = self.block_on(self.query(cmd))?;
+        Ok(())
+    }
+
     /// Creates an account; `Ok(false)` if the username is taken.
     pub fn create_account(&self, rec: &AccountRecord) -> Result<bool, RedisDown> {
         let json = serde_json::to_string(rec).map_err(|_| RedisDown)?;

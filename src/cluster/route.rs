@@ -68,6 +68,8 @@ enum Gather {
     Profile,
     /// `GET /stories/tray` (at the caller's home).
     Tray,
+    /// `GET /moderation/cases`.
+    Cases,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,6 +77,8 @@ enum Route {
     Here,
     To(Owner),
     All(Gather),
+    /// `POST /reports`: to the owner of the content its body names.
+    Report,
 }
 
 /// Where a call of the public API is answered. Ids that do not parse are
@@ -102,6 +106,11 @@ fn route(method: &Method, path: &str) -> Route {
             None => Route::Here,
         },
         ["users", u, "stories" | "highlights" | "keys"] if get => id(u, Owner::Home),
+        ["reports"] if method == Method::POST => Route::Report,
+        ["moderation", "cases"] if get => Route::All(Gather::Cases),
+        ["moderation", "cases", c] | ["moderation", "cases", c, "hold" | "close"] => {
+            id(c, Owner::Of)
+        }
         ["following", u] => id(u, Owner::Home),
         ["close-friends", _]
         | ["highlights", _]
@@ -158,14 +167,51 @@ pub async fn middleware(
             };
         }
         Route::All(g) => return gather(req, next, &state, &cluster, g).await,
+        Route::Report if forwarded => None,
+        Route::Report => {
+            let mut req = req;
+            let body = match read_body(&mut req).await {
+                Ok(b) => b,
+                Err(e) => return Ok(req.error_response(e)),
+            };
+            let subject = reported(&body);
+            // Put back for whoever reads it next (here, or the forwarding).
+            req.set_payload(actix_web::dev::Payload::from(body));
+            return match subject {
+                Some(id) => route_to(req, next, &state, &cluster, Owner::Of(id)).await,
+                None => Ok(next.call(req).await?.map_into_boxed_body()),
+            };
+        }
     };
     let Some(owner) = owner else {
         return Ok(next.call(req).await?.map_into_boxed_body());
     };
-    match place(&req, &state, &cluster, owner).await {
-        Ok(Some(Place::Remote(node))) => forward(req, &cluster, &node).await,
+    route_to(req, next, &state, &cluster, owner).await
+}
+
+/// Answers here if `owner` is this node (or nobody), else forwards.
+async fn route_to(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    state: &AppState,
+    cluster: &Arc<Cluster>,
+    owner: Owner,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    match place(&req, state, cluster, owner).await {
+        Ok(Some(Place::Remote(node))) => forward(req, cluster, &node).await,
         Ok(_) => Ok(next.call(req).await?.map_into_boxed_body()),
         Err(e) => Ok(req.error_response(e)),
+    }
+}
+
+/// What a report's body names: a message's conversation or a story
+/// (`None`: not a valid report; answered here, with the handler's error).
+fn reported(body: &[u8]) -> Option<Id> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    match (v.get("msg_id"), v.get("story_id")) {
+        (Some(m), None) => Some(ephemera_actors::ids::MsgId::parse(m.as_str()?)?.conv),
+        (None, Some(s)) => Id::parse(s.as_str()?),
+        _ => None,
     }
 }
 
@@ -475,6 +521,15 @@ fn merge(what: Gather, into: &mut Value, parts: Vec<Value>) {
                     .then(text(a, "user_id").cmp(text(b, "user_id")))
             });
         }
+        Gather::Cases => {
+            concat(into, "cases", parts);
+            // Oldest report first, as one node lists them.
+            sort_by(into, "cases", |a, b| {
+                number(a, "reported_at")
+                    .cmp(&number(b, "reported_at"))
+                    .then(text(a, "case_id").cmp(text(b, "case_id")))
+            });
+        }
         Gather::Profile => {
             for key in ["follower_count", "following_count"] {
                 let sum = number(into, key) + parts.iter().map(|p| number(p, key)).sum::<u64>();
@@ -590,6 +645,17 @@ mod tests {
             (Method::POST, p("/api/v1/conversations"), Route::Here),
             (Method::GET, p("/api/v1/stories/not-an-id"), Route::Here),
             (Method::POST, p("/api/v1/accounts"), Route::Here),
+            (Method::POST, p("/api/v1/reports"), Route::Report),
+            (
+                Method::GET,
+                p("/api/v1/moderation/cases"),
+                Route::All(Gather::Cases),
+            ),
+            (
+                Method::POST,
+                p("/api/v1/moderation/cases/ID/close"),
+                Route::To(Owner::Of(id)),
+            ),
         ];
         for (method, path, want) in cases {
             assert_eq!(route(&method, &path), want, "{method} {path}");
