@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::call::CallWire;
 use crate::conversation::{Delivered, React, Read, Screenshot, Typing, Unsend, View, Viewed};
 use crate::directory::Directory;
 use crate::frames::{ErrorCode, FrameError};
 use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
 use crate::send::{AckTo, Post};
-use crate::store::{AckRecord, StoredMessage, ViewPolicy};
+use crate::store::{AckRecord, ReadError, StoredMessage, ViewPolicy};
 
 /// Where a conversation lives, as far as this node knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,11 +45,25 @@ pub trait Router: Send + Sync + 'static {
     /// answer; `unavailable` with `retry_after_ms` if that node is down.
     fn call(&self, node: Arc<str>, call: ConvCall) -> BoxFuture<Result<ConvAnswer, FrameError>>;
     /// A user's first device attached here (`true`), or their last one left
-    /// (`false`): the session registry, which says where to send their events.
+    /// (`false`): the session registry, which says where to send their
+    /// events. It also keeps presence cluster-wide: the user's contacts
+    /// hear `online` when their first device anywhere attaches and
+    /// `offline` when their last one anywhere leaves (the user actor
+    /// announces neither in cluster mode).
     fn user_here(&self, user: UserId, here: bool);
+    /// Which of `users` have a device online anywhere in the cluster, in
+    /// order, in one round trip. Blocks: call it from a blocking thread.
+    fn online_blocking(&self, users: &[UserId]) -> Result<Vec<bool>, ReadError>;
     /// A frame that is not stored (typing, presence) for `user`'s devices
     /// on other nodes.
     fn tell_elsewhere(&self, user: UserId, text: Arc<str>, except_device: Option<DeviceId>);
+    /// Rings `callee`'s devices on the other live nodes they are on with
+    /// `ring` (a [`CallWire::Ring`]); resolves to those nodes (none if
+    /// Redis cannot say).
+    fn ring_elsewhere(&self, callee: UserId, ring: CallWire) -> BoxFuture<Vec<Arc<str>>>;
+    /// Sends a call's message to `node`, which hands it to
+    /// [`crate::call::from_node`]. Not waited for: lost if Redis is away.
+    fn call_elsewhere(&self, node: Arc<str>, wire: CallWire);
 }
 
 /// A conversation frame on its way to the owner node: the same fields the
