@@ -282,6 +282,10 @@ async fn a_call_between_devices_on_two_nodes_rings_answers_signals_and_hangs_up(
     for s in [&mut bob_b, &mut bob_a] {
         assert_eq!(str_of(&expect_call(s, &id, "ice").await, "data"), early);
     }
+    // A device of Bob's that connects to node b while it rings is rung too.
+    let (_, mut bob_b2) = device(&b, &bob, "bob2@b").await;
+    let ring = expect_call(&mut bob_b2, &id, "offer").await;
+    assert_eq!(str_of(&ring, "data"), offer);
 
     // Bob answers on node b: Alice gets the answer, his device on a stops
     // ringing.
@@ -292,8 +296,17 @@ async fn a_call_between_devices_on_two_nodes_rings_answers_signals_and_hangs_up(
     let got = expect_call(&mut alice_a, &id, "answer").await;
     assert_eq!(str_of(&got, "data"), answer);
     assert_eq!(str_of(&got, "from_device"), bob_dev.device_id);
-    let elsewhere = expect_call(&mut bob_a, &id, "hangup").await;
-    assert_eq!(str_of(&elsewhere, "reason"), "answered_elsewhere");
+    for s in [&mut bob_a, &mut bob_b2] {
+        let elsewhere = expect_call(s, &id, "hangup").await;
+        assert_eq!(str_of(&elsewhere, "reason"), "answered_elsewhere");
+    }
+    assert!(
+        !bob_b
+            .seen()
+            .iter()
+            .any(|f| f["type"] == "call" && f["action"] == "hangup"),
+        "the answering device is not told to stop ringing"
+    );
 
     // ICE both ways between the pair across the nodes.
     let from_bob = format!("candidate:3 {canary}-callee");
@@ -453,4 +466,8 @@ async fn a_user_online_on_no_node_gets_each_message_and_call_pushed_once() {
     assert_eq!(p["kind"], "call");
     assert_eq!(p["user_id"], bob.user_id.as_str());
     assert!(p.get("conversation_id").is_none(), "{p}");
+    // Woken by the push, Bob connects to node b: the call rings there.
+    let (_, mut bob_b) = device(&b, &bob, "bob@b again").await;
+    let ring = expect_call(&mut bob_b, &id, "offer").await;
+    assert_eq!(str_of(&ring, "data"), "v=0 push");
 }

@@ -17,8 +17,10 @@
 //! home, forwards its devices' frames there ([`CallWire::Signal`]), and
 //! reports the answering socket going away ([`CallWire::Gone`]). Frames
 //! for those devices travel back as [`CallWire::Frame`]; the home says
-//! [`CallWire::Ended`] when the call ends. A callee online on no node
-//! gets a push.
+//! [`CallWire::Ended`] when the call ends. While it rings, the call is
+//! noted in Redis, so a device of the callee that attaches to any node
+//! meanwhile asks the home to ring it ([`CallWire::RingMe`]). A callee
+//! online on no node gets a push.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,6 +76,16 @@ pub struct Ring {
     pub device: DeviceId,
     /// The socket.
     pub link: SessionLink,
+}
+
+/// A device of the callee attached to another node while the call rings.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RingRemote {
+    /// Its node.
+    pub node: Arc<str>,
+    /// Its device.
+    pub device: DeviceId,
 }
 
 /// The callee's socket that answered, on another node, went away.
@@ -141,6 +153,14 @@ pub enum CallWire {
         /// Its device.
         device: DeviceId,
     },
+    /// A device of the callee attached there while the call rings: ring
+    /// it too.
+    RingMe {
+        /// The call.
+        key: Key,
+        /// The device.
+        device: DeviceId,
+    },
     /// The call ended at its home: forget it.
     Ended {
         /// The call.
@@ -156,6 +176,7 @@ impl std::fmt::Debug for CallWire {
             CallWire::Frame { .. } => "Frame",
             CallWire::Signal { .. } => "Signal",
             CallWire::Gone { .. } => "Gone",
+            CallWire::RingMe { .. } => "RingMe",
             CallWire::Ended { .. } => "Ended",
         })
     }
@@ -488,6 +509,7 @@ impl Call {
             }
             return;
         };
+        let ringing = self.dir.deps().limits.call_ring_timeout;
         let ring = CallWire::Ring {
             key: self.key.clone(),
             callee,
@@ -497,7 +519,7 @@ impl Call {
         };
         ctx.wait(
             router
-                .ring_elsewhere(callee, ring)
+                .ring_elsewhere(callee, ring, ringing)
                 .into_actor(self)
                 .map(move |nodes, act, _| {
                     if !here && nodes.is_empty() {
@@ -617,6 +639,9 @@ impl Call {
                     ctx.cancel_future(t);
                 }
                 self.offer = None;
+                if let Some(r) = &self.dir.deps().router {
+                    r.ringing_over(self.callee, self.key.clone());
+                }
                 let text = self.frame(&me, CallAction::Answer, s.data.as_deref(), None);
                 self.caller.push(&self.dir, text);
                 self.stop_ringing(CallEnd::AnsweredElsewhere, Some(&me));
@@ -703,6 +728,9 @@ impl Actor for Call {
         self.dir.calls().remove(&self.key, &ctx.address());
         // The other nodes that know of the call forget it.
         if let Some(router) = &self.dir.deps().router {
+            if self.offer.is_some() {
+                router.ringing_over(self.callee, self.key.clone());
+            }
             let mut nodes = std::mem::take(&mut self.rung_nodes);
             if let Some(Party {
                 link: PartyLink::Node(n),
@@ -755,6 +783,27 @@ impl Handler<Ring> for Call {
                 device: r.device,
                 link: PartyLink::Here(r.link),
             });
+        }
+    }
+}
+
+impl Handler<RingRemote> for Call {
+    type Result = ();
+
+    fn handle(&mut self, r: RingRemote, _: &mut Self::Context) {
+        let Some(sdp) = self.offer.as_deref() else {
+            return;
+        };
+        let text = self.frame(&self.caller, CallAction::Offer, Some(sdp), None);
+        let p = Party {
+            user: self.callee,
+            device: r.device,
+            link: PartyLink::Node(Arc::clone(&r.node)),
+        };
+        p.push(&self.dir, text);
+        // What follows the offer goes to the callee's sockets on that node.
+        if !self.rung_nodes.contains(&r.node) {
+            self.rung_nodes.push(r.node);
         }
     }
 }
@@ -829,6 +878,11 @@ pub fn from_node(dir: &Arc<Directory>, from: Arc<str>, wire: CallWire) {
                 reply_to(&dir, from, user, device, text);
             });
         }
+        CallWire::RingMe { key, device } => {
+            if let Some(call) = calls.lock().by_key.get(&key) {
+                call.do_send(RingRemote { node: from, device });
+            }
+        }
         CallWire::Gone { key, device } => {
             if let Some(call) = calls.lock().by_key.get(&key) {
                 call.do_send(RemoteGone { node: from, device });
@@ -837,6 +891,31 @@ pub fn from_node(dir: &Arc<Directory>, from: Arc<str>, wire: CallWire) {
         CallWire::Ended { key } => {
             calls.lock().remote.remove(&key);
         }
+    }
+}
+
+/// A device attached here while calls of other nodes ring its user
+/// (`ringing`: each call and its home node): each home rings it, and its
+/// frames about the call go there.
+pub(crate) fn ring_here(dir: &Directory, device: DeviceId, ringing: Vec<(Key, Arc<str>)>) {
+    let Some(router) = &dir.deps().router else {
+        return;
+    };
+    for (key, home) in ringing {
+        // A call of this node's rings the device already (`attached`).
+        if *home == *router.node_id() {
+            continue;
+        }
+        {
+            let mut reg = dir.calls().lock();
+            if reg.remote.len() >= MAX_REMOTE_CALLS {
+                reg.remote
+                    .retain(|_, (_, at)| at.elapsed() < REMOTE_CALL_KEPT);
+            }
+            reg.remote
+                .insert(key.clone(), (Arc::clone(&home), std::time::Instant::now()));
+        }
+        router.call_elsewhere(home, CallWire::RingMe { key, device });
     }
 }
 

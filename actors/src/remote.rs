@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::call::CallWire;
+use crate::call::{CallWire, Key};
 use crate::conversation::{Delivered, React, Read, Screenshot, Typing, Unsend, View, Viewed};
 use crate::directory::Directory;
 use crate::frames::{ErrorCode, FrameError};
@@ -51,19 +51,38 @@ pub trait Router: Send + Sync + 'static {
     /// `offline` when their last one anywhere leaves (the user actor
     /// announces neither in cluster mode).
     fn user_here(&self, user: UserId, here: bool);
-    /// Which of `users` have a device online anywhere in the cluster, in
-    /// order, in one round trip. Blocks: call it from a blocking thread.
-    fn online_blocking(&self, users: &[UserId]) -> Result<Vec<bool>, ReadError>;
+    /// What a device of `user` attaching here learns from the cluster, in
+    /// one round trip: which of `contacts` are online anywhere, and the
+    /// calls ringing `user`. Blocks: call it from a blocking thread.
+    fn attach_blocking(&self, user: UserId, contacts: &[UserId]) -> Result<Attaching, ReadError>;
     /// A frame that is not stored (typing, presence) for `user`'s devices
     /// on other nodes.
     fn tell_elsewhere(&self, user: UserId, text: Arc<str>, except_device: Option<DeviceId>);
     /// Rings `callee`'s devices on the other live nodes they are on with
-    /// `ring` (a [`CallWire::Ring`]); resolves to those nodes (none if
-    /// Redis cannot say).
-    fn ring_elsewhere(&self, callee: UserId, ring: CallWire) -> BoxFuture<Vec<Arc<str>>>;
+    /// `ring` (a [`CallWire::Ring`]), and notes the call as ringing them
+    /// for up to `ringing` (a device that attaches meanwhile anywhere is
+    /// rung too); resolves to those nodes (none if Redis cannot say).
+    fn ring_elsewhere(
+        &self,
+        callee: UserId,
+        ring: CallWire,
+        ringing: std::time::Duration,
+    ) -> BoxFuture<Vec<Arc<str>>>;
+    /// The call `key` rings `callee` no more (answered or ended).
+    fn ringing_over(&self, callee: UserId, key: Key);
     /// Sends a call's message to `node`, which hands it to
     /// [`crate::call::from_node`]. Not waited for: lost if Redis is away.
     fn call_elsewhere(&self, node: Arc<str>, wire: CallWire);
+}
+
+/// What a device attaching learns from the cluster
+/// ([`Router::attach_blocking`]).
+#[derive(Debug, Default)]
+pub struct Attaching {
+    /// Whether each contact asked about is online on some node, in order.
+    pub online: Vec<bool>,
+    /// The calls ringing the user, with the node each one's actor is on.
+    pub ringing: Vec<(Key, Arc<str>)>,
 }
 
 /// A conversation frame on its way to the owner node: the same fields the

@@ -310,21 +310,22 @@ impl Handler<Attach> for User {
         // Cluster mode: a contact may be online on another node, so Redis
         // says who is online anywhere (one round trip for all of them;
         // without Redis, those online here are all this device learns).
+        // The same round trip brings the calls ringing this user from
+        // other nodes, which ring this device too.
         let fut = blocking(move || {
             let contacts = contacts(&*store, id)?;
-            let elsewhere = match &router {
-                Some(r) if !contacts.visible.is_empty() => {
-                    r.online_blocking(&contacts.visible).unwrap_or_default()
-                }
-                _ => Vec::new(),
+            let cluster = match &router {
+                Some(r) => r.attach_blocking(id, &contacts.visible).unwrap_or_default(),
+                None => Default::default(),
             };
-            Ok((contacts, elsewhere))
+            Ok((contacts, cluster))
         });
+        let device = msg.device;
         // In cluster mode the session registry announces this user (it
         // knows whether a device is online on another node).
         let announce = came_online && self.deps.router.is_none();
         ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
-            let Ok((contacts, elsewhere)) = res else {
+            let Ok((contacts, cluster)) = res else {
                 tracing::warn!(user = %act.id, "could not load contacts for presence");
                 return;
             };
@@ -335,10 +336,11 @@ impl Handler<Attach> for User {
                 }
             }
             for (i, c) in contacts.visible.into_iter().enumerate() {
-                if elsewhere.get(i).copied().unwrap_or(false) || act.dir.is_online(c) {
+                if cluster.online.get(i).copied().unwrap_or(false) || act.dir.is_online(c) {
                     session.push(None, presence_frame(c, true, None));
                 }
             }
+            crate::call::ring_here(&act.dir, device, cluster.ringing);
         }));
     }
 }

@@ -49,11 +49,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
-use ephemera_actors::call::CallWire;
+use ephemera_actors::call::{CallWire, Key};
 use ephemera_actors::directory::Directory;
 use ephemera_actors::frames::{ErrorCode, FrameError};
 use ephemera_actors::ids::{ConvId, DeviceId, MsgId, UserId};
-use ephemera_actors::remote::{BoxFuture, ConvAnswer, ConvCall, Place, Router};
+use ephemera_actors::remote::{Attaching, BoxFuture, ConvAnswer, ConvCall, Place, Router};
 use ephemera_actors::store::{
     now_ms, BurnReason, Delivery, Event, EventRecord, Fanout, ReadError, StoredMessage,
 };
@@ -688,7 +688,7 @@ impl Bus {
                     .arg(lease)
                     .ignore();
             }
-            let _ = self.cluster.query_pipe(pipe).await;
+            let _: Result<(), _> = self.cluster.query_pipe(pipe).await;
         }
     }
 
@@ -1116,19 +1116,57 @@ impl Router for Bus {
         let _ = self.here.send((user, here));
     }
 
-    fn online_blocking(&self, users: &[UserId]) -> Result<Vec<bool>, ReadError> {
-        let keys: Vec<String> = users
-            .iter()
-            .map(|u| format!("eph:online:{}", hex_id(*u)))
-            .collect();
-        let online: Vec<Option<String>> = self
-            .cluster
-            .block_on(self.cluster.query(redis::cmd("MGET").arg(&keys).clone()))
-            .map_err(|_| ReadError)?;
-        Ok(online.iter().map(Option::is_some).collect())
+    fn attach_blocking(&self, user: UserId, contacts: &[UserId]) -> Result<Attaching, ReadError> {
+        let mut pipe = redis::pipe();
+        if !contacts.is_empty() {
+            let keys: Vec<String> = contacts
+                .iter()
+                .map(|u| format!("eph:online:{}", hex_id(*u)))
+                .collect();
+            pipe.cmd("MGET").arg(keys);
+        }
+        pipe.cmd("HGETALL")
+            .arg(format!("eph:ringing:{}", hex_id(user)));
+        let (online, ringing): (Vec<Option<String>>, Vec<(String, String)>) = if contacts.is_empty()
+        {
+            let (r,): (Vec<(String, String)>,) = self
+                .cluster
+                .block_on(self.cluster.query_pipe(pipe))
+                .map_err(|_| ReadError)?;
+            (Vec::new(), r)
+        } else {
+            self.cluster
+                .block_on(self.cluster.query_pipe(pipe))
+                .map_err(|_| ReadError)?
+        };
+        Ok(Attaching {
+            online: online.iter().map(Option::is_some).collect(),
+            ringing: ringing
+                .into_iter()
+                .filter_map(|(k, home)| Some((serde_json::from_str(&k).ok()?, home.into())))
+                .collect(),
+        })
     }
 
-    fn ring_elsewhere(&self, callee: UserId, ring: CallWire) -> BoxFuture<Vec<Arc<str>>> {
+    fn ringing_over(&self, callee: UserId, key: Key) {
+        let Ok(field) = serde_json::to_string(&key) else {
+            return;
+        };
+        let q = self.cluster.query::<u64>(
+            redis::cmd("HDEL")
+                .arg(format!("eph:ringing:{}", hex_id(callee)))
+                .arg(field)
+                .clone(),
+        );
+        self.cluster.rt.spawn(q);
+    }
+
+    fn ring_elsewhere(
+        &self,
+        callee: UserId,
+        ring: CallWire,
+        ringing: Duration,
+    ) -> BoxFuture<Vec<Arc<str>>> {
         let Some(me) = self.cluster.bus.get().cloned() else {
             return Box::pin(async { Vec::new() });
         };
@@ -1136,14 +1174,25 @@ impl Router for Bus {
         Box::pin(async move {
             let asked = cluster
                 .run(async move {
-                    let nodes: Vec<String> = me
-                        .cluster
-                        .query(
-                            redis::cmd("HKEYS")
-                                .arg(format!("eph:where:{}", hex_id(callee)))
-                                .clone(),
-                        )
-                        .await?;
+                    // Noted as ringing (a device attaching anywhere asks
+                    // for the offer), and where the callee is now.
+                    let hex = hex_id(callee);
+                    let mut pipe = redis::pipe();
+                    if let CallWire::Ring { key, .. } = &ring {
+                        let field = serde_json::to_string(key).map_err(|_| RedisDown)?;
+                        let ringing_key = format!("eph:ringing:{hex}");
+                        pipe.cmd("HSET")
+                            .arg(&ringing_key)
+                            .arg(field)
+                            .arg(me.cluster.node_id())
+                            .ignore();
+                        pipe.cmd("PEXPIRE")
+                            .arg(&ringing_key)
+                            .arg(ringing.as_millis() as u64)
+                            .ignore();
+                    }
+                    pipe.cmd("HKEYS").arg(format!("eph:where:{hex}"));
+                    let (nodes,): (Vec<String>,) = me.cluster.query_pipe(pipe).await?;
                     let from = me.cluster.node_id().to_owned();
                     let msg = BusMsg::CallMsg { from, wire: ring };
                     let mut rung = Vec::new();

@@ -346,15 +346,15 @@ impl Cluster {
     }
 
     /// A pipeline, timed and counted.
-    pub(crate) fn query_pipe(
+    pub(crate) fn query_pipe<T: redis::FromRedisValue + Send + 'static>(
         &self,
         pipe: redis::Pipeline,
-    ) -> impl std::future::Future<Output = Result<(), RedisDown>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<T, RedisDown>> + Send + 'static {
         let mut conn = self.conn.clone();
         let metrics = Arc::clone(&self.metrics);
         async move {
             let t = Instant::now();
-            let r = pipe.query_async::<()>(&mut conn).await;
+            let r = pipe.query_async::<T>(&mut conn).await;
             observe(&metrics, t, r)
         }
     }
