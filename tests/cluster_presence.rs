@@ -30,6 +30,21 @@ async fn both_live(x: &common::Server, y: &common::Server, ids: &[&str]) {
     }
 }
 
+/// Waits until the session registry has `user` on `node`: a device's
+/// live events go to the nodes registered there, and registering follows
+/// the socket's attach by a moment.
+async fn registered(redis: &Redis, user: &TestUser, node: &str) {
+    let key = format!("eph:where:{}", user.user_id);
+    await_redis(
+        redis,
+        &["HKEYS", &key],
+        &format!("{} registered on {node}", user.username),
+        Duration::from_secs(5),
+        |l| l.iter().any(|n| n == node),
+    )
+    .await;
+}
+
 /// Whether `f` is a `presence` frame of `user` with `status`.
 fn is_presence(f: &Value, user: &str, status: &str) -> bool {
     is_type(f, "presence") && f["user_id"] == user && f["status"] == status
@@ -83,6 +98,9 @@ async fn presence_crosses_nodes_and_follows_the_last_device_anywhere() {
     let (_, mut alice_a) = device(&a, &alice, "alice@a").await;
     let (_, mut bob_b) = device(&b, &bob, "bob@b").await;
     let (_, mut carol_b) = device(&b, &carol, "carol@b").await;
+    registered(&redis, &alice, "node-a").await;
+    registered(&redis, &bob, "node-b").await;
+    registered(&redis, &carol, "node-b").await;
     // Alice and Bob speak in a conversation of node a's, Carol and Alice
     // in one of node b's.
     converse(&mut alice_a, &mut bob_b, &bob).await;
@@ -181,6 +199,8 @@ async fn a_killed_nodes_users_go_offline_for_their_contacts_on_other_nodes() {
     let carol = register_user(&c.http(), "carol").await;
     let (_, mut alice_a) = device(&a, &alice, "alice@a").await;
     let (_, mut carol_c) = device(&c, &carol, "carol@c").await;
+    registered(&redis, &alice, "node-a").await;
+    registered(&redis, &carol, "node-c").await;
     // Their conversation is node a's (Alice wrote first); Carol spoke in it.
     converse(&mut alice_a, &mut carol_c, &carol).await;
     let online_carol = format!("eph:online:{}", carol.user_id);
@@ -435,6 +455,7 @@ async fn a_user_online_on_no_node_gets_each_message_and_call_pushed_once() {
 
     // Bob online on node b: no push for what he gets live.
     let (_, mut bob_b) = device(&b, &bob, "bob@b").await;
+    registered(&redis, &bob, "node-b").await;
     let second = send_text(&mut alice_a, &bob, "two").await;
     bob_b
         .expect_about("message", str_of(&second, "msg_id"))
