@@ -241,6 +241,46 @@ async fn a_killed_nodes_users_go_offline_for_their_contacts_on_other_nodes() {
     assert_eq!(offs, 1);
 }
 
+#[tokio::test]
+async fn a_registry_that_lost_a_user_is_mended_by_the_next_renewal() {
+    let redis = Redis::start().await;
+    let a = start_node(&redis, "node-a", &[]).await;
+    let b = start_node(&redis, "node-b", &[]).await;
+    both_live(&a, &b, &["node-a", "node-b"]).await;
+    let alice = register_user(&a.http(), "alice").await;
+    let bob = register_user(&b.http(), "bob").await;
+    let (_, mut alice_a) = device(&a, &alice, "alice@a").await;
+    let (_, mut bob_b) = device(&b, &bob, "bob@b").await;
+    registered(&redis, &alice, "node-a").await;
+    registered(&redis, &bob, "node-b").await;
+    // Their conversation is node b's (Bob wrote first); both spoke.
+    converse(&mut bob_b, &mut alice_a, &alice).await;
+
+    // Redis forgets Bob as a reap of node b while its lease had lapsed
+    // would: out of the registry, presence gone.
+    let (where_bob, online_bob) = (
+        format!("eph:where:{}", bob.user_id),
+        format!("eph:online:{}", bob.user_id),
+    );
+    redis.cli(&["DEL", &where_bob, &online_bob]);
+    redis.cli(&["SREM", "eph:users-on:node-b", &bob.user_id]);
+
+    // Node b's next renewal registers him again, and Alice hears him online.
+    registered(&redis, &bob, "node-b").await;
+    assert_eq!(
+        redis.cli(&["SISMEMBER", "eph:users-on:node-b", &bob.user_id]),
+        ["1"]
+    );
+    alice_a
+        .expect("Bob online again", |f| {
+            is_presence(f, &bob.user_id, "online")
+        })
+        .await;
+    // His events reach him live again.
+    let ack = send_text(&mut alice_a, &bob, "after").await;
+    bob_b.expect_about("message", str_of(&ack, "msg_id")).await;
+}
+
 /// A `call` frame from a client.
 fn call_frame(call_id: &str, to: &str, action: &str, data: Option<&str>) -> Value {
     let mut f = json!({"type": "call", "call_id": call_id, "to": to, "action": action});

@@ -41,7 +41,10 @@
 //! surviving node (claiming `eph:reaped:{node}:{epoch}` with `SET NX`)
 //! then takes that node's users out of the registry (`eph:users-on:{node}`,
 //! [`REAP`]) and tells the contacts of those now online nowhere. A node
-//! that restarts does the same for its own previous life. Typing is not
+//! that restarts does the same for its own previous life. A node reaped
+//! while alive (its lease lapsed while Redis was away) registers its users
+//! again with its next renewal ([`RENEW_PRESENCE`]), and they are
+//! announced `online` again. Typing is not
 //! stored: it flows through the conversation's owner as before.
 
 use std::collections::{HashMap, HashSet};
@@ -145,6 +148,22 @@ end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
 return 1";
+
+/// Renews the presence of users here: KEYS `eph:users-on:{node}`; ARGV
+/// node, lease (ms), then the users. Registers again a user the registry
+/// lost, and returns those whose presence was gone.
+const RENEW_PRESENCE: &str = r"
+local back = {}
+for i = 3, #ARGV do
+  local u = ARGV[i]
+  if redis.call('HSETNX', 'eph:where:' .. u, ARGV[1], 1) == 1 then
+    redis.call('SADD', KEYS[1], u)
+  end
+  if not redis.call('SET', 'eph:online:' .. u, '1', 'PX', ARGV[2], 'GET') then
+    back[#back+1] = u
+  end
+end
+return back";
 
 /// Takes up to ARGV[2] users of a node that is down (or of this node's
 /// previous life: ARGV[3] = '1') out of the registry: KEYS
@@ -673,22 +692,37 @@ impl Bus {
         }
     }
 
-    /// Renews the presence of every user here, a pipeline per batch
-    /// (`SET`, not `PEXPIRE`: what a Redis restart lost comes back).
+    /// Renews the presence of every user here, a script per batch, and
+    /// says again that they are here where Redis forgot it (a reap while
+    /// this node's lease had lapsed, Redis restarted without its data):
+    /// their contacts hear `online` again if their presence was gone.
     async fn renew_presence(&self, here: &HashSet<UserId>) {
-        let lease = self.cluster.lease_ms();
-        let users: Vec<UserId> = here.iter().copied().collect();
+        let node = self.cluster.node_id().to_owned();
+        let users_here = format!("eph:users-on:{node}");
+        let lease = self.cluster.lease_ms().to_string();
+        let users: Vec<String> = here.iter().map(|u| hex_id(*u)).collect();
         for chunk in users.chunks(PRESENCE_BATCH) {
-            let mut pipe = redis::pipe();
-            for u in chunk {
-                pipe.cmd("SET")
-                    .arg(format!("eph:online:{}", hex_id(*u)))
-                    .arg(1)
-                    .arg("PX")
-                    .arg(lease)
-                    .ignore();
+            let mut args: Vec<&str> = vec![&node, &lease];
+            args.extend(chunk.iter().map(String::as_str));
+            let Ok(back) = self
+                .cluster
+                .script::<Vec<String>>(RENEW_PRESENCE, &[&users_here], &args)
+                .await
+            else {
+                continue;
+            };
+            let Some(dir) = self.dir.get() else { continue };
+            for user in back
+                .iter()
+                .filter_map(|u| ephemera_actors::ids::Id::parse(u))
+            {
+                self.cluster.rt.spawn(ephemera_actors::user::announce(
+                    Arc::clone(dir),
+                    user,
+                    true,
+                    None,
+                ));
             }
-            let _: Result<(), _> = self.cluster.query_pipe(pipe).await;
         }
     }
 
