@@ -1,5 +1,6 @@
 //! Push without content (PROTOCOL 9): a message, story reply or call for a
-//! user with no device online here is `POST`ed to the webhook as
+//! user with no device online here (in cluster mode: on no node; the
+//! owner's forwarder and the call's node decide) is `POST`ed to the webhook as
 //! `{"user_id","kind","from","from_username","conversation_id","at"}`
 //! (a call has no `conversation_id`),
 //! signed with `X-Ephemera-Signature: sha256=<hex HMAC-SHA256 of the body>`.

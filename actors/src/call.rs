@@ -9,12 +9,25 @@
 //! A call is found by its two parties and the caller's `call_id`
 //! ([`Calls`]), so a frame from either side names it the same way: its
 //! own `call_id` and the other party in `to`.
+//!
+//! # Across nodes (cluster mode)
+//! The actor stays on the caller's node (the home). The offer also rings
+//! the callee's devices on every other live node they are on
+//! ([`CallWire::Ring`], over the bus); such a node remembers the call's
+//! home, forwards its devices' frames there ([`CallWire::Signal`]), and
+//! reports the answering socket going away ([`CallWire::Gone`]). Frames
+//! for those devices travel back as [`CallWire::Frame`]; the home says
+//! [`CallWire::Ended`] when the call ends. While it rings, the call is
+//! noted in Redis, so a device of the callee that attaches to any node
+//! meanwhile asks the home to ring it ([`CallWire::RingMe`]). A callee
+//! online on no node gets a push.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use actix_web_actors::ws;
+use serde::{Deserialize, Serialize};
 
 use crate::directory::Directory;
 use crate::frames::{parse_id, CallAction, CallEnd, CallFrame, ErrorCode, FrameError, ServerFrame};
@@ -43,9 +56,9 @@ pub struct Signal {
     /// Their device.
     pub device: DeviceId,
     /// The sending socket: the one a call binds to.
-    pub link: SessionLink,
-    /// Closes when the sending socket is gone.
-    pub alive: crate::AliveWatch,
+    pub link: PartyLink,
+    /// Closes when the sending socket is gone (a socket here).
+    pub alive: Option<crate::AliveWatch>,
     /// What the frame does.
     pub action: CallAction,
     /// Its opaque text.
@@ -65,12 +78,108 @@ pub struct Ring {
     pub link: SessionLink,
 }
 
+/// A device of the callee attached to another node while the call rings.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RingRemote {
+    /// Its node.
+    pub node: Arc<str>,
+    /// Its device.
+    pub device: DeviceId,
+}
+
+/// The callee's socket that answered, on another node, went away.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RemoteGone {
+    /// Its node.
+    pub node: Arc<str>,
+    /// Its device.
+    pub device: DeviceId,
+}
+
 /// A call's key: its two parties in order, and the caller's `call_id`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct Key {
+#[derive(Clone, Debug, Hash, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
     lo: UserId,
     hi: UserId,
     call_id: Arc<str>,
+}
+
+/// What crosses between nodes about a call (cluster mode; see the module
+/// doc). Its `text` fields are rendered frames, which may carry SDP or
+/// ICE text: never logged (its `Debug` names the kind only).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum CallWire {
+    /// Ring the callee's devices there with the offer `text`.
+    Ring {
+        /// The call.
+        key: Key,
+        /// The callee.
+        callee: UserId,
+        /// The offer frame.
+        text: String,
+    },
+    /// A frame for `user`'s sockets there: those of device `only`, or all
+    /// but device `except`'s.
+    Frame {
+        /// Whose sockets.
+        user: UserId,
+        /// Only this device's.
+        only: Option<DeviceId>,
+        /// Not this device's.
+        except: Option<DeviceId>,
+        /// The frame.
+        text: String,
+    },
+    /// A callee device's frame, for the call's actor at its home.
+    Signal {
+        /// The call.
+        key: Key,
+        /// The sending user.
+        user: UserId,
+        /// Their device.
+        device: DeviceId,
+        /// What the frame does.
+        action: CallAction,
+        /// Its opaque text.
+        data: Option<String>,
+    },
+    /// The callee socket that answered went away.
+    Gone {
+        /// The call.
+        key: Key,
+        /// Its device.
+        device: DeviceId,
+    },
+    /// A device of the callee attached there while the call rings: ring
+    /// it too.
+    RingMe {
+        /// The call.
+        key: Key,
+        /// The device.
+        device: DeviceId,
+    },
+    /// The call ended at its home: forget it.
+    Ended {
+        /// The call.
+        key: Key,
+    },
+}
+
+impl std::fmt::Debug for CallWire {
+    /// The kind only: frames may carry SDP or ICE text.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CallWire::Ring { .. } => "Ring",
+            CallWire::Frame { .. } => "Frame",
+            CallWire::Signal { .. } => "Signal",
+            CallWire::Gone { .. } => "Gone",
+            CallWire::RingMe { .. } => "RingMe",
+            CallWire::Ended { .. } => "Ended",
+        })
+    }
 }
 
 impl Key {
@@ -94,6 +203,22 @@ pub struct Calls {
 struct Registry {
     by_key: HashMap<Key, Addr<Call>>,
     by_user: HashMap<UserId, Vec<Addr<Call>>>,
+    /// Calls of other nodes that rang devices here: their home node, and
+    /// when they rang (a home that died never says `Ended`).
+    remote: HashMap<Key, (Arc<str>, std::time::Instant)>,
+}
+
+/// Remote calls remembered before the old ones are dropped, and how old
+/// such a call must be to be dropped.
+const MAX_REMOTE_CALLS: usize = 1_024;
+const REMOTE_CALL_KEPT: std::time::Duration = std::time::Duration::from_secs(12 * 3_600);
+
+/// Where a call named by a socket's frame is.
+enum Found {
+    /// Its actor runs here.
+    Here(Addr<Call>),
+    /// Its actor runs on that node.
+    Home(Arc<str>),
 }
 
 /// What became of an offer.
@@ -110,11 +235,15 @@ impl Calls {
     }
 
     /// The call between `user` and `peer` named `call_id`, if any.
-    fn find(&self, user: UserId, peer: UserId, call_id: &str) -> Option<Addr<Call>> {
-        self.lock()
-            .by_key
-            .get(&Key::new(user, peer, call_id))
-            .cloned()
+    fn find(&self, user: UserId, peer: UserId, call_id: &str) -> Option<Found> {
+        let key = Key::new(user, peer, call_id);
+        let reg = self.lock();
+        if let Some(a) = reg.by_key.get(&key) {
+            return Some(Found::Here(a.clone()));
+        }
+        reg.remote
+            .get(&key)
+            .map(|(home, _)| Found::Home(Arc::clone(home)))
     }
 
     /// Starts a call for an `offer` (its fields already checked).
@@ -152,6 +281,7 @@ impl Calls {
             callee,
             offer: Some(sdp),
             rung: Vec::new(),
+            rung_nodes: Vec::new(),
             bound: None,
             timer: None,
         }
@@ -210,12 +340,53 @@ const IN_USE: FrameError = FrameError::new(
     "call_id is already in use between these users",
 );
 
+/// Where a party's socket is.
+#[derive(Clone)]
+pub enum PartyLink {
+    /// On this node.
+    Here(SessionLink),
+    /// On that node (cluster mode).
+    Node(Arc<str>),
+}
+
 /// One side's socket in a call.
 #[derive(Clone)]
 struct Party {
     user: UserId,
     device: DeviceId,
-    link: SessionLink,
+    link: PartyLink,
+}
+
+impl Party {
+    /// Whether `self` and `other` are the same socket (for a socket on
+    /// another node: the same device there).
+    fn same(&self, other: &Party) -> bool {
+        match (&self.link, &other.link) {
+            (PartyLink::Here(a), PartyLink::Here(b)) => a.addr == b.addr,
+            (PartyLink::Node(a), PartyLink::Node(b)) => a == b && self.device == other.device,
+            _ => false,
+        }
+    }
+
+    /// Sends a frame to this party's socket.
+    fn push(&self, dir: &Directory, text: Arc<str>) {
+        match &self.link {
+            PartyLink::Here(l) => l.push(None, text),
+            PartyLink::Node(node) => {
+                if let Some(r) = &dir.deps().router {
+                    r.call_elsewhere(
+                        Arc::clone(node),
+                        CallWire::Frame {
+                            user: self.user,
+                            only: Some(self.device),
+                            except: None,
+                            text: text.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// One call in progress.
@@ -230,8 +401,10 @@ pub struct Call {
     /// The offer's SDP, kept while the call rings (for sockets of the
     /// callee that attach meanwhile), dropped once answered.
     offer: Option<String>,
-    /// The callee's sockets that were rung.
+    /// The callee's sockets here that were rung.
     rung: Vec<Party>,
+    /// The other nodes where the callee's sockets were rung.
+    rung_nodes: Vec<Arc<str>>,
     /// The callee's socket that answered.
     bound: Option<Party>,
     /// The ring timeout, until answered.
@@ -259,18 +432,37 @@ impl Call {
         .into()
     }
 
-    /// The same frame to every rung socket of the callee but `except`.
-    fn to_rung(&self, text: &Arc<str>, except: Option<&SessionLink>) {
+    /// The same frame to every rung socket of the callee but `except`,
+    /// here and on the other nodes that were rung.
+    fn to_rung(&self, text: &Arc<str>, except: Option<&Party>) {
         for p in &self.rung {
-            if except.is_none_or(|e| e.addr != p.link.addr) {
-                p.link.push(None, Arc::clone(text));
+            if except.is_none_or(|e| !e.same(p)) {
+                p.push(&self.dir, Arc::clone(text));
             }
+        }
+        let Some(router) = &self.dir.deps().router else {
+            return;
+        };
+        for node in &self.rung_nodes {
+            let except = except.and_then(|e| match &e.link {
+                PartyLink::Node(n) if n == node => Some(e.device),
+                _ => None,
+            });
+            router.call_elsewhere(
+                Arc::clone(node),
+                CallWire::Frame {
+                    user: self.callee,
+                    only: None,
+                    except,
+                    text: text.to_string(),
+                },
+            );
         }
     }
 
     /// The caller's `hangup` with `reason` to every rung socket of the
     /// callee but `except`: they stop ringing.
-    fn stop_ringing(&self, reason: CallEnd, except: Option<&SessionLink>) {
+    fn stop_ringing(&self, reason: CallEnd, except: Option<&Party>) {
         let text = self.frame(&self.caller, CallAction::Hangup, None, Some(reason));
         self.to_rung(&text, except);
     }
@@ -280,16 +472,18 @@ impl Call {
         let Some(sdp) = self.offer.as_deref() else {
             return;
         };
-        if self.rung.iter().any(|r| r.link.addr == p.link.addr) {
+        if self.rung.iter().any(|r| r.same(&p)) {
             return;
         }
         let text = self.frame(&self.caller, CallAction::Offer, Some(sdp), None);
-        p.link.push(None, text);
+        p.push(&self.dir, text);
         self.rung.push(p);
     }
 
-    /// Rings every socket of the callee online now, or pushes when none is.
-    fn ring_all(&mut self) {
+    /// Rings every socket of the callee online now, here and (cluster
+    /// mode) on every other node they are on, or pushes when none is.
+    /// Nothing else is handled until the other nodes were rung.
+    fn ring_all(&mut self, ctx: &mut Context<Self>) {
         let callee = self.callee;
         let sessions: Vec<Party> = match self.dir.sessions_of(callee) {
             Some(s) => s
@@ -299,18 +493,47 @@ impl Call {
                 .map(|a| Party {
                     user: callee,
                     device: a.device,
-                    link: a.link.clone(),
+                    link: PartyLink::Here(a.link.clone()),
                 })
                 .collect(),
             None => Vec::new(),
         };
-        if sessions.is_empty() {
-            if let Some(push) = &self.dir.deps().push {
-                push.call(callee, self.caller.user, now_ms());
-            }
-        }
+        let here = !sessions.is_empty();
         for p in sessions {
             self.ring(p);
+        }
+        let (Some(router), Some(sdp)) = (self.dir.deps().router.clone(), self.offer.as_deref())
+        else {
+            if !here {
+                self.push_call();
+            }
+            return;
+        };
+        let ringing = self.dir.deps().limits.call_ring_timeout;
+        let ring = CallWire::Ring {
+            key: self.key.clone(),
+            callee,
+            text: self
+                .frame(&self.caller, CallAction::Offer, Some(sdp), None)
+                .to_string(),
+        };
+        ctx.wait(
+            router
+                .ring_elsewhere(callee, ring, ringing)
+                .into_actor(self)
+                .map(move |nodes, act, _| {
+                    if !here && nodes.is_empty() {
+                        act.push_call();
+                    }
+                    act.rung_nodes = nodes;
+                }),
+        );
+    }
+
+    /// The callee is online nowhere: a push, if a webhook is configured.
+    fn push_call(&self) {
+        if let Some(push) = &self.dir.deps().push {
+            push.call(self.callee, self.caller.user, now_ms());
         }
     }
 
@@ -335,7 +558,7 @@ impl Call {
         }
         .to_text()
         .into();
-        self.caller.link.push(None, to_caller);
+        self.caller.push(&self.dir, to_caller);
         self.stop_ringing(CallEnd::Timeout, None);
         self.end(ctx, "timeout");
     }
@@ -345,8 +568,8 @@ impl Call {
         match &self.bound {
             Some(b) => {
                 let reason = Some(CallEnd::Disconnected);
-                b.link.push(
-                    None,
+                b.push(
+                    &self.dir,
                     self.frame(&self.caller, CallAction::Hangup, None, reason),
                 );
             }
@@ -361,7 +584,7 @@ impl Call {
             return;
         };
         let text = self.frame(b, CallAction::Hangup, None, Some(CallEnd::Disconnected));
-        self.caller.link.push(None, text);
+        self.caller.push(&self.dir, text);
         self.end(ctx, "callee disconnected");
     }
 
@@ -391,7 +614,7 @@ impl Call {
             CallAction::Ice | CallAction::Hangup => {
                 let text = self.frame(&self.caller, s.action, s.data.as_deref(), None);
                 match &self.bound {
-                    Some(b) => b.link.push(None, text),
+                    Some(b) => b.push(&self.dir, text),
                     None => self.to_rung(&text, None),
                 }
                 if s.action == CallAction::Hangup {
@@ -416,19 +639,25 @@ impl Call {
                     ctx.cancel_future(t);
                 }
                 self.offer = None;
+                if let Some(r) = &self.dir.deps().router {
+                    r.ringing_over(self.callee, self.key.clone());
+                }
                 let text = self.frame(&me, CallAction::Answer, s.data.as_deref(), None);
-                self.caller.link.push(None, text);
-                self.stop_ringing(CallEnd::AnsweredElsewhere, Some(&me.link));
+                self.caller.push(&self.dir, text);
+                self.stop_ringing(CallEnd::AnsweredElsewhere, Some(&me));
                 self.rung.clear();
                 self.bound = Some(me);
-                self.watch(s.alive, ctx, Self::callee_gone);
+                // A socket on another node: its node says when it is gone.
+                if let Some(alive) = s.alive {
+                    self.watch(alive, ctx, Self::callee_gone);
+                }
                 Ok(())
             }
             // A hangup before answering declines, like a reject.
             (None, CallAction::Reject | CallAction::Hangup) => {
                 let text = self.frame(&me, s.action, s.data.as_deref(), Some(CallEnd::Rejected));
-                self.caller.link.push(None, text);
-                self.stop_ringing(CallEnd::Rejected, Some(&me.link));
+                self.caller.push(&self.dir, text);
+                self.stop_ringing(CallEnd::Rejected, Some(&me));
                 self.end(ctx, "rejected");
                 Ok(())
             }
@@ -437,10 +666,10 @@ impl Call {
                 "answer the call before sending ice",
             )),
             // Another socket of the callee's: the call is not theirs now.
-            (Some(b), _) if b.link.addr != me.link.addr => Err(NO_SUCH_CALL),
+            (Some(b), _) if !b.same(&me) => Err(NO_SUCH_CALL),
             (Some(_), CallAction::Ice | CallAction::Hangup) => {
                 let text = self.frame(&me, s.action, s.data.as_deref(), None);
-                self.caller.link.push(None, text);
+                self.caller.push(&self.dir, text);
                 if s.action == CallAction::Hangup {
                     self.end(ctx, "hangup");
                 }
@@ -476,12 +705,14 @@ impl Actor for Call {
                 .into_actor(self)
                 .map(|res, act, ctx| {
                     let refusal = match res {
-                        Ok(true) => return act.ring_all(),
+                        Ok(true) => return act.ring_all(ctx),
                         Ok(false) => FrameError::new(ErrorCode::NotFound, "no such user"),
                         _ => FrameError::new(ErrorCode::Unavailable, "storage unavailable, retry"),
                     };
                     let text = crate::frames::error(&refusal, Some(&act.key.call_id));
-                    act.caller.link.reply(text);
+                    if let PartyLink::Here(l) = &act.caller.link {
+                        l.reply(text);
+                    }
                     act.end(ctx, "no such callee");
                 }),
         );
@@ -495,6 +726,30 @@ impl Actor for Call {
             .get_or_create(&KIND)
             .dec();
         self.dir.calls().remove(&self.key, &ctx.address());
+        // The other nodes that know of the call forget it.
+        if let Some(router) = &self.dir.deps().router {
+            if self.offer.is_some() {
+                router.ringing_over(self.callee, self.key.clone());
+            }
+            let mut nodes = std::mem::take(&mut self.rung_nodes);
+            if let Some(Party {
+                link: PartyLink::Node(n),
+                ..
+            }) = &self.bound
+            {
+                if !nodes.contains(n) {
+                    nodes.push(Arc::clone(n));
+                }
+            }
+            for node in nodes {
+                router.call_elsewhere(
+                    node,
+                    CallWire::Ended {
+                        key: self.key.clone(),
+                    },
+                );
+            }
+        }
     }
 }
 
@@ -505,7 +760,12 @@ impl Handler<Signal> for Call {
         if s.user != self.caller.user {
             return self.from_callee(s, ctx);
         }
-        if s.link.addr != self.caller.link.addr {
+        let me = Party {
+            user: s.user,
+            device: s.device,
+            link: s.link.clone(),
+        };
+        if !me.same(&self.caller) {
             // Another socket of the caller's: not in this call.
             return Err(NO_SUCH_CALL);
         }
@@ -521,8 +781,174 @@ impl Handler<Ring> for Call {
             self.ring(Party {
                 user: r.user,
                 device: r.device,
-                link: r.link,
+                link: PartyLink::Here(r.link),
             });
+        }
+    }
+}
+
+impl Handler<RingRemote> for Call {
+    type Result = ();
+
+    fn handle(&mut self, r: RingRemote, _: &mut Self::Context) {
+        let Some(sdp) = self.offer.as_deref() else {
+            return;
+        };
+        let text = self.frame(&self.caller, CallAction::Offer, Some(sdp), None);
+        let p = Party {
+            user: self.callee,
+            device: r.device,
+            link: PartyLink::Node(Arc::clone(&r.node)),
+        };
+        p.push(&self.dir, text);
+        // What follows the offer goes to the callee's sockets on that node.
+        if !self.rung_nodes.contains(&r.node) {
+            self.rung_nodes.push(r.node);
+        }
+    }
+}
+
+impl Handler<RemoteGone> for Call {
+    type Result = ();
+
+    fn handle(&mut self, g: RemoteGone, ctx: &mut Self::Context) {
+        let gone = Party {
+            user: self.callee,
+            device: g.device,
+            link: PartyLink::Node(g.node),
+        };
+        if self.bound.as_ref().is_some_and(|b| b.same(&gone)) {
+            self.callee_gone(ctx);
+        }
+    }
+}
+
+/// A call's message from another node (cluster mode), `from` being the
+/// node that sent it. Runs on the bus's tokio runtime.
+pub fn from_node(dir: &Arc<Directory>, from: Arc<str>, wire: CallWire) {
+    let calls = dir.calls();
+    match wire {
+        CallWire::Ring { key, callee, text } => {
+            {
+                let mut reg = calls.lock();
+                if reg.remote.len() >= MAX_REMOTE_CALLS {
+                    reg.remote
+                        .retain(|_, (_, at)| at.elapsed() < REMOTE_CALL_KEPT);
+                }
+                reg.remote.insert(key, (from, std::time::Instant::now()));
+            }
+            to_devices(dir, callee, None, None, text.into());
+        }
+        CallWire::Frame {
+            user,
+            only,
+            except,
+            text,
+        } => to_devices(dir, user, only, except, text.into()),
+        CallWire::Signal {
+            key,
+            user,
+            device,
+            action,
+            data,
+        } => {
+            let call_id = Arc::clone(&key.call_id);
+            let Some(call) = calls.lock().by_key.get(&key).cloned() else {
+                let text = crate::frames::error(&NO_SUCH_CALL, Some(&call_id));
+                reply_to(dir, from, user, device, text);
+                return;
+            };
+            let req = call.send(Signal {
+                user,
+                device,
+                link: PartyLink::Node(Arc::clone(&from)),
+                alive: None,
+                action,
+                data,
+            });
+            let dir = Arc::clone(dir);
+            // On the bus's runtime (not an actor's thread).
+            tokio::spawn(async move {
+                let err = match req.await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(_) => NO_SUCH_CALL,
+                };
+                let text = crate::frames::error(&err, Some(&call_id));
+                reply_to(&dir, from, user, device, text);
+            });
+        }
+        CallWire::RingMe { key, device } => {
+            if let Some(call) = calls.lock().by_key.get(&key) {
+                call.do_send(RingRemote { node: from, device });
+            }
+        }
+        CallWire::Gone { key, device } => {
+            if let Some(call) = calls.lock().by_key.get(&key) {
+                call.do_send(RemoteGone { node: from, device });
+            }
+        }
+        CallWire::Ended { key } => {
+            calls.lock().remote.remove(&key);
+        }
+    }
+}
+
+/// A device attached here while calls of other nodes ring its user
+/// (`ringing`: each call and its home node): each home rings it, and its
+/// frames about the call go there.
+pub(crate) fn ring_here(dir: &Directory, device: DeviceId, ringing: Vec<(Key, Arc<str>)>) {
+    let Some(router) = &dir.deps().router else {
+        return;
+    };
+    for (key, home) in ringing {
+        // A call of this node's rings the device already (`attached`).
+        if *home == *router.node_id() {
+            continue;
+        }
+        {
+            let mut reg = dir.calls().lock();
+            if reg.remote.len() >= MAX_REMOTE_CALLS {
+                reg.remote
+                    .retain(|_, (_, at)| at.elapsed() < REMOTE_CALL_KEPT);
+            }
+            reg.remote
+                .insert(key.clone(), (Arc::clone(&home), std::time::Instant::now()));
+        }
+        router.call_elsewhere(home, CallWire::RingMe { key, device });
+    }
+}
+
+/// A refusal for a device on another node.
+fn reply_to(dir: &Directory, node: Arc<str>, user: UserId, device: DeviceId, text: String) {
+    if let Some(r) = &dir.deps().router {
+        r.call_elsewhere(
+            node,
+            CallWire::Frame {
+                user,
+                only: Some(device),
+                except: None,
+                text,
+            },
+        );
+    }
+}
+
+/// A frame to `user`'s sockets here: device `only`'s, or all but `except`'s.
+fn to_devices(
+    dir: &Directory,
+    user: UserId,
+    only: Option<DeviceId>,
+    except: Option<DeviceId>,
+    text: Arc<str>,
+) {
+    let Some(sessions) = dir.sessions_of(user) else {
+        return;
+    };
+    let sessions = sessions.lock().unwrap_or_else(|p| p.into_inner());
+    for a in sessions.iter() {
+        if only.is_none_or(|d| d == a.device) && except != Some(a.device) {
+            a.link.push(None, Arc::clone(&text));
         }
     }
 }
@@ -570,7 +996,7 @@ impl Session {
             let caller = Party {
                 user: self.user,
                 device: self.device,
-                link,
+                link: PartyLink::Here(link),
             };
             let sdp = f.data.unwrap_or_default();
             match calls.offer(&self.dir, caller, alive, to, &f.call_id, sdp) {
@@ -590,14 +1016,16 @@ impl Session {
             }
             return;
         }
-        let Some(call) = calls.find(self.user, to, &f.call_id) else {
-            return Self::reply_error(ctx, &NO_SUCH_CALL, Some(&f.call_id));
+        let call = match calls.find(self.user, to, &f.call_id) {
+            Some(Found::Here(call)) => call,
+            Some(Found::Home(home)) => return self.signal_home(home, to, f, alive),
+            None => return Self::reply_error(ctx, &NO_SUCH_CALL, Some(&f.call_id)),
         };
         let req = call.send(Signal {
             user: self.user,
             device: self.device,
-            link,
-            alive,
+            link: PartyLink::Here(link),
+            alive: Some(alive),
             action: f.action,
             data: f.data,
         });
@@ -611,6 +1039,34 @@ impl Session {
             };
             Some(crate::frames::error(&err, Some(&call_id)))
         });
+    }
+
+    /// A frame for a call whose actor is on another node (cluster mode):
+    /// it goes there, and a refusal comes back as a frame. An answer's
+    /// socket is watched, so the call hears when it is gone.
+    fn signal_home(&self, home: Arc<str>, to: UserId, f: CallFrame, alive: crate::AliveWatch) {
+        let Some(router) = self.dir.deps().router.clone() else {
+            return;
+        };
+        let key = Key::new(self.user, to, &f.call_id);
+        if f.action == CallAction::Answer {
+            let (home, key, device) = (Arc::clone(&home), key.clone(), self.device);
+            let router = Arc::clone(&router);
+            actix::spawn(async move {
+                crate::gone(alive).await;
+                router.call_elsewhere(home, CallWire::Gone { key, device });
+            });
+        }
+        router.call_elsewhere(
+            home,
+            CallWire::Signal {
+                key,
+                user: self.user,
+                device: self.device,
+                action: f.action,
+                data: f.data,
+            },
+        );
     }
 }
 

@@ -11,12 +11,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::call::{CallWire, Key};
 use crate::conversation::{Delivered, React, Read, Screenshot, Typing, Unsend, View, Viewed};
 use crate::directory::Directory;
 use crate::frames::{ErrorCode, FrameError};
 use crate::ids::{ConvId, DeviceId, Id, MsgId, UserId};
 use crate::send::{AckTo, Post};
-use crate::store::{AckRecord, StoredMessage, ViewPolicy};
+use crate::store::{AckRecord, ReadError, StoredMessage, ViewPolicy};
 
 /// Where a conversation lives, as far as this node knows.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,11 +45,44 @@ pub trait Router: Send + Sync + 'static {
     /// answer; `unavailable` with `retry_after_ms` if that node is down.
     fn call(&self, node: Arc<str>, call: ConvCall) -> BoxFuture<Result<ConvAnswer, FrameError>>;
     /// A user's first device attached here (`true`), or their last one left
-    /// (`false`): the session registry, which says where to send their events.
+    /// (`false`): the session registry, which says where to send their
+    /// events. It also keeps presence cluster-wide: the user's contacts
+    /// hear `online` when their first device anywhere attaches and
+    /// `offline` when their last one anywhere leaves (the user actor
+    /// announces neither in cluster mode).
     fn user_here(&self, user: UserId, here: bool);
+    /// What a device of `user` attaching here learns from the cluster, in
+    /// one round trip: which of `contacts` are online anywhere, and the
+    /// calls ringing `user`. Blocks: call it from a blocking thread.
+    fn attach_blocking(&self, user: UserId, contacts: &[UserId]) -> Result<Attaching, ReadError>;
     /// A frame that is not stored (typing, presence) for `user`'s devices
     /// on other nodes.
     fn tell_elsewhere(&self, user: UserId, text: Arc<str>, except_device: Option<DeviceId>);
+    /// Rings `callee`'s devices on the other live nodes they are on with
+    /// `ring` (a [`CallWire::Ring`]), and notes the call as ringing them
+    /// for up to `ringing` (a device that attaches meanwhile anywhere is
+    /// rung too); resolves to those nodes (none if Redis cannot say).
+    fn ring_elsewhere(
+        &self,
+        callee: UserId,
+        ring: CallWire,
+        ringing: std::time::Duration,
+    ) -> BoxFuture<Vec<Arc<str>>>;
+    /// The call `key` rings `callee` no more (answered or ended).
+    fn ringing_over(&self, callee: UserId, key: Key);
+    /// Sends a call's message to `node`, which hands it to
+    /// [`crate::call::from_node`]. Not waited for: lost if Redis is away.
+    fn call_elsewhere(&self, node: Arc<str>, wire: CallWire);
+}
+
+/// What a device attaching learns from the cluster
+/// ([`Router::attach_blocking`]).
+#[derive(Debug, Default)]
+pub struct Attaching {
+    /// Whether each contact asked about is online on some node, in order.
+    pub online: Vec<bool>,
+    /// The calls ringing the user, with the node each one's actor is on.
+    pub ringing: Vec<(Key, Arc<str>)>,
 }
 
 /// A conversation frame on its way to the owner node: the same fields the

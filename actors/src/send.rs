@@ -674,11 +674,16 @@ pub fn deliver(dir: &Directory, batch: Vec<(UserId, Vec<Delivery>)>) {
 
 /// No device of `user` is online here: each new message from someone else
 /// goes to the push webhook, if one is configured (a queue, so the writer
-/// never waits for it).
+/// never waits for it). Not in cluster mode: there the owner node pushes
+/// when the user is online on no node (the server's bus), and a node that
+/// got the event for a device that left meanwhile pushes nothing.
 fn push_offline(dir: &Directory, user: UserId, events: &[Delivery], now: Millis) {
     let Some(webhook) = &dir.deps().push else {
         return;
     };
+    if dir.deps().router.is_some() {
+        return;
+    }
     for d in events {
         if let Event::Message(m) = &d.event {
             // One's own message reaches one's other devices by sync, not

@@ -177,6 +177,20 @@ pub fn contacts(store: &dyn Store, user: UserId) -> Result<Contacts, ReadError> 
     Ok(out)
 }
 
+/// Tells `user`'s audience that they came online or went offline: how
+/// the session registry announces presence in cluster mode.
+pub async fn announce(dir: Arc<Directory>, user: UserId, online: bool, last_seen: Option<u64>) {
+    let store = Arc::clone(&dir.deps().store);
+    let Ok(contacts) = blocking(move || contacts(&*store, user)).await else {
+        tracing::warn!(user = %user, "could not load contacts for presence");
+        return;
+    };
+    let frame = presence_frame(user, online, last_seen);
+    for c in contacts.audience {
+        dir.tell_ephemeral(c, Arc::clone(&frame));
+    }
+}
+
 fn presence_frame(user: UserId, online: bool, last_seen: Option<u64>) -> Arc<str> {
     let status = if online { "online" } else { "offline" };
     ServerFrame::Presence {
@@ -291,24 +305,42 @@ impl Handler<Attach> for User {
             alive: msg.alive,
         });
         let store = Arc::clone(&self.deps.store);
+        let router = self.deps.router.clone();
         let id = self.id;
-        let fut = blocking(move || contacts(&*store, id));
+        // Cluster mode: a contact may be online on another node, so Redis
+        // says who is online anywhere (one round trip for all of them;
+        // without Redis, those online here are all this device learns).
+        // The same round trip brings the calls ringing this user from
+        // other nodes, which ring this device too.
+        let fut = blocking(move || {
+            let contacts = contacts(&*store, id)?;
+            let cluster = match &router {
+                Some(r) => r.attach_blocking(id, &contacts.visible).unwrap_or_default(),
+                None => Default::default(),
+            };
+            Ok((contacts, cluster))
+        });
+        let device = msg.device;
+        // In cluster mode the session registry announces this user (it
+        // knows whether a device is online on another node).
+        let announce = came_online && self.deps.router.is_none();
         ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
-            let Ok(contacts) = res else {
+            let Ok((contacts, cluster)) = res else {
                 tracing::warn!(user = %act.id, "could not load contacts for presence");
                 return;
             };
-            let me_online = presence_frame(act.id, true, None);
-            if came_online {
+            if announce {
+                let me_online = presence_frame(act.id, true, None);
                 for c in contacts.audience {
                     act.dir.tell_ephemeral(c, Arc::clone(&me_online));
                 }
             }
-            for c in contacts.visible {
-                if act.dir.is_online(c) {
+            for (i, c) in contacts.visible.into_iter().enumerate() {
+                if cluster.online.get(i).copied().unwrap_or(false) || act.dir.is_online(c) {
                     session.push(None, presence_frame(c, true, None));
                 }
             }
+            crate::call::ring_here(&act.dir, device, cluster.ringing);
         }));
     }
 }
@@ -343,6 +375,12 @@ impl User {
     /// When the last device has left: tell the contacts, then stop.
     fn leave_if_last(&mut self, ctx: &mut Context<Self>) {
         if !self.sessions().is_empty() || !self.dir.retire_user(self.id, &ctx.address()) {
+            return;
+        }
+        // Cluster mode: the session registry tells the contacts, if this
+        // was the user's last device anywhere.
+        if self.deps.router.is_some() {
+            ctx.stop();
             return;
         }
         // The last device left: tell the contacts, then stop.

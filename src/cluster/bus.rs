@@ -27,19 +27,39 @@
 //! # Calls
 //! Requests and replies travel on the nodes' channels `eph:bus:{node}`,
 //! each waited for at most [`CALL_TIMEOUT`].
+//!
+//! # Presence
+//! A user with a device on some node has `eph:online:{user}`, living one
+//! lease: set when their first device attaches to a node ([`JOIN`], which
+//! says whether they were online nowhere before), renewed for every user
+//! here by the registry loop every third of a lease, deleted when their
+//! last device anywhere leaves ([`LEAVE`], which keeps
+//! `eph:last-seen:{user}`). Their contacts hear `online` and `offline`
+//! from those two scripts' verdicts, and a device that attaches learns
+//! which contacts are online anywhere with one `MGET`. A node killed with
+//! `kill -9` stops renewing, so its users' keys lapse within a lease; one
+//! surviving node (claiming `eph:reaped:{node}:{epoch}` with `SET NX`)
+//! then takes that node's users out of the registry (`eph:users-on:{node}`,
+//! [`REAP`]) and tells the contacts of those now online nowhere. A node
+//! that restarts does the same for its own previous life. A node reaped
+//! while alive (its lease lapsed while Redis was away) registers its users
+//! again with its next renewal ([`RENEW_PRESENCE`]), and they are
+//! announced `online` again. Typing is not
+//! stored: it flows through the conversation's owner as before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
+use ephemera_actors::call::{CallWire, Key};
 use ephemera_actors::directory::Directory;
 use ephemera_actors::frames::{ErrorCode, FrameError};
 use ephemera_actors::ids::{ConvId, DeviceId, MsgId, UserId};
-use ephemera_actors::remote::{BoxFuture, ConvAnswer, ConvCall, Place, Router};
+use ephemera_actors::remote::{Attaching, BoxFuture, ConvAnswer, ConvCall, Place, Router};
 use ephemera_actors::store::{
-    Access, BurnReason, ConversationRecord, Delivery, Event, EventRecord, Fanout, MediaGrant,
-    StoredMessage, ViewPolicy,
+    now_ms, Access, BurnReason, ConversationRecord, Delivery, Event, EventRecord, Fanout,
+    MediaGrant, ReadError, StoredMessage, ViewPolicy,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -57,13 +77,17 @@ const APPEND_BATCH: usize = 256;
 /// node's applied seq; ARGV: the first seq, then six per event: user,
 /// record, until, except_device, live event ('' for none), and the media
 /// grant of a timed media message ('' for none; the blob and key are here,
-/// so the nodes that deliver it hand this one out).
+/// so the nodes that deliver it hand this one out). Returns the cursors (0
+/// for an event applied before), and the positions (from 1) of the live
+/// events newly applied for users on no live node: those get a push, once.
 const APPEND: &str = r#"
 local applied = tonumber(redis.call('GET', KEYS[1]) or '0')
 local seq = tonumber(ARGV[1])
 local out = {}
+local nowhere = {}
 local bynode = {}
 local where = {}
+local live = {}
 for i = 2, #ARGV, 6 do
   local user = ARGV[i]
   if seq > applied then
@@ -76,7 +100,12 @@ for i = 2, #ARGV, 6 do
       if nodes == nil then
         nodes = redis.call('HKEYS', 'eph:where:' .. user)
         where[user] = nodes
+        live[user] = false
+        for _, n in ipairs(nodes) do
+          if redis.call('EXISTS', 'eph:lease:' .. n) == 1 then live[user] = true; break end
+        end
       end
+      if not live[user] then nowhere[#nowhere+1] = #out end
       local x = 'null'
       if ARGV[i+3] ~= '' then x = '"' .. ARGV[i+3] .. '"' end
       local g = ''
@@ -97,8 +126,84 @@ if seq - 1 > applied then redis.call('SET', KEYS[1], seq - 1) end
 for n, items in pairs(bynode) do
   redis.call('PUBLISH', 'eph:bus:' .. n, '{"t":"d","d":[' .. table.concat(items, ',') .. ']}')
 end
-return out
+return {out, nowhere}
 "#;
+
+/// Registers a user on this node: KEYS `eph:where:{user}`,
+/// `eph:users-on:{node}`, `eph:online:{user}`; ARGV node, user, lease (ms).
+/// Returns 1 if the user was online nowhere before.
+const JOIN: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], 1)
+redis.call('SADD', KEYS[2], ARGV[2])
+if redis.call('SET', KEYS[3], '1', 'PX', ARGV[3], 'GET') then return 0 end
+return 1";
+
+/// A user's last device here left: KEYS as [`JOIN`]'s, then
+/// `eph:last-seen:{user}`; ARGV node, user, now, how long last-seen is
+/// kept (ms). Returns 1 if the user is now online on no live node: their
+/// presence and the registry entries of dead nodes go (a dead node's reap
+/// then finds nothing of them to announce again).
+const LEAVE: &str = r"
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+for _, n in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if redis.call('EXISTS', 'eph:lease:' .. n) == 1 then return 0 end
+end
+redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('SET', KEYS[4], ARGV[3], 'PX', ARGV[4])
+return 1";
+
+/// Renews the presence of users here: KEYS `eph:users-on:{node}`; ARGV
+/// node, lease (ms), then the users. Registers again a user the registry
+/// lost, and returns those whose presence was gone.
+const RENEW_PRESENCE: &str = r"
+local back = {}
+for i = 3, #ARGV do
+  local u = ARGV[i]
+  if redis.call('HSETNX', 'eph:where:' .. u, ARGV[1], 1) == 1 then
+    redis.call('SADD', KEYS[1], u)
+  end
+  if not redis.call('SET', 'eph:online:' .. u, '1', 'PX', ARGV[2], 'GET') then
+    back[#back+1] = u
+  end
+end
+return back";
+
+/// Takes up to ARGV[2] users of a node that is down (or of this node's
+/// previous life: ARGV[3] = '1') out of the registry: KEYS
+/// `eph:users-on:{node}`, `eph:lease:{node}`; ARGV node, batch, own,
+/// last seen (ms), how long last-seen is kept (ms). Returns how many were
+/// taken ('-1': the node is back, it cleans up itself), then the users
+/// now online on no live node.
+const REAP: &str = r"
+if ARGV[3] == '0' and redis.call('EXISTS', KEYS[2]) == 1 then return {'-1'} end
+local users = redis.call('SPOP', KEYS[1], ARGV[2])
+local out = {tostring(#users)}
+for _, u in ipairs(users) do
+  local w = 'eph:where:' .. u
+  if redis.call('HDEL', w, ARGV[1]) == 1 then
+    local live = false
+    for _, n in ipairs(redis.call('HKEYS', w)) do
+      if redis.call('EXISTS', 'eph:lease:' .. n) == 1 then live = true; break end
+    end
+    if not live then
+      redis.call('DEL', w, 'eph:online:' .. u)
+      redis.call('SET', 'eph:last-seen:' .. u, ARGV[4], 'PX', ARGV[5])
+      out[#out+1] = u
+    end
+  end
+end
+return out";
+
+/// Users taken out of the registry per [`REAP`] call, and presence keys
+/// renewed per pipeline.
+const PRESENCE_BATCH: usize = 500;
+/// How long a user's last-seen time is kept after they went offline: the
+/// longest a message lives.
+const LAST_SEEN_KEPT: Duration = Duration::from_secs(7 * 86_400);
+/// How long a reap's claim is kept (a node down longer is reaped again:
+/// harmless, its users are gone from the registry by then).
+const REAPED_KEPT: Duration = Duration::from_secs(86_400);
 
 /// Forgets the inbox references whose life is over (a message's at its
 /// expiry, other events' after the week `sync` replays them): KEYS[1] is
@@ -204,6 +309,9 @@ enum BusMsg {
     /// A lost node was forgotten: placements cached for it are stale.
     #[serde(rename = "f")]
     Forgot { node: String },
+    /// A call's message (cluster mode: see `ephemera_actors::call`).
+    #[serde(rename = "c")]
+    CallMsg { from: String, wire: CallWire },
     /// A frame that is not stored (typing, presence) for a user's devices here.
     #[serde(rename = "e")]
     Ephemeral {
@@ -223,13 +331,21 @@ pub struct Bus {
     cluster: Arc<Cluster>,
     store: Weak<RocksStore>,
     dir: OnceLock<Arc<Directory>>,
+    /// Notified once `dir` is set.
+    served: tokio::sync::Notify,
     owners: RwLock<HashMap<ConvId, Place>>,
     waiting: Mutex<HashMap<u64, Waiting>>,
     next_id: AtomicU64,
     here: mpsc::UnboundedSender<(UserId, bool)>,
     /// Where the writer hands committed events (see [`Forwarder`]).
     forward: mpsc::UnboundedSender<Vec<OutEntry>>,
+    /// Calls' messages to other nodes, published in the order they were
+    /// sent (an answer before its ice).
+    calls_out: mpsc::Sender<(Arc<str>, CallWire)>,
 }
+
+/// Calls' messages waiting to be published, at most.
+const CALLS_OUT_QUEUE: usize = 4_096;
 
 /// The writer's end of the forwarder.
 pub struct Forwarder(mpsc::UnboundedSender<Vec<OutEntry>>);
@@ -248,15 +364,18 @@ impl Bus {
     pub fn new(cluster: &Arc<Cluster>, store: &Arc<RocksStore>) -> anyhow::Result<Arc<Bus>> {
         let (here_tx, here_rx) = mpsc::unbounded_channel();
         let (fwd_tx, fwd_rx) = mpsc::unbounded_channel();
+        let (calls_tx, calls_rx) = mpsc::channel(CALLS_OUT_QUEUE);
         let bus = Arc::new(Bus {
             cluster: Arc::clone(cluster),
             store: Arc::downgrade(store),
             dir: OnceLock::new(),
+            served: tokio::sync::Notify::new(),
             owners: RwLock::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             here: here_tx,
             forward: fwd_tx,
+            calls_out: calls_tx,
         });
         let left = store
             .outbound_pending(usize::MAX)
@@ -287,6 +406,12 @@ impl Bus {
             .spawn(async move { me.forward_loop(fwd_rx).await });
         let me = Arc::clone(&bus);
         cluster.rt.spawn(async move { me.trim_loop().await });
+        let me = Arc::clone(&bus);
+        cluster.rt.spawn(async move { me.reap_loop().await });
+        let me = Arc::clone(&bus);
+        cluster
+            .rt
+            .spawn(async move { me.calls_out_loop(calls_rx).await });
         Ok(bus)
     }
 
@@ -299,6 +424,7 @@ impl Bus {
     /// events reach its sessions.
     pub fn serve(&self, dir: Arc<Directory>) {
         let _ = self.dir.set(dir);
+        self.served.notify_one();
     }
 
     fn channel(node: &str) -> String {
@@ -624,52 +750,216 @@ impl Bus {
             .collect())
     }
 
-    /// The session registry, kept in the order users come and go.
+    /// The session registry and presence (see the module doc), kept in
+    /// the order users come and go, with every user here renewed every
+    /// third of a lease.
     async fn registry_loop(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(UserId, bool)>) {
         let node = self.cluster.node_id().to_owned();
         let users_here = format!("eph:users-on:{node}");
-        // A restart forgets the devices this node had before.
-        let stale: Vec<String> = self
-            .cluster
-            .query(redis::cmd("SMEMBERS").arg(&users_here).clone())
-            .await
-            .unwrap_or_default();
-        for u in stale {
-            let _: Result<u64, _> = self
-                .cluster
-                .query(
-                    redis::cmd("HDEL")
-                        .arg(format!("eph:where:{u}"))
-                        .arg(&node)
-                        .clone(),
-                )
-                .await;
-        }
-        let _: Result<u64, _> = self
-            .cluster
-            .query(redis::cmd("DEL").arg(&users_here).clone())
-            .await;
-        while let Some((user, here)) = rx.recv().await {
+        // A restart forgets the devices this node had before, and tells
+        // the contacts of those users who are online nowhere now (once
+        // the directory is there to tell them).
+        self.served.notified().await;
+        self.reap(&node, true, now_ms()).await;
+        let lease = self.cluster.lease_ms().to_string();
+        let kept = (LAST_SEEN_KEPT.as_millis() as u64).to_string();
+        let mut here: HashSet<UserId> = HashSet::new();
+        let mut renew = tokio::time::interval(self.cluster.cfg.lease / 3);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let (user, came) = tokio::select! {
+                m = rx.recv() => match m {
+                    Some(m) => m,
+                    None => return,
+                },
+                _ = renew.tick() => {
+                    self.renew_presence(&here).await;
+                    continue;
+                }
+            };
             let hex = hex_id(user);
-            let mut pipe = redis::pipe();
-            if here {
-                pipe.cmd("HSET")
-                    .arg(format!("eph:where:{hex}"))
-                    .arg(&node)
-                    .arg(1);
-                pipe.cmd("SADD").arg(&users_here).arg(&hex);
-            } else {
-                pipe.cmd("HDEL").arg(format!("eph:where:{hex}")).arg(&node);
-                pipe.cmd("SREM").arg(&users_here).arg(&hex);
-            }
+            let (where_key, online_key) = (format!("eph:where:{hex}"), format!("eph:online:{hex}"));
+            let seen_key = format!("eph:last-seen:{hex}");
+            let now = now_ms();
+            let now_text = now.to_string();
             // Retried until Redis takes it: a lost registration would
             // leave the user's devices here without their events.
-            loop {
-                let r: Result<(), RedisDown> = self.cluster.query_pipe(pipe.clone()).await;
-                if r.is_ok() {
-                    break;
+            let changed: u64 = loop {
+                let r = if came {
+                    self.cluster
+                        .script(
+                            JOIN,
+                            &[&where_key, &users_here, &online_key],
+                            &[&node, &hex, &lease],
+                        )
+                        .await
+                } else {
+                    self.cluster
+                        .script(
+                            LEAVE,
+                            &[&where_key, &users_here, &online_key, &seen_key],
+                            &[&node, &hex, &now_text, &kept],
+                        )
+                        .await
+                };
+                match r {
+                    Ok(v) => break v,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            if came {
+                here.insert(user);
+            } else {
+                here.remove(&user);
+            }
+            if changed == 1 {
+                if let Some(dir) = self.dir.get() {
+                    let last_seen = (!came).then_some(now);
+                    self.cluster.rt.spawn(ephemera_actors::user::announce(
+                        Arc::clone(dir),
+                        user,
+                        came,
+                        last_seen,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Renews the presence of every user here, a script per batch, and
+    /// says again that they are here where Redis forgot it (a reap while
+    /// this node's lease had lapsed, Redis restarted without its data):
+    /// their contacts hear `online` again if their presence was gone.
+    async fn renew_presence(&self, here: &HashSet<UserId>) {
+        let node = self.cluster.node_id().to_owned();
+        let users_here = format!("eph:users-on:{node}");
+        let lease = self.cluster.lease_ms().to_string();
+        let users: Vec<String> = here.iter().map(|u| hex_id(*u)).collect();
+        for chunk in users.chunks(PRESENCE_BATCH) {
+            let mut args: Vec<&str> = vec![&node, &lease];
+            args.extend(chunk.iter().map(String::as_str));
+            let Ok(back) = self
+                .cluster
+                .script::<Vec<String>>(RENEW_PRESENCE, &[&users_here], &args)
+                .await
+            else {
+                continue;
+            };
+            let Some(dir) = self.dir.get() else { continue };
+            for user in back
+                .iter()
+                .filter_map(|u| ephemera_actors::ids::Id::parse(u))
+            {
+                self.cluster.rt.spawn(ephemera_actors::user::announce(
+                    Arc::clone(dir),
+                    user,
+                    true,
+                    None,
+                ));
+            }
+        }
+    }
+
+    /// Takes `node`'s users out of the registry (`own`: this node's
+    /// previous life), batch by batch, and tells the contacts of those
+    /// now online nowhere, with `last_seen`.
+    async fn reap(&self, node: &str, own: bool, last_seen: u64) {
+        let keys = [format!("eph:users-on:{node}"), format!("eph:lease:{node}")];
+        let args = [
+            node.to_owned(),
+            PRESENCE_BATCH.to_string(),
+            if own { "1" } else { "0" }.to_owned(),
+            last_seen.to_string(),
+            (LAST_SEEN_KEPT.as_millis() as u64).to_string(),
+        ];
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut offline = 0usize;
+        loop {
+            let Ok(out) = self.cluster.script::<Vec<String>>(REAP, &keys, &args).await else {
+                break;
+            };
+            let taken: i64 = out.first().and_then(|t| t.parse().ok()).unwrap_or(-1);
+            if let Some(dir) = self.dir.get() {
+                for user in out
+                    .iter()
+                    .skip(1)
+                    .filter_map(|u| ephemera_actors::ids::Id::parse(u))
+                {
+                    offline += 1;
+                    ephemera_actors::user::announce(Arc::clone(dir), user, false, Some(last_seen))
+                        .await;
+                }
+            }
+            if taken < PRESENCE_BATCH as i64 {
+                break;
+            }
+        }
+        if !own && offline > 0 {
+            tracing::info!(node_id = %node, users = offline, "a down node's users are offline");
+        }
+    }
+
+    /// Publishes calls' messages, in order.
+    async fn calls_out_loop(self: Arc<Self>, mut rx: mpsc::Receiver<(Arc<str>, CallWire)>) {
+        let from = self.cluster.node_id().to_owned();
+        while let Some((node, wire)) = rx.recv().await {
+            let msg = BusMsg::CallMsg {
+                from: from.clone(),
+                wire,
+            };
+            let _ = self.publish(&node, &msg).await;
+        }
+    }
+
+    /// Watches for nodes that went down: one surviving node reaps each
+    /// (node, epoch) once (the claim is `SET NX`).
+    async fn reap_loop(self: Arc<Self>) {
+        let mut seen: HashSet<(String, u64)> = HashSet::new();
+        let me = self.cluster.node_id().to_owned();
+        loop {
+            tokio::time::sleep(self.cluster.cfg.lease / 5).await;
+            let down: Vec<(String, u64)> = self
+                .cluster
+                .members()
+                .into_iter()
+                .filter(|m| !m.live && m.node_id != me)
+                .map(|m| (m.node_id, m.last_heartbeat_at.unwrap_or(0)))
+                .collect();
+            if down.is_empty() {
+                continue;
+            }
+            let keys: Vec<String> = down.iter().map(|(n, _)| format!("eph:epoch:{n}")).collect();
+            let Ok(epochs) = self
+                .cluster
+                .query::<Vec<Option<u64>>>(redis::cmd("MGET").arg(&keys).clone())
+                .await
+            else {
+                continue;
+            };
+            for ((node, beat), epoch) in down.into_iter().zip(epochs) {
+                let Some(epoch) = epoch else { continue };
+                if seen.contains(&(node.clone(), epoch)) {
+                    continue;
+                }
+                let claimed: Result<Option<String>, _> = self
+                    .cluster
+                    .query(
+                        redis::cmd("SET")
+                            .arg(format!("eph:reaped:{node}:{epoch}"))
+                            .arg(&me)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(REAPED_KEPT.as_millis() as u64)
+                            .clone(),
+                    )
+                    .await;
+                match claimed {
+                    Ok(Some(_)) => self.reap(&node, false, beat).await,
+                    Ok(None) => {}
+                    Err(_) => continue,
+                }
+                seen.insert((node, epoch));
             }
         }
     }
@@ -750,11 +1040,27 @@ impl Bus {
         }
         let key = format!("eph:applied:{}", self.cluster.node_id());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let cursors: Vec<u64> = self.cluster.script(APPEND, &[&key], &args).await?;
+        let (cursors, nowhere): (Vec<u64>, Vec<usize>) =
+            self.cluster.script(APPEND, &[&key], &args).await?;
         self.cluster
             .metrics
             .cluster_events_out
             .inc_by(cursors.iter().filter(|c| **c > 0).count() as u64);
+        // PROTOCOL 9: a new message for a user online nowhere is pushed,
+        // here (the owner) and once (the script applies an event once).
+        let push = self.dir.get().and_then(|d| d.deps().push.clone());
+        if let Some(push) = push {
+            let now = now_ms();
+            for e in nowhere.iter().filter_map(|i| batch.get(i.wrapping_sub(1))) {
+                if let Some(Event::Message(m)) = &e.event {
+                    // One's own message reaches one's other devices by
+                    // sync, not by a push; an expired one is no news.
+                    if m.from != e.user && m.expires_at > now {
+                        push.offline(e.user, m);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -832,6 +1138,9 @@ impl Bus {
                 }
             }
             BusMsg::Forgot { node } => self.forget_cached(&node),
+            BusMsg::CallMsg { from, wire } => {
+                ephemera_actors::call::from_node(dir, from.into(), wire);
+            }
             BusMsg::Ephemeral { user, text, except } => {
                 dir.tell_user(
                     user,
@@ -1016,6 +1325,107 @@ impl Router for Bus {
 
     fn user_here(&self, user: UserId, here: bool) {
         let _ = self.here.send((user, here));
+    }
+
+    fn attach_blocking(&self, user: UserId, contacts: &[UserId]) -> Result<Attaching, ReadError> {
+        let mut pipe = redis::pipe();
+        if !contacts.is_empty() {
+            let keys: Vec<String> = contacts
+                .iter()
+                .map(|u| format!("eph:online:{}", hex_id(*u)))
+                .collect();
+            pipe.cmd("MGET").arg(keys);
+        }
+        pipe.cmd("HGETALL")
+            .arg(format!("eph:ringing:{}", hex_id(user)));
+        let (online, ringing): (Vec<Option<String>>, Vec<(String, String)>) = if contacts.is_empty()
+        {
+            let (r,): (Vec<(String, String)>,) = self
+                .cluster
+                .block_on(self.cluster.query_pipe(pipe))
+                .map_err(|_| ReadError)?;
+            (Vec::new(), r)
+        } else {
+            self.cluster
+                .block_on(self.cluster.query_pipe(pipe))
+                .map_err(|_| ReadError)?
+        };
+        Ok(Attaching {
+            online: online.iter().map(Option::is_some).collect(),
+            ringing: ringing
+                .into_iter()
+                .filter_map(|(k, home)| Some((serde_json::from_str(&k).ok()?, home.into())))
+                .collect(),
+        })
+    }
+
+    fn ringing_over(&self, callee: UserId, key: Key) {
+        let Ok(field) = serde_json::to_string(&key) else {
+            return;
+        };
+        let q = self.cluster.query::<u64>(
+            redis::cmd("HDEL")
+                .arg(format!("eph:ringing:{}", hex_id(callee)))
+                .arg(field)
+                .clone(),
+        );
+        self.cluster.rt.spawn(q);
+    }
+
+    fn ring_elsewhere(
+        &self,
+        callee: UserId,
+        ring: CallWire,
+        ringing: Duration,
+    ) -> BoxFuture<Vec<Arc<str>>> {
+        let Some(me) = self.cluster.bus.get().cloned() else {
+            return Box::pin(async { Vec::new() });
+        };
+        let cluster = Arc::clone(&self.cluster);
+        Box::pin(async move {
+            let asked = cluster
+                .run(async move {
+                    // Noted as ringing (a device attaching anywhere asks
+                    // for the offer), and where the callee is now.
+                    let hex = hex_id(callee);
+                    let mut pipe = redis::pipe();
+                    if let CallWire::Ring { key, .. } = &ring {
+                        let field = serde_json::to_string(key).map_err(|_| RedisDown)?;
+                        let ringing_key = format!("eph:ringing:{hex}");
+                        pipe.cmd("HSET")
+                            .arg(&ringing_key)
+                            .arg(field)
+                            .arg(me.cluster.node_id())
+                            .ignore();
+                        pipe.cmd("PEXPIRE")
+                            .arg(&ringing_key)
+                            .arg(ringing.as_millis() as u64)
+                            .ignore();
+                    }
+                    pipe.cmd("HKEYS").arg(format!("eph:where:{hex}"));
+                    let (nodes,): (Vec<String>,) = me.cluster.query_pipe(pipe).await?;
+                    let from = me.cluster.node_id().to_owned();
+                    let msg = BusMsg::CallMsg { from, wire: ring };
+                    let mut rung = Vec::new();
+                    for n in nodes {
+                        if n == me.cluster.node_id() || !me.is_live(&n) {
+                            continue;
+                        }
+                        if me.publish(&n, &msg).await.is_ok() {
+                            rung.push(Arc::from(n));
+                        }
+                    }
+                    Ok(rung)
+                })
+                .await;
+            asked.unwrap_or_default()
+        })
+    }
+
+    fn call_elsewhere(&self, node: Arc<str>, wire: CallWire) {
+        if self.calls_out.try_send((node, wire)).is_err() {
+            tracing::warn!("calls' queue to other nodes is full; a call frame was dropped");
+        }
     }
 
     fn tell_elsewhere(&self, user: UserId, text: Arc<str>, except_device: Option<DeviceId>) {

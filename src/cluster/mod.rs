@@ -408,7 +408,7 @@ impl Cluster {
             .arg(format!("eph:member:{node}"))
             .arg(format!("eph:applied:{node}"));
         pipe.cmd("HDEL").arg(HEARTBEATS).arg(node);
-        self.run(self.query_pipe(pipe)).await?;
+        self.run::<()>(self.query_pipe(pipe)).await?;
         if let Some(bus) = self.bus() {
             bus.forgotten(node).await;
         }
@@ -510,15 +510,15 @@ impl Cluster {
     }
 
     /// A pipeline, timed and counted.
-    pub(crate) fn query_pipe(
+    pub(crate) fn query_pipe<T: redis::FromRedisValue + Send + 'static>(
         &self,
         pipe: redis::Pipeline,
-    ) -> impl std::future::Future<Output = Result<(), RedisDown>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<T, RedisDown>> + Send + 'static {
         let mut conn = self.conn.clone();
         let metrics = Arc::clone(&self.metrics);
         async move {
             let t = Instant::now();
-            let r = pipe.query_async::<()>(&mut conn).await;
+            let r = pipe.query_async::<T>(&mut conn).await;
             observe(&metrics, t, r)
         }
     }

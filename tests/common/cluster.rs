@@ -192,3 +192,46 @@ pub async fn await_live(node: &Server, want: &[&str], within: Duration) -> Durat
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// [`start_node`] with environment variables of its own (secrets, which
+/// the server takes from the environment only).
+pub async fn start_node_with_env(
+    redis: &Redis,
+    node_id: &str,
+    extra_args: &[&str],
+    extra_env: &[(&str, &str)],
+) -> Server {
+    let lease = LEASE_MS.to_string();
+    let mut args = vec!["--cluster-lease-ms", lease.as_str()];
+    args.extend_from_slice(extra_args);
+    let mut env = vec![
+        ("EPHEMERA_REDIS_URL", redis.url()),
+        ("EPHEMERA_NODE_ID", node_id.to_owned()),
+    ];
+    env.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Server::start_with_env(&args, &env).await
+}
+
+/// Waits until `redis-cli args` answers lines for which `holds` is true,
+/// or panics with `what` and the last answer.
+pub async fn await_redis(
+    redis: &Redis,
+    args: &[&str],
+    what: &str,
+    within: Duration,
+    mut holds: impl FnMut(&[String]) -> bool,
+) {
+    let started = Instant::now();
+    loop {
+        let lines = redis.cli(args);
+        if holds(&lines) {
+            return;
+        }
+        assert!(
+            started.elapsed() < within,
+            "{what} not within {within:?}: {args:?} answers {lines:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
