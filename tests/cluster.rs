@@ -1135,3 +1135,48 @@ async fn reports_and_moderation_work_through_every_node() {
         "{entries}"
     );
 }
+
+/// The bound on groups per user is the cluster's: a group made on one node
+/// counts on every other, and leaving it (through a third) frees its place.
+#[tokio::test]
+async fn the_bound_on_groups_per_user_holds_across_nodes() {
+    use common::stories::{call, seg};
+    use reqwest::Method;
+    let redis = Redis::start().await;
+    let one = ["--max-groups-per-user", "1"];
+    let a = start_node(&redis, "node-a", &one).await;
+    let b = start_node(&redis, "node-b", &one).await;
+    let alice = register_user(&a.http(), "alice").await;
+    let bob = register_user(&a.http(), "bob").await;
+    let carol = register_user(&b.http(), "carol").await;
+    let (alice_s, bob_s, carol_s) = (
+        alice.login(&a.http()).await,
+        bob.login(&b.http()).await,
+        carol.login(&b.http()).await,
+    );
+    let group = |node: &common::Server, s: &ephemera_load::client::Session| {
+        let (http, s) = (node.http(), s.clone());
+        let members = json!({"members": [bob.user_id]});
+        async move {
+            call(&http, &s, Method::POST, "/api/v1/conversations", Some(members)).await
+        }
+    };
+    let first = group(&a, &alice_s).await;
+    assert_eq!(first.status, 201, "{:?}", first.json);
+    let full = group(&b, &carol_s).await;
+    assert_eq!(full.status, 422, "bob is in one group already, made on node a: {:?}", full.json);
+    let conv = first.json.expect("created")["conversation_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let left = call(
+        &b.http(),
+        &bob_s,
+        Method::DELETE,
+        &format!("/api/v1/conversations/{}/members/me", seg(&conv)),
+        None,
+    )
+    .await;
+    assert_eq!(left.status, 204);
+    assert_eq!(group(&b, &carol_s).await.status, 201, "the place is free again");
+}

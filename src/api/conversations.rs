@@ -32,13 +32,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// How many groups each user is in: counted from storage the first time a
 /// user is asked about (once per process), then kept up to date as groups
 /// are created and left here, so the bound costs no scan per group. Under
-/// concurrent creations the bound may be passed by the few in flight.
+/// concurrent creations the bound may be passed by the few in flight. In
+/// cluster mode the count is the cluster's, in Redis, kept by the node
+/// that creates a group or answers a leave.
 #[derive(Default)]
 pub struct GroupCounts(std::sync::Mutex<std::collections::HashMap<UserId, usize>>);
 
 impl GroupCounts {
     /// `user`'s count, read from storage (up to `stop_at`) if not known.
-    fn get(&self, store: &dyn Store, user: UserId, stop_at: usize) -> Result<usize, ApiError> {
+    fn get(&self, store: &RocksStore, user: UserId, stop_at: usize) -> Result<usize, ApiError> {
+        if let Some(c) = store.cluster() {
+            return c.group_count(user).map_err(|_| ApiError::Unavailable);
+        }
         if let Some(n) = self.lock().get(&user) {
             return Ok(*n);
         }
@@ -46,7 +51,11 @@ impl GroupCounts {
         Ok(*self.lock().entry(user).or_insert(n))
     }
 
-    fn add(&self, user: UserId, joined: bool) {
+    async fn add(&self, store: &RocksStore, user: UserId, joined: bool) {
+        if let Some(c) = store.cluster() {
+            c.count_group(user, joined).await;
+            return;
+        }
         if let Some(n) = self.lock().get_mut(&user) {
             *n = if joined { *n + 1 } else { n.saturating_sub(1) };
         }
@@ -101,7 +110,7 @@ async fn create(
             }
             // Nobody can be put in groups without bound: each one costs
             // its members' conversation list and presence.
-            if st.group_counts.get(&*st.store, id, max_groups)? >= max_groups {
+            if st.group_counts.get(&st.store, id, max_groups)? >= max_groups {
                 return Err(ApiError::Invalid("a member is in too many groups"));
             }
         }
@@ -136,7 +145,7 @@ async fn create(
     )
     .await?;
     for m in members {
-        state.group_counts.add(m, true);
+        state.group_counts.add(&state.store, m, true).await;
     }
     Ok(HttpResponse::Created().json(Created { conversation_id }))
 }
@@ -159,7 +168,7 @@ async fn leave(
         .send(ephemera_actors::conversation::Leave { user: who.user })
         .await
         .map_err(|_| ApiError::Unavailable)??;
-    state.group_counts.add(who.user, false);
+    state.group_counts.add(&state.store, who.user, false).await;
     Ok(HttpResponse::NoContent().finish())
 }
 

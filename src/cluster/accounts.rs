@@ -67,6 +67,34 @@ impl Cluster {
         Ok(())
     }
 
+    /// How many groups `user` is in, cluster-wide (`eph:groups:{user}`).
+    pub fn group_count(&self, user: UserId) -> Result<usize, RedisDown> {
+        let n: Option<i64> = self.block_on(self.query(
+            redis::cmd("GET")
+                .arg(format!("eph:groups:{}", hex_id(user)))
+                .clone(),
+        ))?;
+        Ok(n.unwrap_or(0).max(0) as usize)
+    }
+
+    /// Counts a group `user` joined (or left). Best effort: a count Redis
+    /// does not take leaves the bound that much looser or tighter.
+    pub async fn count_group(&self, user: UserId, joined: bool) {
+        let r: Result<i64, RedisDown> = self
+            .run(
+                self.query(
+                    redis::cmd("INCRBY")
+                        .arg(format!("eph:groups:{}", hex_id(user)))
+                        .arg(if joined { 1 } else { -1 })
+                        .clone(),
+                ),
+            )
+            .await;
+        if r.is_err() {
+            tracing::warn!("could not count a group membership in Redis");
+        }
+    }
+
     /// Creates an account; `Ok(false)` if the username is taken.
     pub fn create_account(&self, rec: &AccountRecord) -> Result<bool, RedisDown> {
         let json = serde_json::to_string(rec).map_err(|_| RedisDown)?;
