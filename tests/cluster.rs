@@ -1158,13 +1158,24 @@ async fn the_bound_on_groups_per_user_holds_across_nodes() {
         let (http, s) = (node.http(), s.clone());
         let members = json!({"members": [bob.user_id]});
         async move {
-            call(&http, &s, Method::POST, "/api/v1/conversations", Some(members)).await
+            call(
+                &http,
+                &s,
+                Method::POST,
+                "/api/v1/conversations",
+                Some(members),
+            )
+            .await
         }
     };
     let first = group(&a, &alice_s).await;
     assert_eq!(first.status, 201, "{:?}", first.json);
     let full = group(&b, &carol_s).await;
-    assert_eq!(full.status, 422, "bob is in one group already, made on node a: {:?}", full.json);
+    assert_eq!(
+        full.status, 422,
+        "bob is in one group already, made on node a: {:?}",
+        full.json
+    );
     let conv = first.json.expect("created")["conversation_id"]
         .as_str()
         .expect("id")
@@ -1178,5 +1189,9 @@ async fn the_bound_on_groups_per_user_holds_across_nodes() {
     )
     .await;
     assert_eq!(left.status, 204);
-    assert_eq!(group(&b, &carol_s).await.status, 201, "the place is free again");
+    assert_eq!(
+        group(&b, &carol_s).await.status,
+        201,
+        "the place is free again"
+    );
 }

@@ -69,11 +69,13 @@ impl Cluster {
 
     /// How many groups `user` is in, cluster-wide (`eph:groups:{user}`).
     pub fn group_count(&self, user: UserId) -> Result<usize, RedisDown> {
-        let n: Option<i64> = self.block_on(self.query(
-            redis::cmd("GET")
-                .arg(format!("eph:groups:{}", hex_id(user)))
-                .clone(),
-        ))?;
+        let n: Option<i64> = self.block_on(
+            self.query(
+                redis::cmd("GET")
+                    .arg(format!("eph:groups:{}", hex_id(user)))
+                    .clone(),
+            ),
+        )?;
         Ok(n.unwrap_or(0).max(0) as usize)
     }
 
