@@ -642,20 +642,19 @@ async fn redis_restarted_under_traffic_loses_no_acked_message() {
     }
 }
 
+/// `GET path` as `s` through `node`, asserting `200`: the body.
+async fn get_ok(node: &common::Server, s: &ephemera_load::client::Session, path: &str) -> Value {
+    let answer = common::stories::call(&node.http(), s, reqwest::Method::GET, path, None).await;
+    common::stories::expect_status(
+        answer,
+        200,
+        &format!("GET {path} through {}", node.http_base()),
+    )
+}
+
 /// The conversation ids of `s`'s `GET /conversations` through `node`.
 async fn listed(node: &common::Server, s: &ephemera_load::client::Session) -> Vec<String> {
-    let body = common::stories::expect_status(
-        common::stories::call(
-            &node.http(),
-            s,
-            reqwest::Method::GET,
-            "/api/v1/conversations",
-            None,
-        )
-        .await,
-        200,
-        "GET /conversations",
-    );
+    let body = get_ok(node, s, "/api/v1/conversations").await;
     body["conversations"]
         .as_array()
         .expect("conversations")
@@ -726,18 +725,12 @@ async fn stories_and_the_http_api_answer_alike_through_every_node() {
     }
     open_story(&a.http(), &carol_s, &story).await;
     open_story(&b.http(), &carol_s, &story).await;
-    let seen = expect_status(
-        call(
-            &a.http(),
-            &alice_s,
-            Method::GET,
-            &format!("/api/v1/stories/{}/viewers", seg(&story)),
-            None,
-        )
-        .await,
-        200,
-        "viewers",
-    );
+    let seen = get_ok(
+        &a,
+        &alice_s,
+        &format!("/api/v1/stories/{}/viewers", seg(&story)),
+    )
+    .await;
     assert_eq!(seen["view_count"], 1, "one view however many nodes: {seen}");
     let t = tray(&b.http(), &carol_s).await;
     assert_eq!(t[0]["has_unviewed"], false, "{t:?}");
@@ -753,18 +746,12 @@ async fn stories_and_the_http_api_answer_alike_through_every_node() {
     assert_eq!(m["story_id"], story.as_str());
     for node in nodes {
         assert_eq!(listed(node, &alice_s).await, vec![conv.clone()]);
-        let h = expect_status(
-            call(
-                &node.http(),
-                &bob_s,
-                Method::GET,
-                &format!("/api/v1/conversations/{}/messages", seg(&conv)),
-                None,
-            )
-            .await,
-            200,
-            "history",
-        );
+        let h = get_ok(
+            node,
+            &bob_s,
+            &format!("/api/v1/conversations/{}/messages", seg(&conv)),
+        )
+        .await;
         assert_eq!(h["messages"].as_array().map(Vec::len), Some(1), "{h}");
         assert_eq!(h["messages"][0]["body"], "nice");
     }
@@ -1093,18 +1080,12 @@ async fn reports_and_moderation_work_through_every_node() {
             .collect();
         assert_eq!(ids, vec![case.as_str()], "through {}", node.http_base());
     }
-    let read = expect_status(
-        call(
-            &b.http(),
-            &mo_s,
-            Method::GET,
-            &format!("/api/v1/moderation/cases/{}", seg(&case)),
-            None,
-        )
-        .await,
-        200,
-        "read the case through node b",
-    );
+    let read = get_ok(
+        &b,
+        &mo_s,
+        &format!("/api/v1/moderation/cases/{}", seg(&case)),
+    )
+    .await;
     assert_eq!(read["content"]["body"], "spam spam", "{read}");
     assert_eq!(read["author"], alice.user_id.as_str());
     let closed = call(
