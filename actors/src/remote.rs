@@ -151,8 +151,9 @@ pub enum ConvCall {
     },
 }
 
-/// A validated `send` as it crosses to the owner: a [`Post`] without the
-/// place its answer goes.
+/// A validated `send`: what a [`Post`] carries besides where its answer
+/// goes, and what crosses to the owner node when the conversation is
+/// another node's.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PostCall {
     /// The conversation.
@@ -178,25 +179,6 @@ pub struct PostCall {
     /// A reply (`false`) or reaction (`true`) to this story.
     #[serde(default)]
     pub story: Option<(crate::store::StoryId, bool)>,
-}
-
-impl PostCall {
-    /// The local actor's message for it, answered through `reply`.
-    pub fn into_post(self, reply: AckTo) -> Post {
-        Post {
-            reply,
-            from: self.from,
-            device: self.device,
-            client_msg_id: self.client_msg_id,
-            direct: self.direct,
-            body: self.body,
-            media_key: self.media_key,
-            view_policy: self.view_policy,
-            ttl_seconds: self.ttl_seconds,
-            burn_after_view_seconds: self.burn_after_view_seconds,
-            story: self.story,
-        }
-    }
 }
 
 impl ConvCall {
@@ -387,7 +369,7 @@ async fn run(dir: &Arc<Directory>, call: ConvCall) -> Result<ConvAnswer, FrameEr
             Arc::clone(&dir.deps().metrics),
             permit,
         );
-        addr.do_send(post.into_post(reply));
+        addr.do_send(Post { reply, send: post });
         return match rx.await {
             Ok(Ok(ack)) => Ok(ConvAnswer::Ack { ack }),
             Ok(Err(e)) => Err(e),

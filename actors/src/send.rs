@@ -39,7 +39,7 @@ use crate::frames::{
     self, error, reaction, render_record, ErrorCode, FrameError, MessageView, SendFrame,
     ServerFrame,
 };
-use crate::ids::{DeviceId, Id, MsgId, UserId};
+use crate::ids::{Id, MsgId, UserId};
 use crate::session::{Session, SessionLink};
 use crate::store::{
     blocking, now_ms, Access, AckRecord, CommitError, ConvKind, ConversationRecord, Deadline,
@@ -175,7 +175,7 @@ impl Session {
         };
         match owner {
             // do_send: this socket's sends reach the conversation in order.
-            Ok(addr) => addr.do_send(post.into_post(reply)),
+            Ok(addr) => addr.do_send(Post { reply, send: post }),
             Err((node, router)) => {
                 let answer = router.call(node, crate::remote::ConvCall::Post(post));
                 actix::spawn(async move {
@@ -198,27 +198,9 @@ impl Session {
 pub struct Post {
     /// Where the ack (or the refusal) goes.
     pub reply: AckTo,
-    /// The sender.
-    pub from: UserId,
-    /// The sending device (it gets the ack, not the message).
-    pub device: DeviceId,
-    /// The idempotency key.
-    pub client_msg_id: String,
-    /// For a first direct message: the pair, so the conversation can be
-    /// created.
-    pub direct: Option<(UserId, UserId)>,
-    /// Text content.
-    pub body: Option<String>,
-    /// Media content: the id of an uploaded object.
-    pub media_key: Option<Id>,
-    /// Timed or once.
-    pub view_policy: ViewPolicy,
-    /// Lifetime.
-    pub ttl_seconds: u64,
-    /// Burn this long after the first view.
-    pub burn_after_view_seconds: Option<u64>,
-    /// A reply (`false`) or reaction (`true`) to this story.
-    pub story: Option<(crate::store::StoryId, bool)>,
+    /// The send itself: the same fields whether it came from a socket here
+    /// or from another node.
+    pub send: crate::remote::PostCall,
 }
 
 /// Where the answer to one `send` goes: straight to the sending socket,
@@ -327,12 +309,12 @@ impl Handler<Post> for Conversation {
         let span = self.span.clone();
         let _in = span.enter();
         self.last_active = std::time::Instant::now();
-        match (self.record.is_none() && !self.broken, msg.direct) {
+        match (self.record.is_none() && !self.broken, msg.send.direct) {
             (true, Some((a, b))) => {
                 // The first message of a direct conversation creates it, if
                 // the other user exists. The mailbox waits meanwhile, so
                 // later sends keep their order.
-                let peer = if a == msg.from { b } else { a };
+                let peer = if a == msg.send.from { b } else { a };
                 let store = Arc::clone(&self.deps.store);
                 ctx.wait(
                     blocking(move || store.user_exists(peer))
@@ -345,7 +327,7 @@ impl Handler<Post> for Conversation {
                                     members: vec![a, b],
                                     name: None,
                                     created_at: now_ms(),
-                                    speakers: Some(vec![msg.from]),
+                                    speakers: Some(vec![msg.send.from]),
                                 });
                                 act.post(msg, ctx);
                             }
@@ -373,14 +355,14 @@ impl Conversation {
     /// Checks membership and resolves the media object, if any, then posts.
     /// The mailbox waits while the media is looked up, so sends keep order.
     fn post(&mut self, msg: Post, ctx: &mut Context<Self>) {
-        if let Err(e) = self.check_member(msg.from) {
+        if let Err(e) = self.check_member(msg.send.from) {
             msg.reply.answer(Err(e));
             return;
         }
-        let Some(media) = msg.media_key else {
+        let Some(media) = msg.send.media_key else {
             return self.post_resolved(msg, None, ctx);
         };
-        let claim = self.deps.media.claimable(media, msg.from);
+        let claim = self.deps.media.claimable(media, msg.send.from);
         ctx.wait(claim.into_actor(self).map(move |res, act, ctx| match res {
             Ok(m) => act.post_resolved(msg, Some(m), ctx),
             Err(e) => {
@@ -398,8 +380,8 @@ impl Conversation {
         // goes to the other members.
         let mut record_changed = creating;
         if let Some(speakers) = self.record.as_mut().and_then(|r| r.speakers.as_mut()) {
-            if !speakers.contains(&msg.from) {
-                speakers.push(msg.from);
+            if !speakers.contains(&msg.send.from) {
+                speakers.push(msg.send.from);
                 record_changed = true;
             }
         }
@@ -410,7 +392,7 @@ impl Conversation {
                 conv: self.id,
                 seq: self.last_seq,
             },
-            &mut msg,
+            &mut msg.send,
             media.as_ref(),
             self.members(),
             record,
@@ -442,7 +424,7 @@ impl Conversation {
 /// object being unbound. Returns it with the ack it earns and the deadline.
 pub fn message_txn(
     id: MsgId,
-    msg: &mut Post,
+    msg: &mut crate::remote::PostCall,
     media: Option<&MediaRef>,
     members: &[UserId],
     record: Option<&ConversationRecord>,
