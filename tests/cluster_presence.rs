@@ -15,12 +15,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::cluster::{await_live, await_redis, start_node, start_node_with_env, Redis, LEASE_MS};
+use common::push::{send_text, Hook};
 use common::{is_type, new_cid, random_hex, register_user, str_of, TestSocket, TestUser};
 use ephemera_load::client::{timed_text, Session, Target};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 /// Waits until each of two nodes sees both live (a node reaches only
 /// the nodes it knows to be live).
@@ -48,12 +46,6 @@ async fn registered(redis: &Redis, user: &TestUser, node: &str) {
 /// Whether `f` is a `presence` frame of `user` with `status`.
 fn is_presence(f: &Value, user: &str, status: &str) -> bool {
     is_type(f, "presence") && f["user_id"] == user && f["status"] == status
-}
-
-/// A timed text from `socket` to `to`: its ack.
-async fn send_text(socket: &mut TestSocket, to: &TestUser, body: &str) -> Value {
-    let frame = timed_text(&new_cid("p"), Target::User(&to.user_id), body, 600);
-    socket.send_ok(frame).await
 }
 
 /// Opens a direct conversation from `opener` to `replier_user` (so it
@@ -418,63 +410,11 @@ async fn a_call_between_devices_on_two_nodes_rings_answers_signals_and_hangs_up(
 /// The webhook secret of the push test's nodes.
 const SECRET: &str = "push-secret-cluster-3b1e";
 
-/// A webhook receiver on a loopback port answering `200` to everything:
-/// its URL and the bodies it got, in order.
-async fn hook() -> (String, mpsc::UnboundedReceiver<Value>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = socket.into_split();
-                let mut read = BufReader::new(read);
-                loop {
-                    let mut length = 0usize;
-                    loop {
-                        let mut line = String::new();
-                        if read.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some((n, v)) = line.split_once(':') {
-                            if n.eq_ignore_ascii_case("content-length") {
-                                length = v.trim().parse().expect("a numeric Content-Length");
-                            }
-                        }
-                    }
-                    let mut body = vec![0; length];
-                    if read.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    let _ = tx.send(serde_json::from_slice(&body).expect("a JSON push"));
-                    let ok = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
-                    if write.write_all(ok.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, rx)
-}
-
-/// The next push, within a few seconds.
-async fn next_push(rx: &mut mpsc::UnboundedReceiver<Value>) -> Value {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("a push within 10 s")
-        .expect("the receiver runs")
-}
-
 #[tokio::test]
 async fn a_user_online_on_no_node_gets_each_message_and_call_pushed_once() {
     let redis = Redis::start().await;
-    let (url, mut pushes) = hook().await;
-    let args = ["--push-webhook-url", url.as_str()];
+    let mut pushes = Hook::start(0).await;
+    let args = ["--push-webhook-url", pushes.url.as_str()];
     let env = [("EPHEMERA_PUSH_WEBHOOK_SECRET", SECRET)];
     let a = start_node_with_env(&redis, "node-a", &args, &env).await;
     let b = start_node_with_env(&redis, "node-b", &args, &env).await;
@@ -485,7 +425,7 @@ async fn a_user_online_on_no_node_gets_each_message_and_call_pushed_once() {
 
     // Bob is online nowhere: one push for the message, from its owner.
     let first = send_text(&mut alice_a, &bob, "one").await;
-    let p = next_push(&mut pushes).await;
+    let p = pushes.next().await.json();
     assert_eq!(p["kind"], "message");
     assert_eq!(p["user_id"], bob.user_id.as_str());
     assert_eq!(p["from"], alice.user_id.as_str());
@@ -514,7 +454,7 @@ async fn a_user_online_on_no_node_gets_each_message_and_call_pushed_once() {
     // Online nowhere again: the next push is the third message's, so the
     // first was pushed once and the second not at all.
     let third = send_text(&mut alice_a, &bob, "three").await;
-    let p = next_push(&mut pushes).await;
+    let p = pushes.next().await.json();
     assert_eq!(p["kind"], "message");
     assert_eq!(p["at"], third["sent_at"], "{p}");
 
@@ -523,7 +463,7 @@ async fn a_user_online_on_no_node_gets_each_message_and_call_pushed_once() {
     alice_a
         .send(call_frame(&id, &bob.user_id, "offer", Some("v=0 push")))
         .await;
-    let p = next_push(&mut pushes).await;
+    let p = pushes.next().await.json();
     assert_eq!(p["kind"], "call");
     assert_eq!(p["user_id"], bob.user_id.as_str());
     assert!(p.get("conversation_id").is_none(), "{p}");

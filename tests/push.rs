@@ -4,137 +4,22 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::media::blob_client;
+use common::push::{send_text, Hook, Request};
 use common::schema::assert_document;
 use common::stories::{expect_status, post_story, reply};
-use common::{new_cid, now_ms, random_hex, register_user, str_of, Server, TestSocket, TestUser};
-use ephemera_load::client::{timed_text, Target};
+use common::{now_ms, random_hex, register_user, str_of, Server, TestSocket, TestUser};
 use ring::hmac;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 /// The webhook secret the servers here are given (by environment).
 const SECRET: &str = "push-secret-5f0c2d9e7a";
 
-/// How long a push may take to arrive (retries included).
-const ARRIVAL: Duration = Duration::from_secs(10);
-
 /// How long no push must arrive when none is expected (one arrives in
 /// milliseconds).
 const QUIET: Duration = Duration::from_secs(1);
-
-/// One request the receiver got.
-struct Request {
-    /// The request line and headers, as sent.
-    head: String,
-    /// The body, as sent.
-    body: Vec<u8>,
-}
-
-impl Request {
-    /// The value of header `name` (case-insensitive).
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().find_map(|l| {
-            let (n, v) = l.split_once(':')?;
-            n.eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-
-    /// The body as JSON.
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).expect("a push body is JSON")
-    }
-}
-
-/// The receiver: its URL, what it got, and how many requests it answers
-/// `500` before it answers `200`.
-struct Hook {
-    url: String,
-    got: mpsc::UnboundedReceiver<Request>,
-}
-
-impl Hook {
-    /// A receiver on a loopback port that refuses its first `failures`
-    /// requests with `500`.
-    async fn start(failures: usize) -> Hook {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let (tx, got) = mpsc::unbounded_channel();
-        let left = Arc::new(AtomicUsize::new(failures));
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let (tx, left) = (tx.clone(), Arc::clone(&left));
-                tokio::spawn(async move {
-                    let (read, mut write) = socket.into_split();
-                    let mut read = BufReader::new(read);
-                    // Requests on one connection, until it closes.
-                    loop {
-                        let mut head = String::new();
-                        loop {
-                            let mut line = String::new();
-                            if read.read_line(&mut line).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            head.push_str(&line);
-                        }
-                        let mut request = Request { head, body: vec![] };
-                        let length: usize = request
-                            .header("content-length")
-                            .map_or(0, |v| v.parse().expect("a numeric Content-Length"));
-                        request.body = vec![0; length];
-                        if read.read_exact(&mut request.body).await.is_err() {
-                            return;
-                        }
-                        let fail = left
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                            .is_ok();
-                        let status = if fail {
-                            "500 Internal Server Error"
-                        } else {
-                            "200 OK"
-                        };
-                        let _ = tx.send(request);
-                        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
-                        if write.write_all(answer.as_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Hook { url, got }
-    }
-
-    /// The next request, within [`ARRIVAL`].
-    async fn next(&mut self) -> Request {
-        tokio::time::timeout(ARRIVAL, self.got.recv())
-            .await
-            .expect("a push within the time allowed")
-            .expect("the receiver runs")
-    }
-
-    /// Panics if a request arrives within `quiet`.
-    async fn assert_none(&mut self, quiet: Duration) {
-        if let Ok(Some(r)) = tokio::time::timeout(quiet, self.got.recv()).await {
-            panic!("no push expected, got {}", String::from_utf8_lossy(&r.body));
-        }
-    }
-}
-
-/// A timed text from `socket` to `to`: its ack.
-async fn send_text(socket: &mut TestSocket, to: &TestUser, body: &str) -> Value {
-    let frame = timed_text(&new_cid("push"), Target::User(&to.user_id), body, 600);
-    socket.send_ok(frame).await
-}
 
 /// A server pushing to `hook`, the secret given by environment.
 async fn start(hook: &Hook) -> Server {

@@ -22,6 +22,7 @@
 
 pub mod cluster;
 pub mod media;
+pub mod push;
 pub mod schema;
 pub mod shred;
 pub mod socket;
