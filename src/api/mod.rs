@@ -18,7 +18,7 @@ use std::future::{ready, Future};
 use std::pin::Pin;
 use std::sync::Arc;
 
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use ephemera_actors::directory::Directory;
 use ephemera_actors::ids::{DeviceId, UserId};
 
@@ -96,6 +96,7 @@ pub fn bearer(req: &HttpRequest) -> Option<&str> {
 
 /// An authenticated caller: taking this as an argument is what makes a
 /// handler require a valid token.
+#[derive(Clone)]
 pub struct Authed {
     /// The user.
     pub user: UserId,
@@ -132,6 +133,11 @@ impl FromRequest for Authed {
         let Some(state) = req.app_data::<web::Data<AppState>>().cloned() else {
             return Box::pin(ready(Err(ApiError::Internal)));
         };
+        // Already authenticated for this request (the cluster's routing
+        // needed the caller first): not looked up twice.
+        if let Some(a) = req.extensions().get::<Authed>() {
+            return Box::pin(ready(Ok(a.clone())));
+        }
         let Some(token) = bearer(req).map(str::to_owned) else {
             return Box::pin(ready(Err(ApiError::Unauthorized("missing bearer token"))));
         };

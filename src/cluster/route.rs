@@ -239,12 +239,14 @@ async fn place(
     })
 }
 
+/// The caller, authenticated once for the whole request: the handler's
+/// `Authed` finds it in the request's extensions.
 async fn caller(req: &ServiceRequest, state: &AppState) -> Option<UserId> {
     let token = crate::api::bearer(req.request())?.to_owned();
-    crate::api::authenticate(state, token)
-        .await
-        .ok()
-        .map(|a| a.user)
+    let authed = crate::api::authenticate(state, token).await.ok()?;
+    let user = authed.user;
+    req.extensions_mut().insert(authed);
+    Some(user)
 }
 
 /// Reads the members again from Redis (their liveness and addresses)
